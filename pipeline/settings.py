@@ -1,0 +1,136 @@
+"""Typed settings for every stage, in one place.
+
+Values come, highest priority first, from keyword arguments, environment variables
+(``RETRAIN_`` prefix, ``__`` between nested names, e.g. ``RETRAIN_TRAIN__EPOCHS=3``),
+a YAML file named by ``RETRAIN_CONFIG``, and the defaults below. Thresholds live
+here, not in code, so that every decision can name the setting it applied.
+
+Nothing here touches the disk at import time; paths are resolved when used.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class DataSettings(BaseModel):
+    """Where interactions come from and how a window is checked."""
+
+    source: Path | None = Field(
+        None,
+        description="Interaction log (parquet/CSV) or a GroupLens ml-100k folder; "
+        "None means MovieLens-100K from the recbole wheel.",
+    )
+    max_bad_share: float = Field(0.01, ge=0, le=1, description="Window fails above this share of bad rows.")
+    future_tolerance_s: int = Field(3600, ge=0, description="Timestamps later than now + this are bad rows.")
+    rating_min: float = 0.0
+    rating_max: float = 5.0
+
+
+class DriftSettings(BaseModel):
+    """Drift tests on designed interaction signals (see pipeline.drift)."""
+
+    stattest_threshold: float = Field(0.1, gt=0, description="Per-signal drift score above which it drifts.")
+    minor_share: float = Field(0.2, ge=0, le=1, description="Share of drifted signals for severity 'minor'.")
+    major_share: float = Field(0.5, ge=0, le=1, description="Share of drifted signals for severity 'major'.")
+
+
+class TrainSettings(BaseModel):
+    """Two-tower model and training loop."""
+
+    embedding_dim: int = Field(32, ge=4)
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(512, ge=8)
+    sparse_lr: float = Field(0.05, gt=0, description="Fused row-wise Adagrad rate for embedding tables.")
+    dense_lr: float = Field(0.003, gt=0, description="Adam rate for the dense tower layers.")
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature on dot-product scores.")
+    seed: int = 0
+
+
+class EvalSettings(BaseModel):
+    k: int = Field(10, ge=1, description="Cut-off for NDCG@K and Recall@K.")
+
+
+class GateSettings(BaseModel):
+    """Promotion rule: the challenger must beat the champion on the same holdout."""
+
+    metric: str = "ndcg_at_10"
+    min_delta: float = Field(0.0, description="Challenger must exceed champion by more than this.")
+
+
+class Settings(BaseSettings):
+    """All settings of the pipeline.
+
+    Example:
+        >>> s = Settings(home="/tmp/rt", train={"epochs": 1})
+        >>> s.train.epochs, s.mlflow_uri.startswith("sqlite:///")
+        (1, True)
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RETRAIN_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    home: Path = Field(Path(".retrain"), description="Root of everything the pipeline writes.")
+    feature_repo: Path = Field(Path("features"), description="Feast repository (feature_store.yaml + definitions).")
+    model_name: str = Field("two_tower", description="Registered model name in MLflow.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under home.")
+
+    data: DataSettings = DataSettings()
+    drift: DriftSettings = DriftSettings()
+    train: TrainSettings = TrainSettings()
+    eval: EvalSettings = EvalSettings()
+    gate: GateSettings = GateSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("RETRAIN_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Downloaded public data (the recbole wheel); safe to delete."""
+        return self.home / "cache"
+
+    @property
+    def runs_dir(self) -> Path:
+        """One folder per retraining cycle: window, drift report, checkpoint, decision."""
+        return self.home / "runs"
+
+    @property
+    def mlflow_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.home / "mlartifacts").resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()
