@@ -1,0 +1,263 @@
+"""Two-tower retrieval model on TorchRec embedding tables.
+
+The model is a pure ``nn.Module`` that takes KeyedJaggedTensors: a user tower over
+user id and profile features, an item tower over item id, genres (a multi-valued,
+jagged feature) and release decade. ``TwoTowerTrainTask`` adds the loss: a full
+softmax over the whole catalogue, which is affordable for catalogues of a few
+thousand items and avoids the bias of sampled negatives. ``FeatureEncoder`` turns
+the data stage's columns into table rows; it travels with the model so that a
+registered version can score new data in another process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+USER_FEATURES = ("user_id", "user_gender", "user_age", "user_occupation")
+ITEM_FEATURES = ("item_id", "item_genre", "item_decade")
+AGE_EDGES = (1, 18, 25, 35, 45, 50, 56)  # the MovieLens age groups; 0 = unknown
+
+
+def _vocab(values: pd.Series) -> tuple:
+    return tuple(sorted(pd.unique(values.astype(str))))
+
+
+@dataclass(frozen=True)
+class FeatureEncoder:
+    """Maps raw feature values to embedding rows; row 0 is reserved for unknown values.
+
+    Built once from the training window and the item catalogue, then frozen into the
+    checkpoint, so a user or item first seen after training falls into row 0 rather
+    than onto another entity's row.
+
+    Example:
+        >>> enc = FeatureEncoder.fit(users=pd.DataFrame({"user_id": [7], "user_gender": ["F"],
+        ...     "user_age": [25], "user_occupation": ["writer"]}),
+        ...     items=pd.DataFrame({"item_id": [3], "item_genres": ["Drama|War"], "item_release_year": [1995]}))
+        >>> enc.num_embeddings["user_id"], enc.num_embeddings["item_genre"]
+        (2, 3)
+    """
+
+    user_ids: tuple = ()
+    item_ids: tuple = ()
+    genders: tuple = ()
+    occupations: tuple = ()
+    genres: tuple = ()
+    decades: tuple = field(default=tuple(range(1900, 2030, 10)))
+
+    @classmethod
+    def fit(cls, users: pd.DataFrame, items: pd.DataFrame) -> FeatureEncoder:
+        genres = items["item_genres"].fillna("").str.split("|").explode()
+        return cls(
+            user_ids=tuple(sorted(int(u) for u in pd.unique(users["user_id"]))),
+            item_ids=tuple(sorted(int(i) for i in pd.unique(items["item_id"]))),
+            genders=_vocab(users["user_gender"]),
+            occupations=_vocab(users["user_occupation"]),
+            genres=tuple(sorted(g for g in pd.unique(genres.dropna()) if g)),
+        )
+
+    @property
+    def num_embeddings(self) -> dict[str, int]:
+        return {
+            "user_id": len(self.user_ids) + 1,
+            "user_gender": len(self.genders) + 1,
+            "user_age": len(AGE_EDGES) + 1,
+            "user_occupation": len(self.occupations) + 1,
+            "item_id": len(self.item_ids) + 1,
+            "item_genre": len(self.genres) + 1,
+            "item_decade": len(self.decades) + 1,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureEncoder:
+        return cls(**{k: tuple(v) for k, v in d.items()})
+
+    @staticmethod
+    def _lookup(vocab: tuple, values: pd.Series) -> np.ndarray:
+        index = pd.Index(vocab)
+        rows = index.get_indexer(values.to_numpy())
+        return np.where(rows >= 0, rows + 1, 0).astype(np.int64)
+
+    def user_kjt(self, users: pd.DataFrame) -> KeyedJaggedTensor:
+        """One row per user (columns ``user_id, user_gender, user_age, user_occupation``)."""
+        ages = np.searchsorted(np.asarray(AGE_EDGES), users["user_age"].to_numpy(), side="right")
+        cols = [
+            self._lookup(self.user_ids, users["user_id"].astype(int)),
+            self._lookup(self.genders, users["user_gender"].astype(str)),
+            ages.astype(np.int64),
+            self._lookup(self.occupations, users["user_occupation"].astype(str)),
+        ]
+        return _single_valued_kjt(USER_FEATURES, cols)
+
+    def item_kjt(self, items: pd.DataFrame) -> KeyedJaggedTensor:
+        """One row per item (columns ``item_id, item_genres, item_release_year``); genres are jagged."""
+        ids = self._lookup(self.item_ids, items["item_id"].astype(int))
+        genre_lists = items["item_genres"].fillna("").str.split("|")
+        genre_index = {g: i + 1 for i, g in enumerate(self.genres)}
+        genre_rows = [[genre_index.get(g, 0) for g in gs if g] or [0] for gs in genre_lists]
+        decades = self._lookup(self.decades, (items["item_release_year"].astype(int) // 10) * 10)
+        n = len(items)
+        values = np.concatenate([ids, np.concatenate(genre_rows) if n else np.zeros(0, np.int64), decades])
+        lengths = np.concatenate([np.ones(n, np.int64), [len(g) for g in genre_rows], np.ones(n, np.int64)])
+        return KeyedJaggedTensor(
+            keys=list(ITEM_FEATURES),
+            values=torch.from_numpy(values.astype(np.int64)),
+            lengths=torch.from_numpy(lengths.astype(np.int64)),
+        )
+
+    def item_rows(self, item_ids: pd.Series | np.ndarray) -> np.ndarray:
+        """Position of each item in the sorted catalogue (-1 when unknown)."""
+        return pd.Index(self.item_ids).get_indexer(np.asarray(item_ids, dtype=np.int64))
+
+
+def _single_valued_kjt(keys: tuple[str, ...], cols: list[np.ndarray]) -> KeyedJaggedTensor:
+    n = len(cols[0])
+    return KeyedJaggedTensor(
+        keys=list(keys),
+        values=torch.from_numpy(np.concatenate(cols).astype(np.int64)),
+        lengths=torch.ones(n * len(keys), dtype=torch.int64),
+    )
+
+
+def embedding_tables(encoder: FeatureEncoder, dim: int) -> tuple[list[EmbeddingBagConfig], list[EmbeddingBagConfig]]:
+    """Table configs of the user and the item tower, one table per feature."""
+
+    def table(feature: str) -> EmbeddingBagConfig:
+        return EmbeddingBagConfig(
+            name=f"t_{feature}",
+            embedding_dim=dim,
+            num_embeddings=encoder.num_embeddings[feature],
+            feature_names=[feature],
+            pooling=PoolingType.MEAN,
+        )
+
+    return [table(f) for f in USER_FEATURES], [table(f) for f in ITEM_FEATURES]
+
+
+class TwoTower(nn.Module):
+    """User and item towers whose dot product scores a (user, item) pair.
+
+    Args:
+        user_ebc: EmbeddingBagCollection over ``USER_FEATURES``.
+        item_ebc: EmbeddingBagCollection over ``ITEM_FEATURES``.
+        dim: output size of both towers.
+        device: where the dense layers live (the tables may be on ``meta`` until sharded).
+
+    Example:
+        >>> enc = FeatureEncoder(user_ids=(1,), item_ids=(1, 2), genders=("F",), occupations=("x",), genres=("Drama",))
+        >>> model = build_two_tower(enc, dim=8)
+        >>> users = pd.DataFrame({"user_id": [1], "user_gender": ["F"], "user_age": [30], "user_occupation": ["x"]})
+        >>> items = pd.DataFrame({"item_id": [1, 2], "item_genres": ["Drama", ""], "item_release_year": [1990, 0]})
+        >>> model(enc.user_kjt(users), enc.item_kjt(items)).shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(
+        self,
+        user_ebc: EmbeddingBagCollection,
+        item_ebc: EmbeddingBagCollection,
+        dim: int,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        self.user_ebc = user_ebc
+        self.item_ebc = item_ebc
+        self.user_proj = _tower(len(USER_FEATURES) * dim, dim, device)
+        self.item_proj = _tower(len(ITEM_FEATURES) * dim, dim, device)
+
+    def user_embedding(self, users: KeyedJaggedTensor) -> torch.Tensor:
+        """Returns: ``[B, dim]`` user vectors."""
+        return self.user_proj(self.user_ebc(users).values())
+
+    def item_embedding(self, items: KeyedJaggedTensor) -> torch.Tensor:
+        """Returns: ``[N, dim]`` item vectors."""
+        return self.item_proj(self.item_ebc(items).values())
+
+    def forward(self, users: KeyedJaggedTensor, items: KeyedJaggedTensor) -> torch.Tensor:
+        """Returns: ``[B, N]`` scores of every user against every item."""
+        return self.user_embedding(users) @ self.item_embedding(items).T
+
+
+def _tower(in_dim: int, out_dim: int, device: torch.device | None) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, 2 * out_dim, device=device),
+        nn.ReLU(),
+        nn.Linear(2 * out_dim, out_dim, device=device),
+    )
+
+
+def build_two_tower(encoder: FeatureEncoder, dim: int, device: torch.device | str = "cpu") -> TwoTower:
+    """A TwoTower whose tables live on ``device`` (``"meta"`` before sharding)."""
+    user_tables, item_tables = embedding_tables(encoder, dim)
+    dense_device = torch.device("cpu") if str(device) == "meta" else torch.device(device)
+    return TwoTower(
+        EmbeddingBagCollection(tables=user_tables, device=torch.device(device)),
+        EmbeddingBagCollection(tables=item_tables, device=torch.device(device)),
+        dim,
+        device=dense_device,
+    )
+
+
+class TwoTowerTrainTask(nn.Module):
+    """Adds the loss: softmax over the whole catalogue, target = the interacted item.
+
+    Args:
+        model: the TwoTower to train.
+        temperature: divides the scores before the softmax.
+
+    Returns from forward: ``(loss, (loss, logits, labels))`` with the outputs detached,
+    the convention of TorchRec's train tasks.
+    """
+
+    def __init__(self, model: TwoTower, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+
+    def forward(
+        self, users: KeyedJaggedTensor, catalogue: KeyedJaggedTensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        logits = self.model(users, catalogue) / self.temperature
+        loss = nn.functional.cross_entropy(logits, labels)
+        return loss, (loss.detach(), logits.detach(), labels.detach())
+
+
+class Recommender(nn.Module):
+    """What the registry stores: the trained towers, the encoder and the catalogue's features.
+
+    ``score(users)`` ranks the catalogue it was trained with; this is the object the
+    gate and the monitor load back from MLflow to score champion and challenger on
+    the same holdout.
+    """
+
+    def __init__(self, model: TwoTower, encoder: FeatureEncoder, catalogue: pd.DataFrame) -> None:
+        super().__init__()
+        self.model = model
+        self.encoder_state = encoder.to_dict()
+        self.catalogue = catalogue.reset_index(drop=True)[["item_id", "item_genres", "item_release_year"]]
+
+    @property
+    def encoder(self) -> FeatureEncoder:
+        return FeatureEncoder.from_dict(self.encoder_state)
+
+    @torch.no_grad()
+    def score(self, users: pd.DataFrame) -> torch.Tensor:
+        """Args: users with profile columns. Returns: ``[U, N]`` scores over ``self.catalogue``."""
+        self.eval()
+        enc = self.encoder
+        return self.model(enc.user_kjt(users), enc.item_kjt(self.catalogue))
+
+    def forward(self, users: KeyedJaggedTensor, items: KeyedJaggedTensor) -> torch.Tensor:
+        return self.model(users, items)

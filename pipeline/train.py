@@ -1,0 +1,220 @@
+"""Training of the two-tower model under TorchRec's DistributedModelParallel.
+
+One place owns the process group, the sharding plan, the fused embedding
+optimizer and the dense optimizer. On CPU this is gloo with one process; the same
+code runs under ``torchrun`` with more processes (NCCL on GPUs).
+
+Two TorchRec behaviours shape this module (both seen with torchrec 1.8 on CPU):
+small tables are planned ``data_parallel`` with a dense kernel unless constrained,
+and then the in-backward optimizer never runs; so the planner is told to shard
+table-wise with the fused kernel. And a learning rate written into
+``fused_optimizer.param_groups`` reaches the kernel only on ``fused_optimizer.step()``,
+so the loop calls it every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch.distributed.optim import _apply_optimizer_in_backward as apply_optimizer_in_backward
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.types import KernelConfig, ParameterConstraints, TopologyFactory, TrainerConfig
+from torchrec.inference.state_dict_transform import state_dict_gather, state_dict_to_device
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from tqdm.auto import tqdm
+
+from pipeline.errors import DataError
+from pipeline.evaluate import USER_COLUMNS
+from pipeline.model import FeatureEncoder, Recommender, TwoTowerTrainTask, build_two_tower
+from pipeline.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run leaves behind, small enough for an Airflow XCom."""
+
+    checkpoint: str
+    n_samples: int
+    n_steps: int
+    epoch_losses: tuple[float, ...]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "epoch_losses": list(self.epoch_losses)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainResult:
+        return cls(**{**d, "epoch_losses": tuple(d["epoch_losses"])})
+
+
+def init_process_group() -> None:
+    """Joins the ``torchrun`` group when launched by it, else a one-process gloo group.
+
+    The one-process group uses an in-memory store, so repeated training in one
+    process (tests, ``dag.test()``) needs no free port.
+    """
+    if dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+        dist.init_process_group(backend=backend)
+    else:
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device(f"cuda:{local}")
+    return torch.device("cpu")
+
+
+def shard(task: TwoTowerTrainTask, sparse_lr: float, dev: torch.device) -> DistributedModelParallel:
+    """Wraps the train task in DMP with row-wise Adagrad fused into the embedding backward."""
+    tower = task.model
+    for ebc in (tower.user_ebc, tower.item_ebc):
+        apply_optimizer_in_backward(torch.optim.Adagrad, ebc.parameters(), {"lr": sparse_lr})
+    tables = [t.name for ebc in (tower.user_ebc, tower.item_ebc) for t in ebc.embedding_bag_configs()]
+    constraints = {
+        name: ParameterConstraints(sharding_types=["table_wise"], compute_kernels=["fused"]) for name in tables
+    }
+    planner = EmbeddingShardingPlanner(
+        topology=TopologyFactory.create_topology(
+            trainer_config=TrainerConfig(world_size=dist.get_world_size()),
+            kernel_config=KernelConfig(compute_device=dev.type),
+        ),
+        constraints=constraints,
+    )
+    plan = planner.collective_plan(task, pg=dist.GroupMember.WORLD)
+    return DistributedModelParallel(module=task, device=dev, plan=plan)
+
+
+def optimizer(dmp: DistributedModelParallel, dense_lr: float) -> CombinedOptimizer:
+    """Adam on the dense tower layers, combined with DMP's fused embedding optimizer."""
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+        lambda params: torch.optim.Adam(params, lr=dense_lr),
+    )
+    return CombinedOptimizer([("sparse", dmp.fused_optimizer), ("dense", dense)])
+
+
+def training_examples(history: pd.DataFrame, encoder: FeatureEncoder) -> tuple[pd.DataFrame, np.ndarray]:
+    """User feature rows and catalogue positions of the interacted items."""
+    labels = encoder.item_rows(history["item_id"])
+    known = labels >= 0
+    return history.loc[known, USER_COLUMNS].reset_index(drop=True), labels[known]
+
+
+def train(
+    history: pd.DataFrame,
+    catalogue: pd.DataFrame,
+    out_dir: Path,
+    settings: TrainSettings,
+    progress: bool = True,
+) -> TrainResult:
+    """Trains a two-tower model on ``history`` and writes ``out_dir/model.pt``.
+
+    Args:
+        history: interactions with user profile columns (the data stage's window frame).
+        catalogue: every rankable item with ``item_id, item_genres, item_release_year``.
+        out_dir: folder of this run; the checkpoint is written atomically.
+        settings: dimensions, epochs, batch size, learning rates, seed.
+        progress: show a progress bar per epoch.
+
+    Returns:
+        TrainResult with the checkpoint path and the mean loss of each epoch.
+    """
+    if history.empty:
+        raise DataError("training window is empty: no interactions before the holdout")
+    started = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    init_process_group()
+    dev = device()
+
+    catalogue = catalogue.sort_values("item_id").reset_index(drop=True)
+    encoder = FeatureEncoder.fit(history, catalogue)
+    users, labels = training_examples(history, encoder)
+    task = TwoTowerTrainTask(build_two_tower(encoder, settings.embedding_dim, "meta"), settings.temperature)
+    dmp = shard(task, settings.sparse_lr, dev)
+    opt = optimizer(dmp, settings.dense_lr)
+    items_kjt = encoder.item_kjt(catalogue).to(dev)
+
+    losses, steps = [], 0
+    for epoch in range(settings.epochs):
+        order = rng.permutation(len(labels))
+        batches = range(0, len(order), settings.batch_size)
+        total = 0.0
+        for start in tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False):
+            idx = order[start : start + settings.batch_size]
+            user_kjt = encoder.user_kjt(users.iloc[idx]).to(dev)
+            target = torch.from_numpy(labels[idx]).to(dev)
+            opt.zero_grad()
+            loss, _ = dmp(user_kjt, items_kjt, target)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            steps += 1
+        losses.append(total / len(labels))
+        log.info("epoch %d loss %.4f", epoch + 1, losses[-1])
+
+    path = save_checkpoint(dmp, encoder, catalogue, settings, out_dir)
+    return TrainResult(str(path), len(labels), steps, tuple(losses), time.perf_counter() - started)
+
+
+def unsharded(dmp: DistributedModelParallel, encoder: FeatureEncoder, catalogue: pd.DataFrame, dim: int) -> Recommender:
+    """Gathers the sharded weights into a plain CPU Recommender (rank 0 holds the result)."""
+    plain = TwoTowerTrainTask(build_two_tower(encoder, dim, "cpu"))
+    state = state_dict_to_device(dmp.state_dict(), pg=dist.GroupMember.WORLD, device=torch.device("cpu"))
+    target = plain.state_dict()
+    state_dict_gather(state, target)
+    plain.load_state_dict(target)
+    return Recommender(plain.model, encoder, catalogue)
+
+
+def save_checkpoint(
+    dmp: DistributedModelParallel,
+    encoder: FeatureEncoder,
+    catalogue: pd.DataFrame,
+    settings: TrainSettings,
+    out_dir: Path,
+) -> Path:
+    """One dict (weights, encoder, catalogue, config), written to a temp file then renamed."""
+    recommender = unsharded(dmp, encoder, catalogue, settings.embedding_dim)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "model.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(
+        {
+            "model": recommender.model.state_dict(),
+            "encoder": encoder.to_dict(),
+            "catalogue": recommender.catalogue.to_dict(orient="list"),
+            "config": settings.model_dump(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Path) -> Recommender:
+    """The Recommender saved by ``train``, on CPU."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    encoder = FeatureEncoder.from_dict(ckpt["encoder"])
+    model = build_two_tower(encoder, ckpt["config"]["embedding_dim"], "cpu")
+    model.load_state_dict(ckpt["model"])
+    return Recommender(model, encoder, pd.DataFrame(ckpt["catalogue"]))
