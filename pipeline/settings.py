@@ -40,6 +40,7 @@ class DataSettings(BaseModel):
 class DriftSettings(BaseModel):
     """Drift tests on designed interaction signals (see pipeline.drift)."""
 
+    reference_days: int = Field(7, ge=1, description="The reference is this many days before the window.")
     stattest_threshold: float = Field(0.1, gt=0, description="Per-signal drift score above which it drifts.")
     minor_share: float = Field(0.2, ge=0, le=1, description="Share of drifted signals for severity 'minor'.")
     major_share: float = Field(0.5, ge=0, le=1, description="Share of drifted signals for severity 'major'.")

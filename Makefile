@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Each creates or refreshes .venv first; a second run skips the install (stamp file).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+REQS := pyproject.toml requirements/constraints.txt requirements/torchrec.txt
+TORCH_PAIR ?= cpu
+STAMP := $(VENV)/.installed-$(TORCH_PAIR)
+
+.PHONY: setup setup-gpu demo test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): $(REQS) requirements/torch-$(TORCH_PAIR).txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 1; }
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	@echo "installing the stack into $(VENV) (first time: a few minutes)"
+	$(PIP) install -r requirements/torch-$(TORCH_PAIR).txt -c requirements/constraints.txt
+	$(PIP) install --no-deps torchrec==1.8.0
+	$(PIP) install -r requirements/torchrec.txt -c requirements/constraints.txt
+	$(PIP) install -e '.[test]' -c requirements/constraints.txt
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# The CUDA pair (torch CUDA build + fbgemm-gpu) for training on NVIDIA GPUs.
+setup-gpu:
+	$(MAKE) setup TORCH_PAIR=gpu
+
+demo: setup
+	$(BIN)/retrain demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf .retrain features/data mlruns

@@ -1,0 +1,160 @@
+"""Command line: ``retrain demo``, ``retrain ingest``, ``retrain run``.
+
+Errors the user can act on (missing files, bad columns, too many bad rows) print
+one line and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Optional
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import PipelineError
+from pipeline.settings import Settings, get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags"
+
+
+def quiet_libraries() -> None:
+    """Keeps library chatter (planner hints, deprecations) out of the user's terminal."""
+    warnings.filterwarnings("ignore")
+    for name in ("torchrec", "torch", "mlflow", "feast", "evidently", "alembic", "airflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+
+def airflow_env(settings: Settings) -> None:
+    """Points Airflow at a home under the pipeline's home, with this repo's dags folder."""
+    home = (settings.home / "airflow").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["AIRFLOW_HOME"] = str(home)
+    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_FOLDER)
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+
+
+def migrate_airflow_db(settings: Settings) -> None:
+    """``airflow db migrate`` once per Airflow home (it is idempotent, but takes seconds)."""
+    airflow_env(settings)
+    marker = Path(os.environ["AIRFLOW_HOME"]) / ".migrated"
+    if marker.exists():
+        return
+    airflow = Path(sys.executable).with_name("airflow")
+    done = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PipelineError(f"airflow db migrate failed: {done.stderr.strip().splitlines()[-1:]}")
+    marker.touch()
+
+
+def load_dag(name: str = "retrain"):
+    """Imports a DAG file from the dags folder (it is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"dags.{name}", DAGS_FOLDER / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
+def ingest_source(settings: Settings, source: Path | None) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Loads the interaction data and writes it into the Feast repository; returns its time span."""
+    from pipeline import data
+
+    source = source or settings.data.source
+    if source is None or source.is_dir():
+        raw = data.load_movielens(settings.cache_dir, source)
+    else:
+        raw = data.RawData(data.load_interactions(source), pd.DataFrame(), pd.DataFrame())
+    data.bootstrap_feature_repo(raw, settings.feature_repo)
+    return raw.interactions["timestamp"].min(), raw.interactions["timestamp"].max()
+
+
+def weekly_windows(first: pd.Timestamp, last: pd.Timestamp, weeks: int, start: str | None) -> list[pd.Timestamp]:
+    """Window starts: from ``start``, or the last ``weeks`` complete Monday-aligned weeks."""
+    if start:
+        begin = pd.Timestamp(start, tz="UTC")
+    else:
+        last_monday = (last - timedelta(days=last.weekday())).normalize()
+        begin = last_monday - timedelta(weeks=weeks)
+    if begin <= first:
+        raise PipelineError(f"window start {begin.date()} leaves no history before it (data begins {first.date()})")
+    return [begin + timedelta(weeks=i) for i in range(weeks)]
+
+
+def summary_table(summaries: list[dict]) -> Table:
+    table = Table(title="Retraining cycles")
+    for col in ("window", "rows", "drift", "challenger NDCG@10", "champion NDCG@10", "decision"):
+        table.add_column(col)
+    for s in summaries:
+        champion = "—" if s["champion_ndcg"] is None else f"{s['champion_ndcg']:.4f}"
+        decision = f"promote v{s['version']}" if s["promoted"] else f"reject v{s['version']}"
+        start, end = (pd.Timestamp(t).date() for t in s["window"].split("/"))
+        table.add_row(f"{start} → {end}", str(s["rows_window"]), s["drift"], f"{s['challenger_ndcg']:.4f}", champion, decision)
+    return table
+
+
+@app.command()
+def ingest(
+    source: Annotated[
+        Optional[Path],
+        typer.Option(help="Interaction log (.parquet/.csv) or GroupLens ml-100k folder; default MovieLens-100K."),
+    ] = None,
+) -> None:
+    """Load interactions into the Feast repository (offline files + registry)."""
+    settings = get_settings()
+    first, last = ingest_source(settings, source)
+    console.print(f"ingested interactions {first} .. {last} into {settings.feature_repo}")
+
+
+@app.command()
+def demo(
+    weeks: Annotated[int, typer.Option(min=1, help="How many consecutive weekly windows to run.")] = 3,
+    start: Annotated[Optional[str], typer.Option(help="First window's start (YYYY-MM-DD); default: the last full weeks.")] = None,
+    source: Annotated[Optional[Path], typer.Option(help="Interaction data; default MovieLens-100K.")] = None,
+) -> None:
+    """Run the retraining DAG with dag.test() over consecutive weekly windows and print what it decided."""
+    quiet_libraries()
+    settings = get_settings()
+    console.print(f"[bold]1/3[/] ingesting data into the Feast repository at {settings.feature_repo}")
+    first, last = ingest_source(settings, source)
+    console.print(f"[bold]2/3[/] preparing Airflow at {settings.home / 'airflow'}")
+    migrate_airflow_db(settings)
+    dag = load_dag("retrain")
+    summaries = []
+    for i, begin in enumerate(weekly_windows(first, last, weeks, start), 1):
+        end = begin + timedelta(weeks=1)
+        console.print(f"[bold]3/3[/] cycle {i}/{weeks}: window {begin.date()} → {end.date()}")
+        run = dag.test(logical_date=end.to_pydatetime())
+        if str(run.state) != "success":
+            raise PipelineError(f"DAG run for window {begin.date()} ended {run.state}; see the task logs above")
+        summary_path = settings.runs_dir / f"{begin:%Y%m%d}-{end:%Y%m%d}" / "summary.json"
+        summaries.append(json.loads(summary_path.read_text()))
+    console.print(summary_table(summaries))
+    console.print(f"MLflow: {settings.mlflow_uri}  (model '{settings.model_name}', alias 'champion')")
+    console.print(f"Cycle folders: {settings.runs_dir.resolve()}")
+
+
+def main() -> None:
+    try:
+        app()
+    except PipelineError as err:
+        Console(stderr=True).print(f"error: {err}", soft_wrap=True, markup=False, highlight=False)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
