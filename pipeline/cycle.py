@@ -167,7 +167,7 @@ def gate(
         window=window,
         params={**s.train.model_dump(), "rows_history": pulled["rows_history"]},
         metrics={**challenger.metrics, "train_seconds": trained["seconds"], "final_loss": trained["epoch_losses"][-1]},
-        artifacts={"drift.html": Path(drift_result["html"]), "drift.json": Path(drift_result["json"])},
+        artifacts={name: Path(drift_result[key]) for name, key in (("drift.html", "html"), ("drift.json", "json")) if drift_result[key]},
         tags={"drift.severity": drift_result["severity"], "window": window},
     )
     champion_info = registry.champion(s)

@@ -1,0 +1,81 @@
+"""Feature views for the two-tower model.
+
+Feature names carry their entity prefix (``user_age``, ``item_n_interactions``) so that
+the names stay unique across views and are the column names a retrieval returns.
+
+``ttl=timedelta(0)`` means "never expires" in Feast: a profile is valid until replaced,
+and a cumulative count stays true until the next day's row supersedes it.
+"""
+
+from datetime import timedelta
+
+from data_sources import (
+    item_profile_source,
+    item_stats_source,
+    user_profile_source,
+    user_stats_source,
+)
+from entities import item, user
+from feast import FeatureView, Field
+from feast.types import Int64, String
+
+NO_EXPIRY = timedelta(0)
+
+user_profile_fv = FeatureView(
+    name="user_profile",
+    entities=[user],
+    ttl=NO_EXPIRY,
+    schema=[
+        Field(name="user_age", dtype=Int64, description="Age in years; 0 if unknown."),
+        Field(name="user_gender", dtype=String, description="'M', 'F' or 'unknown'."),
+        Field(name="user_occupation", dtype=String),
+    ],
+    online=True,
+    source=user_profile_source,
+    tags={"team": "recsys", "kind": "static"},
+)
+
+user_stats_fv = FeatureView(
+    name="user_stats",
+    entities=[user],
+    ttl=NO_EXPIRY,
+    schema=[
+        Field(
+            name="user_n_interactions",
+            dtype=Int64,
+            description="Interactions of the user on days before the feature timestamp.",
+        ),
+    ],
+    online=True,
+    source=user_stats_source,
+    tags={"team": "recsys", "kind": "daily_aggregate"},
+)
+
+item_profile_fv = FeatureView(
+    name="item_profile",
+    entities=[item],
+    ttl=NO_EXPIRY,
+    schema=[
+        Field(name="item_genres", dtype=String, description="'|'-joined genre names; '' if none."),
+        Field(name="item_release_year", dtype=Int64, description="0 if unknown."),
+    ],
+    online=True,
+    source=item_profile_source,
+    tags={"team": "recsys", "kind": "static"},
+)
+
+item_stats_fv = FeatureView(
+    name="item_stats",
+    entities=[item],
+    ttl=NO_EXPIRY,
+    schema=[
+        Field(
+            name="item_n_interactions",
+            dtype=Int64,
+            description="Interactions with the item on days before the feature timestamp.",
+        ),
+    ],
+    online=True,
+    source=item_stats_source,
+    tags={"team": "recsys", "kind": "daily_aggregate"},
+)

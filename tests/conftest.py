@@ -1,0 +1,40 @@
+"""Shared fixtures: real MovieLens-100K (downloaded once) and throwaway Feast repos."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.data import RawData, load_movielens
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FEATURE_REPO = REPO_ROOT / "features"
+
+
+def cache_dir() -> Path:
+    """Where the recbole wheel is kept between runs: $RETRAIN_HOME/cache or .retrain/cache."""
+    home = os.environ.get("RETRAIN_HOME")
+    return (Path(home) if home else REPO_ROOT / ".retrain") / "cache"
+
+
+def copy_feature_repo(dest: Path) -> Path:
+    """Copy the Feast definitions (not generated data) so tests never write into features/."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in [FEATURE_REPO / "feature_store.yaml", *FEATURE_REPO.glob("*.py")]:
+        shutil.copy(src, dest / src.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def movielens() -> RawData:
+    """MovieLens-100K read from the recbole wheel (943 users, 1,682 items, 100,000 ratings)."""
+    return load_movielens(cache_dir())
+
+
+@pytest.fixture
+def feature_repo(tmp_path: Path) -> Path:
+    """An empty copy of features/ in tmp_path, ready for bootstrap_feature_repo."""
+    return copy_feature_repo(tmp_path / "features")

@@ -1,0 +1,234 @@
+"""Spec of pipeline.drift: designed signals, real Evidently, verdicts that can be audited.
+
+The windows are synthetic but shaped like MovieLens-100K: 943 users and 1,682 items,
+Zipf-like item popularity (popular items are recent ones), log-normal user activity,
+ratings from item quality plus noise, a daily rhythm, and "|"-joined genres.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.drift import SIGNALS, DriftReport, check_drift
+from pipeline.errors import DataError
+from pipeline.settings import DriftSettings
+
+GENRES = (
+    "Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy "
+    "Film-Noir Horror Musical Mystery Romance Sci-Fi Thriller War Western"
+).split()
+OCCUPATIONS = ("student", "engineer", "educator", "programmer", "writer", "other", "none")
+START = pd.Timestamp("1998-01-05", tz="UTC")
+
+
+def make_world(seed: int = 0, n_users: int = 943, n_items: int = 1682) -> dict[str, pd.DataFrame]:
+    """Users and items shared by every window drawn from this world."""
+    rng = np.random.default_rng(seed)
+    rank = rng.permutation(n_items) + 1  # 1 = most popular
+    items = pd.DataFrame(
+        {
+            "item_id": np.arange(1, n_items + 1, dtype="int64"),
+            "popularity": 1.0 / rank**0.9,
+            "quality": rng.normal(3.5, 0.5, n_items),
+            "item_release_year": (1998 - rank / n_items * 40 - rng.exponential(3, n_items)).astype("int64"),
+            "item_genres": ["|".join(rng.choice(GENRES, rng.integers(0, 4), replace=False)) for _ in range(n_items)],
+        }
+    )
+    items.loc[rng.random(n_items) < 0.01, "item_release_year"] = 0  # unknown year
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(1, n_users + 1, dtype="int64"),
+            "activity": rng.lognormal(0, 1, n_users),
+            "bias": rng.normal(0, 0.4, n_users),
+            "user_age": rng.integers(7, 74, n_users).astype("int64"),
+            "user_gender": rng.choice(["M", "F"], n_users, p=[0.7, 0.3]),
+            "user_occupation": rng.choice(OCCUPATIONS, n_users),
+        }
+    )
+    return {"items": items, "users": users}
+
+
+def make_window(
+    world: dict[str, pd.DataFrame],
+    n: int,
+    *,
+    seed: int,
+    start: pd.Timestamp = START,
+    days: float = 7.0,
+    rating_shift: float = 0.0,
+    long_tail: bool = False,
+) -> pd.DataFrame:
+    """A window in the data stage's contract; ``long_tail`` turns popularity upside down."""
+    rng = np.random.default_rng(seed)
+    items, users = world["items"], world["users"]
+    pop = items["popularity"].to_numpy()
+    pop = 1.0 / pop if long_tail else pop
+    item = items.iloc[rng.choice(len(items), n, p=pop / pop.sum())].reset_index(drop=True)
+    act = users["activity"].to_numpy()
+    user = users.iloc[rng.choice(len(users), n, p=act / act.sum())].reset_index(drop=True)
+    hour_weight = 1.0 + np.sin(np.linspace(0, 2 * np.pi, 24, endpoint=False) - 2.0)
+    hours = rng.choice(24, n, p=hour_weight / hour_weight.sum())
+    offset = rng.integers(0, int(days), n) * 86_400 + hours * 3_600 + rng.integers(0, 3_600, n)
+    noise = rng.normal(0, 0.8, n)
+    window = pd.DataFrame(
+        {
+            "user_id": user["user_id"],
+            "item_id": item["item_id"],
+            "timestamp": start + pd.to_timedelta(np.minimum(offset, days * 86_400 - 1), unit="s"),
+            "rating": np.clip(np.round(item["quality"] + user["bias"] + noise + rating_shift), 1, 5).astype("float64"),
+            "user_age": user["user_age"],
+            "user_gender": user["user_gender"],
+            "user_occupation": user["user_occupation"],
+            "item_genres": item["item_genres"],
+            "item_release_year": item["item_release_year"],
+        }
+    )
+    window["user_n_interactions"] = window.groupby("user_id")["item_id"].transform("size").astype("int64")
+    window["item_n_interactions"] = window.groupby("item_id")["user_id"].transform("size").astype("int64")
+    return window.sort_values("timestamp", ignore_index=True)
+
+
+def assert_no_nan(value: object, where: str = "report") -> None:
+    """Every number in a report dict is finite, at any depth."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            assert_no_nan(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            assert_no_nan(v, f"{where}[{i}]")
+    elif isinstance(value, float):
+        assert math.isfinite(value), f"{where} is {value}"
+
+
+@pytest.fixture(scope="module")
+def world() -> dict[str, pd.DataFrame]:
+    return make_world()
+
+
+@pytest.fixture(scope="module")
+def reference(world) -> pd.DataFrame:
+    return make_window(world, 3000, seed=1)
+
+
+def signal(report: DriftReport, name: str):
+    return next(s for s in report.signals if s.name == name)
+
+
+class TestVerdicts:
+    def test_identical_distributions_give_no_drift(self, world, reference, tmp_path):
+        current = make_window(world, 3000, seed=2, start=START + pd.Timedelta(days=7))
+        report = check_drift(reference, current, tmp_path, DriftSettings())
+        assert report.severity == "none", report.reason
+        assert report.drifted_signals == ()
+        assert all(s.tested for s in report.signals), [s.note for s in report.signals]
+        assert {s.name for s in report.signals} == {s.name for s in SIGNALS}
+
+    def test_rating_inflation_drifts_the_rating_signal(self, world, reference, tmp_path):
+        current = make_window(world, 3000, seed=3, start=START + pd.Timedelta(days=7), rating_shift=1.0)
+        report = check_drift(reference, current, tmp_path, DriftSettings())
+        rating = signal(report, "rating")
+        assert rating.drifted and rating.method == "wasserstein"
+        assert rating.value >= rating.threshold
+
+    def test_long_tail_shift_drifts_popularity_signals_and_raises_severity(self, world, reference, tmp_path):
+        current = make_window(world, 3000, seed=4, start=START + pd.Timedelta(days=7), long_tail=True)
+        report = check_drift(reference, current, tmp_path, DriftSettings())
+        assert {"item_popularity_decile", "is_new_item"} <= set(report.drifted_signals)
+        assert report.severity in {"minor", "major"}, report.reason
+        assert report.drifted_share >= report.minor_share
+
+    def test_severity_follows_the_share_settings(self, world, reference, tmp_path):
+        current = make_window(world, 3000, seed=5, start=START + pd.Timedelta(days=7), rating_shift=1.0, long_tail=True)
+        strict = check_drift(reference, current, tmp_path, DriftSettings(minor_share=0.1, major_share=0.2))
+        lenient = check_drift(reference, current, tmp_path, DriftSettings(minor_share=0.9, major_share=1.0))
+        assert strict.severity == "major"
+        assert lenient.severity == "none"
+        assert strict.drifted_share == lenient.drifted_share > 0
+
+    def test_every_decision_carries_its_numbers(self, world, reference, tmp_path):
+        current = make_window(world, 2000, seed=6, start=START + pd.Timedelta(days=7), rating_shift=0.7)
+        settings = DriftSettings(stattest_threshold=0.15)
+        report = check_drift(reference, current, tmp_path, settings)
+        tested = [s for s in report.signals if s.tested]
+        for s in tested:
+            assert s.threshold == 0.15
+            assert s.drifted == (s.value >= s.threshold), s
+            assert s.n_reference > 0 and s.n_current > 0
+        assert report.drifted_share == pytest.approx(sum(s.drifted for s in tested) / len(tested))
+        assert (report.reference_rows, report.current_rows) == (3000, 2000)
+        assert str(len(report.drifted_signals)) in report.reason
+
+
+class TestOutputs:
+    def test_round_trip_through_json(self, world, reference, tmp_path):
+        current = make_window(world, 3000, seed=7, start=START + pd.Timedelta(days=7), rating_shift=1.0)
+        report = check_drift(reference, current, tmp_path, DriftSettings())
+        again = DriftReport.from_dict(json.loads(json.dumps(report.to_dict())))
+        assert again == report
+
+    def test_snapshot_files_are_written_whole(self, world, reference, tmp_path):
+        out = tmp_path / "run-1" / "drift"
+        current = make_window(world, 3000, seed=8, start=START + pd.Timedelta(days=7))
+        report = check_drift(reference, current, out, DriftSettings())
+        assert Path(report.json_path) == out / "drift.json"
+        assert Path(report.html_path) == out / "drift.html"
+        snapshot = json.loads(Path(report.json_path).read_text())
+        assert {m["config"]["column"] for m in snapshot["metrics"]} == {s.name for s in report.signals}
+        assert len(snapshot["tests"]) == len(report.signals)
+        assert "<html" in Path(report.html_path).read_text()[:2000].lower()
+        assert sorted(p.name for p in out.iterdir()) == ["drift.html", "drift.json"]  # no temp files left
+
+
+class TestDegenerateInputs:
+    @pytest.mark.parametrize("empty_side", ["reference", "current"])
+    def test_an_empty_window_gives_none_with_a_reason(self, reference, tmp_path, empty_side):
+        windows = {"reference": reference, "current": reference.iloc[:0]}
+        if empty_side == "reference":
+            windows = {"reference": reference.iloc[:0], "current": reference}
+        report = check_drift(windows["reference"], windows["current"], tmp_path, DriftSettings())
+        assert report.severity == "none"
+        assert f"{empty_side} window empty" in report.reason
+        assert report.signals == () and report.drifted_share == 0.0
+        assert report.json_path == report.html_path == ""
+        assert_no_nan(report.to_dict())
+
+    def test_constant_columns_and_single_categories_stay_finite(self, world, tmp_path):
+        reference = make_window(world, 500, seed=9)
+        current = make_window(world, 500, seed=10, start=START + pd.Timedelta(days=7))
+        for w in (reference, current):
+            w["rating"] = 4.0
+            w["item_id"] = 7  # one item: one popularity decile, one genre set
+            w["item_genres"] = ""
+            w["user_age"] = 30
+        current["item_release_year"] = 0  # all unknown -> signal cannot be tested
+        report = check_drift(reference, current, tmp_path, DriftSettings())
+        assert_no_nan(report.to_dict())
+        assert signal(report, "rating").value == 0.0 and not signal(report, "rating").drifted
+        year = signal(report, "item_release_year")
+        assert not year.tested and "no item_release_year values in the current window" in year.note
+        assert report.severity in {"none", "minor", "major"}
+
+    def test_daily_windows_do_not_test_the_weekly_rhythm(self, world, tmp_path):
+        reference = make_window(world, 1000, seed=11, days=1)
+        current = make_window(world, 1000, seed=12, start=START + pd.Timedelta(days=1), days=1)
+        report = check_drift(reference, current, tmp_path, DriftSettings())
+        assert not signal(report, "day_of_week").tested
+        assert signal(report, "hour_of_day").tested
+        assert_no_nan(report.to_dict())
+
+    def test_one_row_windows(self, world, tmp_path):
+        reference = make_window(world, 1, seed=13)
+        current = make_window(world, 1, seed=14, start=START + pd.Timedelta(days=7))
+        report = check_drift(reference, current, tmp_path, DriftSettings())
+        assert_no_nan(report.to_dict())
+        assert report.severity in {"none", "minor", "major"}
+
+    def test_missing_columns_are_a_data_error(self, reference, tmp_path):
+        with pytest.raises(DataError, match="current window lacks column"):
+            check_drift(reference, reference.drop(columns=["rating"]), tmp_path, DriftSettings())
