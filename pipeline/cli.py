@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -25,14 +26,15 @@ from pipeline.errors import PipelineError
 from pipeline.settings import Settings, get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 110)
 DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags"
 
 
 def quiet_libraries() -> None:
     """Keeps library chatter (planner hints, deprecations) out of the user's terminal."""
     warnings.filterwarnings("ignore")
-    for name in ("torchrec", "torch", "mlflow", "feast", "evidently", "alembic", "airflow"):
+    logging.captureWarnings(False)
+    for name in ("torchrec", "torch", "mlflow", "feast", "evidently", "alembic", "airflow", "py.warnings"):
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
@@ -83,6 +85,19 @@ def ingest_source(settings: Settings, source: Path | None) -> tuple[pd.Timestamp
     return raw.interactions["timestamp"].min(), raw.interactions["timestamp"].max()
 
 
+def reset_state(settings: Settings) -> None:
+    """Removes what earlier cycles left under home, so a replay starts with no champion.
+
+    A champion trained on later data would otherwise be judged on windows it was
+    trained on. The download cache and the Airflow home are kept.
+    """
+    for path in (settings.runs_dir, settings.artifact_root, settings.home / "mlflow.db"):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def weekly_windows(first: pd.Timestamp, last: pd.Timestamp, weeks: int, start: str | None) -> list[pd.Timestamp]:
     """Window starts: from ``start``, or the last ``weeks`` complete Monday-aligned weeks."""
     if start:
@@ -96,14 +111,14 @@ def weekly_windows(first: pd.Timestamp, last: pd.Timestamp, weeks: int, start: s
 
 
 def summary_table(summaries: list[dict]) -> Table:
-    table = Table(title="Retraining cycles")
-    for col in ("window", "rows", "drift", "challenger NDCG@10", "champion NDCG@10", "decision"):
-        table.add_column(col)
+    table = Table(title="Retraining cycles (NDCG@10 on each window, full ranking)")
+    for col in ("window", "rows", "drift", "challenger", "champion", "decision"):
+        table.add_column(col, no_wrap=True)
     for s in summaries:
         champion = "—" if s["champion_ndcg"] is None else f"{s['champion_ndcg']:.4f}"
         decision = f"promote v{s['version']}" if s["promoted"] else f"reject v{s['version']}"
         start, end = (pd.Timestamp(t).date() for t in s["window"].split("/"))
-        table.add_row(f"{start} → {end}", str(s["rows_window"]), s["drift"], f"{s['challenger_ndcg']:.4f}", champion, decision)
+        table.add_row(f"{start}..{end}", str(s["rows_window"]), s["drift"], f"{s['challenger_ndcg']:.4f}", champion, decision)
     return table
 
 
@@ -125,15 +140,21 @@ def demo(
     weeks: Annotated[int, typer.Option(min=1, help="How many consecutive weekly windows to run.")] = 3,
     start: Annotated[Optional[str], typer.Option(help="First window's start (YYYY-MM-DD); default: the last full weeks.")] = None,
     source: Annotated[Optional[Path], typer.Option(help="Interaction data; default MovieLens-100K.")] = None,
+    fresh: Annotated[
+        bool, typer.Option(help="Replay from scratch: remove earlier cycle folders and the MLflow store under home.")
+    ] = True,
 ) -> None:
     """Run the retraining DAG with dag.test() over consecutive weekly windows and print what it decided."""
     quiet_libraries()
     settings = get_settings()
+    if fresh:
+        reset_state(settings)
     console.print(f"[bold]1/3[/] ingesting data into the Feast repository at {settings.feature_repo}")
     first, last = ingest_source(settings, source)
     console.print(f"[bold]2/3[/] preparing Airflow at {settings.home / 'airflow'}")
     migrate_airflow_db(settings)
     dag = load_dag("retrain")
+    quiet_libraries()  # again: importing Airflow installs its own warning and logging handlers
     summaries = []
     for i, begin in enumerate(weekly_windows(first, last, weeks, start), 1):
         end = begin + timedelta(weeks=1)

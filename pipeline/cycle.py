@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.errors import PipelineError
 from pipeline.settings import Settings, get_settings
 
 HISTORY_START = pd.Timestamp("1970-01-01", tz="UTC")
@@ -139,9 +140,21 @@ def evaluate(pulled: dict[str, Any], trained: dict[str, Any], settings: Settings
     p = CyclePaths(Path(pulled["run_dir"]))
     history, holdout = pd.read_parquet(p.history), pd.read_parquet(p.holdout)
     challenger = evaluate_model(load_checkpoint(Path(trained["checkpoint"])), history, holdout, s.eval.k)
-    champion_model = registry.load_model(s, "champion")
-    champion = evaluate_model(champion_model, history, holdout, s.eval.k) if champion_model is not None else None
-    return {"challenger": challenger.to_dict(), "champion": champion.to_dict() if champion else None}
+    champion = None
+    current = registry.champion(s)
+    if current is not None:
+        trained_until = _ts(current.window.split("/")[0])
+        if trained_until > _ts(pulled["start"]):
+            raise PipelineError(
+                f"champion v{current.version} was trained on data up to {trained_until.date()}, after this "
+                f"window's start {_ts(pulled['start']).date()}: it cannot be judged on this window"
+            )
+        champion = evaluate_model(registry.load_model(s, current.version), history, holdout, s.eval.k)
+    return {
+        "challenger": challenger.to_dict(),
+        "champion": champion.to_dict() if champion else None,
+        "champion_version": current.version if current else None,
+    }
 
 
 def gate(
@@ -170,13 +183,14 @@ def gate(
         artifacts={name: Path(drift_result[key]) for name, key in (("drift.html", "html"), ("drift.json", "json")) if drift_result[key]},
         tags={"drift.severity": drift_result["severity"], "window": window},
     )
-    champion_info = registry.champion(s)
+    # The champion is the one evaluated before registering, so a retried gate task
+    # repeats the same decision instead of comparing the challenger with itself.
     decision = registry.decide(
         challenger.metrics[s.gate.metric],
         champion.metrics[s.gate.metric] if champion else None,
         s.gate,
         challenger_version=candidate.version,
-        champion_version=champion_info.version if champion_info else None,
+        champion_version=evaluated["champion_version"],
     )
     registry.apply_decision(decision, s)
     summary = {
