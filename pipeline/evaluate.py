@@ -120,7 +120,7 @@ def evaluate(recommender: Any, history: pd.DataFrame, holdout: pd.DataFrame, k: 
 
     Args:
         recommender: object with ``catalogue`` (frame with ``item_id``) and
-            ``score(users) -> [U, N]`` (``pipeline.model.Recommender``).
+            ``score(users, history) -> [U, N]`` (``pipeline.model.Recommender``).
         history: interactions before the holdout (their items are excluded per user).
         holdout: the window to rank; relevant items are its items not already in history.
         k: cut-off.
@@ -134,7 +134,7 @@ def evaluate(recommender: Any, history: pd.DataFrame, holdout: pd.DataFrame, k: 
     keep = n_relevant > 0
     if not bool(keep.any()):
         return EvalResult(k, math.nan, math.nan, 0, 0, len(item_ids))
-    scores = recommender.score(users[keep.numpy()].reset_index(drop=True))
+    scores = recommender.score(users[keep.numpy()].reset_index(drop=True), history)
     hits = topk_hits(scores, relevant[keep], seen[keep], k)
     return EvalResult(
         k=k,

@@ -22,9 +22,13 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-USER_FEATURES = ("user_id", "user_gender", "user_age", "user_occupation")
-ITEM_FEATURES = ("item_id", "item_genre", "item_decade")
+Jagged = tuple[np.ndarray, np.ndarray]  # (values, lengths) of one jagged feature
+USER_FEATURES = ("user_id", "user_gender", "user_age", "user_occupation", "user_history")
+ITEM_FEATURES = ("item_id", "item_genre", "item_decade", "item_popularity")
+POPULARITY_DAYS = 30  # recent popularity: interactions in the last 30 days before scoring
+POPULARITY_BUCKETS = 16  # log2 buckets of that count
 AGE_EDGES = (1, 18, 25, 35, 45, 50, 56)  # the MovieLens age groups; 0 = unknown
+HISTORY_CAP = 100  # most recent items pooled into the user's history bag
 
 
 def _vocab(values: pd.Series) -> tuple:
@@ -72,9 +76,11 @@ class FeatureEncoder:
             "user_gender": len(self.genders) + 1,
             "user_age": len(AGE_EDGES) + 1,
             "user_occupation": len(self.occupations) + 1,
+            "user_history": len(self.item_ids) + 1,
             "item_id": len(self.item_ids) + 1,
             "item_genre": len(self.genres) + 1,
             "item_decade": len(self.decades) + 1,
+            "item_popularity": POPULARITY_BUCKETS,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,8 +96,15 @@ class FeatureEncoder:
         rows = index.get_indexer(values.to_numpy())
         return np.where(rows >= 0, rows + 1, 0).astype(np.int64)
 
-    def user_kjt(self, users: pd.DataFrame) -> KeyedJaggedTensor:
-        """One row per user (columns ``user_id, user_gender, user_age, user_occupation``)."""
+    def user_kjt(self, users: pd.DataFrame, history: Jagged | None = None) -> KeyedJaggedTensor:
+        """One row per user (columns ``user_id, user_gender, user_age, user_occupation``).
+
+        Args:
+            users: profile rows.
+            history: per user, the catalogue rows of items interacted with before
+                (a jagged ``(values, lengths)`` pair); empty bags when None.
+        """
+        n = len(users)
         ages = np.searchsorted(np.asarray(AGE_EDGES), users["user_age"].to_numpy(), side="right")
         cols = [
             self._lookup(self.user_ids, users["user_id"].astype(int)),
@@ -99,36 +112,63 @@ class FeatureEncoder:
             ages.astype(np.int64),
             self._lookup(self.occupations, users["user_occupation"].astype(str)),
         ]
-        return _single_valued_kjt(USER_FEATURES, cols)
+        hist_values, hist_lengths = history if history is not None else (np.zeros(0, np.int64), np.zeros(n, np.int64))
+        return KeyedJaggedTensor(
+            keys=list(USER_FEATURES),
+            values=torch.from_numpy(np.concatenate([*cols, hist_values + 1]).astype(np.int64)),
+            lengths=torch.from_numpy(np.concatenate([np.ones(n * len(cols), np.int64), hist_lengths])),
+        )
 
-    def item_kjt(self, items: pd.DataFrame) -> KeyedJaggedTensor:
-        """One row per item (columns ``item_id, item_genres, item_release_year``); genres are jagged."""
+    def histories(self, interactions: pd.DataFrame, user_ids: pd.Series | np.ndarray) -> Jagged:
+        """The most recent ``HISTORY_CAP`` catalogue rows of each user, as a jagged pair."""
+        rows = self.item_rows(interactions["item_id"])
+        frame = pd.DataFrame({"user_id": interactions["user_id"].to_numpy(), "row": rows,
+                              "ts": interactions["timestamp"].to_numpy()})
+        frame = frame[frame["row"] >= 0].sort_values(["user_id", "ts"], kind="stable")
+        recent = frame.groupby("user_id").tail(HISTORY_CAP)
+        groups = recent.groupby("user_id")["row"].apply(np.asarray)
+        bags = [groups.get(u, np.zeros(0, np.int64)) for u in np.asarray(user_ids)]
+        lengths = np.array([len(b) for b in bags], dtype=np.int64)
+        values = np.concatenate(bags).astype(np.int64) if lengths.sum() else np.zeros(0, np.int64)
+        return values, lengths
+
+    def item_kjt(self, items: pd.DataFrame, recent: np.ndarray | None = None) -> KeyedJaggedTensor:
+        """One row per item (columns ``item_id, item_genres, item_release_year``); genres are jagged.
+
+        ``recent`` is each item's interaction count in the last ``POPULARITY_DAYS``
+        days (see ``recent_counts``), bucketed on a log scale; zeros when None.
+        """
         ids = self._lookup(self.item_ids, items["item_id"].astype(int))
         genre_lists = items["item_genres"].fillna("").str.split("|")
         genre_index = {g: i + 1 for i, g in enumerate(self.genres)}
         genre_rows = [[genre_index.get(g, 0) for g in gs if g] or [0] for gs in genre_lists]
         decades = self._lookup(self.decades, (items["item_release_year"].astype(int) // 10) * 10)
         n = len(items)
-        values = np.concatenate([ids, np.concatenate(genre_rows) if n else np.zeros(0, np.int64), decades])
-        lengths = np.concatenate([np.ones(n, np.int64), [len(g) for g in genre_rows], np.ones(n, np.int64)])
+        counts = np.zeros(n) if recent is None else np.asarray(recent, dtype=np.float64)
+        popularity = np.minimum(np.floor(np.log2(1 + counts)), POPULARITY_BUCKETS - 1).astype(np.int64)
+        values = np.concatenate([ids, np.concatenate(genre_rows) if n else np.zeros(0, np.int64), decades, popularity])
+        lengths = np.concatenate([np.ones(n, np.int64), [len(g) for g in genre_rows], np.ones(2 * n, np.int64)])
         return KeyedJaggedTensor(
             keys=list(ITEM_FEATURES),
             values=torch.from_numpy(values.astype(np.int64)),
             lengths=torch.from_numpy(lengths.astype(np.int64)),
         )
 
+    def recent_counts(self, interactions: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
+        """Interactions of each item in the ``POPULARITY_DAYS`` before the newest interaction.
+
+        Recent popularity carries most of the signal of a temporal split (what is
+        watched now), which an id embedding trained on all history cannot see.
+        """
+        if interactions.empty:
+            return np.zeros(len(items))
+        since = interactions["timestamp"].max() - pd.Timedelta(days=POPULARITY_DAYS)
+        recent = interactions.loc[interactions["timestamp"] > since, "item_id"].value_counts()
+        return recent.reindex(items["item_id"].to_numpy()).fillna(0).to_numpy()
+
     def item_rows(self, item_ids: pd.Series | np.ndarray) -> np.ndarray:
         """Position of each item in the sorted catalogue (-1 when unknown)."""
         return pd.Index(self.item_ids).get_indexer(np.asarray(item_ids, dtype=np.int64))
-
-
-def _single_valued_kjt(keys: tuple[str, ...], cols: list[np.ndarray]) -> KeyedJaggedTensor:
-    n = len(cols[0])
-    return KeyedJaggedTensor(
-        keys=list(keys),
-        values=torch.from_numpy(np.concatenate(cols).astype(np.int64)),
-        lengths=torch.ones(n * len(keys), dtype=torch.int64),
-    )
 
 
 def embedding_tables(encoder: FeatureEncoder, dim: int) -> tuple[list[EmbeddingBagConfig], list[EmbeddingBagConfig]]:
@@ -242,22 +282,36 @@ class Recommender(nn.Module):
     the same holdout.
     """
 
-    def __init__(self, model: TwoTower, encoder: FeatureEncoder, catalogue: pd.DataFrame) -> None:
+    def __init__(
+        self, model: TwoTower, encoder: FeatureEncoder, catalogue: pd.DataFrame, recent: np.ndarray | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.encoder_state = encoder.to_dict()
         self.catalogue = catalogue.reset_index(drop=True)[["item_id", "item_genres", "item_release_year"]]
+        self.recent = np.zeros(len(self.catalogue)) if recent is None else np.asarray(recent)
 
     @property
     def encoder(self) -> FeatureEncoder:
         return FeatureEncoder.from_dict(self.encoder_state)
 
     @torch.no_grad()
-    def score(self, users: pd.DataFrame) -> torch.Tensor:
-        """Args: users with profile columns. Returns: ``[U, N]`` scores over ``self.catalogue``."""
+    def score(self, users: pd.DataFrame, history: pd.DataFrame | None = None) -> torch.Tensor:
+        """Scores the whole catalogue for each user.
+
+        Args:
+            users: one row per user with profile columns.
+            history: interactions before the scoring time; each user's recent items
+                feed the history bag of the user tower (empty when None).
+
+        Returns:
+            ``[U, N]`` scores over ``self.catalogue``.
+        """
         self.eval()
         enc = self.encoder
-        return self.model(enc.user_kjt(users), enc.item_kjt(self.catalogue))
+        bags = enc.histories(history, users["user_id"]) if history is not None else None
+        recent = enc.recent_counts(history, self.catalogue) if history is not None else self.recent
+        return self.model(enc.user_kjt(users, bags), enc.item_kjt(self.catalogue, recent))
 
     def forward(self, users: KeyedJaggedTensor, items: KeyedJaggedTensor) -> torch.Tensor:
         return self.model(users, items)

@@ -32,14 +32,16 @@ from torchrec.distributed.planner.types import KernelConfig, ParameterConstraint
 from torchrec.inference.state_dict_transform import state_dict_gather, state_dict_to_device
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from tqdm.auto import tqdm
 
 from pipeline.errors import DataError
 from pipeline.evaluate import USER_COLUMNS
-from pipeline.model import FeatureEncoder, Recommender, TwoTowerTrainTask, build_two_tower
+from pipeline.model import HISTORY_CAP, FeatureEncoder, Recommender, TwoTowerTrainTask, build_two_tower
 from pipeline.settings import TrainSettings
 
 log = logging.getLogger(__name__)
+PERIOD_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -112,11 +114,71 @@ def optimizer(dmp: DistributedModelParallel, dense_lr: float) -> CombinedOptimiz
     return CombinedOptimizer([("sparse", dmp.fused_optimizer), ("dense", dense)])
 
 
-def training_examples(history: pd.DataFrame, encoder: FeatureEncoder) -> tuple[pd.DataFrame, np.ndarray]:
-    """User feature rows and catalogue positions of the interacted items."""
-    labels = encoder.item_rows(history["item_id"])
-    known = labels >= 0
-    return history.loc[known, USER_COLUMNS].reset_index(drop=True), labels[known]
+@dataclass(frozen=True)
+class Examples:
+    """Training examples: who (profile + causal history) interacted with which catalogue row.
+
+    Each example's history is the user's items *before* it (at most ``HISTORY_CAP``),
+    a slice ``sequence[start : start + length]`` of the users' time-ordered items, so
+    the model learns to predict the next items from the past, as it is used.
+    """
+
+    users: pd.DataFrame
+    labels: np.ndarray
+    sequence: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    period: np.ndarray
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Shuffled batches, each from a single period so it shares one catalogue snapshot."""
+        out = []
+        for p in np.unique(self.period):
+            members = rng.permutation(np.flatnonzero(self.period == p))
+            out += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
+        return [out[i] for i in rng.permutation(len(out))]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: np.ndarray, encoder: FeatureEncoder) -> tuple[KeyedJaggedTensor, torch.Tensor]:
+        lengths = self.length[idx]
+        total = int(lengths.sum())
+        gather = np.repeat(self.start[idx] - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+        kjt = encoder.user_kjt(self.users.iloc[idx], (self.sequence[gather], lengths))
+        return kjt, torch.from_numpy(self.labels[idx])
+
+
+def training_examples(history: pd.DataFrame, encoder: FeatureEncoder) -> Examples:
+    """One example per interaction with a catalogue item, with the user's earlier items."""
+    frame = history.assign(_row=encoder.item_rows(history["item_id"]))
+    frame = frame[frame["_row"] >= 0].sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    position = frame.groupby("user_id").cumcount().to_numpy()
+    length = np.minimum(position, HISTORY_CAP)
+    start = np.arange(len(frame)) - length
+    labels = frame["_row"].to_numpy(np.int64)
+    return Examples(frame[USER_COLUMNS], labels, labels, start, length, period_of(frame["timestamp"]))
+
+
+def period_of(timestamps: pd.Series) -> np.ndarray:
+    """Week number of each timestamp: the unit of catalogue popularity snapshots."""
+    return (timestamps.astype("int64") // (PERIOD_DAYS * 86_400 * 10**9)).to_numpy()
+
+
+def catalogue_snapshots(
+    history: pd.DataFrame, catalogue: pd.DataFrame, encoder: FeatureEncoder, periods: np.ndarray
+) -> dict[int, KeyedJaggedTensor]:
+    """Item features per period, with popularity counted strictly before the period starts.
+
+    An example from March must not see April's popularity: each period's snapshot
+    counts only earlier interactions, as serving would.
+    """
+    start = pd.to_datetime(np.unique(periods) * PERIOD_DAYS * 86_400 * 10**9, utc=True)
+    snapshots = {}
+    for period, begin in zip(np.unique(periods), start):
+        before = history[history["timestamp"] < begin]
+        snapshots[int(period)] = encoder.item_kjt(catalogue, encoder.recent_counts(before, catalogue))
+    return snapshots
 
 
 def train(
@@ -148,53 +210,54 @@ def train(
 
     catalogue = catalogue.sort_values("item_id").reset_index(drop=True)
     encoder = FeatureEncoder.fit(history, catalogue)
-    users, labels = training_examples(history, encoder)
+    examples = training_examples(history, encoder)
     task = TwoTowerTrainTask(build_two_tower(encoder, settings.embedding_dim, "meta"), settings.temperature)
     dmp = shard(task, settings.sparse_lr, dev)
     opt = optimizer(dmp, settings.dense_lr)
-    items_kjt = encoder.item_kjt(catalogue).to(dev)
+    recent = encoder.recent_counts(history, catalogue)
+    snapshots = {p: kjt.to(dev) for p, kjt in catalogue_snapshots(history, catalogue, encoder, examples.period).items()}
 
     losses, steps = [], 0
     for epoch in range(settings.epochs):
-        order = rng.permutation(len(labels))
-        batches = range(0, len(order), settings.batch_size)
         total = 0.0
-        for start in tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False):
-            idx = order[start : start + settings.batch_size]
-            user_kjt = encoder.user_kjt(users.iloc[idx]).to(dev)
-            target = torch.from_numpy(labels[idx]).to(dev)
+        batches = examples.batches(settings.batch_size, rng)
+        for idx in tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False):
+            user_kjt, target = examples.batch(idx, encoder)
             opt.zero_grad()
-            loss, _ = dmp(user_kjt, items_kjt, target)
+            loss, _ = dmp(user_kjt.to(dev), snapshots[int(examples.period[idx[0]])], target.to(dev))
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
             steps += 1
-        losses.append(total / len(labels))
+        losses.append(total / len(examples))
         log.info("epoch %d loss %.4f", epoch + 1, losses[-1])
 
-    path = save_checkpoint(dmp, encoder, catalogue, settings, out_dir)
-    return TrainResult(str(path), len(labels), steps, tuple(losses), time.perf_counter() - started)
+    path = save_checkpoint(dmp, encoder, catalogue, recent, settings, out_dir)
+    return TrainResult(str(path), len(examples), steps, tuple(losses), time.perf_counter() - started)
 
 
-def unsharded(dmp: DistributedModelParallel, encoder: FeatureEncoder, catalogue: pd.DataFrame, dim: int) -> Recommender:
+def unsharded(
+    dmp: DistributedModelParallel, encoder: FeatureEncoder, catalogue: pd.DataFrame, recent: np.ndarray, dim: int
+) -> Recommender:
     """Gathers the sharded weights into a plain CPU Recommender (rank 0 holds the result)."""
     plain = TwoTowerTrainTask(build_two_tower(encoder, dim, "cpu"))
     state = state_dict_to_device(dmp.state_dict(), pg=dist.GroupMember.WORLD, device=torch.device("cpu"))
     target = plain.state_dict()
     state_dict_gather(state, target)
     plain.load_state_dict(target)
-    return Recommender(plain.model, encoder, catalogue)
+    return Recommender(plain.model, encoder, catalogue, recent)
 
 
 def save_checkpoint(
     dmp: DistributedModelParallel,
     encoder: FeatureEncoder,
     catalogue: pd.DataFrame,
+    recent: np.ndarray,
     settings: TrainSettings,
     out_dir: Path,
 ) -> Path:
     """One dict (weights, encoder, catalogue, config), written to a temp file then renamed."""
-    recommender = unsharded(dmp, encoder, catalogue, settings.embedding_dim)
+    recommender = unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.pt"
     tmp = path.with_suffix(".pt.tmp")
@@ -203,6 +266,7 @@ def save_checkpoint(
             "model": recommender.model.state_dict(),
             "encoder": encoder.to_dict(),
             "catalogue": recommender.catalogue.to_dict(orient="list"),
+            "recent": torch.from_numpy(np.asarray(recent, dtype=np.float64)),
             "config": settings.model_dump(),
         },
         tmp,
@@ -217,4 +281,4 @@ def load_checkpoint(path: Path) -> Recommender:
     encoder = FeatureEncoder.from_dict(ckpt["encoder"])
     model = build_two_tower(encoder, ckpt["config"]["embedding_dim"], "cpu")
     model.load_state_dict(ckpt["model"])
-    return Recommender(model, encoder, pd.DataFrame(ckpt["catalogue"]))
+    return Recommender(model, encoder, pd.DataFrame(ckpt["catalogue"]), ckpt["recent"].numpy())

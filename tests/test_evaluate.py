@@ -55,7 +55,7 @@ class FixedScores:
 
     catalogue = pd.DataFrame({"item_id": [10, 20, 30]})
 
-    def score(self, users: pd.DataFrame) -> torch.Tensor:
+    def score(self, users: pd.DataFrame, history: pd.DataFrame | None = None) -> torch.Tensor:
         return torch.tensor([[1.0, 2.0, 3.0]]).repeat(len(users), 1)
 
 

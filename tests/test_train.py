@@ -51,9 +51,10 @@ def item_table(dmp) -> torch.Tensor:
 
 
 def one_step(dmp, opt, encoder, history, catalogue):
-    users, labels = training_examples(history, encoder)
+    examples = training_examples(history, encoder)
+    users, labels = examples.batch(np.arange(len(examples)), encoder)
     opt.zero_grad()
-    loss, _ = dmp(encoder.user_kjt(users), encoder.item_kjt(catalogue), torch.from_numpy(labels))
+    loss, _ = dmp(users, encoder.item_kjt(catalogue), labels)
     loss.backward()
     opt.step()
 
