@@ -104,19 +104,30 @@ class FeatureEncoder:
             history: per user, the catalogue rows of items interacted with before
                 (a jagged ``(values, lengths)`` pair); empty bags when None.
         """
-        n = len(users)
+        return self.user_kjt_encoded(self.encode_users(users), history)
+
+    def encode_users(self, users: pd.DataFrame) -> np.ndarray:
+        """``[n, 4]`` table rows of the single-valued user features (encode once, batch many times)."""
         ages = np.searchsorted(np.asarray(AGE_EDGES), users["user_age"].to_numpy(), side="right")
-        cols = [
-            self._lookup(self.user_ids, users["user_id"].astype(int)),
-            self._lookup(self.genders, users["user_gender"].astype(str)),
-            ages.astype(np.int64),
-            self._lookup(self.occupations, users["user_occupation"].astype(str)),
-        ]
+        return np.stack(
+            [
+                self._lookup(self.user_ids, users["user_id"].astype(int)),
+                self._lookup(self.genders, users["user_gender"].astype(str)),
+                ages.astype(np.int64),
+                self._lookup(self.occupations, users["user_occupation"].astype(str)),
+            ],
+            axis=1,
+        )
+
+    @staticmethod
+    def user_kjt_encoded(encoded: np.ndarray, history: Jagged | None = None) -> KeyedJaggedTensor:
+        """The user KJT from ``encode_users`` rows and an optional history bag."""
+        n = len(encoded)
         hist_values, hist_lengths = history if history is not None else (np.zeros(0, np.int64), np.zeros(n, np.int64))
         return KeyedJaggedTensor(
             keys=list(USER_FEATURES),
-            values=torch.from_numpy(np.concatenate([*cols, hist_values + 1]).astype(np.int64)),
-            lengths=torch.from_numpy(np.concatenate([np.ones(n * len(cols), np.int64), hist_lengths])),
+            values=torch.from_numpy(np.concatenate([encoded.T.reshape(-1), hist_values + 1]).astype(np.int64)),
+            lengths=torch.from_numpy(np.concatenate([np.ones(encoded.size, np.int64), hist_lengths])),
         )
 
     def histories(self, interactions: pd.DataFrame, user_ids: pd.Series | np.ndarray) -> Jagged:

@@ -53,6 +53,7 @@ class TrainResult:
     n_steps: int
     epoch_losses: tuple[float, ...]
     seconds: float
+    loop_seconds: float = 0.0  # the training loop alone, without set-up and checkpointing
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "epoch_losses": list(self.epoch_losses)}
@@ -123,7 +124,7 @@ class Examples:
     the model learns to predict the next items from the past, as it is used.
     """
 
-    users: pd.DataFrame
+    users: np.ndarray
     labels: np.ndarray
     sequence: np.ndarray
     start: np.ndarray
@@ -145,7 +146,7 @@ class Examples:
         lengths = self.length[idx]
         total = int(lengths.sum())
         gather = np.repeat(self.start[idx] - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-        kjt = encoder.user_kjt(self.users.iloc[idx], (self.sequence[gather], lengths))
+        kjt = encoder.user_kjt_encoded(self.users[idx], (self.sequence[gather], lengths))
         return kjt, torch.from_numpy(self.labels[idx])
 
 
@@ -157,7 +158,8 @@ def training_examples(history: pd.DataFrame, encoder: FeatureEncoder) -> Example
     length = np.minimum(position, HISTORY_CAP)
     start = np.arange(len(frame)) - length
     labels = frame["_row"].to_numpy(np.int64)
-    return Examples(frame[USER_COLUMNS], labels, labels, start, length, period_of(frame["timestamp"]))
+    users = encoder.encode_users(frame[USER_COLUMNS])
+    return Examples(users, labels, labels, start, length, period_of(frame["timestamp"]))
 
 
 def period_of(timestamps: pd.Series) -> np.ndarray:
@@ -218,6 +220,7 @@ def train(
     snapshots = {p: kjt.to(dev) for p, kjt in catalogue_snapshots(history, catalogue, encoder, examples.period).items()}
 
     losses, steps = [], 0
+    loop_started = time.perf_counter()
     for epoch in range(settings.epochs):
         total = 0.0
         batches = examples.batches(settings.batch_size, rng)
@@ -232,8 +235,9 @@ def train(
         losses.append(total / len(examples))
         log.info("epoch %d loss %.4f", epoch + 1, losses[-1])
 
+    loop_seconds = time.perf_counter() - loop_started
     path = save_checkpoint(dmp, encoder, catalogue, recent, settings, out_dir)
-    return TrainResult(str(path), len(examples), steps, tuple(losses), time.perf_counter() - started)
+    return TrainResult(str(path), len(examples), steps, tuple(losses), time.perf_counter() - started, loop_seconds)
 
 
 def unsharded(
