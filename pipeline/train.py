@@ -223,7 +223,7 @@ def train(
     loop_started = time.perf_counter()
     for epoch in range(settings.epochs):
         total = 0.0
-        batches = examples.batches(settings.batch_size, rng)
+        batches = rank_share(examples.batches(settings.batch_size, rng))
         for idx in tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False):
             user_kjt, target = examples.batch(idx, encoder)
             opt.zero_grad()
@@ -232,12 +232,31 @@ def train(
             opt.step()
             total += float(loss.detach()) * len(idx)
             steps += 1
-        losses.append(total / len(examples))
+        losses.append(mean_across_ranks(total, sum(len(b) for b in batches)))
         log.info("epoch %d loss %.4f", epoch + 1, losses[-1])
 
     loop_seconds = time.perf_counter() - loop_started
     path = save_checkpoint(dmp, encoder, catalogue, recent, settings, out_dir)
     return TrainResult(str(path), len(examples), steps, tuple(losses), time.perf_counter() - started, loop_seconds)
+
+
+def rank_share(batches: list[np.ndarray]) -> list[np.ndarray]:
+    """This process's batches: every rank gets the same count, as DMP's collectives need.
+
+    All ranks draw the same shuffled list (same seed), then take every world-size-th
+    batch; the few left over at the end are dropped for the epoch.
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    usable = len(batches) - len(batches) % world
+    return batches[rank:usable:world]
+
+
+def mean_across_ranks(loss_sum: float, count: int) -> float:
+    """Mean loss over the samples of all ranks."""
+    totals = torch.tensor([loss_sum, float(count)], dtype=torch.float64)
+    if dist.get_world_size() > 1:
+        dist.all_reduce(totals)
+    return float(totals[0] / totals[1].clamp(min=1))
 
 
 def unsharded(
@@ -262,8 +281,10 @@ def save_checkpoint(
 ) -> Path:
     """One dict (weights, encoder, catalogue, config), written to a temp file then renamed."""
     recommender = unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim)
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.pt"
+    if dist.get_rank() != 0:
+        return path
+    out_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
     torch.save(
         {
@@ -286,3 +307,29 @@ def load_checkpoint(path: Path) -> Recommender:
     model = build_two_tower(encoder, ckpt["config"]["embedding_dim"], "cpu")
     model.load_state_dict(ckpt["model"])
     return Recommender(model, encoder, pd.DataFrame(ckpt["catalogue"]), ckpt["recent"].numpy())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for ``torchrun --nproc_per_node=N -m pipeline.train``.
+
+    Every process reads the same parquet files; each trains on its share of the
+    batches, and rank 0 writes the checkpoint and ``train_result.json``.
+    """
+    import argparse
+    import json
+
+    from pipeline.settings import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=main.__doc__)
+    parser.add_argument("--history", type=Path, required=True, help="interactions parquet (data-stage columns)")
+    parser.add_argument("--catalogue", type=Path, required=True, help="item catalogue parquet")
+    parser.add_argument("--out", type=Path, required=True, help="folder for model.pt and train_result.json")
+    args = parser.parse_args(argv)
+    result = train(pd.read_parquet(args.history), pd.read_parquet(args.catalogue), args.out, get_settings().train, progress=False)
+    if dist.get_rank() == 0:
+        (args.out / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
