@@ -169,6 +169,87 @@ def demo(
     console.print(f"Cycle folders: {settings.runs_dir.resolve()}")
 
 
+def parse_span(name: str, span: str) -> tuple[str, str]:
+    """``T0:T1`` with plain dates, or ``T0..T1`` (also for datetimes, whose times hold colons)."""
+    t0, sep, t1 = span.partition("..")
+    if not sep:
+        parts = span.split(":")
+        t0, t1 = (parts[0], parts[1]) if len(parts) == 2 else ("", "")
+    if not t0 or not t1:
+        raise PipelineError(f"--{name} must be T0:T1 (dates) or T0..T1 (datetimes), got {span!r}")
+    return t0, t1
+
+
+@app.command()
+def drift(
+    reference: Annotated[str, typer.Option(help="Reference window T0:T1 (end exclusive).")],
+    current: Annotated[str, typer.Option(help="Current window T2:T3 (end exclusive).")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for drift.html/drift.json; default: no files.")] = None,
+) -> None:
+    """Compare two windows of the feature store on the designed drift signals and print the verdict."""
+    from pipeline.data import pull_window
+    from pipeline.drift import check_drift
+
+    quiet_libraries()
+    settings = get_settings()
+    windows = [pull_window(settings.feature_repo, *parse_span(n, span)) for n, span in (("reference", reference), ("current", current))]
+    report = check_drift(windows[0], windows[1], out, settings.drift)
+    table = Table(title=f"Drift: {reference} vs {current} (family-wise alpha {report.alpha:g})")
+    for col in ("signal", "method", "value", "threshold", "p", "users ref/cur", "drifted", "note"):
+        table.add_column(col, no_wrap=col != "note")
+    for sig in report.signals:
+        shown = sig.tested
+        table.add_row(
+            sig.name, sig.method, f"{sig.value:.4f}" if shown else "—", f"{sig.threshold:.4f}" if shown else "—",
+            f"{sig.p_value:.3f}" if shown else "—", f"{sig.n_reference}/{sig.n_current}",
+            "[red]yes[/]" if sig.drifted else "no", sig.note,
+        )
+    console.print(table)
+    colour = {"none": "green", "minor": "yellow", "major": "red"}[report.severity]
+    console.print(f"verdict: [bold {colour}]{report.severity}[/]: {report.reason}")
+    if report.html_path:
+        console.print(f"report: {report.html_path}")
+
+
+@app.command()
+def promote(
+    candidate: Annotated[int, typer.Option(help="Registered version to make champion; the current one becomes 'previous'.")],
+    reason: Annotated[str, typer.Option(help="Why, kept in the alias history.")] = "manual promotion",
+) -> None:
+    """Promote a version by hand (refused for a reverted version)."""
+    from pipeline import registry
+
+    moves = registry.promote(get_settings(), candidate, reason=reason, actor="cli promote")
+    console.print(f"v{candidate} is champion" + ("" if moves else " already"))
+
+
+@app.command()
+def revert(
+    reason: Annotated[str, typer.Option(help="Why, tagged on the reverted version.")] = "manual revert",
+) -> None:
+    """Roll champion back to previous; the reverted version cannot return without new evidence."""
+    from pipeline import registry
+
+    moves = registry.revert(get_settings(), reason=reason, actor="cli revert")
+    console.print("; ".join(f"{m.alias}: v{m.from_version} -> v{m.to_version}" for m in moves) or "nothing to revert")
+
+
+@app.command()
+def history() -> None:
+    """Show every alias move: when, who, from which version to which, why."""
+    from pipeline import registry
+
+    table = Table(title="Alias history")
+    for col in ("#", "when", "alias", "from", "to", "by", "why"):
+        table.add_column(col, overflow="fold")
+    for m in registry.history(get_settings()):
+        table.add_row(
+            str(m.seq), m.at, m.alias, f"v{m.from_version}" if m.from_version else "—",
+            f"v{m.to_version}" if m.to_version else "—", m.actor, m.reason,
+        )
+    console.print(table)
+
+
 def main() -> None:
     try:
         app()

@@ -116,6 +116,8 @@ def drift(pulled: dict[str, Any], settings: Settings | None = None) -> dict[str,
         "drifted_share": report.drifted_share,
         "html": report.html_path,
         "json": report.json_path,
+        "drifted": list(report.drifted_signals),
+        "reason": report.reason,
     }
 
 
@@ -131,17 +133,20 @@ def train(pulled: dict[str, Any], settings: Settings | None = None) -> dict[str,
 
 
 def evaluate(pulled: dict[str, Any], trained: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
-    """Scores challenger and current champion on the same window with the same exclusions."""
-    from pipeline import registry
-    from pipeline.evaluate import evaluate as evaluate_model
+    """Scores challenger and current champion per user, on the same window with the same exclusions.
+
+    The per-user vectors go to a file in the cycle folder (the gate's bootstrap needs
+    them); the XCom carries the means and the champion that was judged.
+    """
+    from pipeline import gate, registry
     from pipeline.train import load_checkpoint
 
     s = settings or get_settings()
     p = CyclePaths(Path(pulled["run_dir"]))
     history, holdout = pd.read_parquet(p.history), pd.read_parquet(p.holdout)
-    challenger = evaluate_model(load_checkpoint(Path(trained["checkpoint"])), history, holdout, s.eval.k)
-    champion = None
-    current = registry.champion(s)
+    k, head = s.eval.k, s.gate.head_share
+    challenger = gate.user_metrics(load_checkpoint(Path(trained["checkpoint"])), history, holdout, k, head)
+    champion, champion_error, current = None, None, registry.champion(s)
     if current is not None:
         trained_until = _ts(current.window.split("/")[0])
         if trained_until > _ts(pulled["start"]):
@@ -149,11 +154,17 @@ def evaluate(pulled: dict[str, Any], trained: dict[str, Any], settings: Settings
                 f"champion v{current.version} was trained on data up to {trained_until.date()}, after this "
                 f"window's start {_ts(pulled['start']).date()}: it cannot be judged on this window"
             )
-        champion = evaluate_model(registry.load_model(s, current.version), history, holdout, s.eval.k)
+        model, champion_error = registry.try_load(s, current.version)
+        if model is not None:
+            champion = gate.user_metrics(model, history, holdout, k, head)
+    path = p.root / "per_user_metrics.json"
+    _write_json({"challenger": challenger.to_dict(), "champion": champion.to_dict() if champion else None}, path)
     return {
-        "challenger": challenger.to_dict(),
-        "champion": champion.to_dict() if champion else None,
+        "per_user": str(path),
+        "challenger": challenger.metrics,
+        "champion": champion.metrics if champion else None,
         "champion_version": current.version if current else None,
+        "champion_error": champion_error,
     }
 
 
@@ -164,43 +175,50 @@ def gate(
     evaluated: dict[str, Any],
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Registers the challenger, decides on promotion and moves the aliases; writes summary.json."""
+    """Registers the challenger, runs the significance gate and moves the aliases; writes summary.json.
+
+    The champion is the one evaluated before registering, so a retried gate task
+    repeats the same decision instead of comparing the challenger with itself.
+    """
+    from pipeline import gate as gating
     from pipeline import registry
-    from pipeline.evaluate import EvalResult
     from pipeline.train import load_checkpoint
 
     s = settings or get_settings()
     p = CyclePaths(Path(pulled["run_dir"]))
-    challenger = EvalResult.from_dict(evaluated["challenger"])
-    champion = EvalResult.from_dict(evaluated["champion"]) if evaluated["champion"] else None
     window = f"{pulled['start']}/{pulled['end']}"
+    drift_files = (("drift.html", "html"), ("drift.json", "json"))
     candidate = registry.log_candidate(
         load_checkpoint(Path(trained["checkpoint"])),
         settings=s,
         window=window,
         params={**s.train.model_dump(), "rows_history": pulled["rows_history"]},
-        metrics={**challenger.metrics, "train_seconds": trained["seconds"], "final_loss": trained["epoch_losses"][-1]},
-        artifacts={name: Path(drift_result[key]) for name, key in (("drift.html", "html"), ("drift.json", "json")) if drift_result[key]},
+        metrics={**evaluated["challenger"], "train_seconds": trained["seconds"], "final_loss": trained["epoch_losses"][-1]},
+        artifacts={name: Path(drift_result[key]) for name, key in drift_files if drift_result[key]},
         tags={"drift.severity": drift_result["severity"], "window": window},
     )
-    # The champion is the one evaluated before registering, so a retried gate task
-    # repeats the same decision instead of comparing the challenger with itself.
-    decision = registry.decide(
-        challenger.metrics[s.gate.metric],
-        champion.metrics[s.gate.metric] if champion else None,
+    per_user = json.loads(Path(evaluated["per_user"]).read_text())
+    model, load_error = registry.try_load(s, candidate.version)  # the registered artifact, not the checkpoint
+    decision = gating.decide(
+        gating.UserEval.from_dict(per_user["challenger"]) if model is not None else None,
+        gating.UserEval.from_dict(per_user["champion"]) if per_user["champion"] else None,
         s.gate,
         challenger_version=candidate.version,
         champion_version=evaluated["champion_version"],
+        window=window,
+        load_error=load_error,
+        reverted_on=registry.reverted_on(s, candidate.version),
     )
-    registry.apply_decision(decision, s)
+    promoted = registry.apply_decision(decision, s, actor="gate")
     summary = {
         "window": window,
         "rows_window": pulled["rows_window"],
         "drift": drift_result["severity"],
-        "challenger_ndcg": challenger.ndcg,
-        "champion_ndcg": champion.ndcg if champion else None,
+        "challenger_ndcg": decision.challenger_value,
+        "champion_ndcg": decision.champion_value,
+        "ci": [decision.ci_low, decision.ci_high],
         "version": candidate.version,
-        "promoted": decision.promote,
+        "promoted": promoted,
         "reason": decision.reason,
     }
     _write_json(summary, p.summary)

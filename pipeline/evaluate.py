@@ -125,22 +125,157 @@ def evaluate(recommender: Any, history: pd.DataFrame, holdout: pd.DataFrame, k: 
         holdout: the window to rank; relevant items are its items not already in history.
         k: cut-off.
     """
+    per_user = user_metrics(recommender, history, holdout, k)
+    return EvalResult(
+        k=k,
+        ndcg=per_user.mean_ndcg,
+        recall=float(per_user.recall.mean()) if per_user.n_users else math.nan,
+        n_users=per_user.n_users,
+        n_cold_users=int(per_user.is_cold.sum()),
+        n_items=per_user.n_items,
+    )
+
+
+def _nan_to_none(values: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(v) else float(v) for v in values.tolist()]
+
+
+@dataclass(frozen=True)
+class UserEval:
+    """Per-user metrics of one model on one holdout (users with at least one new item).
+
+    ``longtail_ndcg`` is NaN for users with no long-tail item in their holdout;
+    ``coverage`` is the share of the catalogue that appears in any user's top K.
+    """
+
+    k: int
+    user_ids: np.ndarray
+    ndcg: np.ndarray
+    recall: np.ndarray
+    is_cold: np.ndarray
+    longtail_ndcg: np.ndarray
+    coverage: float
+    n_items: int
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def mean_ndcg(self) -> float:
+        return float(self.ndcg.mean()) if self.n_users else math.nan
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Means, named as MLflow metrics (``ndcg_at_10`` ...)."""
+        k = self.k
+        return {
+            f"ndcg_at_{k}": self.mean_ndcg,
+            f"recall_at_{k}": float(self.recall.mean()) if self.n_users else math.nan,
+            f"coverage_at_{k}": self.coverage,
+            f"cold_ndcg_at_{k}": _mean(self.ndcg[self.is_cold]),
+            f"longtail_ndcg_at_{k}": _mean(self.longtail_ndcg[~np.isnan(self.longtail_ndcg)]),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "user_ids": self.user_ids.tolist(),
+            "ndcg": self.ndcg.tolist(),
+            "recall": self.recall.tolist(),
+            "is_cold": self.is_cold.tolist(),
+            "longtail_ndcg": _nan_to_none(self.longtail_ndcg),
+            "coverage": self.coverage,
+            "n_items": self.n_items,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UserEval:
+        return cls(
+            k=int(d["k"]),
+            user_ids=np.asarray(d["user_ids"], dtype=np.int64),
+            ndcg=np.asarray(d["ndcg"], dtype=np.float64),
+            recall=np.asarray(d["recall"], dtype=np.float64),
+            is_cold=np.asarray(d["is_cold"], dtype=bool),
+            longtail_ndcg=np.asarray([math.nan if v is None else v for v in d["longtail_ndcg"]], dtype=np.float64),
+            coverage=float(d["coverage"]),
+            n_items=int(d["n_items"]),
+        )
+
+    def __eq__(self, other: object) -> bool:  # arrays make the generated __eq__ ambiguous
+        return isinstance(other, UserEval) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else math.nan
+
+
+def long_tail_items(history: pd.DataFrame, item_ids: pd.Index, head_share: float) -> np.ndarray:
+    """``[N]`` bool over ``item_ids``: True for items outside the popularity head.
+
+    The head is the smallest set of most-interacted items that together hold
+    ``head_share`` of the history's interactions; items never seen are long tail.
+
+    Example:
+        >>> h = pd.DataFrame({"item_id": [1, 1, 1, 2, 3]})
+        >>> long_tail_items(h, pd.Index([1, 2, 3, 4]), 0.5).tolist()
+        [False, True, True, True]
+    """
+    counts = history["item_id"].value_counts().reindex(item_ids).fillna(0).to_numpy(np.float64)
+    total = counts.sum()
+    if total == 0:
+        return np.ones(len(item_ids), dtype=bool)
+    order = np.argsort(-counts, kind="stable")
+    cum = np.cumsum(counts[order])
+    n_head = int(np.searchsorted(cum, head_share * total) + 1)
+    tail = np.ones(len(item_ids), dtype=bool)
+    tail[order[:n_head]] = False
+    return tail
+
+
+def user_metrics(
+    recommender: Any, history: pd.DataFrame, holdout: pd.DataFrame, k: int, head_share: float = 0.5
+) -> UserEval:
+    """Full-ranking per-user NDCG@K / Recall@K, segments and coverage of one model.
+
+    The per-user vectors feed the gate's paired bootstrap; :func:`evaluate` reports
+    their means.
+
+    Args:
+        recommender: ``catalogue`` frame with ``item_id`` and ``score(users, history) -> [U, N]``.
+        history: interactions before the holdout (excluded from ranking; defines cold
+            users and item popularity).
+        holdout: the window to rank.
+    """
     users = holdout_users(history, holdout)
     item_ids = pd.Index(recommender.catalogue["item_id"].astype(np.int64))
     seen = interaction_matrix(history, users["user_id"], item_ids)
     relevant = interaction_matrix(holdout, users["user_id"], item_ids) & ~seen
-    # Counted on the frames, not the catalogue: an item a model cannot rank is a miss.
     n_relevant = torch.from_numpy(new_items_per_user(history, holdout, users["user_id"]))
     keep = n_relevant > 0
-    if not bool(keep.any()):
-        return EvalResult(k, math.nan, math.nan, 0, 0, len(item_ids))
-    scores = recommender.score(users[keep.numpy()].reset_index(drop=True), history)
-    hits = topk_hits(scores, relevant[keep], seen[keep], k)
-    return EvalResult(
+    kept = users[keep.numpy()].reset_index(drop=True)
+    if kept.empty:
+        empty = np.zeros(0)
+        return UserEval(k, empty.astype(np.int64), empty, empty, empty.astype(bool), empty, math.nan, len(item_ids))
+    scores = recommender.score(kept, history).float()
+    seen, relevant, n_relevant = seen[keep], relevant[keep], n_relevant[keep]
+    hits = topk_hits(scores, relevant, seen, k)
+    tail = torch.from_numpy(long_tail_items(history, item_ids, head_share))
+    tail_relevant = relevant & tail
+    n_tail = tail_relevant.sum(dim=1)
+    tail_ndcg = ndcg_at_k(topk_hits(scores, tail_relevant, seen, k), n_tail, k).double().numpy()
+    top = torch.topk(scores.masked_fill(seen, float("-inf")), k=min(k, scores.shape[1]), dim=1).indices
+    return UserEval(
         k=k,
-        ndcg=float(ndcg_at_k(hits, n_relevant[keep], k).mean()),
-        recall=float(recall_at_k(hits, n_relevant[keep], k).mean()),
-        n_users=int(keep.sum()),
-        n_cold_users=int(users["is_cold"][keep.numpy()].sum()),
+        user_ids=kept["user_id"].to_numpy(np.int64),
+        ndcg=ndcg_at_k(hits, n_relevant, k).double().numpy(),
+        recall=recall_at_k(hits, n_relevant, k).double().numpy(),
+        is_cold=kept["is_cold"].to_numpy(bool),
+        longtail_ndcg=np.where(n_tail.numpy() > 0, tail_ndcg, np.nan),
+        coverage=float(len(torch.unique(top)) / max(len(item_ids), 1)),
         n_items=len(item_ids),
     )
+
+

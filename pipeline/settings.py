@@ -38,12 +38,31 @@ class DataSettings(BaseModel):
 
 
 class DriftSettings(BaseModel):
-    """Drift tests on designed interaction signals (see pipeline.drift)."""
+    """Drift tests on designed interaction signals (see pipeline.drift).
+
+    Each signal's threshold is calibrated per check by permuting users between the two
+    windows (users, not rows, are the independent units), so that all tested signals
+    together raise a false alarm with probability ``alpha``.
+    """
 
     reference_days: int = Field(7, ge=1, description="The reference is this many days before the window.")
-    stattest_threshold: float = Field(0.1, gt=0, description="Per-signal drift score above which it drifts.")
+    stattest_threshold: float = Field(
+        0.0, ge=0, description="Floor on every signal's score: it drifts only above both this and its calibrated threshold."
+    )
     minor_share: float = Field(0.2, ge=0, le=1, description="Share of drifted signals for severity 'minor'.")
     major_share: float = Field(0.5, ge=0, le=1, description="Share of drifted signals for severity 'major'.")
+    alpha: float = Field(0.01, gt=0, lt=1, description="Family-wise false-alarm rate of one check (all signals together).")
+    permutations: int = Field(1000, ge=20, description="User permutations that calibrate the thresholds.")
+    min_users: int = Field(10, ge=2, description="A signal is tested only with at least this many users on each side.")
+    max_units: int = Field(2000, ge=10, description="Above this many users a side's users are pooled into this many random groups.")
+    user_weight_power: float = Field(
+        0.5, ge=0, le=1, description="A user's rows weigh n_rows**-power (0: every row counts alike; 1: every user alike)."
+    )
+    min_drifted_signals: int = Field(1, ge=1, description="This many drifted signals make severity at least 'minor'.")
+    major_ratio: float = Field(2.0, ge=1, description="One signal at this multiple of its threshold makes severity 'major'.")
+    methods: dict[str, str] = Field(default_factory=dict, description="Per-signal test overrides: jensenshannon, psi or wasserstein.")
+    floors: dict[str, float] = Field(default_factory=dict, description="Per-signal score floors (override stattest_threshold).")
+    seed: int = Field(0, description="Seed of the permutations (a check is deterministic).")
 
 
 class TrainSettings(BaseModel):
@@ -66,7 +85,47 @@ class GateSettings(BaseModel):
     """Promotion rule: the challenger must beat the champion on the same holdout."""
 
     metric: str = "ndcg_at_10"
-    min_delta: float = Field(0.0, description="Challenger must exceed champion by more than this.")
+    min_delta: float = Field(0.0, description="Mean per-user NDCG@K gain (challenger - champion) must be >= this.")
+    tolerance: float = Field(
+        0.005, ge=0, description="Non-inferiority margin: the lower bootstrap bound of the NDCG@K gain must be >= -this."
+    )
+    n_resamples: int = Field(1000, ge=1000, description="Paired bootstrap resamples of holdout users.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Two-sided confidence level of the bootstrap interval.")
+    seed: int = Field(0, description="Seed of the bootstrap resampling.")
+    min_ndcg: float = Field(0.02, ge=0, description="Absolute floor: a challenger's mean NDCG@K below this never promotes.")
+    recall_tolerance: float = Field(0.01, ge=0, description="Guardrail: Recall@K may drop by at most this.")
+    coverage_tolerance: float = Field(
+        0.05, ge=0, description="Guardrail: catalogue coverage of the top-K lists may drop by at most this share."
+    )
+    cold_tolerance: float = Field(0.02, ge=0, description="Guardrail: cold-user segment NDCG@K may drop by at most this.")
+    longtail_tolerance: float = Field(
+        0.02, ge=0, description="Guardrail: long-tail segment NDCG@K may drop by at most this."
+    )
+    min_segment_users: int = Field(
+        20, ge=1, description="A segment guardrail is checked only when both models have this many users in it."
+    )
+    head_share: float = Field(
+        0.5, gt=0, lt=1, description="Head items: the most popular items that make up this share of past interactions; "
+        "the rest is the long tail."
+    )
+    registry_retries: int = Field(4, ge=1, description="Attempts per registry call before giving up.")
+    registry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles on each retry.")
+    lock_timeout_s: float = Field(60.0, gt=0, description="Longest wait for the registry's alias lock.")
+    lock_lease_s: float = Field(120.0, gt=0, description="A lock older than this is stale and may be broken.")
+
+
+class MonitorSettings(BaseModel):
+    """Auto-revert: champion vs previous version on the same fresh window."""
+
+    threshold: float = Field(
+        0.01, ge=0, description="A window counts as worse when the champion's mean NDCG@K deficit is >= this ..."
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="... and the upper bound of the champion - previous interval is below 0."
+    )
+    n_resamples: int = Field(1000, ge=1000, description="Paired bootstrap resamples of window users.")
+    seed: int = 0
+    consecutive: int = Field(2, ge=1, description="Revert after this many consecutive significantly-worse windows.")
 
 
 class Settings(BaseSettings):
@@ -94,6 +153,7 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
     gate: GateSettings = GateSettings()
+    monitor: MonitorSettings = MonitorSettings()
 
     @classmethod
     def settings_customise_sources(

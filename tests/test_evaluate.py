@@ -92,3 +92,30 @@ def test_holdout_items_outside_the_catalogue_count_as_misses():
     holdout = _frame([(2, 30, "2020-01-08"), (2, 99, "2020-01-08")])  # item 99 is unknown to the model
     result = evaluate(FixedScores(), history, holdout, k=3)
     assert result.recall == pytest.approx(0.5)
+
+
+def reference_metrics(scores, relevant, exclude, k):
+    """Plain-Python NDCG@k and Recall@k, written from the definitions, one user at a time."""
+    ndcgs, recalls = [], []
+    for s, rel, ex in zip(scores.tolist(), relevant.tolist(), exclude.tolist()):
+        ranked = sorted((i for i in range(len(s)) if not ex[i]), key=lambda i: (-s[i], i))[:k]
+        n_rel = sum(rel)
+        dcg = sum(1 / math.log2(rank + 2) for rank, i in enumerate(ranked) if rel[i])
+        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(n_rel, k)))
+        ndcgs.append(dcg / ideal if ideal else 0.0)
+        recalls.append(sum(rel[i] for i in ranked) / n_rel if n_rel else 0.0)
+    return ndcgs, recalls
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_vectorised_metrics_match_a_plain_reference_on_random_cases(seed):
+    gen = torch.Generator().manual_seed(seed)
+    users, items, k = 7, 30, 5
+    scores = torch.rand(users, items, generator=gen)  # continuous: no ties, so the order is unique
+    exclude = torch.rand(users, items, generator=gen) < 0.2
+    relevant = (torch.rand(users, items, generator=gen) < 0.15) & ~exclude
+    hits = topk_hits(scores, relevant, exclude, k)
+    n_rel = relevant.sum(dim=1)
+    want_ndcg, want_recall = reference_metrics(scores, relevant, exclude, k)
+    assert ndcg_at_k(hits, n_rel, k).tolist() == pytest.approx(want_ndcg, abs=1e-6)
+    assert recall_at_k(hits, n_rel, k).tolist() == pytest.approx(want_recall, abs=1e-6)

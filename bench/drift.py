@@ -1,0 +1,135 @@
+"""Benchmark of pipeline.drift on the pipeline.simulate sandbox over real MovieLens-100K.
+
+For every drift type of ``pipeline.simulate.DRIFT_TYPES`` at its three magnitudes, the
+detection rate (severity != "none") over ``--seeds`` seeds; the false-positive rate over
+``--null-seeds`` no-drift pairs; and the wall time of one check on 100K and 1M rows
+(verdict only, no Evidently HTML; the HTML time on 100K rows is reported apart).
+
+Windows are weekly and drawn by ``no_drift_pair``: whole MovieLens sessions (a user's
+rows on one day) resampled into two consecutive weeks at the log's own session rate,
+so about 80 sessions and 3,000 rows a week, as in the real data. The drift is injected
+into the current week of the same pair a null seed uses.
+
+Writes bench/results/drift.json and bench/results/drift.png.
+Run: .venv/bin/python bench/drift.py [--seeds 20] [--null-seeds 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import simulate as sim
+from pipeline.data import load_movielens
+from pipeline.drift import check_drift
+from pipeline.settings import DriftSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def detected(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings) -> bool:
+    return check_drift(reference, current, None, settings).severity != "none"
+
+
+def scaled_base(base: pd.DataFrame, copies: int) -> pd.DataFrame:
+    """``copies`` of the log with distinct users per copy (a bigger population, same behaviour)."""
+    step = int(base["user_id"].max()) + 1
+    return pd.concat([base.assign(user_id=base["user_id"] + k * step) for k in range(copies)], ignore_index=True)
+
+
+def timed(base: pd.DataFrame, rows: int, settings: DriftSettings, out_dir: Path | None = None) -> tuple[float, int]:
+    per_session = len(base) / base.groupby(["user_id", base["timestamp"].dt.floor("D")]).ngroups
+    reference, current = sim.no_drift_pair(base, 0, sessions=int(rows / 2 / per_session))
+    start = time.perf_counter()
+    check_drift(reference, current, out_dir, settings)
+    return time.perf_counter() - start, len(reference) + len(current)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--null-seeds", type=int, default=100)
+    parser.add_argument("--cache", type=Path, default=ROOT / ".retrain" / "cache")
+    args = parser.parse_args()
+    settings = DriftSettings()
+    base = sim.base_log(load_movielens(args.cache))
+    items = sim.catalogue(base)
+    t0 = time.perf_counter()
+
+    pairs = [sim.no_drift_pair(base, seed) for seed in range(max(args.seeds, args.null_seeds))]
+    false_positives = [detected(r, c, settings) for r, c in pairs[: args.null_seeds]]
+    detection: dict[str, dict[str, float]] = {}
+    for name, (factory, magnitudes) in sim.DRIFT_TYPES.items():
+        detection[name] = {}
+        for m in magnitudes:
+            hits = [detected(r, sim.inject(c, [factory(m)], seed, items), settings) for seed, (r, c) in enumerate(pairs[: args.seeds])]
+            detection[name][str(m)] = float(np.mean(hits))
+        print(f"{name:18s} " + "  ".join(f"{m}: {detection[name][str(m)]:.2f}" for m in magnitudes), flush=True)
+    fpr = float(np.mean(false_positives))
+    print(f"false_positive_rate {fpr:.3f} over {args.null_seeds} no-drift pairs; sweep {time.perf_counter() - t0:.0f} s")
+
+    t_100k, n_100k = timed(base, 100_000, settings)
+    t_1m, n_1m = timed(scaled_base(base, 10), 1_000_000, settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        t_html, _ = timed(base, 100_000, settings, Path(tmp))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"drift_100k_s {t_100k:.2f} ({n_100k} rows)  drift_1m_s {t_1m:.2f} ({n_1m} rows)  "
+          f"100k with Evidently HTML {t_html:.2f} s  peak RSS {peak_mb:.0f} MB")
+
+    mids = {name: mags[1] for name, (_, mags) in sim.DRIFT_TYPES.items()}
+    result = {
+        "detection": detection,
+        "false_positive_rate": fpr,
+        "drift_100k_s": round(t_100k, 3),
+        "drift_1m_s": round(t_1m, 3),
+        "drift_100k_with_html_s": round(t_html, 3),
+        "rows_100k": n_100k,
+        "rows_1m": n_1m,
+        "peak_rss_mb": round(peak_mb),
+        "seeds": args.seeds,
+        "null_seeds": args.null_seeds,
+        "middle_magnitude": mids,
+        "goals": {
+            "false_positive_rate<=0.05": fpr <= 0.05,
+            "middle_detection>=0.9": all(detection[n][str(m)] >= 0.9 for n, m in mids.items()),
+            "drift_100k_s<=2": t_100k <= 2,
+            "drift_1m_s<=15": t_1m <= 15,
+        },
+        "settings": settings.model_dump(),
+        "windows": "weekly pairs of resampled MovieLens-100K sessions (pipeline.simulate.no_drift_pair)",
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "drift.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(detection, fpr, RESULTS / "drift.png")
+
+
+def plot(detection: dict[str, dict[str, float]], fpr: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(detection), figsize=(12, 2.6), sharey=True)
+    for ax, (name, rates) in zip(axes, detection.items()):
+        ax.bar(list(rates), list(rates.values()), color=["#9ecae1", "#3182bd", "#08519c"])
+        ax.axhline(0.9, color="green", lw=0.8, ls="--")
+        ax.axhline(fpr, color="red", lw=0.8)
+        ax.set_title(name.replace("_", " "), fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("detection rate", fontsize=8)
+    fig.suptitle(f"drift detection by magnitude (green: 0.9 goal, red: false-positive rate {fpr:.2f})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+
+
+if __name__ == "__main__":
+    main()

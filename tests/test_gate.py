@@ -1,0 +1,189 @@
+"""The significance gate as a pure function: per-user arrays in, a decision with reasons out."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pydantic
+import pytest
+import torch
+
+from pipeline.evaluate import evaluate
+from pipeline.gate import GateDecision, UserEval, decide, long_tail_items, paired_bootstrap, user_metrics
+from pipeline.settings import GateSettings
+
+N = 400  # holdout users
+RNG = np.random.default_rng(0)
+BASE = np.clip(RNG.normal(0.3, 0.2, N), 0, 1)
+COLD = np.arange(N) % 4 == 0  # 100 cold users
+TAIL = np.where(np.arange(N) % 2 == 0, np.clip(RNG.normal(0.1, 0.1, N), 0, 1), np.nan)  # 200 long-tail users
+S = GateSettings(min_ndcg=0.02, tolerance=0.005, min_delta=0.0)
+
+
+def ev(ndcg=BASE, recall=None, coverage=0.3, longtail=TAIL, cold=COLD) -> UserEval:
+    ndcg = np.asarray(ndcg, float)
+    return UserEval(
+        k=10, user_ids=np.arange(len(ndcg)), ndcg=ndcg, recall=ndcg * 0.8 if recall is None else np.asarray(recall),
+        is_cold=cold, longtail_ndcg=np.asarray(longtail, float), coverage=coverage, n_items=1000,
+    )
+
+
+def failed(d: GateDecision) -> set[str]:
+    return {c.name for c in d.failed}
+
+
+def test_a_clearly_better_challenger_is_promoted_with_every_number_recorded():
+    d = decide(ev(BASE + 0.05), ev(), S, challenger_version=2, champion_version=1, window="a/2024-01-08")
+    assert d.promote and not d.failed
+    assert d.mean_delta == pytest.approx(0.05) and d.ci_low > 0.04 and d.ci_high < 0.06
+    assert d.n_resamples == 1000 and d.n_users == N and d.seed == 0 and d.confidence == 0.95
+    assert {c.name for c in d.checks} == {
+        "finite", "floor", "mean_gain", "non_inferior", "recall", "coverage", "cold_users", "long_tail",
+    }
+    assert "all guardrails hold" in d.reason and "+0.0500" in d.reason
+
+
+def test_a_lucky_challenger_with_a_small_noisy_gain_is_not_promoted():
+    """Mean gain > 0 (a single-number gate would promote it) but the interval reaches far below -tolerance."""
+    noise = RNG.normal(0, 0.25, N)
+    noise -= noise.mean() - 0.003
+    d = decide(ev(BASE + noise), ev(), S, challenger_version=2, champion_version=1)
+    assert d.mean_delta == pytest.approx(0.003)
+    assert not d.promote and failed(d) == {"non_inferior"}
+    assert "lower bound" in d.reason and "-tolerance -0.0050" in d.reason
+
+
+def test_a_worse_challenger_fails_the_mean_gain():
+    d = decide(ev(BASE - 0.02), ev(), S)
+    assert not d.promote and {"mean_gain", "non_inferior"} <= failed(d)
+    assert "gain -0.0200 < min_delta" in d.reason
+
+
+def test_min_delta_demands_a_real_gain():
+    d = decide(ev(BASE + 0.01), ev(), S.model_copy(update={"min_delta": 0.02}))
+    assert not d.promote and failed(d) == {"mean_gain"}
+
+
+@pytest.mark.parametrize(
+    "challenger,check",
+    [
+        (ev(BASE + 0.02, recall=BASE * 0.8 - 0.05), "recall"),
+        (ev(BASE + 0.02, coverage=0.2), "coverage"),
+        (ev(np.where(COLD, BASE - 0.1, BASE + 0.05)), "cold_users"),
+        (ev(BASE + 0.02, longtail=TAIL - 0.05), "long_tail"),
+    ],
+    ids=["recall", "coverage", "cold-users", "long-tail"],
+)
+def test_each_guardrail_alone_blocks_a_challenger_that_wins_on_ndcg(challenger, check):
+    d = decide(challenger, ev(), S)
+    assert d.mean_delta > 0 and not d.promote
+    assert failed(d) == {check}
+    assert next(c for c in d.checks if c.name == check).detail in d.reason
+
+
+def test_a_segment_with_too_few_users_is_reported_not_checked():
+    few_cold = np.arange(N) < 5
+    d = decide(ev(np.where(few_cold, 0.0, BASE + 0.03), cold=few_cold), ev(cold=few_cold), S)
+    assert d.promote
+    cold = next(c for c in d.checks if c.name == "cold_users")
+    assert cold.passed and "5 users < 20, not checked" in cold.detail
+
+
+def test_first_model_must_clear_the_absolute_floor():
+    assert decide(ev(), None, S).promote
+    low = decide(ev(np.full(N, 0.01)), None, S)
+    assert not low.promote and failed(low) == {"floor"} and "< floor 0.0200" in low.reason
+    assert low.champion_value is None and low.mean_delta is None
+
+
+def test_the_floor_applies_even_when_the_champion_is_worse():
+    d = decide(ev(np.full(N, 0.015)), ev(np.full(N, 0.005)), S)
+    assert not d.promote and failed(d) == {"floor"}
+
+
+def test_an_unloadable_challenger_is_rejected_with_the_error():
+    d = decide(None, ev(), S, challenger_version=3, load_error="UnpicklingError: invalid load key")
+    assert not d.promote and failed(d) == {"loadable"}
+    assert "cannot be loaded: UnpicklingError" in d.reason and math.isnan(d.challenger_value)
+
+
+def test_non_finite_metrics_never_promote():
+    d = decide(ev(np.full(N, np.nan)), ev(), S)
+    assert not d.promote and failed(d) == {"finite"}
+
+
+def test_a_reverted_version_returns_only_on_evidence_from_a_later_window():
+    reverted = "2024-01-01T00:00:00+00:00/2024-01-08T00:00:00+00:00"
+    same = decide(ev(BASE + 0.05), ev(), S, window=reverted, reverted_on=reverted)
+    assert not same.promote and failed(same) == {"not_reverted"} and "cannot return" in same.reason
+    later = decide(ev(BASE + 0.05), ev(), S, window="2024-01-08T00:00:00+00:00/2024-01-15T00:00:00+00:00",
+                   reverted_on=reverted)
+    assert later.promote
+
+
+def test_champion_and_challenger_must_share_the_holdout_users():
+    with pytest.raises(ValueError, match="different holdout users"):
+        decide(ev(), ev(BASE[:-1], cold=COLD[:-1], longtail=TAIL[:-1]), S)
+
+
+def test_bootstrap_is_seeded_and_needs_1000_resamples():
+    a, b = BASE + RNG.normal(0, 0.1, N), BASE
+    assert paired_bootstrap(a, b, 1000, 7, 0.95) == paired_bootstrap(a, b, 1000, 7, 0.95)
+    assert paired_bootstrap(a, b, 1000, 7, 0.95) != paired_bootstrap(a, b, 1000, 8, 0.95)
+    with pytest.raises(pydantic.ValidationError):
+        GateSettings(n_resamples=999)
+
+
+def test_pairing_removes_between_user_noise():
+    """Users differ a lot, models differ a little but consistently: the paired interval excludes 0."""
+    iv = paired_bootstrap(BASE + 0.01, BASE, 1000, 0, 0.95)
+    assert iv.low == pytest.approx(0.01) and iv.high == pytest.approx(0.01)
+
+
+def test_decision_and_user_eval_round_trip_through_json():
+    d = decide(ev(BASE + 0.05), ev(), S, challenger_version=2, champion_version=1, window="w")
+    assert GateDecision.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+    e = ev()
+    assert UserEval.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+
+
+# --- per-user metrics on a tiny world -------------------------------------------------
+
+
+class FixedScores:
+    """Every user ranks item 40 > 30 > 20 > 10."""
+
+    catalogue = pd.DataFrame({"item_id": [10, 20, 30, 40]})
+
+    def score(self, users: pd.DataFrame, history: pd.DataFrame | None = None) -> torch.Tensor:
+        return torch.tensor([[1.0, 2.0, 3.0, 4.0]]).repeat(len(users), 1)
+
+
+def frame(rows):
+    return pd.DataFrame([
+        {"user_id": u, "item_id": i, "timestamp": pd.Timestamp(t, tz="UTC"), "user_gender": "F", "user_age": 30,
+         "user_occupation": "x"}
+        for u, i, t in rows
+    ])
+
+
+def test_long_tail_is_everything_outside_the_popularity_head():
+    history = frame([(1, 40, "2020-01-01"), (2, 40, "2020-01-01"), (3, 40, "2020-01-01"), (1, 30, "2020-01-01")])
+    assert long_tail_items(history, pd.Index([10, 20, 30, 40]), 0.5).tolist() == [True, True, True, False]
+
+
+def test_user_metrics_agree_with_evaluate_and_add_segments_and_coverage():
+    history = frame([(1, 40, "2020-01-01"), (2, 40, "2020-01-01"), (3, 40, "2020-01-01")])
+    holdout = frame([(1, 10, "2020-01-08"), (2, 30, "2020-01-08"), (9, 40, "2020-01-08"), (3, 40, "2020-01-08")])
+    e = user_metrics(FixedScores(), history, holdout, k=1, head_share=0.5)
+    assert e.mean_ndcg == pytest.approx(evaluate(FixedScores(), history, holdout, k=1).ndcg)
+    # user 3 only re-watched item 40: no new item, not scored. User 9 is cold.
+    assert e.user_ids.tolist() == [1, 2, 9] and e.is_cold.tolist() == [False, False, True]
+    assert e.ndcg.tolist() == [0.0, 1.0, 1.0]  # tops: 30 (miss), 30 (hit), 40 (hit)
+    # long-tail (items 10, 20, 30): user 1 wants 10, ranked below 30 -> 0; user 2 wants 30 -> 1; user 9 none
+    assert e.longtail_ndcg[:2].tolist() == [0.0, 1.0] and math.isnan(e.longtail_ndcg[2])
+    assert e.coverage == pytest.approx(2 / 4)  # items 30 and 40 appear in some top-1
+    assert e.metrics["cold_ndcg_at_1"] == 1.0 and e.metrics["longtail_ndcg_at_1"] == 0.5
