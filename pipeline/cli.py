@@ -165,6 +165,9 @@ def demo(
         summary_path = settings.runs_dir / f"{begin:%Y%m%d}-{end:%Y%m%d}" / "summary.json"
         summaries.append(json.loads(summary_path.read_text()))
     console.print(summary_table(summaries))
+    for summary in summaries:
+        verdict = "promoted" if summary["promoted"] else "rejected"
+        console.print(f"  v{summary['version']} {verdict}: {summary['reason']}", highlight=False)
     console.print(f"MLflow: {settings.mlflow_uri}  (model '{settings.model_name}', alias 'champion')")
     console.print(f"Cycle folders: {settings.runs_dir.resolve()}")
 
