@@ -18,7 +18,7 @@ $(STAMP): $(REQS) requirements/torch-$(TORCH_PAIR).txt
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@echo "installing the stack into $(VENV) (first time: a few minutes)"
 	$(PIP) install -r requirements/torch-$(TORCH_PAIR).txt -r requirements/torchrec.txt -c requirements/constraints.txt
-	$(PIP) install -e '.[test]' -c requirements/constraints.txt
+	$(PIP) install -e '.[test,prod]' -c requirements/constraints.txt
 	@# last, so no later pip run reports its undeclared-on-CPU `fbgemm-gpu` requirement
 	$(PIP) install --no-deps torchrec==1.8.0
 	@rm -f $(VENV)/.installed-*

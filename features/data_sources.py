@@ -1,47 +1,57 @@
-"""Parquet sources written by ``pipeline.data.bootstrap_feature_repo``.
+"""Batch sources of the feature views, written by ``pipeline.data``.
 
-Paths are relative: Feast resolves them against the repository folder
-(``FileSource.get_uri_for_file_path``), so a copy of this folder is self-contained.
+Locally (default) they are parquet files under ``data/``; paths are relative and Feast
+resolves them against the repository folder (``FileSource.get_uri_for_file_path``), so
+a copy of this folder is self-contained. With ``RETRAIN_FEATURE_ENV=prod`` the same
+sources are PostgreSQL tables of the same names (``feature_store.prod.yaml``).
 """
+
+import os
 
 from feast import FileSource
 
-interactions_source = FileSource(
-    name="interactions_source",
-    path="data/interactions.parquet",
-    timestamp_field="event_timestamp",
-    description="Raw interaction events: user_id, item_id, rating.",
-    tags={"team": "recsys", "kind": "events"},
+PROD = os.environ.get("RETRAIN_FEATURE_ENV", "local") == "prod"
+
+
+def _source(table: str, path: str, description: str, kind: str):
+    tags = {"team": "recsys", "kind": kind}
+    if PROD:
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+
+        return PostgreSQLSource(
+            name=f"{table}_source", table=table, timestamp_field="event_timestamp", description=description, tags=tags
+        )
+    return FileSource(
+        name=f"{table}_source", path=path, timestamp_field="event_timestamp", description=description, tags=tags
+    )
+
+
+interactions_source = _source(
+    "interactions",
+    "data/interactions",
+    "Raw interaction events (user_id, item_id, rating), one parquet partition per UTC day "
+    "(data/interactions/day=YYYY-MM-DD/).",
+    "events",
 )
 
-user_profile_source = FileSource(
-    name="user_profile_source",
-    path="data/user_profile.parquet",
-    timestamp_field="event_timestamp",
-    description="One row per user, stamped at the start of the log.",
-    tags={"team": "recsys", "kind": "static"},
+user_profile_source = _source(
+    "user_profile", "data/user_profile.parquet", "One row per user, stamped at the start of the log.", "static"
 )
 
-user_stats_source = FileSource(
-    name="user_stats_source",
-    path="data/user_stats.parquet",
-    timestamp_field="event_timestamp",
-    description="Cumulative daily counts; the count through day d is stamped d+1 00:00 UTC.",
-    tags={"team": "recsys", "kind": "daily_aggregate"},
+user_stats_source = _source(
+    "user_stats",
+    "data/user_stats.parquet",
+    "One row per user and day from the user's first day: activity before that day, stamped 00:00 UTC.",
+    "daily_aggregate",
 )
 
-item_profile_source = FileSource(
-    name="item_profile_source",
-    path="data/item_profile.parquet",
-    timestamp_field="event_timestamp",
-    description="One row per catalogue item, stamped at the start of the log.",
-    tags={"team": "recsys", "kind": "static"},
+item_profile_source = _source(
+    "item_profile", "data/item_profile.parquet", "One row per catalogue item, stamped at the start of the log.", "static"
 )
 
-item_stats_source = FileSource(
-    name="item_stats_source",
-    path="data/item_stats.parquet",
-    timestamp_field="event_timestamp",
-    description="Cumulative daily counts; the count through day d is stamped d+1 00:00 UTC.",
-    tags={"team": "recsys", "kind": "daily_aggregate"},
+item_stats_source = _source(
+    "item_stats",
+    "data/item_stats.parquet",
+    "One row per item and day from the item's first day: activity before that day, stamped 00:00 UTC.",
+    "daily_aggregate",
 )

@@ -4,7 +4,11 @@ Feature names carry their entity prefix (``user_age``, ``item_n_interactions``) 
 the names stay unique across views and are the column names a retrieval returns.
 
 ``ttl=timedelta(0)`` means "never expires" in Feast: a profile is valid until replaced,
-and a cumulative count stays true until the next day's row supersedes it.
+and a stats row stays true until the next day's row supersedes it.
+
+Stats rows are stamped at 00:00 UTC of a day and describe the entity's activity on
+the days before it, so an event sees nothing of its own day or later. Every entity
+has a row for every day from its first interaction on (pipeline.data.features).
 """
 
 from datetime import timedelta
@@ -17,7 +21,7 @@ from data_sources import (
 )
 from entities import item, user
 from feast import FeatureView, Field
-from feast.types import Int64, String
+from feast.types import Float64, Int64, String
 
 NO_EXPIRY = timedelta(0)
 
@@ -44,6 +48,15 @@ user_stats_fv = FeatureView(
             name="user_n_interactions",
             dtype=Int64,
             description="Interactions of the user on days before the feature timestamp.",
+        ),
+        Field(name="user_interactions_7d", dtype=Int64, description="Interactions in the 7 days before."),
+        Field(name="user_interactions_30d", dtype=Int64, description="Interactions in the 30 days before."),
+        Field(name="user_distinct_items", dtype=Int64, description="Distinct items interacted with before."),
+        Field(name="user_mean_rating", dtype=Float64, description="Mean rating given before; 0.0 if none."),
+        Field(
+            name="user_days_since_last",
+            dtype=Int64,
+            description="Days from the last day with an interaction to the feature day; -1 if none.",
         ),
     ],
     online=True,
@@ -74,6 +87,19 @@ item_stats_fv = FeatureView(
             dtype=Int64,
             description="Interactions with the item on days before the feature timestamp.",
         ),
+        Field(name="item_interactions_7d", dtype=Int64, description="Interactions in the 7 days before."),
+        Field(name="item_interactions_30d", dtype=Int64, description="Interactions in the 30 days before."),
+        Field(
+            name="item_popularity_rank",
+            dtype=Int64,
+            description="1 + items with more interactions in the 30 days before (ties share a rank).",
+        ),
+        Field(
+            name="item_days_since_first",
+            dtype=Int64,
+            description="Days from the item's first interaction day to the feature day; -1 if none before.",
+        ),
+        Field(name="item_mean_rating", dtype=Float64, description="Mean rating received before; 0.0 if none."),
     ],
     online=True,
     source=item_stats_source,

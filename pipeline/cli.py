@@ -122,17 +122,87 @@ def summary_table(summaries: list[dict]) -> Table:
     return table
 
 
+def ingest_events(settings: Settings, events: Path, batch_days: int = 0) -> dict[str, int]:
+    """Appends a batch log to the Feast repository with a progress bar; returns the totals."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipeline import data
+
+    raw = data.read_log(events)
+    totals = {"rows": 0, "added": 0, "already_stored": 0, "quarantined": 0}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("ingest", total=len(raw))
+        for batch in data.split_batches(raw, batch_days):
+            result = data.ingest(
+                batch, settings.feature_repo, settings.data,
+                progress=lambda step: bar.update(task, description=f"ingest: {step}"),
+            )
+            bar.advance(task, len(batch))
+            for key in totals:
+                totals[key] += getattr(result, key)
+            if result.quarantine_path:
+                console.print(f"quarantined {result.quarantined} row(s) to {result.quarantine_path}")
+    return totals
+
+
 @app.command()
 def ingest(
     source: Annotated[
         Optional[Path],
-        typer.Option(help="Interaction log (.parquet/.csv) or GroupLens ml-100k folder; default MovieLens-100K."),
+        typer.Option(help="Rebuild the repository from this log (.parquet/.csv) or GroupLens ml-100k folder; default MovieLens-100K."),
     ] = None,
+    events: Annotated[
+        Optional[Path],
+        typer.Option(help="Append this batch (.parquet/.csv): validated, de-duplicated, features updated, online store filled."),
+    ] = None,
+    batch_days: Annotated[int, typer.Option(min=0, help="With --events: ingest in batches of this many days (0: one batch).")] = 0,
 ) -> None:
-    """Load interactions into the Feast repository (offline files + registry)."""
+    """Load interactions into the Feast repository: rebuild it (--source) or append new events (--events)."""
     settings = get_settings()
-    first, last = ingest_source(settings, source)
-    console.print(f"ingested interactions {first} .. {last} into {settings.feature_repo}")
+    if events is None:
+        first, last = ingest_source(settings, source)
+        console.print(f"ingested interactions {first} .. {last} into {settings.feature_repo}")
+        return
+    if source is not None:
+        raise PipelineError("ingest: give --source (rebuild) or --events (append), not both")
+    quiet_libraries()
+    t = ingest_events(settings, events, batch_days)
+    console.print(
+        f"{events.name}: {t['rows']} rows, {t['added']} added, {t['already_stored']} already stored, "
+        f"{t['quarantined']} quarantined, into {settings.feature_repo}"
+    )
+
+
+@app.command()
+def profile(
+    from_: Annotated[str, typer.Option("--from", help="Window start, inclusive (e.g. 1998-03-30; UTC).")],
+    to: Annotated[str, typer.Option("--to", help="Window end, exclusive (e.g. 1998-04-06; UTC).")],
+    reference_days: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Days before --from that new-user/item rates compare with; default drift.reference_days."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the profile as JSON instead of a table.")] = False,
+) -> None:
+    """Profile the stored interactions of [FROM, TO): sparsity, popularity skew, churn, ratings."""
+    from pipeline.profile import profile_window
+
+    settings = get_settings()
+    days = reference_days or settings.drift.reference_days
+    p = profile_window(settings.feature_repo, from_, to, days).to_dict()
+    if as_json:
+        console.print_json(json.dumps(p))
+        return
+    table = Table(title=f"Data profile {from_} .. {to} (reference: {days} days before)")
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    for key, value in p.items():
+        if isinstance(value, dict):
+            text = ", ".join(f"{k}={v:g}" for k, v in value.items())
+        else:
+            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        table.add_row(key, text)
+    console.print(table)
 
 
 @app.command()

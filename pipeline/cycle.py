@@ -44,6 +44,7 @@ class CyclePaths:
     drift_dir = property(lambda self: self.root / "drift")
     model_dir = property(lambda self: self.root / "model")
     summary = property(lambda self: self.root / "summary.json")
+    profile = property(lambda self: self.root / "profile.json")
 
 
 def _ts(value: str | datetime) -> pd.Timestamp:
@@ -90,8 +91,9 @@ def pull(start: str, end: str, settings: Settings | None = None) -> dict[str, An
 
 
 def validate(pulled: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
-    """Validates history and window; bad rows go to quarantine files beside them."""
+    """Validates history and window (bad rows go to quarantine files beside them) and profiles the window."""
     from pipeline import data
+    from pipeline.profile import profile
 
     s = settings or get_settings()
     p = CyclePaths(Path(pulled["run_dir"]))
@@ -101,7 +103,9 @@ def validate(pulled: dict[str, Any], settings: Settings | None = None) -> dict[s
         clean = data.validate(frame, s.data, p.root / f"quarantine_{name}.parquet")
         _write_parquet(clean, path)
         counts[f"bad_{name}"] = len(frame) - len(clean)
-    return {**pulled, **counts}
+    prof = profile(pd.read_parquet(p.holdout), pd.read_parquet(p.reference), pulled["start"], pulled["end"])
+    _write_json(prof.to_dict(), p.profile)
+    return {**pulled, **counts, "profile": str(p.profile)}
 
 
 def drift(pulled: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
@@ -188,13 +192,15 @@ def gate(
     p = CyclePaths(Path(pulled["run_dir"]))
     window = f"{pulled['start']}/{pulled['end']}"
     drift_files = (("drift.html", "html"), ("drift.json", "json"))
+    artifacts = {name: Path(drift_result[key]) for name, key in drift_files if drift_result[key]}
+    artifacts["profile.json"] = p.profile
     candidate = registry.log_candidate(
         load_checkpoint(Path(trained["checkpoint"])),
         settings=s,
         window=window,
         params={**s.train.model_dump(), "rows_history": pulled["rows_history"]},
         metrics={**evaluated["challenger"], "train_seconds": trained["seconds"], "final_loss": trained["epoch_losses"][-1]},
-        artifacts={name: Path(drift_result[key]) for name, key in drift_files if drift_result[key]},
+        artifacts=artifacts,
         tags={"drift.severity": drift_result["severity"], "window": window},
     )
     per_user = json.loads(Path(evaluated["per_user"]).read_text())

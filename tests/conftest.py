@@ -23,7 +23,7 @@ def cache_dir() -> Path:
 def copy_feature_repo(dest: Path) -> Path:
     """Copy the Feast definitions (not generated data) so tests never write into features/."""
     dest.mkdir(parents=True, exist_ok=True)
-    for src in [FEATURE_REPO / "feature_store.yaml", *FEATURE_REPO.glob("*.py")]:
+    for src in [*FEATURE_REPO.glob("feature_store*.yaml"), *FEATURE_REPO.glob("*.py")]:
         shutil.copy(src, dest / src.name)
     return dest
 

@@ -413,7 +413,7 @@ def test_an_unreachable_tracking_server_is_retried_with_backoff_then_fails_in_on
 
 def test_an_unloadable_artifact_is_rejected_by_the_gate_with_the_reason(settings):
     from pipeline.gate import decide as gate_decide
-    from test_gate import ev
+    from tests.test_gate import ev
 
     cand = log(settings, "w1", 0.1)
     uri = client(settings).get_model_version_download_uri(settings.model_name, str(cand.version))

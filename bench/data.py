@@ -1,0 +1,94 @@
+"""Data-stage benchmark on MovieLens-100K -> bench/results/data.json.
+
+ingest_100k_s: ``pipeline.data.ingest`` of all 100K events into an empty repository,
+validation, features and materialization to the online store included (Feast
+imported beforehand). window_20k_s: ``pull_window`` of the newest window holding
+about 20K interactions, with every feature. profile_100k_s: ``pipeline.profile.profile``
+of all 100K events. Each is the best of ``--repeat`` runs. Goals on 2 cores: 10 s, 3 s, 1 s.
+
+    .venv/bin/python bench/data.py [--repeat 3] [--feast]
+
+``--feast`` also times the same window through Feast's ``get_historical_features``
+(the file offline store), the path the fast as-of join replaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+from tests.conftest import cache_dir, copy_feature_repo  # noqa: E402
+
+from pipeline import data  # noqa: E402
+from pipeline.profile import profile  # noqa: E402
+
+GOALS = {"ingest_100k_s": 10.0, "window_20k_s": 3.0, "profile_100k_s": 1.0}
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return round(min(times), 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--feast", action="store_true", help="also time Feast's historical retrieval")
+    args = parser.parse_args()
+    import feast  # noqa: F401  (import cost is not the ingest's)
+
+    inter = data.load_movielens(cache_dir()).interactions
+    work = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    repos = iter(range(1000))
+
+    def fresh_ingest() -> None:
+        repo = copy_feature_repo(work / f"repo{next(repos)}")
+        data.ingest(inter, repo)
+
+    results: dict[str, object] = {}
+    results["ingest_100k_s"] = best(fresh_ingest, args.repeat)
+    repo = work / "repo0"
+    ordered = inter.sort_values("timestamp")
+    t0 = ordered.timestamp.iloc[-20_000].floor("D")
+    t1 = ordered.timestamp.iloc[-1] + pd.Timedelta(seconds=1)
+    window = data.pull_window(repo, t0, t1)
+    results["window_rows"] = len(window)
+    results["window_20k_s"] = best(lambda: data.pull_window(repo, t0, t1), args.repeat)
+    results["profile_100k_s"] = best(lambda: profile(inter), args.repeat)
+    if args.feast:
+        from pipeline.data.store import _store
+
+        store = _store(repo)
+        rows = window[["user_id", "item_id", "timestamp"]].rename(columns={"timestamp": data.TS})
+
+        def via_feast() -> None:
+            for key in ("user_id", "item_id"):
+                data.feast_point_in_time(store, rows[[key, data.TS]], key)
+
+        results["window_20k_feast_s"] = best(via_feast, 1)
+    results["goals"] = GOALS
+    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    shutil.rmtree(work, ignore_errors=True)
+    out = ROOT / "bench" / "results" / "data.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Feature tables of the Feast repository, computed from the interaction log.
+
+Pure functions: interactions in, the rows of the ``*_profile`` and ``*_stats`` sources out.
+
+Stats rows are stamped at midnight UTC. The row stamped day ``s`` describes the
+entity as of the start of ``s``: it counts only events of days before ``s``, so an
+event never sees its own day or anything later. Every entity has one row per day
+from its first event's day to the day after the log's last event (a dense daily
+grid), because the trailing counts and the "days since" features change even on
+days the entity is idle. Feast's point-in-time join (latest row at or before the
+event) then picks the row of the event's own day.
+
+A row depends only on events of earlier days (and, for the popularity rank, on all
+items' earlier events), so after a batch whose first event falls on day ``d0`` only
+rows stamped ``d0`` or later change: ``stats_tables(..., since=d0)`` recomputes those.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+TS = "event_timestamp"  # Feast's default entity-dataframe timestamp column
+DAY = pd.Timedelta(days=1)
+
+USER_PROFILE = ["user_age", "user_gender", "user_occupation"]
+ITEM_PROFILE = ["item_genres", "item_release_year"]
+USER_STATS = [
+    "user_n_interactions", "user_interactions_7d", "user_interactions_30d", "user_distinct_items",
+    "user_mean_rating", "user_days_since_last",
+]
+ITEM_STATS = [
+    "item_n_interactions", "item_interactions_7d", "item_interactions_30d", "item_popularity_rank",
+    "item_days_since_first", "item_mean_rating",
+]
+# The first columns are the ones the model and other stages have used since v1; new ones follow.
+V1_USER = ["user_age", "user_gender", "user_occupation", "user_n_interactions"]
+V1_ITEM = ["item_genres", "item_release_year", "item_n_interactions"]
+USER_COLUMNS = ["user_id", *V1_USER, *[c for c in USER_PROFILE + USER_STATS if c not in V1_USER]]
+ITEM_COLUMNS = ["item_id", *V1_ITEM, *[c for c in ITEM_PROFILE + ITEM_STATS if c not in V1_ITEM]]
+WINDOW_COLUMNS = [
+    "user_id", "item_id", "timestamp", "rating",
+    *V1_USER, *V1_ITEM,
+    *[c for c in USER_COLUMNS[1:] if c not in V1_USER], *[c for c in ITEM_COLUMNS[1:] if c not in V1_ITEM],
+]
+NEVER = -1  # "days since" when there is no earlier interaction
+DEFAULTS: dict[str, object] = {
+    "user_age": 0, "user_gender": "unknown", "user_occupation": "unknown", "item_genres": "", "item_release_year": 0,
+    **{c: 0 for c in USER_STATS + ITEM_STATS},
+    "user_mean_rating": 0.0, "item_mean_rating": 0.0, "user_days_since_last": NEVER, "item_days_since_first": NEVER,
+    "item_popularity_rank": 0,
+}
+DTYPES = {
+    "user_id": "int64", "item_id": "int64", "timestamp": "datetime64[ns, UTC]", "rating": "float64",
+    "user_gender": "object", "user_occupation": "object", "item_genres": "object",
+    **{c: "int64" for c in ["user_age", "item_release_year", *USER_STATS, *ITEM_STATS]},
+    "user_mean_rating": "float64", "item_mean_rating": "float64",
+}
+
+
+def typed(df: pd.DataFrame) -> pd.DataFrame:
+    """Defaults for missing features, then the dtypes other stages rely on."""
+    df = df.fillna({c: v for c, v in DEFAULTS.items() if c in df.columns})
+    return df.astype({c: DTYPES[c] for c in df.columns if c in DTYPES}).reset_index(drop=True)
+
+
+def profile_table(ids: pd.Series, side: pd.DataFrame, key: str, cols: list[str], start: pd.Timestamp) -> pd.DataFrame:
+    """One row per id (side info where known, defaults otherwise), valid from ``start``."""
+    df = pd.DataFrame({key: ids}).merge(side.drop_duplicates(key, keep="last"), on=key, how="left")
+    return typed(df.reindex(columns=[key, *cols])).assign(**{TS: start})
+
+
+def stats_tables(log: pd.DataFrame, since: pd.Timestamp | None = None) -> dict[str, pd.DataFrame]:
+    """``user_stats`` and ``item_stats`` rows stamped ``since`` (a midnight) or later; all if None.
+
+    ``log``: every stored interaction (user_id, item_id, timestamp, rating), any order.
+    """
+    log = log.reset_index(drop=True)
+    day = log["timestamp"].dt.floor("D")
+    origin = day.min()
+    d = ((day - origin) // DAY).to_numpy(dtype=np.int64)
+    n_stamps = int(d.max()) + 2  # stamps origin .. last day + 1
+    first = 0 if since is None else max(0, int((since - origin) // DAY))
+    rating = log["rating"].to_numpy(dtype=np.float64)
+    out = {}
+    for key, entity in (("user_id", "user"), ("item_id", "item")):
+        codes, ids = pd.factorize(log[key], sort=True)
+        g = _Grid(codes, len(ids), d, n_stamps)
+        cols = {
+            f"{entity}_n_interactions": g.before,
+            f"{entity}_interactions_7d": g.trailing(7),
+            f"{entity}_interactions_30d": g.trailing(30),
+            f"{entity}_mean_rating": np.divide(
+                g.cumulative(rating), g.before, out=np.zeros(g.before.shape), where=g.before > 0
+            ),
+        }
+        if entity == "user":
+            new_pair = ~pd.DataFrame({"u": log["user_id"], "i": log["item_id"], "d": d}).sort_values("d", kind="stable").duplicated(["u", "i"])
+            cols["user_distinct_items"] = g.cumulative(new_pair.sort_index().to_numpy(dtype=np.float64)).astype(np.int64)
+            cols["user_days_since_last"] = g.days_since_last()
+            order = USER_STATS
+        else:
+            cols["item_popularity_rank"] = _rank_desc(cols["item_interactions_30d"], g.first_day)
+            cols["item_days_since_first"] = g.days_since_first()
+            order = ITEM_STATS
+        out[f"{entity}_stats"] = g.rows(key, ids, origin, first, {c: cols[c] for c in order})
+    return out
+
+
+class _Grid:
+    """Per-entity, per-stamp matrices (entities x stamps) of one entity kind."""
+
+    def __init__(self, codes: np.ndarray, n: int, day: np.ndarray, n_stamps: int):
+        self.codes, self.day, self.shape = codes, day, (n, n_stamps)
+        self.counts = self._daily(np.ones(len(codes)))
+        self.before = self._before(self.counts).astype(np.int64)
+        self.first_day = np.full(n, n_stamps, dtype=np.int64)
+        np.minimum.at(self.first_day, codes, day)
+
+    def _daily(self, weights: np.ndarray) -> np.ndarray:
+        flat = np.bincount(self.codes * self.shape[1] + self.day, weights=weights, minlength=self.shape[0] * self.shape[1])
+        return flat.reshape(self.shape)
+
+    @staticmethod
+    def _before(daily: np.ndarray) -> np.ndarray:
+        """Sum over days strictly before each stamp."""
+        out = np.zeros_like(daily)
+        np.cumsum(daily[:, :-1], axis=1, out=out[:, 1:])
+        return out
+
+    def cumulative(self, weights: np.ndarray) -> np.ndarray:
+        return self._before(self._daily(weights))
+
+    def trailing(self, days: int) -> np.ndarray:
+        """Events in the ``days`` days before each stamp."""
+        lagged = np.zeros_like(self.before)
+        if days < self.shape[1]:
+            lagged[:, days:] = self.before[:, :-days]
+        return self.before - lagged
+
+    def days_since_last(self) -> np.ndarray:
+        active = np.where(self.counts > 0, np.arange(self.shape[1]), -1)
+        last = np.full(self.shape, -1, dtype=np.int64)
+        last[:, 1:] = np.maximum.accumulate(active, axis=1)[:, :-1]
+        return np.where(last >= 0, np.arange(self.shape[1]) - last, NEVER)
+
+    def days_since_first(self) -> np.ndarray:
+        since = np.arange(self.shape[1])[None, :] - self.first_day[:, None]
+        return np.where(since > 0, since, NEVER)
+
+    def rows(self, key: str, ids, origin: pd.Timestamp, first: int, cols: dict[str, np.ndarray]) -> pd.DataFrame:
+        """Long format: one row per entity and stamp from its first day (and ``first``) on."""
+        stamps = np.arange(self.shape[1])
+        mask = (stamps[None, :] >= self.first_day[:, None]) & (stamps[None, :] >= first)
+        e, s = np.nonzero(mask)
+        df = pd.DataFrame({key: np.asarray(ids, dtype=np.int64)[e]})
+        for name, values in cols.items():
+            df[name] = values[e, s]
+        df[TS] = (origin + pd.to_timedelta(s, unit="D")).astype("datetime64[ns, UTC]")
+        return typed(df)
+
+
+def _rank_desc(values: np.ndarray, first_day: np.ndarray) -> np.ndarray:
+    """1 + the number of items with a strictly larger value at the same stamp (ties share)."""
+    ranks = np.zeros(values.shape, dtype=np.int64)
+    for s in range(values.shape[1]):
+        col = np.where(first_day <= s, values[:, s], -1)  # items not yet seen never outrank
+        ordered = np.sort(col)
+        ranks[:, s] = len(col) - np.searchsorted(ordered, col, side="right") + 1
+    return ranks

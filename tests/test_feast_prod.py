@@ -1,0 +1,118 @@
+"""features/feature_store.prod.yaml against real PostgreSQL (registry + offline store) and Redis.
+
+Uses the servers at 127.0.0.1 (default ports), starting them if they are down; each
+test run gets its own database and Redis db index, dropped / flushed afterwards.
+Skipped, with the reason, only where a server is down and cannot be started.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from tests.conftest import copy_feature_repo
+
+from pipeline import data
+from pipeline.data import RawData
+
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+REDIS_DB = 7
+PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+REDIS_START = (
+    'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
+    "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
+)
+
+
+def _pg_up() -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(dbname="postgres", connect_timeout=2, **PG).close()
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+def _redis_up() -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2).ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+def _ensure(name: str, up, start: str) -> None:
+    if up():
+        return
+    subprocess.run(start, shell=True, capture_output=True, text=True, timeout=60)
+    for _ in range(20):
+        if up():
+            return
+        time.sleep(0.5)
+    pytest.skip(f"{name} at 127.0.0.1 is down and `{start}` did not start it")
+
+
+@pytest.fixture
+def prod_env(monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("psycopg", reason="feast[postgres] extra (psycopg[binary,pool]) not installed")
+    pytest.importorskip("redis", reason="feast[redis] extra (redis, hiredis) not installed")
+    import psycopg
+    import redis
+
+    _ensure("PostgreSQL", _pg_up, PG_START)
+    _ensure("Redis", _redis_up, REDIS_START)
+    db = f"recsys_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dbname="postgres", autocommit=True, **PG) as conn:
+        conn.execute(f'CREATE DATABASE "{db}"')
+    env = {
+        "RETRAIN_FEATURE_ENV": "prod", "FEAST_PG_HOST": PG["host"], "FEAST_PG_PORT": str(PG["port"]),
+        "FEAST_PG_DB": db, "FEAST_PG_USER": PG["user"], "FEAST_PG_PASSWORD": "", "FEAST_PG_SSLMODE": "disable",
+        "FEAST_REDIS": f"127.0.0.1:6379,db={REDIS_DB}",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    yield db
+    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+    with psycopg.connect(dbname="postgres", autocommit=True, **PG) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def _events(rows: list[tuple[int, int, str]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    return df.assign(timestamp=pd.to_datetime(df.timestamp, utc=True).astype("datetime64[ns, UTC]"), rating=4.0)
+
+
+FIRST = [(1, 10, "2024-03-01 09:00"), (2, 10, "2024-03-01 10:00"), (1, 11, "2024-03-03 09:00")]
+SECOND = [(3, 11, "2024-03-05 09:00"), (1, 10, "2024-03-06 12:00"), (2, 12, "2024-03-06 13:00")]
+
+
+def test_postgres_offline_and_registry_redis_online(prod_env: str, tmp_path: Path, monkeypatch) -> None:
+    from feast import FeatureStore
+
+    users = pd.DataFrame({"user_id": [1, 2], "age": [30, 40], "gender": ["F", "M"], "occupation": ["writer", "other"]})
+    items = pd.DataFrame({"item_id": [10, 11, 12], "genres": ["Drama", "Comedy", ""], "release_year": [1999, 2001, 0]})
+    repo = copy_feature_repo(tmp_path / "prod")
+    data.bootstrap_feature_repo(RawData(_events(FIRST), users, items), repo)
+    result = data.ingest(_events(SECOND), repo)
+    assert result.added == 3 and not (repo / "data" / "registry.db").exists()  # the registry is in PostgreSQL
+
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / "feature_store.prod.yaml")
+    assert store.config.online_store.type == "redis" and store.config.offline_store.type == "postgres"
+    assert {s.name for s in store.list_feature_services()} == {"two_tower_v1", "two_tower_v2"}
+    online = store.get_online_features(
+        features=store.get_feature_service("two_tower_v2"), entity_rows=[{"user_id": 1, "item_id": 10}]
+    ).to_dict()
+    assert online["user_age"] == [30] and online["item_genres"] == ["Drama"]
+    assert online["user_n_interactions"] == [3] and online["item_n_interactions"] == [3]
+
+    prod_window = data.pull_window(repo, "2024-03-01", "2024-03-07")  # Feast historical retrieval on PostgreSQL
+    monkeypatch.setenv("RETRAIN_FEATURE_ENV", "local")
+    local = copy_feature_repo(tmp_path / "local")
+    data.bootstrap_feature_repo(RawData(_events(FIRST + SECOND), users, items), local)
+    pd.testing.assert_frame_equal(prod_window, data.pull_window(local, "2024-03-01", "2024-03-07"))
