@@ -186,6 +186,7 @@ def gate(
     """
     from pipeline import gate as gating
     from pipeline import registry
+    from pipeline.model import FEATURE_SERVICE
     from pipeline.train import load_checkpoint
 
     s = settings or get_settings()
@@ -201,7 +202,7 @@ def gate(
         params={**s.train.model_dump(), "rows_history": pulled["rows_history"]},
         metrics={**evaluated["challenger"], "train_seconds": trained["seconds"], "final_loss": trained["epoch_losses"][-1]},
         artifacts=artifacts,
-        tags={"drift.severity": drift_result["severity"], "window": window},
+        tags={"drift.severity": drift_result["severity"], "window": window, "feature_service": FEATURE_SERVICE},
     )
     per_user = json.loads(Path(evaluated["per_user"]).read_text())
     model, load_error = registry.try_load(s, candidate.version)  # the registered artifact, not the checkpoint

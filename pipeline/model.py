@@ -28,6 +28,7 @@ ITEM_FEATURES = ("item_id", "item_genre", "item_decade", "item_popularity")
 POPULARITY_DAYS = 30  # recent popularity: interactions in the last 30 days before scoring
 POPULARITY_BUCKETS = 16  # log2 buckets of that count
 AGE_EDGES = (1, 18, 25, 35, 45, 50, 56)  # the MovieLens age groups; 0 = unknown
+FEATURE_SERVICE = "two_tower_v1"  # the Feast feature service whose features this model reads
 HISTORY_CAP = 100  # most recent items pooled into the user's history bag
 
 
