@@ -96,7 +96,7 @@ def main(epochs: list[int]) -> dict:
 
 if __name__ == "__main__":
     started = time.perf_counter()
-    out = main([int(e) for e in sys.argv[1:]] or [2, 4, 8])
+    out = main([int(e) for e in sys.argv[1:]] or [4, 8, 16])
     out["bench_s"] = time.perf_counter() - started
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
