@@ -228,14 +228,23 @@ class TwoTower(nn.Module):
         self.item_ebc = item_ebc
         self.user_proj = _tower(len(USER_FEATURES) * dim, dim, device)
         self.item_proj = _tower(len(ITEM_FEATURES) * dim, dim, device)
+        # Squared norms of the gradient reaching the pooled embeddings in the last
+        # backward: the fused optimizer consumes the table gradients inside the
+        # kernel, so this is where a scheduler can still see the embedding signal.
+        self.pooled_grad_sq: dict[str, float] = {}
 
     def user_embedding(self, users: KeyedJaggedTensor) -> torch.Tensor:
         """Returns: ``[B, dim]`` user vectors."""
-        return self.user_proj(self.user_ebc(users).values())
+        return self.user_proj(self._watch("user", self.user_ebc(users).values()))
 
     def item_embedding(self, items: KeyedJaggedTensor) -> torch.Tensor:
         """Returns: ``[N, dim]`` item vectors."""
-        return self.item_proj(self.item_ebc(items).values())
+        return self.item_proj(self._watch("item", self.item_ebc(items).values()))
+
+    def _watch(self, name: str, pooled: torch.Tensor) -> torch.Tensor:
+        if pooled.requires_grad:
+            pooled.register_hook(lambda grad: self.pooled_grad_sq.__setitem__(name, float(grad.float().pow(2).sum())))
+        return pooled
 
     def forward(self, users: KeyedJaggedTensor, items: KeyedJaggedTensor) -> torch.Tensor:
         """Returns: ``[B, N]`` scores of every user against every item."""

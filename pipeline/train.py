@@ -15,10 +15,12 @@ so the loop calls it every step.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +39,7 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import DataError
 from pipeline.evaluate import USER_COLUMNS
-from pipeline.model import HISTORY_CAP, FeatureEncoder, Recommender, TwoTowerTrainTask, build_two_tower
+from pipeline.model import HISTORY_CAP, FeatureEncoder, Recommender, TwoTower, TwoTowerTrainTask, build_two_tower
 from pipeline.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,47 @@ class TrainResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainResult:
         return cls(**{**d, "epoch_losses": tuple(d["epoch_losses"])})
+
+
+@dataclass(frozen=True)
+class StepSignals:
+    """What one optimisation step shows a scheduler (``Callback.on_step``)."""
+
+    epoch: int
+    step: int
+    loss: float
+    dense_grad_norm: float
+    embedding_grad_norm: float  # of the gradient reaching the pooled embeddings
+    dense_lr: float
+    sparse_lr: float
+
+
+@dataclass(frozen=True)
+class EpochSignals:
+    """What one epoch shows a scheduler (``Callback.on_epoch_end``)."""
+
+    epoch: int
+    loss: float
+    validation: float | None  # the ``validate`` callable's value, when given
+
+
+class Callback:
+    """Hook points of the training loop; subclass and override what you need.
+
+    ``optimizer`` is the combined optimizer: a callback may change
+    ``param_groups[...]["lr"]`` of its ``sparse`` or ``dense`` part, and the loop
+    applies it on the next step (it calls the fused optimizer's ``step()``, which is
+    what hands a new rate to the fused kernel).
+    """
+
+    def on_train_begin(self, optimizer: CombinedOptimizer) -> None:
+        """Called once, before the first step."""
+
+    def on_step(self, signals: StepSignals, optimizer: CombinedOptimizer) -> None:
+        """Called after every optimisation step."""
+
+    def on_epoch_end(self, signals: EpochSignals, optimizer: CombinedOptimizer) -> None:
+        """Called after every epoch, with the validation value if any."""
 
 
 def init_process_group() -> None:
@@ -189,6 +232,8 @@ def train(
     out_dir: Path,
     settings: TrainSettings,
     progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+    validate: Callable[[Recommender], float] | None = None,
 ) -> TrainResult:
     """Trains a two-tower model on ``history`` and writes ``out_dir/model.pt``.
 
@@ -198,6 +243,10 @@ def train(
         out_dir: folder of this run; the checkpoint is written atomically.
         settings: dimensions, epochs, batch size, learning rates, seed.
         progress: show a progress bar per epoch.
+        callbacks: hook points (per step: loss, gradient norms, rates; per epoch:
+            loss and validation) for schedulers and monitoring.
+        validate: scores the model after each epoch (e.g. NDCG@10 on a validation
+            window); its value reaches ``Callback.on_epoch_end``.
 
     Returns:
         TrainResult with the checkpoint path and the mean loss of each epoch.
@@ -219,6 +268,10 @@ def train(
     recent = encoder.recent_counts(history, catalogue)
     snapshots = {p: kjt.to(dev) for p, kjt in catalogue_snapshots(history, catalogue, encoder, examples.period).items()}
 
+    tower = next(m for m in dmp.modules() if isinstance(m, TwoTower))
+    dense_params = [p for _, p in in_backward_optimizer_filter(dmp.named_parameters())]
+    for cb in callbacks:
+        cb.on_train_begin(opt)
     losses, steps = [], 0
     loop_started = time.perf_counter()
     for epoch in range(settings.epochs):
@@ -227,17 +280,43 @@ def train(
         for idx in tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False):
             user_kjt, target = examples.batch(idx, encoder)
             opt.zero_grad()
-            loss, _ = dmp(user_kjt.to(dev), snapshots[int(examples.period[idx[0]])], target.to(dev))
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                loss, _ = dmp(user_kjt.to(dev), snapshots[int(examples.period[idx[0]])], target.to(dev))
             loss.backward()
+            if callbacks:
+                signals = step_signals(epoch, steps, float(loss.detach()), dense_params, tower, opt)
             opt.step()
             total += float(loss.detach()) * len(idx)
             steps += 1
+            for cb in callbacks:
+                cb.on_step(signals, opt)
         losses.append(mean_across_ranks(total, sum(len(b) for b in batches)))
         log.info("epoch %d loss %.4f", epoch + 1, losses[-1])
+        if callbacks or validate:
+            score = validate(unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim)) if validate else None
+            for cb in callbacks:
+                cb.on_epoch_end(EpochSignals(epoch, losses[-1], score), opt)
 
     loop_seconds = time.perf_counter() - loop_started
     path = save_checkpoint(dmp, encoder, catalogue, recent, settings, out_dir)
     return TrainResult(str(path), len(examples), steps, tuple(losses), time.perf_counter() - started, loop_seconds)
+
+
+def step_signals(
+    epoch: int, step: int, loss: float, dense_params: list[torch.Tensor], tower: TwoTower, opt: CombinedOptimizer
+) -> StepSignals:
+    """Gradient norms and rates after a backward, before the dense step consumes the gradients."""
+    dense_sq = sum(float(p.grad.float().pow(2).sum()) for p in dense_params if p.grad is not None)
+    lrs = {name: groups.param_groups[0]["lr"] for name, groups in opt.optimizers}
+    return StepSignals(
+        epoch=epoch,
+        step=step,
+        loss=loss,
+        dense_grad_norm=math.sqrt(dense_sq),
+        embedding_grad_norm=math.sqrt(sum(tower.pooled_grad_sq.values())),
+        dense_lr=float(lrs["dense"]),
+        sparse_lr=float(lrs["sparse"]),
+    )
 
 
 def rank_share(batches: list[np.ndarray]) -> list[np.ndarray]:
