@@ -30,11 +30,21 @@ class EvalResult:
     n_users: int
     n_cold_users: int
     n_items: int
+    map: float = math.nan
+    mrr: float = math.nan
+    hit_rate: float = math.nan
+    coverage: float = math.nan
+    cold_ndcg: float = math.nan
+    longtail_ndcg: float = math.nan
 
     @property
     def metrics(self) -> dict[str, float]:
         """Metric names as logged to MLflow (``ndcg_at_10``...)."""
-        return {f"ndcg_at_{self.k}": self.ndcg, f"recall_at_{self.k}": self.recall}
+        k = self.k
+        return {
+            f"ndcg_at_{k}": self.ndcg, f"recall_at_{k}": self.recall, f"map_at_{k}": self.map,
+            f"mrr_at_{k}": self.mrr, f"hit_rate_at_{k}": self.hit_rate, f"coverage_at_{k}": self.coverage,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +86,31 @@ def ndcg_at_k(hits: torch.Tensor, n_relevant: torch.Tensor, k: int) -> torch.Ten
     ideal_len = torch.clamp(n_relevant, max=k)
     ideal = torch.cumsum(discounts, 0)[torch.clamp(ideal_len - 1, min=0)]
     return torch.where(ideal_len > 0, dcg / ideal, torch.zeros_like(dcg))
+
+
+def average_precision_at_k(hits: torch.Tensor, n_relevant: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-user AP@k: mean of precision@i at each hit rank i <= k, over min(k, relevant).
+
+    Example:
+        >>> average_precision_at_k(torch.tensor([[0., 1., 1.]]), torch.tensor([2]), 3)  # (1/2 + 2/3) / 2
+        tensor([0.5833])
+    """
+    h = hits[:, :k]
+    precision = torch.cumsum(h, dim=1) / torch.arange(1, h.shape[1] + 1, dtype=torch.float32)
+    denom = torch.clamp(n_relevant, max=k).clamp(min=1)
+    return torch.where(n_relevant > 0, (precision * h).sum(dim=1) / denom, torch.zeros(len(h)))
+
+
+def reciprocal_rank_at_k(hits: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-user 1 / rank of the first hit within the top k (0 without a hit).
+
+    Example:
+        >>> reciprocal_rank_at_k(torch.tensor([[0., 0., 1.], [0., 0., 0.]]), 3)
+        tensor([0.3333, 0.0000])
+    """
+    h = hits[:, :k]
+    first = torch.argmax(h, dim=1)
+    return torch.where(h.sum(dim=1) > 0, 1.0 / (first + 1).float(), torch.zeros(len(h)))
 
 
 def recall_at_k(hits: torch.Tensor, n_relevant: torch.Tensor, k: int) -> torch.Tensor:
@@ -126,13 +161,20 @@ def evaluate(recommender: Any, history: pd.DataFrame, holdout: pd.DataFrame, k: 
         k: cut-off.
     """
     per_user = user_metrics(recommender, history, holdout, k)
+    means = per_user.metrics
     return EvalResult(
         k=k,
         ndcg=per_user.mean_ndcg,
-        recall=float(per_user.recall.mean()) if per_user.n_users else math.nan,
+        recall=means[f"recall_at_{k}"],
         n_users=per_user.n_users,
         n_cold_users=int(per_user.is_cold.sum()),
         n_items=per_user.n_items,
+        map=_mean(per_user.ap) if per_user.ap is not None else math.nan,
+        mrr=_mean(per_user.rr) if per_user.rr is not None else math.nan,
+        hit_rate=_mean(per_user.hit) if per_user.hit is not None else math.nan,
+        coverage=per_user.coverage,
+        cold_ndcg=means[f"cold_ndcg_at_{k}"],
+        longtail_ndcg=means[f"longtail_ndcg_at_{k}"],
     )
 
 
@@ -156,6 +198,9 @@ class UserEval:
     longtail_ndcg: np.ndarray
     coverage: float
     n_items: int
+    ap: np.ndarray | None = None  # per-user AP@K, RR@K and hit@K (None in dicts of older versions)
+    rr: np.ndarray | None = None
+    hit: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -187,6 +232,7 @@ class UserEval:
             "longtail_ndcg": _nan_to_none(self.longtail_ndcg),
             "coverage": self.coverage,
             "n_items": self.n_items,
+            **{name: getattr(self, name).tolist() for name in ("ap", "rr", "hit") if getattr(self, name) is not None},
         }
 
     @classmethod
@@ -200,6 +246,7 @@ class UserEval:
             longtail_ndcg=np.asarray([math.nan if v is None else v for v in d["longtail_ndcg"]], dtype=np.float64),
             coverage=float(d["coverage"]),
             n_items=int(d["n_items"]),
+            **{name: np.asarray(d[name], dtype=np.float64) for name in ("ap", "rr", "hit") if name in d},
         )
 
     def __eq__(self, other: object) -> bool:  # arrays make the generated __eq__ ambiguous
@@ -268,6 +315,9 @@ def user_metrics(
     tail_ndcg = ndcg_at_k(topk_hits(scores, tail_relevant, seen, k), n_tail, k).double().numpy()
     top = torch.topk(scores.masked_fill(seen, float("-inf")), k=min(k, scores.shape[1]), dim=1).indices
     return UserEval(
+        ap=average_precision_at_k(hits, n_relevant, k).double().numpy(),
+        rr=reciprocal_rank_at_k(hits, k).double().numpy(),
+        hit=(hits[:, :k].sum(dim=1) > 0).double().numpy(),
         k=k,
         user_ids=kept["user_id"].to_numpy(np.int64),
         ndcg=ndcg_at_k(hits, n_relevant, k).double().numpy(),

@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.evaluate import evaluate, ndcg_at_k, recall_at_k, topk_hits
+from pipeline.evaluate import (
+    average_precision_at_k,
+    evaluate,
+    ndcg_at_k,
+    recall_at_k,
+    reciprocal_rank_at_k,
+    topk_hits,
+)
 
 
 def test_ndcg_of_a_single_hit_at_rank_one_is_one():
@@ -77,7 +84,10 @@ def test_evaluate_excludes_history_and_averages_over_users_with_holdout_items():
     assert result.n_users == 2 and result.n_cold_users == 1
     assert result.ndcg == pytest.approx(0.5)
     assert result.recall == pytest.approx(0.5)
-    assert result.metrics == {"ndcg_at_1": pytest.approx(0.5), "recall_at_1": pytest.approx(0.5)}
+    assert result.metrics == pytest.approx(
+        {"ndcg_at_1": 0.5, "recall_at_1": 0.5, "map_at_1": 0.5, "mrr_at_1": 0.5, "hit_rate_at_1": 0.5,
+         "coverage_at_1": 2 / 3}  # top-1 lists are [20] and [30]: two of three items
+    )
 
 
 def test_evaluate_on_a_holdout_of_only_seen_items_reports_no_users():
@@ -95,16 +105,21 @@ def test_holdout_items_outside_the_catalogue_count_as_misses():
 
 
 def reference_metrics(scores, relevant, exclude, k):
-    """Plain-Python NDCG@k and Recall@k, written from the definitions, one user at a time."""
-    ndcgs, recalls = [], []
+    """Plain-Python NDCG, Recall, AP, RR and hit at k, from the definitions, one user at a time."""
+    out = {"ndcg": [], "recall": [], "ap": [], "rr": [], "hit": []}
     for s, rel, ex in zip(scores.tolist(), relevant.tolist(), exclude.tolist()):
         ranked = sorted((i for i in range(len(s)) if not ex[i]), key=lambda i: (-s[i], i))[:k]
         n_rel = sum(rel)
-        dcg = sum(1 / math.log2(rank + 2) for rank, i in enumerate(ranked) if rel[i])
-        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(n_rel, k)))
-        ndcgs.append(dcg / ideal if ideal else 0.0)
-        recalls.append(sum(rel[i] for i in ranked) / n_rel if n_rel else 0.0)
-    return ndcgs, recalls
+        hit_ranks = [rank + 1 for rank, i in enumerate(ranked) if rel[i]]
+        dcg = sum(1 / math.log2(r + 1) for r in hit_ranks)
+        ideal = sum(1 / math.log2(r + 2) for r in range(min(n_rel, k)))
+        out["ndcg"].append(dcg / ideal if ideal else 0.0)
+        out["recall"].append(len(hit_ranks) / n_rel if n_rel else 0.0)
+        precisions = [(j + 1) / r for j, r in enumerate(hit_ranks)]
+        out["ap"].append(sum(precisions) / min(n_rel, k) if n_rel else 0.0)
+        out["rr"].append(1 / hit_ranks[0] if hit_ranks else 0.0)
+        out["hit"].append(1.0 if hit_ranks else 0.0)
+    return out
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -116,6 +131,9 @@ def test_vectorised_metrics_match_a_plain_reference_on_random_cases(seed):
     relevant = (torch.rand(users, items, generator=gen) < 0.15) & ~exclude
     hits = topk_hits(scores, relevant, exclude, k)
     n_rel = relevant.sum(dim=1)
-    want_ndcg, want_recall = reference_metrics(scores, relevant, exclude, k)
-    assert ndcg_at_k(hits, n_rel, k).tolist() == pytest.approx(want_ndcg, abs=1e-6)
-    assert recall_at_k(hits, n_rel, k).tolist() == pytest.approx(want_recall, abs=1e-6)
+    want = reference_metrics(scores, relevant, exclude, k)
+    assert ndcg_at_k(hits, n_rel, k).tolist() == pytest.approx(want["ndcg"], abs=1e-6)
+    assert recall_at_k(hits, n_rel, k).tolist() == pytest.approx(want["recall"], abs=1e-6)
+    assert average_precision_at_k(hits, n_rel, k).tolist() == pytest.approx(want["ap"], abs=1e-6)
+    assert reciprocal_rank_at_k(hits, k).tolist() == pytest.approx(want["rr"], abs=1e-6)
+    assert (hits.sum(dim=1) > 0).float().tolist() == pytest.approx(want["hit"])
