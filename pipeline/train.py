@@ -272,9 +272,13 @@ def train(
     dense_params = [p for _, p in in_backward_optimizer_filter(dmp.named_parameters())]
     for cb in callbacks:
         cb.on_train_begin(opt)
-    losses, steps = [], 0
+    losses, steps, first_epoch = [], 0, 0
+    resumed = load_epoch_checkpoint(out_dir, dmp, opt, rng, settings)
+    if resumed is not None:
+        first_epoch, steps, losses = resumed["epoch"] + 1, resumed["steps"], list(resumed["losses"])
+        log.info("resumed after epoch %d from %s", first_epoch, epoch_checkpoint_path(out_dir))
     loop_started = time.perf_counter()
-    for epoch in range(settings.epochs):
+    for epoch in range(first_epoch, settings.epochs):
         total = 0.0
         batches = rank_share(examples.batches(settings.batch_size, rng))
         for idx in tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False):
@@ -292,6 +296,7 @@ def train(
                 cb.on_step(signals, opt)
         losses.append(mean_across_ranks(total, sum(len(b) for b in batches)))
         log.info("epoch %d loss %.4f", epoch + 1, losses[-1])
+        save_epoch_checkpoint(out_dir, dmp, opt, rng, settings, epoch=epoch, steps=steps, losses=losses)
         if callbacks or validate:
             score = validate(unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim)) if validate else None
             for cb in callbacks:
@@ -299,6 +304,7 @@ def train(
 
     loop_seconds = time.perf_counter() - loop_started
     path = save_checkpoint(dmp, encoder, catalogue, recent, settings, out_dir)
+    epoch_checkpoint_path(out_dir).unlink(missing_ok=True)  # the final checkpoint supersedes it
     return TrainResult(str(path), len(examples), steps, tuple(losses), time.perf_counter() - started, loop_seconds)
 
 
@@ -317,6 +323,70 @@ def step_signals(
         dense_lr=float(lrs["dense"]),
         sparse_lr=float(lrs["sparse"]),
     )
+
+
+def epoch_checkpoint_path(out_dir: Path) -> Path:
+    """This rank's resume point: sharded weights are saved per rank, so resume needs the same world size."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return out_dir / "checkpoints" / f"last.rank{rank}.pt"
+
+
+def save_epoch_checkpoint(
+    out_dir: Path,
+    dmp: DistributedModelParallel,
+    opt: CombinedOptimizer,
+    rng: np.random.Generator,
+    settings: TrainSettings,
+    *,
+    epoch: int,
+    steps: int,
+    losses: list[float],
+) -> None:
+    """Everything needed to continue after ``epoch``: weights, both optimizers' states, RNG, progress.
+
+    Written to a temp file and renamed, so a crash mid-write leaves the previous epoch's file.
+    """
+    path = epoch_checkpoint_path(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": dmp.state_dict(),
+        "optimizer": opt.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "settings": settings.model_dump(),
+        "world_size": dist.get_world_size(),
+        "epoch": epoch,
+        "steps": steps,
+        "losses": list(losses),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_epoch_checkpoint(
+    out_dir: Path, dmp: DistributedModelParallel, opt: CombinedOptimizer, rng: np.random.Generator, settings: TrainSettings
+) -> dict[str, Any] | None:
+    """Restores the last epoch checkpoint of an interrupted run with the same settings and world size.
+
+    A checkpoint of other settings is ignored (and replaced at the next epoch): resuming
+    it would silently mix two configurations.
+    """
+    path = epoch_checkpoint_path(out_dir)
+    if not path.exists():
+        return None
+    # Sharded tensors are not plain tensors, so weights_only loading cannot read them;
+    # the file is one this function's twin wrote into the run's own folder.
+    state = torch.load(path, map_location="cpu", weights_only=False)  # nosec B614
+    if state["settings"] != settings.model_dump() or state["world_size"] != dist.get_world_size():
+        log.warning("ignoring %s: written with other settings or world size", path)
+        return None
+    dmp.load_state_dict(state["model"])
+    opt.init_state()  # materialise optimizer state so the saved one can be loaded into it
+    opt.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    return state
 
 
 def rank_share(batches: list[np.ndarray]) -> list[np.ndarray]:

@@ -6,6 +6,8 @@ anything ranks the right genre first.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -157,3 +159,49 @@ def test_hooks_see_loss_gradient_norms_rates_and_validation(tmp_path):
     first_of_epoch = {s.epoch: s.dense_lr for s in reversed(recorder.steps)}
     assert first_of_epoch == pytest.approx({0: 0.01, 1: 0.005, 2: 0.0025})
     assert all(s.sparse_lr == pytest.approx(settings.sparse_lr) for s in recorder.steps)
+
+
+class CrashAfter:
+    """Stands in for a killed process: raises at the end of the given epoch."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_begin(self, optimizer):
+        pass
+
+    def on_step(self, signals, optimizer):
+        pass
+
+    def on_epoch_end(self, signals, optimizer):
+        if signals.epoch == self.epoch:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch_to_the_same_result(tmp_path):
+    history, catalogue = synthetic_world()
+    holdout, _ = synthetic_world(seed=1)
+    settings = TrainSettings(embedding_dim=8, epochs=4, batch_size=64, seed=5)
+    straight = train(history, catalogue, tmp_path / "straight", settings, progress=False)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(history, catalogue, tmp_path / "crashed", settings, progress=False, callbacks=[CrashAfter(1)])
+    assert (tmp_path / "crashed" / "checkpoints" / "last.rank0.pt").exists()
+    assert not (tmp_path / "crashed" / "model.pt").exists()
+    resumed = train(history, catalogue, tmp_path / "crashed", settings, progress=False)
+
+    assert resumed.epoch_losses == pytest.approx(straight.epoch_losses, rel=1e-6)
+    assert resumed.n_steps == straight.n_steps
+    a, b = load_checkpoint(Path(straight.checkpoint)), load_checkpoint(Path(resumed.checkpoint))
+    users = holdout.drop_duplicates("user_id")
+    assert torch.allclose(a.score(users, history), b.score(users, history), atol=1e-5)
+    assert not (tmp_path / "crashed" / "checkpoints" / "last.rank0.pt").exists()
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
+    history, catalogue = synthetic_world()
+    with pytest.raises(KeyboardInterrupt):
+        train(history, catalogue, tmp_path, TrainSettings(embedding_dim=8, epochs=3, seed=1), progress=False,
+              callbacks=[CrashAfter(0)])
+    other = train(history, catalogue, tmp_path, TrainSettings(embedding_dim=8, epochs=2, seed=1), progress=False)
+    assert len(other.epoch_losses) == 2 and other.n_steps > 0
