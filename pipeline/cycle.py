@@ -23,7 +23,11 @@ import pandas as pd
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings, get_settings
 
+SEVERITY_ORDER = ("none", "minor", "major")
+DEFAULT_RETRAIN_ON = "minor"
+
 HISTORY_START = pd.Timestamp("1970-01-01", tz="UTC")
+Overrides = dict[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -54,23 +58,92 @@ def _ts(value: str | datetime) -> pd.Timestamp:
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
 
 
 def _write_json(payload: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     os.replace(tmp, path)
 
 
-def pull(start: str, end: str, settings: Settings | None = None) -> dict[str, Any]:
+def with_overrides(settings: Settings, overrides: Overrides | None) -> Settings:
+    """``settings`` with per-run overrides applied to its nested models, validated like the settings themselves.
+
+    ``overrides`` maps a section to field values, e.g. ``{"train": {"epochs": 4},
+    "gate": {"min_delta": 0.01}}`` (what a DAG run's Params become). An unknown
+    section or field, or a value its field rejects, raises PipelineError with one line.
+    """
+    if not overrides:
+        return settings
+    from pydantic import BaseModel, ValidationError
+
+    update = {}
+    for section, values in overrides.items():
+        current = getattr(settings, section, None)
+        if not isinstance(current, BaseModel) or not isinstance(values, dict):
+            sections = ", ".join(k for k, v in settings if isinstance(v, BaseModel))
+            raise PipelineError(f"override {section!r}: not a settings section with fields (one of: {sections})")
+        model = type(current)
+        unknown = sorted(set(values) - set(model.model_fields))
+        if unknown:
+            raise PipelineError(f"override {section}.{unknown[0]}: no such setting (fields: {', '.join(model.model_fields)})")
+        try:
+            update[section] = model.model_validate({**current.model_dump(), **values})
+        except ValidationError as err:
+            e = err.errors()[0]
+            field = ".".join(str(part) for part in (section, *e["loc"]))
+            raise PipelineError(f"override {field}={e['input']!r}: {e['msg']}") from None
+    return settings.model_copy(update=update)
+
+
+def window(
+    end: str | None = None, days: int = 7, settings: Settings | None = None, overrides: Overrides | None = None
+) -> dict[str, str]:
+    """The window ``[end - days, end)``; without ``end``, the one ending after the newest stored day.
+
+    What a data-aware DAG run checks when it has no data interval: the newest
+    ``days`` of interactions in the feature store (``end`` is the midnight after the
+    newest event, so the folder name is stable for a re-run on the same data).
+    """
+    from pipeline import data
+
+    s = with_overrides(settings or get_settings(), overrides)
+    if days < 1:
+        raise PipelineError(f"window: days must be >= 1, got {days}")
+    if end is None:
+        events = data.read_events(s.feature_repo)
+        if events.empty:
+            raise PipelineError(f"window: no interactions stored in {s.feature_repo}; ingest some first")
+        t1 = events["timestamp"].max().floor("D") + timedelta(days=1)
+    else:
+        try:
+            t1 = _ts(end)
+        except (ValueError, TypeError):
+            raise PipelineError(f"window: end {end!r} is not a date or datetime") from None
+    return {"start": (t1 - timedelta(days=days)).isoformat(), "end": t1.isoformat()}
+
+
+def ingest(events: str, settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
+    """Appends a batch of events to the feature store; returns the counts and the newest window.
+
+    Re-ingesting the same batch adds nothing (``added`` is 0), so a retried task is harmless.
+    """
+    from pipeline import data
+
+    s = with_overrides(settings or get_settings(), overrides)
+    result = data.ingest(Path(events), s.feature_repo, s.data)
+    return {**result.to_dict(), **{f"window_{k}": v for k, v in window(settings=s).items()}}
+
+
+def pull(start: str, end: str, settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
     """Pulls the training history, the window and the catalogue from the feature store."""
     from pipeline import data
 
-    s = settings or get_settings()
+    s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths.of(s, start, end)
     t0, t1 = _ts(start), _ts(end)
     history = data.pull_window(s.feature_repo, HISTORY_START, t0)
@@ -90,12 +163,12 @@ def pull(start: str, end: str, settings: Settings | None = None) -> dict[str, An
     }
 
 
-def validate(pulled: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
+def validate(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
     """Validates history and window (bad rows go to quarantine files beside them) and profiles the window."""
     from pipeline import data
     from pipeline.profile import profile
 
-    s = settings or get_settings()
+    s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
     counts = {}
     for name, path in (("history", p.history), ("window", p.holdout), ("reference", p.reference)):
@@ -108,11 +181,11 @@ def validate(pulled: dict[str, Any], settings: Settings | None = None) -> dict[s
     return {**pulled, **counts, "profile": str(p.profile)}
 
 
-def drift(pulled: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
+def drift(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
     """Compares the window with the week before it on designed interaction signals."""
     from pipeline.drift import check_drift
 
-    s = settings or get_settings()
+    s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
     report = check_drift(pd.read_parquet(p.reference), pd.read_parquet(p.holdout), p.drift_dir, s.drift)
     return {
@@ -125,18 +198,20 @@ def drift(pulled: dict[str, Any], settings: Settings | None = None) -> dict[str,
     }
 
 
-def train(pulled: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
+def train(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
     """Trains the challenger on the history; returns the checkpoint path and losses."""
     from pipeline.train import train as train_model
 
-    s = settings or get_settings()
+    s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
     history = pd.read_parquet(p.history)
     result = train_model(history, pd.read_parquet(p.catalogue), p.model_dir, s.train, progress=False)
     return result.to_dict()
 
 
-def evaluate(pulled: dict[str, Any], trained: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
+def evaluate(
+    pulled: dict[str, Any], trained: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None
+) -> dict[str, Any]:
     """Scores challenger and current champion per user, on the same window with the same exclusions.
 
     The per-user vectors go to a file in the cycle folder (the gate's bootstrap needs
@@ -145,7 +220,7 @@ def evaluate(pulled: dict[str, Any], trained: dict[str, Any], settings: Settings
     from pipeline import gate, registry
     from pipeline.train import load_checkpoint
 
-    s = settings or get_settings()
+    s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
     history, holdout = pd.read_parquet(p.history), pd.read_parquet(p.holdout)
     k, head = s.eval.k, s.gate.head_share
@@ -178,6 +253,7 @@ def gate(
     trained: dict[str, Any],
     evaluated: dict[str, Any],
     settings: Settings | None = None,
+    overrides: Overrides | None = None,
 ) -> dict[str, Any]:
     """Registers the challenger, runs the significance gate and moves the aliases; writes summary.json.
 
@@ -189,7 +265,7 @@ def gate(
     from pipeline.model import FEATURE_SERVICE
     from pipeline.train import load_checkpoint
 
-    s = settings or get_settings()
+    s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
     window = f"{pulled['start']}/{pulled['end']}"
     drift_files = (("drift.html", "html"), ("drift.json", "json"))
@@ -230,3 +306,47 @@ def gate(
     }
     _write_json(summary, p.summary)
     return summary
+
+
+def should_retrain(
+    pulled: dict[str, Any],
+    drift_result: dict[str, Any],
+    retrain_on: str | None = None,
+) -> dict[str, Any]:
+    """Whether the drift verdict reaches the trigger level; records it as ``trigger.json`` in the cycle folder.
+
+    ``retrain_on`` is the lowest severity that triggers a retrain ("minor" or "major";
+    default "minor"). The verdict is written either way, so a stopped run still says why.
+    """
+    level = retrain_on or DEFAULT_RETRAIN_ON
+    if level not in SEVERITY_ORDER[1:]:
+        raise PipelineError(f"retrain_on must be one of {', '.join(SEVERITY_ORDER[1:])}, got {level!r}")
+    severity = drift_result["severity"]
+    retrain = SEVERITY_ORDER.index(severity) >= SEVERITY_ORDER.index(level)
+    verdict = {
+        "window": f"{pulled['start']}/{pulled['end']}",
+        "severity": severity,
+        "retrain_on": level,
+        "retrain": retrain,
+        "reason": f"drift {severity} {'reaches' if retrain else 'is below'} the trigger level {level}: {drift_result['reason']}",
+    }
+    _write_json(verdict, CyclePaths(Path(pulled["run_dir"])).root / "trigger.json")
+    return verdict
+
+
+def monitor(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
+    """Runs the auto-revert monitor on the cycle's window: champion vs previous, revert after enough worse windows.
+
+    Reads the history and window the pull (and validate) steps wrote; records the
+    RevertDecision as ``monitor.json`` in the cycle folder and returns it as a dict.
+    Idempotent per window (see ``pipeline.monitor.check_window``).
+    """
+    from pipeline.monitor import check_window
+
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths(Path(pulled["run_dir"]))
+    window_id = f"{pulled['start']}/{pulled['end']}"
+    decision = check_window(s, pd.read_parquet(p.history), pd.read_parquet(p.holdout), window_id)
+    result = {"window": window_id, **decision.to_dict()}
+    _write_json(result, p.root / "monitor.json")
+    return result

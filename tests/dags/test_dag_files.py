@@ -7,12 +7,14 @@ only what the DAG file itself pulls in.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
 DAGS = sorted((Path(__file__).resolve().parents[2] / "dags").glob("*.py"))
 HEAVY = ("torch", "torchrec", "feast", "mlflow", "evidently", "pandas")
 
@@ -62,13 +64,129 @@ def test_no_heavy_library_is_imported_at_parse_time(parsed):
     assert parsed["heavy"] == []
 
 
+def dags_of(name: str) -> dict:
+    return parse(DAGS[[p.name for p in DAGS].index(name)])["dags"]
+
+
+CYCLE = {
+    "cycle.pull": ["cycle.validate"],
+    "cycle.validate": ["cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.train"],
+    "cycle.drift": ["cycle.gate", "cycle.train"],
+    "cycle.train": ["cycle.evaluate", "cycle.gate"],
+    "cycle.evaluate": ["cycle.gate"],
+    "cycle.gate": [],
+}
+
+
 def test_retrain_dag_runs_the_cycle_in_order():
-    dags = parse(DAGS[[p.name for p in DAGS].index("retrain.py")])["dags"]
-    assert dags["retrain"] == {
-        "pull": ["validate"],
-        "validate": ["drift", "evaluate", "gate", "train"],
-        "drift": ["gate", "train"],
-        "train": ["evaluate", "gate"],
-        "evaluate": ["gate"],
-        "gate": [],
+    assert dags_of("retrain.py")["retrain"] == CYCLE
+
+
+def test_drift_watch_runs_the_same_cycle_behind_a_short_circuit():
+    assert dags_of("drift_watch.py")["drift_watch"] == {
+        **CYCLE,
+        "newest_window": ["cycle.pull"],
+        "cycle.validate": ["cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.should_retrain", "cycle.train"],
+        "cycle.drift": ["cycle.gate", "cycle.should_retrain"],
+        "cycle.should_retrain": ["cycle.train"],
     }
+
+
+def test_champion_monitor_checks_each_new_window():
+    assert dags_of("champion_monitor.py")["champion_monitor"] == {
+        "newest_window": ["pull"],
+        "pull": ["validate"],
+        "validate": ["monitor"],
+        "monitor": [],
+    }
+
+
+def test_ingest_is_a_single_task():
+    assert dags_of("ingest.py")["ingest"] == {"ingest_events": []}
+
+
+SCHEDULES = """
+import importlib.util, json, sys
+from airflow.sdk import DAG
+from airflow.sdk.bases.decorator import DecoratedOperator
+out = {}
+for path in sys.argv[1:]:
+    spec = importlib.util.spec_from_file_location(path, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for d in vars(module).values():
+        if isinstance(d, DAG):
+            out[d.dag_id] = {
+                "assets": sorted(a.uri.rstrip("/") for a in getattr(getattr(d.timetable, "asset_condition", None), "objects", ())),
+                "outlets": {t.task_id: sorted(o.uri.rstrip("/") for o in t.outlets) for t in d.tasks if t.outlets},
+                "short_circuits": sorted(t.task_id for t in d.tasks if type(t).__name__.startswith("_ShortCircuit")),
+                "params": sorted(d.params.keys()),
+            }
+print(json.dumps(out))
+"""
+
+
+def test_ingest_announces_the_asset_that_the_watchers_are_scheduled_on():
+    out = subprocess.run([sys.executable, "-c", SCHEDULES, *map(str, DAGS)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    dags = json.loads(out.stdout.strip().splitlines()[-1])
+    assert dags["ingest"]["outlets"] == {"ingest_events": ["recsys://interactions"]}
+    assert dags["drift_watch"]["assets"] == dags["champion_monitor"]["assets"] == ["recsys://interactions"]
+    assert dags["retrain"]["assets"] == dags["ingest"]["assets"] == []
+    assert dags["drift_watch"]["short_circuits"] == ["cycle.should_retrain"]
+    for dag_id in ("retrain", "drift_watch"):
+        assert {"epochs", "gate_min_delta", "gate_tolerance"} <= set(dags[dag_id]["params"])
+    assert "retrain_on" in dags["drift_watch"]["params"]
+
+
+RUN_DRIFT_WATCH = """
+import json, os, subprocess, sys
+from pathlib import Path
+import pandas as pd
+from pipeline.data import RawData, bootstrap_feature_repo, load_movielens
+from tests.conftest import cache_dir, copy_feature_repo
+root = Path(sys.argv[1])
+raw = load_movielens(cache_dir())
+inter = raw.interactions[raw.interactions["timestamp"] < pd.Timestamp("1997-11-03", tz="UTC")]
+bootstrap_feature_repo(RawData(inter, raw.users, raw.items), copy_feature_repo(root / "features"))
+done = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], capture_output=True, text=True)
+assert done.returncode == 0, done.stderr[-2000:]
+import importlib.util
+spec = importlib.util.spec_from_file_location("drift_watch", sys.argv[2])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+states = {}
+for level in ("major", "minor"):
+    run = module.dag.test(run_conf={"retrain_on": level, "epochs": 1})
+    states[level] = {"run": str(run.state), "tasks": {ti.task_id: str(ti.state) for ti in run.get_task_instances()}}
+print(json.dumps(states))
+"""
+
+
+@pytest.mark.slow
+def test_drift_watch_runs_on_the_newest_week_and_stops_or_retrains(tmp_path):
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS[0].parent),
+        "RETRAIN_HOME": str(tmp_path / "home"),
+        "RETRAIN_FEATURE_REPO": str(tmp_path / "features"),
+    }
+    drift_watch = DAGS[[p.name for p in DAGS].index("drift_watch.py")]
+    out = subprocess.run(
+        [sys.executable, "-c", RUN_DRIFT_WATCH, str(tmp_path), str(drift_watch)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    states = json.loads(out.stdout.strip().splitlines()[-1])
+    run_dir = tmp_path / "home" / "runs" / "19971027-19971103"  # the newest stored week
+    trigger = json.loads((run_dir / "trigger.json").read_text())  # the last run's verdict
+    assert trigger["retrain_on"] == "minor" and (run_dir / "drift" / "drift.json").exists()
+    assert trigger["severity"] == "none" and not trigger["retrain"]  # this week does not drift: the run stops
+    for state in states.values():
+        assert state["run"] == "success", state
+        assert {t: s for t, s in state["tasks"].items() if s != "success"} == {
+            "cycle.train": "skipped", "cycle.evaluate": "skipped", "cycle.gate": "skipped",
+        }
+    assert not (run_dir / "summary.json").exists()

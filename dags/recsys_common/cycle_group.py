@@ -1,0 +1,152 @@
+"""The retrain body, one reusable task group: pull -> validate -> drift -> train -> evaluate -> gate.
+
+Each task calls one function of ``pipeline.cycle`` with the run's overrides (from
+its Params) and passes small dicts (paths, counts, decisions). ``retrain`` runs it on
+the data interval; ``drift_watch`` runs it on the newest window with a short-circuit
+after ``drift`` that stops below the trigger level.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Param, get_current_context, task, task_group
+
+from recsys_common.assets import INTERACTIONS
+
+IO_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True}
+
+# Per-run overrides of the settings (None: keep the configured value). Param name -> (section, field).
+OVERRIDES = {
+    "epochs": ("train", "epochs"),
+    "gate_min_delta": ("gate", "min_delta"),
+    "gate_tolerance": ("gate", "tolerance"),
+}
+CYCLE_PARAMS = {
+    "epochs": Param(None, type=["null", "integer"], minimum=1, description="Training epochs budget (train.epochs)."),
+    "gate_min_delta": Param(
+        None, type=["null", "number"], description="Mean NDCG@K gain the challenger needs (gate.min_delta)."
+    ),
+    "gate_tolerance": Param(
+        None, type=["null", "number"], minimum=0, description="Non-inferiority margin of the gate (gate.tolerance)."
+    ),
+}
+TRIGGER_PARAMS = {
+    "retrain_on": Param(
+        "minor", enum=["minor", "major"], description="Lowest drift severity that triggers the retrain."
+    ),
+}
+WINDOW_PARAMS = {
+    "window_start": Param(None, type=["null", "string"], description="Window start (ISO date); default the data interval."),
+    "window_end": Param(None, type=["null", "string"], description="Window end, exclusive (ISO date); default the data interval."),
+}
+
+
+def overrides(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The run's Params as ``pipeline.cycle`` overrides: ``{"train": {"epochs": 4}, ...}``, unset ones left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, (section, field) in OVERRIDES.items():
+        if params.get(name) is not None:
+            out.setdefault(section, {})[field] = params[name]
+    return out
+
+
+def window_from(context: dict[str, Any]) -> tuple[str, str]:
+    """``window_start``/``window_end`` Params when both are given, else the run's data interval."""
+    params = context["params"]
+    if params.get("window_start") and params.get("window_end"):
+        return params["window_start"], params["window_end"]
+    start, end = context["data_interval_start"], context["data_interval_end"]
+    if start is None or end is None:
+        raise ValueError("this run has no data interval: give the window_start and window_end Params")
+    return start.isoformat(), end.isoformat()
+
+
+def _overrides() -> dict[str, dict[str, Any]]:
+    return overrides(get_current_context()["params"])
+
+
+@task
+def newest_window() -> dict:
+    """The window to check: the ``window_end`` Param, else the triggering asset event's, else the newest stored week."""
+    from pipeline import cycle
+
+    ctx = get_current_context()
+    events = (ctx.get("triggering_asset_events") or {}).get(INTERACTIONS, [])
+    from_events = [e.extra["window_end"] for e in events if (e.extra or {}).get("window_end")]
+    end = ctx["params"].get("window_end") or (max(from_events) if from_events else None)
+    return cycle.window(end, overrides=_overrides())
+
+
+@task(**IO_RETRIES)
+def pull(window: dict | None = None) -> dict:
+    from pipeline import cycle
+
+    start, end = (window["start"], window["end"]) if window else window_from(get_current_context())
+    return cycle.pull(start, end, overrides=_overrides())
+
+
+@task
+def validate(pulled: dict) -> dict:
+    from pipeline import cycle
+
+    return cycle.validate(pulled, overrides=_overrides())
+
+
+@task
+def drift(pulled: dict) -> dict:
+    from pipeline import cycle
+
+    return cycle.drift(pulled, overrides=_overrides())
+
+
+@task.short_circuit
+def should_retrain(pulled: dict, drift_result: dict) -> bool:
+    """True when the drift severity reaches the ``retrain_on`` Param; the verdict goes to trigger.json either way."""
+    from pipeline import cycle
+
+    verdict = cycle.should_retrain(pulled, drift_result, get_current_context()["params"].get("retrain_on"))
+    print(verdict["reason"])
+    return verdict["retrain"]
+
+
+@task
+def train(pulled: dict) -> dict:
+    from pipeline import cycle
+
+    return cycle.train(pulled, overrides=_overrides())
+
+
+@task
+def evaluate(pulled: dict, trained: dict) -> dict:
+    from pipeline import cycle
+
+    return cycle.evaluate(pulled, trained, overrides=_overrides())
+
+
+@task(**IO_RETRIES)
+def gate(pulled: dict, drift_result: dict, trained: dict, evaluated: dict) -> dict:
+    from pipeline import cycle
+
+    return cycle.gate(pulled, drift_result, trained, evaluated, overrides=_overrides())
+
+
+@task_group(group_id="cycle")
+def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
+    """pull -> validate -> drift -> train -> evaluate -> gate on one window.
+
+    Args:
+        window: an XComArg of ``{"start", "end"}`` (``newest_window``); None reads the
+            window from the run (``window_start``/``window_end`` Params, else the data interval).
+        drift_triggered: put a ``should_retrain`` short-circuit between drift and train
+            that skips the rest when the severity is below the ``retrain_on`` Param.
+    """
+    validated = validate(pull(window))
+    drifted = drift(validated)
+    trained = train(validated)
+    if drift_triggered:
+        drifted >> should_retrain(validated, drifted) >> trained
+    else:
+        drifted >> trained
+    gate(validated, drifted, trained, evaluate(validated, trained))

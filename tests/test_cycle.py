@@ -1,0 +1,115 @@
+"""The cycle functions the new DAGs call: overrides, the newest window, the drift trigger, the monitor.
+
+Real Feast, TorchRec and MLflow on a six-week slice of MovieLens-100K, in a
+private home and feature repository.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from pipeline import cycle, registry
+from pipeline.data import RawData, bootstrap_feature_repo
+from pipeline.errors import PipelineError
+from pipeline.settings import Settings
+from tests.conftest import copy_feature_repo
+
+END = "1997-11-03"
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory, movielens) -> Settings:
+    """Interactions before END in a fresh feature repository; 1 training epoch."""
+    root = tmp_path_factory.mktemp("cycle")
+    repo = copy_feature_repo(root / "features")
+    inter = movielens.interactions[movielens.interactions["timestamp"] < pd.Timestamp(END, tz="UTC")]
+    bootstrap_feature_repo(RawData(inter, movielens.users, movielens.items), repo)
+    s = Settings(home=root / "home", feature_repo=repo, train={"epochs": 1, "embedding_dim": 8})
+    yield s
+    mlflow.set_tracking_uri(None)
+
+
+def test_overrides_reach_the_nested_settings_and_keep_the_rest():
+    s = Settings(home="/tmp/unused")
+    o = cycle.with_overrides(s, {"train": {"epochs": 3}, "gate": {"min_delta": 0.01, "tolerance": 0.0}})
+    assert (o.train.epochs, o.gate.min_delta, o.gate.tolerance) == (3, 0.01, 0.0)
+    assert o.train.batch_size == s.train.batch_size and o.home == s.home and s.train.epochs != 3
+    assert cycle.with_overrides(s, None) is s and cycle.with_overrides(s, {}) is s
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        ({"train": {"epochs": 0}}, "train.epochs=0"),
+        ({"gate": {"tolerance": -1}}, "gate.tolerance=-1"),
+        ({"train": {"epochs": "many"}}, "train.epochs='many'"),
+        ({"train": {"epoch": 3}}, "train.epoch: no such setting"),
+        ({"nope": {"x": 1}}, "'nope': not a settings section"),
+        ({"home": {"x": 1}}, "'home': not a settings section"),
+    ],
+)
+def test_a_bad_override_fails_with_one_line_naming_it(overrides, names):
+    with pytest.raises(PipelineError) as err:
+        cycle.with_overrides(Settings(home="/tmp/unused"), overrides)
+    assert names in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("severity", "level", "retrain"),
+    [("none", None, False), ("minor", None, True), ("minor", "major", False), ("major", "major", True)],
+)
+def test_should_retrain_compares_severity_with_the_trigger_level(tmp_path, severity, level, retrain):
+    pulled = {"run_dir": str(tmp_path), "start": "1997-10-27T00:00:00+00:00", "end": "1997-11-03T00:00:00+00:00"}
+    verdict = cycle.should_retrain(pulled, {"severity": severity, "reason": "r"}, level)
+    assert verdict["retrain"] is retrain and verdict["retrain_on"] == (level or "minor")
+    assert json.loads((tmp_path / "trigger.json").read_text()) == verdict
+
+
+def test_should_retrain_refuses_an_unknown_level(tmp_path):
+    with pytest.raises(PipelineError, match="retrain_on"):
+        cycle.should_retrain({"run_dir": str(tmp_path), "start": "a", "end": "b"}, {"severity": "none", "reason": ""}, "none")
+
+
+def test_window_is_the_newest_stored_week_or_the_one_asked_for(sandbox):
+    newest = cycle.window(settings=sandbox)
+    assert newest == {"start": "1997-10-27T00:00:00+00:00", "end": "1997-11-03T00:00:00+00:00"}
+    assert cycle.window("1997-10-27", days=14, settings=sandbox)["start"] == "1997-10-13T00:00:00+00:00"
+    with pytest.raises(PipelineError, match="not a date"):
+        cycle.window("last tuesday", settings=sandbox)
+
+
+def test_monitor_scores_champion_against_previous_and_records_the_decision(sandbox):
+    s = sandbox
+    w = cycle.window(settings=s)
+    pulled = cycle.validate(cycle.pull(w["start"], w["end"], settings=s), settings=s)
+
+    first = cycle.monitor(pulled, settings=s)  # nothing registered yet
+    assert not first["revert"] and "no champion and previous pair" in first["reason"]
+
+    from pipeline.train import load_checkpoint
+
+    versions = []
+    for seed in (0, 1):  # two registered versions (one registry version per window): previous and champion
+        model = cycle.train(pulled, settings=s, overrides={"train": {"seed": seed}})
+        cand = registry.log_candidate(
+            load_checkpoint(Path(model["checkpoint"])), settings=s, window=f"w{seed}", params={}, metrics={}
+        )
+        versions.append(cand.version)
+        registry.promote(s, cand.version, reason=f"test {seed}")
+
+    decision = cycle.monitor(pulled, settings=s)
+    assert (decision["champion_version"], decision["previous_version"]) == (versions[1], versions[0])
+    assert decision["window"] == f"{w['start']}/{w['end']}" and len(decision["windows"]) == 1
+    assert decision["consecutive"] in (0, 1) and not decision["revert"]  # one window never reverts (needs 2)
+    assert json.loads((Path(pulled["run_dir"]) / "monitor.json").read_text()) == decision
+
+    again = cycle.monitor(pulled, settings=s)  # a retried task: same window, same record
+    assert again == decision
+    from pipeline.monitor import recorded_checks
+
+    assert len(recorded_checks(s, versions[1])) == 1
