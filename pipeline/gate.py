@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from pipeline.evaluate import UserEval, long_tail_items, user_metrics  # noqa: F401  (re-exported: the gate's inputs)
 from pipeline.settings import GateSettings
