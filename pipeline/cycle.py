@@ -290,6 +290,7 @@ def gate(
         champion_version=evaluated["champion_version"],
         window=window,
         load_error=load_error,
+        champion_error=evaluated.get("champion_error"),
         reverted_on=registry.reverted_on(s, candidate.version),
     )
     promoted = registry.apply_decision(decision, s, actor="gate")

@@ -144,6 +144,7 @@ def decide(
     champion_version: int | None = None,
     window: str | None = None,
     load_error: str | None = None,
+    champion_error: str | None = None,
     reverted_on: str | None = None,
 ) -> GateDecision:
     """The significance gate on two models' per-user metrics from the same holdout.
@@ -153,6 +154,8 @@ def decide(
         champion: the current champion's on the same holdout; None when there is none.
         window: ``start/end`` of the holdout, the evidence this decision rests on.
         load_error: why the challenger's artifact could not be loaded, if it could not.
+        champion_error: why the champion's artifact could not be loaded; the challenger
+            is then judged on the floor alone, and the reason says so.
         reverted_on: the window on which the challenger was reverted before, if it was;
             it may return only on evidence from a window that ends later.
 
@@ -203,6 +206,9 @@ def decide(
         f"challenger {s.metric} {value:.4f} {'>=' if value >= s.min_ndcg else '<'} floor {s.min_ndcg:.4f}",
     ))
     if champion is None:
+        if champion_error is not None:
+            return done(True, f"champion v{champion_version} cannot be loaded ({champion_error}); judged on the floor "
+                        f"only: challenger {s.metric} {value:.4f} clears {s.min_ndcg:.4f}")
         return done(True, f"no champion yet: challenger {s.metric} {value:.4f} clears the floor {s.min_ndcg:.4f}")
     if not np.array_equal(challenger.user_ids, champion.user_ids):
         raise ValueError("challenger and champion were scored on different holdout users; the gate needs the same holdout")

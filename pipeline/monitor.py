@@ -181,7 +181,11 @@ def check_window(settings: Settings, history: pd.DataFrame, window_df: pd.DataFr
         )
     scores = []
     for cand in (champ, prev):
-        model = registry.load_model(s, cand.version)
+        model, error = registry.try_load(s, cand.version)
+        if model is None:
+            return RevertDecision(
+                False, champ.version, prev.version, 0, m.consecutive, f"v{cand.version} cannot be loaded: {error}"
+            )
         scores.append(user_metrics(model, history, window_df, s.eval.k, s.gate.head_share))
     check = compare_window(scores[0], scores[1], m, window=window, champion_version=champ.version,
                            previous_version=prev.version)

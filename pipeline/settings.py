@@ -85,7 +85,11 @@ class GateSettings(BaseModel):
     """Promotion rule: the challenger must beat the champion on the same holdout."""
 
     metric: str = "ndcg_at_10"
-    min_delta: float = Field(0.0, description="Mean per-user NDCG@K gain (challenger - champion) must be >= this.")
+    min_delta: float = Field(
+        0.001,
+        description="Mean per-user NDCG@K gain (challenger - champion) must be >= this; above 0 so that a "
+        "retrain reproducing the champion does not replace it.",
+    )
     tolerance: float = Field(
         0.005, ge=0, description="Non-inferiority margin: the lower bootstrap bound of the NDCG@K gain must be >= -this."
     )

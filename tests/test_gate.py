@@ -187,3 +187,13 @@ def test_user_metrics_agree_with_evaluate_and_add_segments_and_coverage():
     assert e.longtail_ndcg[:2].tolist() == [0.0, 1.0] and math.isnan(e.longtail_ndcg[2])
     assert e.coverage == pytest.approx(2 / 4)  # items 30 and 40 appear in some top-1
     assert e.metrics["cold_ndcg_at_1"] == 1.0 and e.metrics["longtail_ndcg_at_1"] == 0.5
+
+
+def test_by_default_a_retrain_that_reproduces_the_champion_does_not_replace_it():
+    d = decide(ev(), ev(), GateSettings(min_ndcg=0.02))
+    assert not d.promote and "< min_delta" in d.reason
+
+
+def test_an_unloadable_champion_is_named_in_the_reason():
+    d = decide(ev(), None, S, champion_version=4, champion_error="truncated pickle")
+    assert d.promote and "champion v4 cannot be loaded (truncated pickle)" in d.reason

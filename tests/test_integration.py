@@ -70,7 +70,10 @@ def test_demo_runs_two_cycles_and_leaves_a_champion(sandbox):
     first, second = (json.loads((r / "summary.json").read_text()) for r in runs)
     assert first["promoted"] and first["champion_ndcg"] is None and first["version"] == 1
     assert second["version"] == 2 and second["champion_ndcg"] is not None
-    assert second["promoted"] == (second["challenger_ndcg"] > second["champion_ndcg"])
+    if second["promoted"]:  # the gate promotes only a challenger at least min_delta better on the same users
+        assert second["challenger_ndcg"] > second["champion_ndcg"]
+    else:
+        assert second["reason"]
     for summary, run in ((first, runs[0]), (second, runs[1])):
         assert 0.0 < summary["challenger_ndcg"] <= 1.0
         assert summary["drift"] in {"none", "minor", "major"}

@@ -153,3 +153,17 @@ def test_a_sound_champion_is_never_reverted(settings):
         assert not d.revert
     assert registry.champion(settings).version == v2
     assert len(monitor.recorded_checks(settings, v2)) == 3
+
+
+def test_an_unloadable_previous_version_gives_a_clean_no_revert(settings):
+    good = register(settings, TASTE, "w0")
+    bad = register(settings, torch.rand(USERS, ITEMS, generator=torch.Generator().manual_seed(3)), "w1")
+    registry.promote(settings, good, reason="first")
+    registry.promote(settings, bad, reason="second")
+    uri = registry._client(settings).get_model_version_download_uri(settings.model_name, str(good))
+    for path in Path(uri.removeprefix("file://")).rglob("*.pth"):
+        path.write_bytes(b"not a pickle")
+
+    decision = monitor.check_window(settings, window_frame(0, 0), window_frame(1, 1), window_name(1))
+    assert not decision.revert and f"v{good} cannot be loaded" in decision.reason
+    assert registry.champion(settings).version == bad
