@@ -71,7 +71,7 @@ class TrainSettings(BaseModel):
     embedding_dim: int = Field(32, ge=4)
     epochs: int = Field(16, ge=1, description="Epochs over the history; 16 was best on the validation window of bench/quality.py.")
     batch_size: int = Field(512, ge=8)
-    sparse_lr: float = Field(0.1, gt=0, description="Fused row-wise Adagrad rate for embedding tables.")
+    sparse_lr: float = Field(0.05, gt=0, description="Fused row-wise Adagrad rate for embedding tables.")
     dense_lr: float = Field(0.01, gt=0, description="Adam rate for the dense tower layers.")
     temperature: float = Field(1.0, gt=0, description="Softmax temperature on dot-product scores.")
     seed: int = 0
