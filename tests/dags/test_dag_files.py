@@ -147,7 +147,7 @@ from pipeline.data import RawData, bootstrap_feature_repo, load_movielens
 from tests.conftest import cache_dir, copy_feature_repo
 root = Path(sys.argv[1])
 raw = load_movielens(cache_dir())
-inter = raw.interactions[raw.interactions["timestamp"] < pd.Timestamp("1997-11-03", tz="UTC")]
+inter = raw.interactions[raw.interactions["timestamp"] < pd.Timestamp(sys.argv[3], tz="UTC")]
 bootstrap_feature_repo(RawData(inter, raw.users, raw.items), copy_feature_repo(root / "features"))
 done = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], capture_output=True, text=True)
 assert done.returncode == 0, done.stderr[-2000:]
@@ -163,8 +163,8 @@ print(json.dumps(states))
 """
 
 
-@pytest.mark.slow
-def test_drift_watch_runs_on_the_newest_week_and_stops_or_retrains(tmp_path):
+def run_drift_watch(tmp_path: Path, slice_end: str) -> dict:
+    """Both trigger levels of drift_watch under dag.test(), on MovieLens before ``slice_end``."""
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
@@ -175,11 +175,16 @@ def test_drift_watch_runs_on_the_newest_week_and_stops_or_retrains(tmp_path):
     }
     drift_watch = DAGS[[p.name for p in DAGS].index("drift_watch.py")]
     out = subprocess.run(
-        [sys.executable, "-c", RUN_DRIFT_WATCH, str(tmp_path), str(drift_watch)],
+        [sys.executable, "-c", RUN_DRIFT_WATCH, str(tmp_path), str(drift_watch), slice_end],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    states = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_drift_watch_runs_on_the_newest_week_and_stops_or_retrains(tmp_path):
+    states = run_drift_watch(tmp_path, "1997-11-03")
     run_dir = tmp_path / "home" / "runs" / "19971027-19971103"  # the newest stored week
     trigger = json.loads((run_dir / "trigger.json").read_text())  # the last run's verdict
     assert trigger["retrain_on"] == "minor" and (run_dir / "drift" / "drift.json").exists()
@@ -190,3 +195,15 @@ def test_drift_watch_runs_on_the_newest_week_and_stops_or_retrains(tmp_path):
             "cycle.train": "skipped", "cycle.evaluate": "skipped", "cycle.gate": "skipped",
         }
     assert not (run_dir / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_drifting_week_retrains_at_level_minor_but_not_at_major(tmp_path):
+    states = run_drift_watch(tmp_path, "1997-11-17")  # the week of 1997-11-10 drifts 'minor' (day of week)
+    run_dir = tmp_path / "home" / "runs" / "19971110-19971117"
+    assert json.loads((run_dir / "trigger.json").read_text())["severity"] == "minor"
+    assert states["major"]["run"] == "success" and states["major"]["tasks"]["cycle.train"] == "skipped"
+    assert states["minor"]["run"] == "success"
+    assert all(s == "success" for s in states["minor"]["tasks"].values()), states["minor"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["version"] == 1 and summary["promoted"]  # the first model of an empty registry
