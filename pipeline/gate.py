@@ -31,8 +31,8 @@ from pipeline.evaluate import UserEval, long_tail_items, user_metrics  # noqa: F
 from pipeline.settings import GateSettings
 
 
-def _from_dict(cls: type, payload: dict[str, Any]) -> Any:
-    """Ignores unknown keys, so a dict written by a newer version still loads."""
+def lenient_from_dict(cls: type, payload: dict[str, Any]) -> Any:
+    """Builds a dataclass from a dict, ignoring unknown keys, so a dict written by a newer version still loads."""
     return cls(**{f.name: payload[f.name] for f in fields(cls) if f.name in payload})
 
 
@@ -82,7 +82,7 @@ class Check:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> Check:
-        return _from_dict(cls, payload)
+        return lenient_from_dict(cls, payload)
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class GateDecision:
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> GateDecision:
         payload = {**payload, "checks": tuple(Check.from_dict(c) for c in payload.get("checks", ()))}
-        return _from_dict(cls, payload)
+        return lenient_from_dict(cls, payload)
 
 
 def _window_end(window: str | None) -> pd.Timestamp | None:

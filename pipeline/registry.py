@@ -53,13 +53,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import RegistryError
-from pipeline.gate import Check, GateDecision
+from pipeline.gate import Check, GateDecision, lenient_from_dict
 from pipeline.settings import GateSettings, Settings
 
 if TYPE_CHECKING:
@@ -86,11 +86,6 @@ PERMANENT_CODES = frozenset({
 __all__ = ["Check", "GateDecision"]  # re-exported: pipeline.registry.GateDecision keeps working
 
 
-def _from_dict(cls: type, payload: dict[str, Any]) -> Any:
-    """Ignores unknown keys, so a dict written by a newer version still loads."""
-    return cls(**{f.name: payload[f.name] for f in fields(cls) if f.name in payload})
-
-
 @dataclass(frozen=True)
 class Candidate:
     """One registered model version and the window it was trained for."""
@@ -105,7 +100,7 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> Candidate:
-        return _from_dict(cls, {**payload, "version": int(payload["version"])})
+        return lenient_from_dict(cls, {**payload, "version": int(payload["version"])})
 
 
 def decide(
@@ -493,7 +488,7 @@ class AliasMove:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> AliasMove:
-        return _from_dict(cls, payload)
+        return lenient_from_dict(cls, payload)
 
 
 def _history_key(seq: int) -> str:
