@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.data import RawData, load_movielens
+from pipeline.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FEATURE_REPO = REPO_ROOT / "features"
@@ -38,3 +40,14 @@ def movielens() -> RawData:
 def feature_repo(tmp_path: Path) -> Path:
     """An empty copy of features/ in tmp_path, ready for bootstrap_feature_repo."""
     return copy_feature_repo(tmp_path / "features")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Settings with a fresh MLflow store per test; the tracking URI the registry sets is undone after it."""
+    import mlflow
+
+    s = Settings(home=tmp_path / "home")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", s.mlflow_uri)
+    yield s
+    mlflow.set_tracking_uri(None)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,14 +100,6 @@ def window_frame(week: int, seed: int) -> pd.DataFrame:
 def window_name(week: int) -> str:
     start = pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(weeks=week)
     return f"{start.isoformat()}/{(start + pd.Timedelta(weeks=1)).isoformat()}"
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    s = Settings(home=tmp_path / "home")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", s.mlflow_uri)
-    yield s
-    mlflow.set_tracking_uri(None)
 
 
 def register(s: Settings, table: torch.Tensor, window: str) -> int:

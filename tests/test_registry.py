@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -28,15 +27,6 @@ from pipeline.settings import GateSettings, Settings
 
 METRIC = "ndcg_at_10"
 NAN, INF = math.nan, math.inf
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """A fresh store per test; the tracking URI configure() sets (and exports) is undone after it."""
-    s = Settings(home=tmp_path / "home")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", s.mlflow_uri)
-    yield s
-    mlflow.set_tracking_uri(None)
 
 
 def client(s: Settings) -> MlflowClient:
