@@ -75,6 +75,19 @@ class TrainSettings(BaseModel):
     dense_lr: float = Field(0.01, gt=0, description="Adam rate for the dense tower layers.")
     temperature: float = Field(1.0, gt=0, description="Softmax temperature on dot-product scores.")
     seed: int = 0
+    processes: int = Field(
+        1, ge=1, le=64, description="Training processes; above 1 the train task launches torchrun (gloo on CPU, NCCL on GPUs)."
+    )
+
+
+class ScheduleSettings(BaseModel):
+    """The adaptive hyperparameter scheduler (``pipeline.schedule``): calibration and in-run control."""
+
+    policy: str = Field(
+        "adaptive",
+        pattern="^(adaptive|static)$",
+        description="'adaptive': calibrate from the data and steer by convergence signals; 'static': the train section as is.",
+    )
 
 
 class EvalSettings(BaseModel):
@@ -151,10 +164,16 @@ class Settings(BaseSettings):
     feature_repo: Path = Field(Path("features"), description="Feast repository (feature_store.yaml + definitions).")
     model_name: str = Field("two_tower", description="Registered model name in MLflow.")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under home.")
+    data_root: Path | None = Field(
+        None,
+        description="Paths given on the CLI or as DAG Params must resolve inside this folder "
+        "(pipeline.paths); default: the folder holding home.",
+    )
 
     data: DataSettings = DataSettings()
     drift: DriftSettings = DriftSettings()
     train: TrainSettings = TrainSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
     eval: EvalSettings = EvalSettings()
     gate: GateSettings = GateSettings()
     monitor: MonitorSettings = MonitorSettings()

@@ -473,8 +473,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--history", type=Path, required=True, help="interactions parquet (data-stage columns)")
     parser.add_argument("--catalogue", type=Path, required=True, help="item catalogue parquet")
     parser.add_argument("--out", type=Path, required=True, help="folder for model.pt and train_result.json")
+    parser.add_argument(
+        "--train-settings", type=Path, help="JSON of the train settings section (default: the environment's settings)"
+    )
     args = parser.parse_args(argv)
-    result = train(pd.read_parquet(args.history), pd.read_parquet(args.catalogue), args.out, get_settings().train, progress=False)
+    if args.train_settings:
+        train_settings = TrainSettings.model_validate_json(args.train_settings.read_text())
+    else:
+        train_settings = get_settings().train
+    result = train(pd.read_parquet(args.history), pd.read_parquet(args.catalogue), args.out, train_settings, progress=False)
     if dist.get_rank() == 0:
         (args.out / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2))
     dist.destroy_process_group()
