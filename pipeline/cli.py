@@ -72,6 +72,13 @@ def load_dag(name: str = "retrain"):
     return module.dag
 
 
+def checked_path(path: Path | None, settings: Settings, option: str) -> Path | None:
+    """A path option resolved inside the data root (``pipeline.paths``); None stays None."""
+    from pipeline.paths import user_path
+
+    return None if path is None else user_path(path, settings, option)
+
+
 def ingest_source(settings: Settings, source: Path | None) -> tuple[pd.Timestamp, pd.Timestamp]:
     """Loads the interaction data and writes it into the Feast repository; returns its time span."""
     from pipeline import data
@@ -160,6 +167,7 @@ def ingest(
 ) -> None:
     """Load interactions into the Feast repository: rebuild it (--source) or append new events (--events)."""
     settings = get_settings()
+    source, events = checked_path(source, settings, "--source"), checked_path(events, settings, "--events")
     if events is None:
         first, last = ingest_source(settings, source)
         console.print(f"ingested interactions {first} .. {last} into {settings.feature_repo}")
@@ -217,6 +225,7 @@ def demo(
     """Run the retraining DAG with dag.test() over consecutive weekly windows and print what it decided."""
     quiet_libraries()
     settings = get_settings()
+    source = checked_path(source, settings, "--source")
     if fresh:
         reset_state(settings)
     console.print(f"[bold]1/3[/] ingesting data into the Feast repository at {settings.feature_repo}")
@@ -265,6 +274,7 @@ def drift(
 
     quiet_libraries()
     settings = get_settings()
+    out = checked_path(out, settings, "--out")
     windows = [pull_window(settings.feature_repo, *parse_span(n, span)) for n, span in (("reference", reference), ("current", current))]
     report = check_drift(windows[0], windows[1], out, settings.drift)
     table = Table(title=f"Drift: {reference} vs {current} (family-wise alpha {report.alpha:g})")

@@ -1,0 +1,79 @@
+"""The torchrun launcher: two CPU processes (gloo) through the train task's path, and its failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline import cycle, launch
+from pipeline.errors import PipelineError
+from pipeline.evaluate import evaluate
+from pipeline.settings import Settings
+from pipeline.train import TrainResult, load_checkpoint
+from tests.test_train import synthetic_world
+
+TINY = {"epochs": 3, "embedding_dim": 8, "batch_size": 32}
+
+
+def cycle_folder(root: Path) -> dict:
+    """A cycle folder as the pull step leaves it (history + catalogue), and the pulled dict pointing at it."""
+    history, catalogue = synthetic_world()
+    root.mkdir(parents=True)
+    history.to_parquet(root / "history.parquet")
+    catalogue.to_parquet(root / "catalogue.parquet")
+    return {"run_dir": str(root)}
+
+
+def test_two_processes_through_the_train_task(tmp_path):
+    pulled = cycle_folder(tmp_path / "run")
+    one = cycle.train(pulled, Settings(home=tmp_path / "home1", train=TINY))
+    two = launch.train_distributed(
+        tmp_path / "run" / "history.parquet", tmp_path / "run" / "catalogue.parquet", tmp_path / "run2" / "model",
+        Settings(home=tmp_path / "home2", train={**TINY, "processes": 2}),
+    )
+
+    model_dir = tmp_path / "run2" / "model"
+    written = json.loads((model_dir / "train_settings.json").read_text())
+    assert written == {**Settings(train=TINY).train.model_dump(), "processes": 2}
+    assert two == TrainResult.from_dict(json.loads((model_dir / "train_result.json").read_text()))
+    assert Path(two.checkpoint) == model_dir / "model.pt" and not list((model_dir / "checkpoints").glob("*.pt"))
+    assert len(two.epoch_losses) == 3 and two.epoch_losses[-1] < two.epoch_losses[0]
+    assert two.n_samples == one["n_samples"]
+    assert two.n_steps <= one["n_steps"] // 2 + 3  # each rank ran half of the batches
+
+    history, _ = synthetic_world()
+    holdout, _ = synthetic_world(seed=1)
+    ndcg = evaluate(load_checkpoint(Path(two.checkpoint)), history, holdout, k=5).ndcg
+    assert ndcg > 0.1  # a random ranking scores about 0.08 on this world
+
+
+def test_a_failing_run_is_one_line_naming_the_exit_code_and_the_workers_error(tmp_path):
+    history, catalogue = synthetic_world()
+    history.iloc[:0].to_parquet(tmp_path / "empty.parquet")
+    catalogue.to_parquet(tmp_path / "catalogue.parquet")
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = TrainResult("old.pt", 1, 1, (1.0,), 1.0)  # an earlier attempt's result must not pass for this one
+    (out / "train_result.json").write_text(json.dumps(stale.to_dict()))
+    settings = Settings(home=tmp_path / "home", train={**TINY, "processes": 2})
+    with pytest.raises(PipelineError) as err:
+        launch.train_distributed(tmp_path / "empty.parquet", tmp_path / "catalogue.parquet", out, settings)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "exited with code 1" in message and "2 processes" in message
+    assert "DataError: training window is empty" in message
+    assert not (out / "train_result.json").exists()
+
+
+@pytest.mark.parametrize(
+    "lines,expected",
+    [
+        (["[rank1]: Traceback", "[rank1]: ValueError: bad value", "ChildFailedError:"], "ValueError: bad value"),
+        (["some output", "exitcode  : -9 (pid: 12)"], "exitcode  : -9 (pid: 12)"),
+        ([], "no output"),
+    ],
+)
+def test_last_error(lines, expected):
+    assert launch.last_error(lines) == expected
