@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import signal
-import subprocess  # nosec B404 - starts torchrun with an argument list, never a shell
+import subprocess  # nosec B404  # starts torchrun with an argument list, never a shell
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,11 +115,11 @@ def run_streaming(cmd: list[str]) -> tuple[int, list[str]]:
     orphaned workers holding the checkpoint folder.
     """
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    with subprocess.Popen(  # nosec B603 - fixed argument list: this interpreter and torch's launcher
+    with subprocess.Popen(  # nosec B603  # fixed argument list: this interpreter and torch's launcher
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509 - one C call, see the hook
     ) as proc:
-        assert proc.stdout is not None  # nosec B101 - Popen(stdout=PIPE) always sets it
+        assert proc.stdout is not None  # nosec B101  # Popen(stdout=PIPE) always sets it
         for line in proc.stdout:
             line = line.rstrip()
             if line:

@@ -240,7 +240,7 @@ def _retry(settings: Settings, what: str, fn: Callable[[], Any]) -> Any:
                 ) from exc
             logger.warning("MLflow %s failed (attempt %d/%d), retrying in %.2fs: %s",
                            what, attempt, g.registry_retries, delay, _one_line(exc))
-            time.sleep(delay * (1.0 + 0.25 * random.random()))
+            time.sleep(delay * (1.0 + 0.25 * random.random()))  # nosec B311  # retry jitter, not cryptography
             delay *= 2
     raise AssertionError("unreachable")
 
@@ -559,7 +559,7 @@ def _locked(client: Any, settings: Settings, actor: str) -> Iterator[str]:
             raise RegistryError(
                 f"alias lock {lock!r} is held by {holder.get('actor', '?')}; waited {g.lock_timeout_s:.0f}s"
             )
-        time.sleep(pause * (1.0 + random.random()))
+        time.sleep(pause * (1.0 + random.random()))  # nosec B311  # lock-wait jitter, not cryptography
         pause = min(pause * 2, 1.0)
     try:
         yield token

@@ -288,7 +288,7 @@ def _quarantine_batch(raw, clean, bad, qpath: Path, settings: DataSettings) -> N
 
 def _batch_id(raw: pd.DataFrame) -> str:
     digest = pd.util.hash_pandas_object(raw.astype(str), index=False).to_numpy().tobytes()
-    return hashlib.sha1(digest).hexdigest()[:16]
+    return hashlib.sha1(digest, usedforsecurity=False).hexdigest()[:16]  # a file name, not a secret
 
 
 def _anti_join(batch: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFrame:

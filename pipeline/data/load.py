@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-import subprocess
+import subprocess  # nosec B404  # runs this interpreter's pip with an argument list, no shell
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -86,7 +86,7 @@ def _fetch_wheel(cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check"]
     cmd += [RECBOLE_WHEEL, "-d", str(cache_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)  # nosec B603  # fixed args: pip download of a pinned wheel
     if proc.returncode != 0 or not wheel.exists():
         raise DataError(f"{RECBOLE_WHEEL}: pip download failed ({_one_line(proc.stderr or 'no wheel')})")
     return wheel
