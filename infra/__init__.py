@@ -1,0 +1,1 @@
+"""Production stack: configuration and scripts that run the same DAGs on PostgreSQL, Redis and an MLflow server."""

@@ -1,0 +1,260 @@
+"""The production stack as processes: PostgreSQL, Redis, an MLflow tracking server, Airflow on PostgreSQL.
+
+There is no container engine on this project's machines, so the stack is a set of
+processes on 127.0.0.1 (default ports for PostgreSQL and Redis, a free port for
+MLflow), each started only if it is not up already. Everything is configured by
+environment variables; nothing secret is written to a file:
+
+    RETRAIN_PG_HOST (127.0.0.1)  RETRAIN_PG_PORT (5432)  RETRAIN_PG_USER (postgres)
+    RETRAIN_PG_PASSWORD (empty: trust/peer auth, or use ~/.pgpass / PGPASSWORD)
+    RETRAIN_REDIS_HOST (127.0.0.1)  RETRAIN_REDIS_PORT (6379)  RETRAIN_BIND_HOST (127.0.0.1)
+    RETRAIN_PG_START / RETRAIN_REDIS_START: commands that start a server that is down.
+
+A ``Stack`` names one set of databases (``<prefix>_airflow``, ``<prefix>_mlflow``,
+``<prefix>_feast``) and one Redis db index; ``env()`` gives the variables that point
+the pipeline, Feast, MLflow and Airflow at them.
+
+Example:
+    >>> stack = Stack(prefix="recsys", home=Path(".retrain/prod"))
+    >>> stack.env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    'postgresql+psycopg2://postgres@127.0.0.1:5432/recsys_airflow'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess  # nosec B404  # starts known server binaries with argument lists
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+REDIS_START = (
+    'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
+    "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
+)
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True)
+class Servers:
+    """Where PostgreSQL and Redis listen, and what binds the servers this module starts."""
+
+    pg_host: str = field(default_factory=lambda: _env("RETRAIN_PG_HOST", "127.0.0.1"))
+    pg_port: int = field(default_factory=lambda: int(_env("RETRAIN_PG_PORT", "5432")))
+    pg_user: str = field(default_factory=lambda: _env("RETRAIN_PG_USER", "postgres"))
+    redis_host: str = field(default_factory=lambda: _env("RETRAIN_REDIS_HOST", "127.0.0.1"))
+    redis_port: int = field(default_factory=lambda: int(_env("RETRAIN_REDIS_PORT", "6379")))
+    bind_host: str = field(default_factory=lambda: _env("RETRAIN_BIND_HOST", "127.0.0.1"))
+
+    @property
+    def pg_password(self) -> str:
+        """Read from the environment on use, never stored in a config file or printed."""
+        return os.environ.get("RETRAIN_PG_PASSWORD", "")
+
+    def pg_url(self, db: str, driver: str = "postgresql") -> str:
+        secret = f":{quote(self.pg_password, safe='')}" if self.pg_password else ""
+        return f"{driver}://{quote(self.pg_user, safe='')}{secret}@{self.pg_host}:{self.pg_port}/{db}"
+
+    def connect(self, db: str = "postgres"):
+        import psycopg
+
+        return psycopg.connect(
+            host=self.pg_host, port=self.pg_port, user=self.pg_user, password=self.pg_password or None,
+            dbname=db, connect_timeout=3, autocommit=True,
+        )
+
+    def pg_up(self) -> bool:
+        import psycopg
+
+        try:
+            self.connect().close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def redis_up(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(host=self.redis_host, port=self.redis_port, socket_timeout=2).ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    def ensure(self) -> None:
+        """Starts PostgreSQL and Redis if they are down (the machine's own commands); raises if they stay down."""
+        _ensure("PostgreSQL", self.pg_up, _env("RETRAIN_PG_START", PG_START))
+        _ensure("Redis", self.redis_up, _env("RETRAIN_REDIS_START", REDIS_START))
+
+
+def _ensure(name: str, up, start: str) -> None:
+    if up():
+        return
+    log.info("%s is down; starting it: %s", name, start)
+    # The start command is the operator's (an environment variable) or the machine's documented one.
+    subprocess.run(start, shell=True, capture_output=True, text=True, timeout=120)  # nosec B602
+    for _ in range(40):
+        if up():
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{name} is down and `{start}` did not start it")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One deployment's databases, Redis index, home folder and MLflow port."""
+
+    prefix: str
+    home: Path
+    redis_db: int = 9
+    mlflow_port: int = 5000
+    servers: Servers = field(default_factory=Servers)
+
+    def __post_init__(self) -> None:
+        if not NAME.match(self.prefix):
+            raise ValueError(f"stack prefix {self.prefix!r}: lowercase letters, digits and _ only")
+
+    def db(self, part: str) -> str:
+        return f"{self.prefix}_{part}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://{self.servers.bind_host}:{self.mlflow_port}"
+
+    @property
+    def feature_repo(self) -> Path:
+        return self.home / "features"
+
+    def env(self) -> dict[str, str]:
+        """Variables that point the pipeline and its libraries at this stack (no secret values in them)."""
+        s = self.servers
+        return {
+            "RETRAIN_HOME": str(self.home),
+            "RETRAIN_DATA_ROOT": str(self.home),
+            "RETRAIN_FEATURE_REPO": str(self.feature_repo),
+            "RETRAIN_TRACKING_URI": self.tracking_uri,
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "RETRAIN_FEATURE_ENV": "prod",
+            "FEAST_PG_HOST": s.pg_host, "FEAST_PG_PORT": str(s.pg_port), "FEAST_PG_DB": self.db("feast"),
+            "FEAST_PG_USER": s.pg_user, "FEAST_PG_SSLMODE": _env("FEAST_PG_SSLMODE", "disable"),
+            "FEAST_PG_PASSWORD": s.pg_password,
+            "FEAST_REDIS": f"{s.redis_host}:{s.redis_port},db={self.redis_db}",
+            "AIRFLOW_HOME": str(self.home / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": s.pg_url(self.db("airflow"), "postgresql+psycopg2"),
+            "AIRFLOW__API__HOST": s.bind_host,
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": _env("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"),
+        }
+
+    def create_databases(self) -> None:
+        """Creates the three databases if missing (idempotent)."""
+        with self.servers.connect() as conn:
+            existing = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+            for part in ("airflow", "mlflow", "feast"):
+                if self.db(part) not in existing:
+                    conn.execute(f'CREATE DATABASE "{self.db(part)}"')  # the name matched NAME
+
+    def drop(self) -> None:
+        """Drops the databases and flushes the Redis db index: what a throwaway check leaves behind."""
+        import redis
+
+        with self.servers.connect() as conn:
+            for part in ("airflow", "mlflow", "feast"):
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.db(part)}" WITH (FORCE)')  # the name matched NAME
+        redis.Redis(host=self.servers.redis_host, port=self.servers.redis_port, db=self.redis_db).flushdb()
+
+
+class MlflowServer:
+    """``mlflow server`` on the stack's PostgreSQL database with an artifact folder, bound to 127.0.0.1.
+
+    The artifact destination may be an object store instead (``RETRAIN_ARTIFACTS``,
+    e.g. ``s3://bucket/mlflow``, with the store's credentials in the environment).
+    """
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> MlflowServer:
+        s, stack = self.stack.servers, self.stack
+        artifacts = _env("RETRAIN_ARTIFACTS", (stack.home / "mlartifacts").resolve().as_uri())
+        cmd = [str(BIN / "mlflow"), "server", "--host", s.bind_host, "--port", str(stack.mlflow_port),
+               "--backend-store-uri", s.pg_url(stack.db("mlflow")), "--artifacts-destination", artifacts,
+               "--workers", "1"]
+        log_file = stack.home / "mlflow-server.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "ab") as out:
+            self.proc = subprocess.Popen(  # nosec B603  # fixed argument list
+                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}; see {log_file}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mlflow server not healthy after {timeout:.0f}s; see {log_file}")
+            time.sleep(0.5)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            # http to 127.0.0.1 only: the URL is built from the stack, not from user input
+            with urllib.request.urlopen(f"{self.stack.tracking_uri}/health", timeout=2) as resp:  # nosec B310
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group (gunicorn/uvicorn workers too), SIGKILL after 30 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+def airflow_migrate(env: dict[str, str]) -> None:
+    """``airflow db migrate`` against the stack's PostgreSQL database."""
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(  # nosec B603  # fixed argument list
+        [str(BIN / "airflow"), "db", "migrate"], env={**os.environ, **env}, capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
+        raise RuntimeError(f"airflow db migrate failed: {tail}")
+
+
+def copy_feature_repo(dest: Path) -> Path:
+    """The Feast definitions and both feature_store yaml files, without generated data."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in [*(REPO / "features").glob("feature_store*.yaml"), *(REPO / "features").glob("*.py")]:
+        shutil.copy(src, dest / src.name)
+    return dest
