@@ -45,7 +45,12 @@ class DriftSettings(BaseModel):
     together raise a false alarm with probability ``alpha``.
     """
 
-    reference_days: int = Field(7, ge=1, description="The reference is this many days before the window.")
+    reference_days: int = Field(
+        28,
+        ge=1,
+        description="The reference is this many days before the window. Four weeks: a week of MovieLens-100K holds "
+        "40-130 users, too few to tell a drift from who happened to be active (see pipeline.drift).",
+    )
     stattest_threshold: float = Field(
         0.0, ge=0, description="Floor on every signal's score: it drifts only above both this and its calibrated threshold."
     )
@@ -60,6 +65,9 @@ class DriftSettings(BaseModel):
     )
     min_drifted_signals: int = Field(1, ge=1, description="This many drifted signals make severity at least 'minor'.")
     major_ratio: float = Field(2.0, ge=1, description="One signal at this multiple of its threshold makes severity 'major'.")
+    top_items: int = Field(20, ge=1, description="top_items_share follows the reference's this many most popular items.")
+    rising_min_users: int = Field(5, ge=1, description="rising_item_share: an item surges with at least this many current rows ...")
+    rising_factor: float = Field(4.0, gt=1, description="... and at least this multiple of its rows expected from the reference.")
     methods: dict[str, str] = Field(default_factory=dict, description="Per-signal test overrides: jensenshannon, psi or wasserstein.")
     floors: dict[str, float] = Field(default_factory=dict, description="Per-signal score floors (override stattest_threshold).")
     seed: int = Field(0, description="Seed of the permutations (a check is deterministic).")
@@ -87,6 +95,28 @@ class ScheduleSettings(BaseModel):
         "adaptive",
         pattern="^(adaptive|static)$",
         description="'adaptive': calibrate from the data and steer by convergence signals; 'static': the train section as is.",
+    )
+    knowledge_base: bool = Field(True, description="Start from similar past runs (kept in MLflow) when there are any.")
+    kb_neighbours: int = Field(3, ge=1, description="Past runs a knowledge-base suggestion averages.")
+    decay: str = Field("cosine", pattern="^(cosine|linear|none)$", description="Base decay over the epoch budget.")
+    decay_floor: float = Field(0.1, gt=0, le=1, description="Final base-decay multiplier for reference data (raised for sparse or drifted data).")
+    rate_boost: float = Field(
+        2.0, gt=0, description="Starting rates over the train section's: the controller cuts them on plateaus, so it starts high."
+    )
+    trend_gini: float = Field(0.5, ge=0, le=1, description="Popularity Gini from which dense data counts as strongly trending.")
+    trend_boost: float = Field(1.5, ge=1, description="Extra dense rate for dense, strongly trending data.")
+    reference_density: float = Field(0.03, gt=0, le=1, description="Density at and above which data counts as dense.")
+    reference_per_item: float = Field(40.0, gt=0, description="Interactions per item the base embedding rate suits.")
+    target_examples: int = Field(800_000, ge=1, description="Examples a run should see; sizes the epoch budget of small windows.")
+    min_epochs: int = Field(3, ge=1, description="No early stop before this many epochs.")
+    patience: int = Field(2, ge=1, description="Validation cycles without gain that make a plateau.")
+    improve_cycles: int = Field(2, ge=1, description="Consecutive improving cycles that count as sustained improvement.")
+    plateau_tol: float = Field(0.005, ge=0, description="Relative validation gain below which a cycle is no improvement.")
+    rollback_tol: float = Field(0.03, ge=0, description="Relative validation loss after a change that undoes the change.")
+    max_change: float = Field(2.0, gt=1, description="Largest multiplicative rate change of one decision.")
+    cooldown: int = Field(1, ge=0, description="Validation cycles after a change before the next one.")
+    validation_share: float = Field(
+        0.1, gt=0, lt=0.5, description="Latest share of the training history held out to steer the controller."
     )
 
 

@@ -37,9 +37,12 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from tqdm.auto import tqdm
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, PipelineError
 from pipeline.evaluate import USER_COLUMNS
 from pipeline.model import HISTORY_CAP, FeatureEncoder, Recommender, TwoTower, TwoTowerTrainTask, build_two_tower
+from pipeline.schedule import AdaptiveScheduler, SchedulePlan, Trace
+from pipeline.schedule.controller import Components
+from pipeline.schedule.resource import ResourceController
 from pipeline.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,9 @@ class TrainResult:
     epoch_losses: tuple[float, ...]
     seconds: float
     loop_seconds: float = 0.0  # the training loop alone, without set-up and checkpointing
+    trace: str | None = None  # trace.json: step signals, epoch validation, scheduler events and plan
+    best_validation: float | None = None
+    best_epoch: int | None = None  # 1-based epoch whose weights were kept
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "epoch_losses": list(self.epoch_losses)}
@@ -234,8 +240,11 @@ def train(
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
     validate: Callable[[Recommender], float] | None = None,
+    plan: SchedulePlan | None = None,
+    components: Components = Components(),
+    resource: ResourceController | None = None,
 ) -> TrainResult:
-    """Trains a two-tower model on ``history`` and writes ``out_dir/model.pt``.
+    """Trains a two-tower model on ``history`` and writes ``out_dir/model.pt`` and ``out_dir/trace.json``.
 
     Args:
         history: interactions with user profile columns (the data stage's window frame).
@@ -244,12 +253,17 @@ def train(
         settings: dimensions, epochs, batch size, learning rates, seed.
         progress: show a progress bar per epoch.
         callbacks: hook points (per step: loss, gradient norms, rates; per epoch:
-            loss and validation) for schedulers and monitoring.
+            loss and validation) for monitoring.
         validate: scores the model after each epoch (e.g. NDCG@10 on a validation
-            window); its value reaches ``Callback.on_epoch_end``.
+            window); its value reaches the scheduler and ``Callback.on_epoch_end``.
+        plan: a SchedulePlan from ``pipeline.schedule.calibrate``: its rates, batch size
+            and epoch budget replace the settings', and an AdaptiveScheduler steers the
+            run (early stop, rollback, best weights kept). None: the static schedule.
+        components: scheduler parts to switch off (ablations).
+        resource: a ResourceController that may change the batch size between epochs.
 
     Returns:
-        TrainResult with the checkpoint path and the mean loss of each epoch.
+        TrainResult with the checkpoint path, the mean loss of each epoch and the trace.
     """
     if history.empty:
         raise DataError("training window is empty: no interactions before the holdout")
@@ -258,6 +272,11 @@ def train(
     rng = np.random.default_rng(settings.seed)
     init_process_group()
     dev = device()
+    if plan is not None:
+        settings = settings.model_copy(
+            update={"dense_lr": plan.dense_lr, "sparse_lr": plan.sparse_lr, "batch_size": plan.batch_size,
+                    "epochs": plan.max_epochs}
+        )
 
     catalogue = catalogue.sort_values("item_id").reset_index(drop=True)
     encoder = FeatureEncoder.fit(history, catalogue)
@@ -265,47 +284,87 @@ def train(
     task = TwoTowerTrainTask(build_two_tower(encoder, settings.embedding_dim, "meta"), settings.temperature)
     dmp = shard(task, settings.sparse_lr, dev)
     opt = optimizer(dmp, settings.dense_lr)
+    opt.init_state()  # materialise the dense optimizer's state, so snapshots and checkpoints always hold it
     recent = encoder.recent_counts(history, catalogue)
     snapshots = {p: kjt.to(dev) for p, kjt in catalogue_snapshots(history, catalogue, encoder, examples.period).items()}
 
     tower = next(m for m in dmp.modules() if isinstance(m, TwoTower))
     dense_params = [p for _, p in in_backward_optimizer_filter(dmp.named_parameters())]
+    batch_size = settings.batch_size
+    sched = None
+    if plan is not None:
+        sched = AdaptiveScheduler(
+            dict(opt.optimizers), plan, model=dmp, watch=dense_params,
+            steps_per_epoch=max(len(rank_share(examples.batches(batch_size, np.random.default_rng(0)))), 1),
+            components=components,
+        )
+    trace = Trace(plan=plan.to_dict() if plan else None)
     for cb in callbacks:
         cb.on_train_begin(opt)
     losses, steps, first_epoch = [], 0, 0
-    resumed = load_epoch_checkpoint(out_dir, dmp, opt, rng, settings)
+    resumed = load_epoch_checkpoint(out_dir, dmp, opt, rng, settings, sched, trace, resource)
     if resumed is not None:
         first_epoch, steps, losses = resumed["epoch"] + 1, resumed["steps"], list(resumed["losses"])
+        batch_size = resumed.get("batch_size", batch_size)
         log.info("resumed after epoch %d from %s", first_epoch, epoch_checkpoint_path(out_dir))
     loop_started = time.perf_counter()
     for epoch in range(first_epoch, settings.epochs):
-        total = 0.0
-        batches = rank_share(examples.batches(settings.batch_size, rng))
+        if sched is not None and sched.should_stop:
+            break
+        total, counted = 0.0, 0
+        batches = rank_share(examples.batches(batch_size, rng))
         for idx in tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False):
+            step_started = time.perf_counter()
             user_kjt, target = examples.batch(idx, encoder)
             opt.zero_grad()
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 loss, _ = dmp(user_kjt.to(dev), snapshots[int(examples.period[idx[0]])], target.to(dev))
             loss.backward()
-            if callbacks:
-                signals = step_signals(epoch, steps, float(loss.detach()), dense_params, tower, opt)
-            opt.step()
-            total += float(loss.detach()) * len(idx)
+            value = float(loss.detach())
+            signals = step_signals(epoch, steps, value, dense_params, tower, opt)
+            if sched is None or sched.observe(value, len(idx), signals.dense_grad_norm):
+                opt.step()
+                total += value * len(idx)
+                counted += len(idx)
+            if sched is not None:
+                sched.step()
             steps += 1
+            trace.add_step(signals)
             for cb in callbacks:
                 cb.on_step(signals, opt)
-        losses.append(mean_across_ranks(total, sum(len(b) for b in batches)))
+            if resource is not None:
+                resource.observe_step(time.perf_counter() - step_started, len(idx))
+        losses.append(mean_across_ranks(total, counted))
         log.info("epoch %d loss %.4f", epoch + 1, losses[-1])
-        save_epoch_checkpoint(out_dir, dmp, opt, rng, settings, epoch=epoch, steps=steps, losses=losses)
-        if callbacks or validate:
+        score = None
+        if callbacks or validate or sched is not None:
             score = validate(unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim)) if validate else None
+            if sched is not None:
+                sched.epoch_end(score, losses[-1])
             for cb in callbacks:
                 cb.on_epoch_end(EpochSignals(epoch, losses[-1], score), opt)
+        if resource is not None and sched is not None:
+            batch_size = resource.adjust(batch_size, sched, epoch, steps)
+        trace.add_epoch(epoch, losses[-1], score, opt, batch_size)
+        if sched is not None:
+            trace.events = [e.to_dict() for e in sched.events]
+        save_epoch_checkpoint(
+            out_dir, dmp, opt, rng, settings, epoch=epoch, steps=steps, losses=losses, sched=sched, trace=trace,
+            batch_size=batch_size, resource=resource,
+        )
 
+    if sched is not None:
+        sched.finish()
+        trace.events = [e.to_dict() for e in sched.events]
     loop_seconds = time.perf_counter() - loop_started
     path = save_checkpoint(dmp, encoder, catalogue, recent, settings, out_dir)
+    trace_path = trace.write(out_dir / "trace.json") if dist.get_rank() == 0 else out_dir / "trace.json"
     epoch_checkpoint_path(out_dir).unlink(missing_ok=True)  # the final checkpoint supersedes it
-    return TrainResult(str(path), len(examples), steps, tuple(losses), time.perf_counter() - started, loop_seconds)
+    best = (sched.best, sched.best_epoch + 1) if sched is not None and sched.best_epoch >= 0 else (None, None)
+    return TrainResult(
+        str(path), len(examples), steps, tuple(losses), time.perf_counter() - started, loop_seconds,
+        str(trace_path), best[0], best[1],
+    )
 
 
 def step_signals(
@@ -341,8 +400,15 @@ def save_epoch_checkpoint(
     epoch: int,
     steps: int,
     losses: list[float],
+    sched: AdaptiveScheduler | None = None,
+    trace: Trace | None = None,
+    batch_size: int | None = None,
+    resource: ResourceController | None = None,
 ) -> None:
     """Everything needed to continue after ``epoch``: weights, both optimizers' states, RNG, progress.
+
+    With a scheduler, its state and its in-memory snapshots (best weights, last good
+    weights) go into the same file, so a resumed run ends as an uninterrupted one.
 
     Written to a temp file and renamed, so a crash mid-write leaves the previous epoch's file.
     """
@@ -358,14 +424,28 @@ def save_epoch_checkpoint(
         "epoch": epoch,
         "steps": steps,
         "losses": list(losses),
+        "batch_size": batch_size,
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "scheduler_snapshots": sched.snapshots() if sched is not None else None,
+        "trace": trace.to_dict() if trace is not None else None,
+        "resource": resource.state_dict() if resource is not None else None,
     }
+    if not all_finite(dmp):
+        raise PipelineError(f"refusing to write {path.name}: the model has non-finite weights")
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
 def load_epoch_checkpoint(
-    out_dir: Path, dmp: DistributedModelParallel, opt: CombinedOptimizer, rng: np.random.Generator, settings: TrainSettings
+    out_dir: Path,
+    dmp: DistributedModelParallel,
+    opt: CombinedOptimizer,
+    rng: np.random.Generator,
+    settings: TrainSettings,
+    sched: AdaptiveScheduler | None = None,
+    trace: Trace | None = None,
+    resource: ResourceController | None = None,
 ) -> dict[str, Any] | None:
     """Restores the last epoch checkpoint of an interrupted run with the same settings and world size.
 
@@ -386,6 +466,13 @@ def load_epoch_checkpoint(
     opt.load_state_dict(state["optimizer"])
     rng.bit_generator.state = state["numpy_rng"]
     torch.set_rng_state(state["torch_rng"])
+    if sched is not None and state.get("scheduler") is not None:
+        sched.load_state_dict(state["scheduler"])
+        sched.load_snapshots(state["scheduler_snapshots"])
+    if trace is not None and state.get("trace") is not None:
+        trace.load(state["trace"])
+    if resource is not None and state.get("resource") is not None:
+        resource.load_state_dict(state["resource"])
     return state
 
 
@@ -420,6 +507,15 @@ def unsharded(
     return Recommender(plain.model, encoder, catalogue, recent)
 
 
+def all_finite(module: torch.nn.Module) -> bool:
+    """Whether every weight of ``module`` (sharded or not) is finite: a NaN model is never written."""
+    for value in module.state_dict().values():
+        tensors = [s.tensor for s in value.local_shards()] if hasattr(value, "local_shards") else [value]
+        if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
+            return False
+    return True
+
+
 def save_checkpoint(
     dmp: DistributedModelParallel,
     encoder: FeatureEncoder,
@@ -431,6 +527,8 @@ def save_checkpoint(
     """One dict (weights, encoder, catalogue, config), written to a temp file then renamed."""
     recommender = unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim)
     path = out_dir / "model.pt"
+    if not all_finite(recommender.model):
+        raise PipelineError("refusing to save model.pt: the trained model has non-finite weights")
     if dist.get_rank() != 0:
         return path
     out_dir.mkdir(parents=True, exist_ok=True)

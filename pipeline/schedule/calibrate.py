@@ -1,0 +1,111 @@
+"""calibrate: the starting schedule of a run, from the data's profile, its drift and past runs.
+
+Rules first, each one a sentence in the plan's reasons:
+
+- Rows of sparse data are seen rarely: the embedding rate grows as interactions per
+  item fall below the reference, and the decay is gentler (a higher floor) so late
+  epochs still move rare rows.
+- Drift makes old weights a worse guide: gentler decay, more patience.
+- Small windows need more passes to reach the same number of updates: the epoch
+  budget is sized by a target number of examples seen, within bounds.
+- Dense data with a strong popularity trend (high Gini) is easy to fit early: the
+  dense rate starts higher and warm-up is short.
+
+Then the knowledge base: when similar past runs exist, their converged rates replace
+the rules' rates and their best epochs size the budget (``source = "knowledge_base"``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pipeline.schedule.knowledge import KnowledgeBase, features
+from pipeline.schedule.plan import SchedulePlan
+from pipeline.settings import ScheduleSettings, TrainSettings
+
+SEVERITY_WEIGHT = {"none": 0.0, "minor": 0.5, "major": 1.0}
+
+
+def calibrate(
+    profile: dict[str, Any],
+    drift: dict[str, Any] | None = None,
+    history: KnowledgeBase | None = None,
+    settings: ScheduleSettings | None = None,
+    train: TrainSettings | None = None,
+) -> SchedulePlan:
+    """A SchedulePlan for data with this profile and drift verdict.
+
+    Args:
+        profile: ``DataProfile.to_dict()`` of the training data.
+        drift: the drift step's result (``severity``, ``drifted_share``), or None.
+        history: knowledge base of past runs (None or empty: rules only).
+        settings: the schedule section (reference values of the rules).
+        train: the train section (base rates, batch size, epoch budget).
+
+    Returns:
+        The plan, each data-dependent field with its reason.
+
+    Example:
+        >>> p = calibrate({"interactions": 80_000, "users": 900, "items": 1600, "density": 0.055, "gini": 0.6})
+        >>> p.source, p.sparse_lr > 0, p.why("max_epochs") is not None
+        ('rules', True, True)
+    """
+    s, t = settings or ScheduleSettings(), train or TrainSettings()
+    n = max(int(profile.get("interactions", 0)), 1)
+    items = max(int(profile.get("items", 1)), 1)
+    density = float(profile.get("density", s.reference_density)) or s.reference_density
+    gini = float(profile.get("gini", 0.0))
+    severity = (drift or {}).get("severity", "none")
+    drift_share = float((drift or {}).get("drifted_share", 0.0) or 0.0)
+    drift_level = max(SEVERITY_WEIGHT.get(severity, 0.0), min(drift_share * 2, 1.0))
+
+    plan = SchedulePlan(
+        dense_lr=t.dense_lr, sparse_lr=t.sparse_lr, batch_size=t.batch_size, max_epochs=t.epochs,
+        decay=s.decay, patience=s.patience, plateau_tol=s.plateau_tol, rollback_tol=s.rollback_tol,
+        max_change=s.max_change, cooldown=s.cooldown, min_epochs=s.min_epochs, improve_cycles=s.improve_cycles,
+    )
+    per_item = n / items
+    sparsity = min(max(s.reference_per_item / per_item, 0.5), 4.0)
+    sparse_lr = t.sparse_lr * s.rate_boost * math.sqrt(sparsity)
+    plan = plan.with_reason(
+        "sparse_lr", sparse_lr,
+        f"{per_item:.0f} interactions per item vs {s.reference_per_item:.0f} in the reference: "
+        f"embedding rate x{s.rate_boost * math.sqrt(sparsity):.2f} (boost {s.rate_boost} for a short run x sqrt of the sparsity ratio)",
+    )
+    trend = gini >= s.trend_gini and density >= s.reference_density
+    dense_lr = t.dense_lr * s.rate_boost * (s.trend_boost if trend else 1.0)
+    plan = plan.with_reason(
+        "dense_lr", dense_lr,
+        f"gini {gini:.2f}, density {density:.4f}: "
+        + ("dense data with a strong popularity trend, higher rate" if trend else "no strong trend in dense data")
+        + f" (x{s.rate_boost * (s.trend_boost if trend else 1.0):.2f})",
+    )
+    floor = min(s.decay_floor * (1 + sparsity / 2 + drift_level), 0.8)
+    plan = plan.with_reason(
+        "decay_floor", floor, f"sparsity ratio {sparsity:.2f} and drift level {drift_level:.2f}: gentler decay floor"
+    )
+    if drift_level > 0:
+        plan = plan.with_reason(
+            "patience", s.patience + 1, f"drift {severity} (share {drift_share:.2f}): one more cycle of patience"
+        )
+    epochs = min(max(math.ceil(s.target_examples / n), s.min_epochs + 2), t.epochs)
+    plan = plan.with_reason(
+        "max_epochs", epochs, f"{n} interactions: {epochs} epochs to see about {s.target_examples:,} examples (cap {t.epochs})"
+    )
+    steps_per_epoch = max(math.ceil(n / plan.batch_size), 1)
+    warmup = min(max(steps_per_epoch // (4 if trend else 2), 10), 200)
+    plan = plan.with_reason("warmup_steps", warmup, f"{steps_per_epoch} steps per epoch: warm-up over {warmup} steps at most")
+
+    suggestion = history.suggest(features(profile, drift_share)) if history is not None else None
+    if suggestion is None:
+        return plan
+    from_kb = f"{len(suggestion.neighbours)} similar past runs ({', '.join(suggestion.neighbours)}; distance {suggestion.distance:.2f})"
+    plan = plan.with_reason("dense_lr", suggestion.dense_lr, f"rate those runs converged to: {from_kb}")
+    plan = plan.with_reason("sparse_lr", suggestion.sparse_lr, f"embedding rate those runs converged to: {from_kb}")
+    budget = min(suggestion.max_epochs, t.epochs)
+    plan = plan.with_reason("max_epochs", budget, f"1.5x the best epoch of {from_kb}")
+    plan = plan.with_reason("warmup_steps", max(warmup // 2, 5), "past runs give the rate: shorter warm-up")
+    from dataclasses import replace
+
+    return replace(plan, source="knowledge_base")

@@ -1,0 +1,537 @@
+"""The in-run controller: a multi-stage learning-rate policy steered by convergence signals.
+
+The rate of every optimiser group is ``initial_lr × warm-up × base decay × control``.
+Warm-up and base decay come from the SchedulePlan; ``control`` is the controller's
+own bounded multiplier, changed only at validation cycles (epoch ends), at most by
+``plan.max_change`` per decision and never twice within ``plan.cooldown`` cycles.
+
+Stages and the cues that move between them (never a fixed epoch):
+
+- ``warmup``: linear ramp; ends once the gradient norm settles (short and long EMAs
+  within 25%) or after ``plan.warmup_steps``.
+- ``explore``: full rate. Sustained improvement (``improve_cycles`` cycles each better
+  by ``plateau_tol``) with consistent gradient directions raises the rate; a plateau
+  or a curvature jump (sharper loss surface than when exploring began) cuts it and
+  moves to ``refine``.
+- ``refine``: each plateau halves the rate; after ``max_refine_cuts`` cuts, ``settle``.
+- ``settle``: a plateau here ends the run; the best validated weights are restored.
+
+Safe-fail: before each change the controller snapshots the model and optimiser states.
+If the next validation is worse than before the change by more than
+``plan.rollback_tol``, it restores the snapshot and retries with half the change (in
+log scale). A non-finite loss restores the latest snapshot at once and halves the rate.
+
+Besides rates: weight decay is raised when the training loss keeps falling while the
+validation metric falls (a widening generalisation gap), and Adam's beta1 (or SGD's
+momentum) is lowered when gradients turn erratic (successive gradients disagree in
+direction, or the norm spikes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from pipeline.schedule.events import ScheduleEvent
+from pipeline.schedule.plan import SchedulePlan
+from pipeline.schedule.signals import Reading, SignalTracker
+from pipeline.schedule.snapshot import Snapshot
+
+STAGES = ("warmup", "explore", "refine", "settle")
+
+
+@dataclass(frozen=True)
+class Components:
+    """Parts of the controller that can be switched off (for ablations)."""
+
+    curvature: bool = True
+    weight_decay: bool = True
+    momentum: bool = True
+    rollback: bool = True
+    raise_rate: bool = True
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Thresholds of the controller that are not data-dependent (the plan holds those that are)."""
+
+    warmup_start: float = 0.1  # first warm-up multiplier
+    warmup_settle: float = 0.25  # |short/long - 1| of the gradient norm that ends warm-up early
+    raise_factor: float = 1.5  # rate raise on sustained improvement (bounded by max_change)
+    cut_factor: float = 0.5  # rate cut on a plateau or curvature jump (bounded by max_change)
+    max_refine_cuts: int = 2
+    curvature_jump: float = 3.0  # curvature EMA over its explore-stage reference
+    min_consistency: float = 0.0  # mean cosine of successive gradients below this is erratic
+    grad_spike: float = 5.0  # gradient norm over its long EMA that counts as a spike
+    beta_factor: float = 0.9  # beta1 / momentum multiplier when gradients are erratic
+    min_beta: float = 0.5
+    weight_decay_start: float = 1e-5  # first weight decay when the plan starts without one
+    weight_decay_factor: float = 3.0
+    max_weight_decay: float = 1e-2
+    min_control: float = 1e-3
+    max_control: float = 8.0
+
+
+@dataclass
+class _Pending:
+    """A change awaiting its verdict at the next validation cycle."""
+
+    action: str
+    trigger: str
+    factor: float
+    before: float  # validation before the change
+    snapshot: bytes
+    retries: int = 0
+
+
+class AdaptiveScheduler:
+    """Adjusts learning rates, weight decay and momentum of several optimisers from convergence signals.
+
+    It is used like ``torch.optim.lr_scheduler``: ``step()`` after each optimiser step,
+    plus ``observe(loss)`` after ``backward()`` (it reads the gradients) and
+    ``epoch_end(validation)`` after each validation cycle. ``state_dict()`` /
+    ``load_state_dict()`` round-trip everything but the optimisers and the model,
+    which are checkpointed on their own, as in PyTorch.
+
+    Args:
+        optimizers: name -> optimiser (an Optimizer, a TorchRec KeyedOptimizer, or the
+            parts of a CombinedOptimizer). A single optimiser is named ``"default"``.
+            Each group's current ``lr`` is its base rate (kept as ``initial_lr``).
+        plan: starting values and thresholds from ``calibrate``.
+        model: the module to snapshot for rollbacks (None: no rollback).
+        watch: parameters whose gradients feed the signals (default: every parameter
+            of every optimiser group that has a gradient; give the dense ones for
+            TorchRec, whose fused embedding gradients never reach ``.grad``).
+        steps_per_epoch: steps of one epoch, for the base decay over the epoch budget.
+        components: parts to switch off, for ablations.
+        limits: fixed thresholds.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(4, 1)
+        >>> opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        >>> sched = AdaptiveScheduler(opt, SchedulePlan(warmup_steps=2, max_epochs=3), model=model, steps_per_epoch=4)
+        >>> x, y = torch.randn(16, 4), torch.randn(16, 1)
+        >>> for epoch in range(3):
+        ...     for i in range(4):
+        ...         opt.zero_grad()
+        ...         loss = torch.nn.functional.mse_loss(model(x[i * 4 : i * 4 + 4]), y[i * 4 : i * 4 + 4])
+        ...         loss.backward()
+        ...         if sched.observe(float(loss), batch_size=4):
+        ...             opt.step()
+        ...         sched.step()
+        ...     sched.epoch_end(validation=-float(torch.nn.functional.mse_loss(model(x), y)))
+        >>> sched.stage in ("warmup", "explore", "refine", "settle"), len(sched.get_last_lr())
+        (True, 1)
+    """
+
+    def __init__(
+        self,
+        optimizers: Mapping[str, Any] | torch.optim.Optimizer,
+        plan: SchedulePlan,
+        *,
+        model: torch.nn.Module | None = None,
+        watch: Iterable[torch.Tensor] | None = None,
+        steps_per_epoch: int | None = None,
+        components: Components = Components(),
+        limits: Limits = Limits(),
+    ) -> None:
+        if not isinstance(optimizers, Mapping):
+            optimizers = {"default": optimizers}
+        self.optimizers = dict(optimizers)
+        self.plan, self.components, self.limits = plan, components, limits
+        self.snapshot = Snapshot(model, self.optimizers) if model is not None else None
+        self.watch = list(watch) if watch is not None else [p for g in self._groups() for p in g["params"]]
+        self.steps_per_epoch = steps_per_epoch
+        self.signals = SignalTracker()
+        for group in self._groups():
+            group.setdefault("initial_lr", group["lr"])
+        self.step_count = 0
+        self.epoch = 0
+        self.stage = "warmup" if plan.warmup_steps > 0 else "explore"
+        self.warmup_done_at: int | None = None if self.stage == "warmup" else 0
+        self.control = 1.0
+        self.cooldown = 0
+        self.refine_cuts = 0
+        self.validations: list[float] = []
+        self.train_losses: list[float] = []
+        self.best = -math.inf
+        self.best_epoch = -1
+        self.since_improvement = 0
+        self.improving_streak = 0
+        self.curvature_ema: float | None = None
+        self.curvature_ref: float | None = None
+        self.consistency_ema: float | None = None
+        self.should_stop = False
+        self.events: list[ScheduleEvent] = []
+        self.last_reading: Reading | None = None
+        self.rollbacks = 0
+        self._pending: _Pending | None = None
+        self._last_good: bytes | None = None
+        self._best_snapshot: bytes | None = None
+        self.grad_norm_short: float | None = None
+        self._curvature_epoch: list[float] = []
+        self._apply()
+        if self.snapshot is not None:
+            self._last_good = self.snapshot.save()  # so a NaN in the first epoch has a state to return to
+
+    # -- the torch.optim.lr_scheduler surface -------------------------------------------------
+
+    def get_last_lr(self) -> list[float]:
+        """Current rate of every group, optimisers in insertion order."""
+        return [float(g["lr"]) for g in self._groups()]
+
+    def lrs(self) -> dict[str, float]:
+        """Current rate of each optimiser's first group, by name."""
+        return {name: float(opt.param_groups[0]["lr"]) for name, opt in self.optimizers.items()}
+
+    def step(self) -> None:
+        """Advances one optimisation step: warm-up ramp and base decay."""
+        self.step_count += 1
+        if self.stage == "warmup" and self._warmup_over():
+            self.warmup_done_at = self.step_count
+            ratio = self._norm_ratio()
+            if ratio < self.limits.warmup_settle:
+                self._event("stage", "gradient_norm_settled", ratio, self.limits.warmup_settle, {},
+                            "warm-up over: gradient norm settled", stage="explore")
+            else:
+                self._event("stage", "warmup_steps", float(self.step_count), float(self.plan.warmup_steps), {},
+                            "warm-up over: ramp length reached", stage="explore")
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the optimisers, the model and the snapshots (saved with the checkpoint instead)."""
+        skip = {"optimizers", "snapshot", "watch", "_pending", "_last_good", "_best_snapshot", "signals", "last_reading"}
+        state = {k: v for k, v in self.__dict__.items() if k not in skip}
+        state["plan"] = self.plan.to_dict()
+        state["components"], state["limits"] = asdict(self.components), asdict(self.limits)
+        state["events"] = [e.to_dict() for e in self.events]
+        state["signals"] = self.signals.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.plan = SchedulePlan.from_dict(state.pop("plan"))
+        self.components, self.limits = Components(**state.pop("components")), Limits(**state.pop("limits"))
+        self.events = [ScheduleEvent.from_dict(e) for e in state.pop("events")]
+        self.signals.load_state_dict(state.pop("signals"))
+        self.__dict__.update(state)
+        self._apply()
+
+    def scale_rates(
+        self, factor: float, action: str, trigger: str, value: float, threshold: float,
+        extra: dict[str, tuple[float, float]], reason: str,
+    ) -> None:
+        """Multiplies every rate by ``factor`` on behalf of another controller (e.g. the batch-size rule)."""
+        old = self.lrs()
+        self.control = min(max(self.control * factor, self.limits.min_control), self.limits.max_control)
+        self._apply()
+        changes = {**extra, **{f"{k}_lr": (old[k], v) for k, v in self.lrs().items() if v != old[k]}}
+        self._event(action, trigger, value, threshold, changes, reason)
+
+    def snapshots(self) -> dict[str, bytes | None]:
+        """The in-memory snapshots (best and last good weights), for an epoch checkpoint."""
+        pending = asdict(self._pending) if self._pending is not None else None
+        return {"last_good": self._last_good, "best": self._best_snapshot, "pending": pending}
+
+    def load_snapshots(self, saved: dict[str, bytes | None] | None) -> None:
+        if saved:
+            self._last_good, self._best_snapshot = saved.get("last_good"), saved.get("best")
+            self._pending = _Pending(**saved["pending"]) if saved.get("pending") else None
+
+    # -- per step --------------------------------------------------------------------------------
+
+    def observe(self, loss: float, batch_size: int | None = None, grad_norm: float | None = None) -> bool:
+        """Reads the loss and gradients after ``backward()``; False when the step must be skipped.
+
+        A non-finite loss restores the latest snapshot and halves the rate: the caller
+        must not apply the optimiser step (TorchRec's fused optimiser has already
+        written the embedding rows, which the restore undoes).
+        """
+        reading = self.signals.observe(loss, self.watch, batch_size or self.plan.batch_size, grad_norm)
+        self.last_reading = reading
+        if math.isfinite(reading.grad_norm):
+            self.grad_norm_short = _ema(self.grad_norm_short, reading.grad_norm, 0.1)
+        if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
+            self._recover_from_nonfinite(loss)
+            return False
+        self._track_probes(reading)
+        if self.components.momentum and reading.grad_norm > self.limits.grad_spike * reading.grad_norm_long > 0:
+            self._lower_momentum("gradient_spike", reading.grad_norm / reading.grad_norm_long, self.limits.grad_spike)
+        return True
+
+    # -- per validation cycle --------------------------------------------------------------------
+
+    def epoch_end(self, validation: float | None, train_loss: float | None = None) -> None:
+        """Decides at the end of an epoch: judge the pending change, then move stage or rate.
+
+        Args:
+            validation: the validation metric (higher is better), e.g. NDCG@10.
+            train_loss: the epoch's mean training loss (for the generalisation-gap cue).
+        """
+        self.epoch += 1
+        if train_loss is not None:
+            self.train_losses.append(float(train_loss))
+        if validation is None or not math.isfinite(validation):
+            return
+        self.validations.append(float(validation))
+        self._close_curvature_epoch()
+        if self.epoch >= self.plan.max_epochs:
+            self._judge_pending(validation)
+            self._track_best(self.validations[-1])
+            self._stop("budget", float(self.epoch), float(self.plan.max_epochs), "epoch budget spent")
+            return
+        if self._judge_pending(validation):
+            return
+        self._track_best(validation)
+        self.cooldown = max(self.cooldown - 1, 0)
+        if self.snapshot is not None:
+            self._last_good = self.snapshot.save()
+        if self.stage == "warmup" or self.cooldown > 0:
+            return
+        if self._overfitting():
+            self._raise_weight_decay(validation)
+        elif self.stage == "explore":
+            self._explore(validation)
+        elif self.stage == "refine":
+            self._refine(validation)
+        elif self.since_improvement >= self.plan.patience and self.epoch >= self.plan.min_epochs:
+            self._stop("validation_plateau", float(self.since_improvement), float(self.plan.patience),
+                       f"no gain above {self.plan.plateau_tol:.1%} for {self.since_improvement} cycles while settling")
+
+    def finish(self) -> bool:
+        """Restores the best validated weights if the current ones are worse; True when it did."""
+        if self._best_snapshot is None or not self.validations or self.validations[-1] >= self.best:
+            return False
+        self.snapshot.restore(self._best_snapshot)
+        self._apply()
+        self._event("restore_best", "best_validation", self.best, self.validations[-1], {},
+                    f"restored the weights of epoch {self.best_epoch + 1} (validation {self.best:.4f})")
+        return True
+
+    # -- decisions -------------------------------------------------------------------------------
+
+    def _explore(self, validation: float) -> None:
+        if self.components.curvature and self._curvature_jumped():
+            self._change_rate(self.limits.cut_factor, "curvature_jump", self.curvature_ema / self.curvature_ref,
+                              self.limits.curvature_jump, validation, "loss surface sharper than when exploring began",
+                              stage="refine")
+        elif self.since_improvement >= self.plan.patience:
+            self._change_rate(self.limits.cut_factor, "validation_plateau", float(self.since_improvement),
+                              float(self.plan.patience), validation, "validation plateau while exploring", stage="refine")
+        elif (
+            self.components.raise_rate
+            and self.improving_streak >= self.plan.improve_cycles
+            and (self.consistency_ema is None or self.consistency_ema > self.limits.min_consistency)
+        ):
+            self.improving_streak = 0
+            self._change_rate(self.limits.raise_factor, "sustained_improvement", float(self.plan.improve_cycles),
+                              float(self.plan.improve_cycles), validation,
+                              f"validation improved for {self.plan.improve_cycles} cycles with consistent gradients")
+
+    def _refine(self, validation: float) -> None:
+        if self.since_improvement < self.plan.patience:
+            return
+        self.refine_cuts += 1
+        settle = self.refine_cuts >= self.limits.max_refine_cuts
+        self._change_rate(self.limits.cut_factor, "validation_plateau", float(self.since_improvement),
+                          float(self.plan.patience), validation, "validation plateau while refining",
+                          stage="settle" if settle else "refine")
+
+    def _change_rate(
+        self, factor: float, trigger: str, value: float, threshold: float, validation: float, why: str,
+        stage: str | None = None, retries: int = 0,
+    ) -> None:
+        bound = self.plan.max_change
+        factor = min(max(factor, 1 / bound), bound)
+        new_control = min(max(self.control * factor, self.limits.min_control), self.limits.max_control)
+        if new_control == self.control and stage is None:
+            return
+        old = self.lrs()
+        if self.snapshot is not None and self.components.rollback:
+            self._pending = _Pending("rate", trigger, factor, validation, self._last_good or self.snapshot.save(), retries)
+        self.control = new_control
+        self.cooldown = self.plan.cooldown
+        self.since_improvement = 0
+        self._apply()
+        changes = {f"{k}_lr": (old[k], v) for k, v in self.lrs().items() if v != old[k]}
+        action = "lr_up" if factor > 1 else "lr_down"
+        self._event(action, trigger, value, threshold, changes, f"{why}: rate x{factor:.2f}", stage=stage)
+
+    def _raise_weight_decay(self, validation: float) -> None:
+        changes = {}
+        for name, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                if "weight_decay" not in group or name == "sparse":
+                    continue
+                old = float(group["weight_decay"])
+                new = min(old * self.limits.weight_decay_factor if old > 0 else self.limits.weight_decay_start,
+                          self.limits.max_weight_decay)
+                group["weight_decay"] = new
+                changes[f"{name}_weight_decay"] = (old, new)
+        if not changes:
+            return
+        self.cooldown = self.plan.cooldown
+        gap = self.train_losses[-2] - self.train_losses[-1]
+        self._event("weight_decay_up", "generalisation_gap", gap, 0.0, changes,
+                    "training loss still falls while validation falls")
+
+    def _lower_momentum(self, trigger: str, value: float, threshold: float) -> None:
+        changes = {}
+        for name, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                key = "betas" if "betas" in group else "momentum" if group.get("momentum") else None
+                if key is None:
+                    continue
+                old = group[key][0] if key == "betas" else group[key]
+                new = max(old * self.limits.beta_factor, self.limits.min_beta)
+                if new == old:
+                    continue
+                group[key] = (new, group[key][1]) if key == "betas" else new
+                changes[f"{name}_{'beta1' if key == 'betas' else 'momentum'}"] = (float(old), float(new))
+        if changes:
+            self._event("momentum_down", trigger, value, threshold, changes, "gradients turned erratic")
+
+    def _judge_pending(self, validation: float) -> bool:
+        """Undoes the last change when validation fell by more than ``rollback_tol``; True when it did."""
+        pending, self._pending = self._pending, None
+        if pending is None or validation >= _lowered(pending.before, self.plan.rollback_tol):
+            return False
+        old = self.lrs()
+        self.snapshot.restore(pending.snapshot)
+        self.control /= pending.factor
+        smaller = math.copysign(abs(math.log(pending.factor)) / 2, math.log(pending.factor))
+        self.rollbacks += 1
+        self._apply()
+        self._event("rollback", "validation_drop", validation, _lowered(pending.before, self.plan.rollback_tol),
+                    {f"{k}_lr": (old[k], v) for k, v in self.lrs().items()},
+                    f"validation fell from {pending.before:.4f} to {validation:.4f} after {pending.trigger}; "
+                    "restored the weights from before the change")
+        self.validations[-1] = pending.before
+        if pending.retries < 1 and abs(smaller) > 1e-3:
+            self._change_rate(math.exp(smaller), pending.trigger, validation, pending.before, pending.before,
+                              "retrying with half the change", retries=pending.retries + 1)
+        else:
+            self.cooldown = self.plan.cooldown
+        return True
+
+    def _recover_from_nonfinite(self, loss: float) -> None:
+        old = self.lrs()
+        restored = self.snapshot is not None and self.components.rollback and (self._last_good or self._best_snapshot)
+        if restored:
+            self.snapshot.restore(self._last_good or self._best_snapshot)
+        self.control = max(self.control * self.limits.cut_factor, self.limits.min_control)
+        self.rollbacks += 1
+        self._apply()
+        what = "restored the last snapshot" if restored else "no snapshot yet: skipped the step"
+        self._event("rollback", "nonfinite_loss", loss, None, {f"{k}_lr": (old[k], v) for k, v in self.lrs().items()},
+                    f"loss was {loss}; {what} and halved the rate")
+
+    def _stop(self, trigger: str, value: float, threshold: float, why: str) -> None:
+        self.should_stop = True
+        self._event("stop", trigger, value, threshold, {}, why)
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    def _track_best(self, validation: float) -> None:
+        if self.best == -math.inf or validation > self.best + self.plan.plateau_tol * abs(self.best):
+            self.since_improvement = 0
+            self.improving_streak += 1
+        else:
+            self.since_improvement += 1
+            self.improving_streak = 0
+        if validation > self.best:
+            self.best, self.best_epoch = validation, self.epoch - 1
+            if self.snapshot is not None:
+                self._best_snapshot = self.snapshot.save()
+
+    def _track_probes(self, reading: Reading) -> None:
+        probed = reading.step % self.signals.probe_every == 0
+        if probed and reading.curvature is not None and math.isfinite(reading.curvature):
+            self._curvature_epoch.append(reading.curvature)
+        if reading.consistency is not None and math.isfinite(reading.consistency):
+            self.consistency_ema = _ema(self.consistency_ema, reading.consistency, 0.2)
+
+    def _close_curvature_epoch(self) -> None:
+        """Epoch median of the curvature probes; the first explore epoch's median is the reference."""
+        if self._curvature_epoch:
+            self.curvature_ema = float(sorted(self._curvature_epoch)[len(self._curvature_epoch) // 2])
+            if self.curvature_ref is None and self.stage == "explore" and self.curvature_ema > 0:
+                self.curvature_ref = self.curvature_ema
+        self._curvature_epoch = []
+
+    def _curvature_jumped(self) -> bool:
+        return (
+            self.curvature_ref is not None
+            and self.curvature_ema is not None
+            and self.curvature_ref > 0
+            and self.curvature_ema > self.limits.curvature_jump * self.curvature_ref
+        )
+
+    def _overfitting(self) -> bool:
+        if not self.components.weight_decay or len(self.validations) < 3 or len(self.train_losses) < 3:
+            return False
+        v, t = self.validations[-3:], self.train_losses[-3:]
+        return v[2] < v[1] < v[0] and t[2] < t[1] < t[0] and v[2] < _lowered(self.best, self.plan.plateau_tol)
+
+    def _norm_ratio(self) -> float:
+        r = self.last_reading
+        if r is None or not r.grad_norm_long or self.grad_norm_short is None:
+            return math.inf
+        return abs(self.grad_norm_short / r.grad_norm_long - 1)
+
+    def _warmup_over(self) -> bool:
+        if self.step_count >= self.plan.warmup_steps:
+            return True
+        return self.step_count >= self.plan.warmup_steps // 2 and self._norm_ratio() < self.limits.warmup_settle
+
+    # -- rates -----------------------------------------------------------------------------------
+
+    def _factor(self) -> float:
+        if self.stage == "warmup":
+            ramp = min(self.step_count / max(self.plan.warmup_steps, 1), 1.0)
+            warm = self.limits.warmup_start + (1 - self.limits.warmup_start) * ramp
+        else:
+            warm = 1.0
+        return warm * self._decay() * self.control
+
+    def _decay(self) -> float:
+        if self.plan.decay == "none" or not self.steps_per_epoch:
+            return 1.0
+        total = self.plan.max_epochs * self.steps_per_epoch
+        t = min(self.step_count / max(total, 1), 1.0)
+        floor = self.plan.decay_floor
+        if self.plan.decay == "linear":
+            return 1 - (1 - floor) * t
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def _apply(self) -> None:
+        factor = self._factor()
+        for group in self._groups():
+            group["lr"] = group["initial_lr"] * factor
+
+    def _groups(self) -> list[dict[str, Any]]:
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def _event(
+        self, action: str, trigger: str, value: float | None, threshold: float | None,
+        changes: dict[str, tuple[float, float]], reason: str, stage: str | None = None,
+    ) -> None:
+        if stage is not None:
+            self.stage = stage
+        self.events.append(
+            ScheduleEvent(self.step_count, self.epoch, self.stage, action, trigger, value, threshold, changes, reason)
+        )
+
+
+def _lowered(value: float, tol: float) -> float:
+    """``value`` lowered by the relative tolerance ``tol`` (for metrics of either sign)."""
+    return value - tol * abs(value)
+
+
+def _ema(current: float | None, value: float, weight: float) -> float:
+    return value if current is None else (1 - weight) * current + weight * value

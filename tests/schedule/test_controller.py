@@ -1,0 +1,207 @@
+"""AdaptiveScheduler on plain PyTorch: stages move on measured cues, every change is an event,
+a bad change is undone, and the state survives a checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.schedule import AdaptiveScheduler, Components, SchedulePlan
+
+PLAN = SchedulePlan(warmup_steps=4, max_epochs=50, decay="none", patience=2, improve_cycles=2, plateau_tol=0.01,
+                    rollback_tol=0.05, cooldown=0, min_epochs=1)
+
+
+def regression(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(64, 4)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    return model, x, y
+
+
+def run_epoch(model, opt, sched, x, y, batch=16, poison_at: int | None = None) -> float:
+    """One epoch of mini-batch steps; returns the mean loss. ``poison_at``: make that batch's loss NaN."""
+    losses = []
+    for i in range(0, len(x), batch):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x[i : i + batch]), y[i : i + batch])
+        if poison_at is not None and i // batch == poison_at:
+            loss = loss * float("nan")
+        loss.backward()
+        if sched.observe(float(loss.detach()), batch_size=batch):
+            opt.step()
+            losses.append(float(loss.detach()))
+        sched.step()
+    return sum(losses) / max(len(losses), 1)
+
+
+def scripted(plan=PLAN, components=Components(), lr=0.01):
+    model, x, y = regression()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    return model, opt, AdaptiveScheduler(opt, plan, model=model, steps_per_epoch=4, components=components), x, y
+
+
+def test_warm_up_ramps_the_rate_up_to_the_base_rate():
+    model, opt, sched, x, y = scripted()
+    assert sched.stage == "warmup"
+    assert sched.get_last_lr()[0] == pytest.approx(0.001)  # 10% of the base rate
+    run_epoch(model, opt, sched, x, y)
+    assert sched.stage == "explore"
+    assert sched.get_last_lr()[0] == pytest.approx(0.01)
+    assert sched.events[0].action == "stage" and sched.events[0].stage == "explore"
+
+
+def test_a_plateau_while_exploring_cuts_the_rate_and_moves_to_refine():
+    model, opt, sched, x, y = scripted()
+    run_epoch(model, opt, sched, x, y)
+    for value in (0.50, 0.50, 0.50):
+        sched.epoch_end(value, train_loss=1.0)
+    event = sched.events[-1]
+    assert (event.action, event.trigger, event.stage) == ("lr_down", "validation_plateau", "refine")
+    assert event.value == 2 and event.threshold == PLAN.patience
+    assert event.changes["default_lr"] == pytest.approx((0.01, 0.005))
+    assert sched.get_last_lr()[0] == pytest.approx(0.005)
+
+
+def test_sustained_improvement_raises_the_rate_within_the_bound():
+    model, opt, sched, x, y = scripted()
+    run_epoch(model, opt, sched, x, y)
+    for value in (0.30, 0.40):
+        sched.epoch_end(value, train_loss=1.0)
+    event = sched.events[-1]
+    assert (event.action, event.trigger) == ("lr_up", "sustained_improvement")
+    old, new = event.changes["default_lr"]
+    assert 1 < new / old <= PLAN.max_change
+
+
+def test_refine_plateaus_lead_to_settle_and_a_settled_plateau_stops_with_the_best_weights_back():
+    model, opt, sched, x, y = scripted()
+    run_epoch(model, opt, sched, x, y)
+    sched.epoch_end(0.9, train_loss=1.0)  # best, snapshot taken
+    best = [p.detach().clone() for p in model.parameters()]
+    for _ in range(12):
+        run_epoch(model, opt, sched, x, y)
+        sched.epoch_end(0.86, train_loss=1.0)  # worse but within the rollback tolerance
+        if sched.should_stop:
+            break
+    stages = [e.stage for e in sched.events if e.action in ("lr_down", "stop")]
+    assert stages[:3] == ["refine", "refine", "settle"]
+    assert sched.should_stop and sched.events[-1].action == "stop"
+    assert sched.finish()
+    assert all(torch.equal(a, b) for a, b in zip(best, model.parameters()))
+    assert sched.events[-1].action == "restore_best"
+
+
+def test_a_change_that_makes_validation_worse_is_rolled_back_and_retried_smaller():
+    model, opt, sched, x, y = scripted()
+    run_epoch(model, opt, sched, x, y)
+    sched.epoch_end(0.30, train_loss=1.0)
+    run_epoch(model, opt, sched, x, y)
+    sched.epoch_end(0.40, train_loss=1.0)  # sustained improvement: rate x1.5
+    before_change = [p.detach().clone() for p in model.parameters()]
+    raised = sched.get_last_lr()[0]
+    run_epoch(model, opt, sched, x, y)
+    sched.epoch_end(0.20, train_loss=1.0)  # far below 0.40 * (1 - 5%)
+    rollback, retry = sched.events[-2], sched.events[-1]
+    assert rollback.action == "rollback" and rollback.trigger == "validation_drop"
+    assert all(torch.equal(a, b) for a, b in zip(before_change, model.parameters()))
+    assert retry.action == "lr_up" and "half the change" in retry.reason
+    assert sched.get_last_lr()[0] == pytest.approx(0.01 * math.sqrt(1.5))
+    assert sched.get_last_lr()[0] < raised
+
+
+def test_rollback_switched_off_keeps_a_bad_change():
+    model, opt, sched, x, y = scripted(components=Components(rollback=False))
+    run_epoch(model, opt, sched, x, y)
+    for value in (0.30, 0.40, 0.20):
+        sched.epoch_end(value, train_loss=1.0)
+    assert not [e for e in sched.events if e.action == "rollback"]
+
+
+def test_a_nan_loss_restores_the_last_snapshot_halves_the_rate_and_skips_the_step():
+    model, opt, sched, x, y = scripted()
+    run_epoch(model, opt, sched, x, y)
+    sched.epoch_end(0.5, train_loss=1.0)
+    rate = sched.get_last_lr()[0]
+    run_epoch(model, opt, sched, x, y, poison_at=2)
+    event = next(e for e in sched.events if e.trigger == "nonfinite_loss")
+    assert event.action == "rollback" and event.value is None or math.isnan(event.value)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert sched.get_last_lr()[0] == pytest.approx(rate / 2)
+
+
+def test_weight_decay_rises_when_training_loss_falls_while_validation_falls():
+    model, opt, sched, x, y = scripted()
+    run_epoch(model, opt, sched, x, y)
+    for value, loss in ((0.50, 1.0), (0.45, 0.9), (0.40, 0.8)):
+        sched.epoch_end(value, train_loss=loss)
+    event = sched.events[-1]
+    assert (event.action, event.trigger) == ("weight_decay_up", "generalisation_gap")
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1e-5)
+
+
+def test_a_gradient_spike_lowers_adam_beta1():
+    model, opt, sched, x, y = scripted()
+    for _ in range(3):
+        run_epoch(model, opt, sched, x, y)
+    opt.zero_grad()
+    (model(x).sum() * 1e4).backward()  # a gradient far above its running norm
+    sched.observe(1.0, batch_size=16)
+    event = sched.events[-1]
+    assert (event.action, event.trigger) == ("momentum_down", "gradient_spike")
+    assert opt.param_groups[0]["betas"][0] == pytest.approx(0.81)
+
+
+def test_it_drives_several_optimisers_at_once():
+    model, x, y = regression()
+    first, second = list(model.children())[0], list(model.children())[2]
+    opts = {"a": torch.optim.SGD(first.parameters(), lr=0.1), "b": torch.optim.Adam(second.parameters(), lr=0.01)}
+    sched = AdaptiveScheduler(opts, PLAN, model=model, steps_per_epoch=4)
+    for _ in range(5):
+        sched.step()
+    sched.epoch_end(0.5)
+    sched.epoch_end(0.5)
+    sched.epoch_end(0.5)
+    assert sched.lrs() == pytest.approx({"a": 0.05, "b": 0.005})
+    assert set(sched.events[-1].changes) == {"a_lr", "b_lr"}
+
+
+def test_state_dict_round_trip_continues_like_an_uninterrupted_run():
+    def drive(sched, values):
+        for v in values:
+            for _ in range(4):
+                sched.step()
+            sched.epoch_end(v, train_loss=1.0)
+
+    values = [0.3, 0.4, 0.45, 0.45, 0.45, 0.46, 0.46, 0.46]
+    model, opt, straight, _, _ = scripted()
+    drive(straight, values)
+
+    model, opt, first, _, _ = scripted()
+    drive(first, values[:3])
+    state = first.state_dict()
+    model, opt, resumed, _, _ = scripted()
+    resumed.load_state_dict(state)
+    resumed.load_snapshots(first.snapshots())
+    drive(resumed, values[3:])
+
+    assert resumed.get_last_lr() == pytest.approx(straight.get_last_lr())
+    assert resumed.stage == straight.stage
+    assert [e.to_dict() for e in resumed.events] == [e.to_dict() for e in straight.events]
+    assert isinstance(state["events"], list) and all(isinstance(e, dict) for e in state["events"])
+
+
+def test_it_trains_a_plain_model_end_to_end_and_stops_by_itself():
+    model, opt, sched, x, y = scripted(plan=SchedulePlan(warmup_steps=4, max_epochs=200, decay="cosine", patience=3))
+    for epoch in range(200):
+        loss = run_epoch(model, opt, sched, x, y)
+        sched.epoch_end(-float(torch.nn.functional.mse_loss(model(x), y)), train_loss=loss)
+        if sched.should_stop:
+            break
+    sched.finish()
+    assert sched.should_stop and epoch < 199
+    assert float(torch.nn.functional.mse_loss(model(x), y)) < 0.5 * float(y.var())
+    assert {e.stage for e in sched.events} >= {"explore", "refine"}
