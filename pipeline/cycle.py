@@ -49,6 +49,7 @@ class CyclePaths:
     model_dir = property(lambda self: self.root / "model")
     summary = property(lambda self: self.root / "summary.json")
     profile = property(lambda self: self.root / "profile.json")
+    plan = property(lambda self: self.root / "plan.json")
 
 
 def _ts(value: str | datetime) -> pd.Timestamp:
@@ -198,15 +199,104 @@ def drift(pulled: dict[str, Any], settings: Settings | None = None, overrides: O
     }
 
 
-def train(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
-    """Trains the challenger on the history; returns the checkpoint path and losses."""
+def calibrate(
+    pulled: dict[str, Any],
+    drift_result: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+    overrides: Overrides | None = None,
+) -> dict[str, Any]:
+    """The training schedule of this cycle, from the history's profile, the drift verdict and past runs.
+
+    Writes ``plan.json`` (with every reason) into the cycle folder and returns it; with
+    ``schedule.policy = "static"`` the plan is None and training uses the train section.
+    """
+    from pipeline.profile import profile
+    from pipeline.schedule import calibrate as make_plan
+
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths(Path(pulled["run_dir"]))
+    if s.schedule.policy == "static":
+        _write_json({"policy": "static", "plan": None}, p.plan)
+        return {"policy": "static", "plan": None, "path": str(p.plan)}
+    fit, _ = schedule_split(pd.read_parquet(p.history), s.schedule.validation_share)
+    prof = profile(fit).to_dict()
+    kb = knowledge_base(s) if s.schedule.knowledge_base else None
+    plan = make_plan(prof, drift_result, kb, s.schedule, s.train)
+    payload = {"policy": "adaptive", "plan": plan.to_dict(), "profile": prof, "kb_records": len(kb) if kb else 0}
+    _write_json(payload, p.plan)
+    return {**payload, "path": str(p.plan)}
+
+
+def knowledge_base(s: Settings):
+    """The scheduler's knowledge base of past runs, in this pipeline's MLflow."""
+    from pipeline.schedule import KnowledgeBase
+
+    return KnowledgeBase(tracking_uri=s.mlflow_uri, experiment=f"{s.model_name}-schedule-kb", k=s.schedule.kb_neighbours)
+
+
+def schedule_split(history: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training part and the latest ``share`` of the history (by time), which steers the scheduler.
+
+    Validation rows are kept only for users and items seen in the training part, as
+    the evaluation does for the holdout.
+    """
+    cut = history["timestamp"].quantile(1 - share)
+    fit, later = history[history["timestamp"] <= cut], history[history["timestamp"] > cut]
+    later = later[later["user_id"].isin(fit["user_id"]) & later["item_id"].isin(fit["item_id"])]
+    return fit, later
+
+
+def train(
+    pulled: dict[str, Any],
+    settings: Settings | None = None,
+    overrides: Overrides | None = None,
+    plan: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Trains the challenger on the history; returns the checkpoint path, losses and trace path.
+
+    With an adaptive plan (the calibrate step's result), the latest part of the history
+    is held out to steer the AdaptiveScheduler (early stop, rollback, best weights),
+    and the run is added to the knowledge base. With ``train.processes > 1`` the run
+    is launched with torchrun.
+    """
+    from pipeline.evaluate import evaluate as score
+    from pipeline.schedule import SchedulePlan
     from pipeline.train import train as train_model
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
-    history = pd.read_parquet(p.history)
-    result = train_model(history, pd.read_parquet(p.catalogue), p.model_dir, s.train, progress=False)
+    history, catalogue = pd.read_parquet(p.history), pd.read_parquet(p.catalogue)
+    schedule = SchedulePlan.from_dict(plan["plan"]) if plan and plan.get("plan") else None
+    if schedule is None:
+        fit, later, validate = history, None, None
+    else:
+        fit, later = schedule_split(history, s.schedule.validation_share)
+        if later.empty:
+            fit, later = history, None
+        validate = (lambda model: score(model, fit, later, s.eval.k).ndcg) if later is not None else None
+    if s.train.processes > 1:
+        from pipeline.launch import train_distributed
+
+        result = train_distributed(p.history, p.catalogue, p.model_dir, s)
+    else:
+        result = train_model(fit, catalogue, p.model_dir, s.train, progress=False, validate=validate, plan=schedule)
+    if schedule is not None and s.schedule.knowledge_base and result.best_validation is not None:
+        remember(s, plan, result)
     return result.to_dict()
+
+
+def remember(s: Settings, plan: dict[str, Any], result) -> None:
+    """Adds a finished adaptive run to the knowledge base (profile features -> converged rates -> outcome)."""
+    from pipeline.schedule.knowledge import Record, explore_rates, features
+
+    rates = explore_rates(json.loads(Path(result.trace).read_text()))
+    if rates is None:
+        return
+    record = Record(
+        features(plan.get("profile", {})), rates[0], rates[1], best_epoch=int(result.best_epoch),
+        epochs=len(result.epoch_losses), validation=float(result.best_validation), regime=Path(result.checkpoint).parent.parent.name,
+    )
+    knowledge_base(s).add(record)
 
 
 def evaluate(
@@ -271,12 +361,21 @@ def gate(
     drift_files = (("drift.html", "html"), ("drift.json", "json"))
     artifacts = {name: Path(drift_result[key]) for name, key in drift_files if drift_result[key]}
     artifacts["profile.json"] = p.profile
+    for name, path in (("plan.json", p.plan), ("trace.json", Path(trained["trace"]) if trained.get("trace") else None)):
+        if path is not None and path.exists():
+            artifacts[name] = path
     candidate = registry.log_candidate(
         load_checkpoint(Path(trained["checkpoint"])),
         settings=s,
         window=window,
-        params={**s.train.model_dump(), "rows_history": pulled["rows_history"]},
-        metrics={**evaluated["challenger"], "train_seconds": trained["seconds"], "final_loss": trained["epoch_losses"][-1]},
+        params={**s.train.model_dump(), "rows_history": pulled["rows_history"], **schedule_params(p.plan)},
+        metrics={
+            **evaluated["challenger"],
+            "train_seconds": trained["seconds"],
+            "final_loss": trained["epoch_losses"][-1],
+            "epochs_run": len(trained["epoch_losses"]),
+            **schedule_metrics(trained),
+        },
         artifacts=artifacts,
         tags={"drift.severity": drift_result["severity"], "window": window, "feature_service": FEATURE_SERVICE},
     )
@@ -307,6 +406,29 @@ def gate(
     }
     _write_json(summary, p.summary)
     return summary
+
+
+def schedule_params(plan_path: Path) -> dict[str, Any]:
+    """The plan's values as run parameters (``schedule.*``), so runs can be compared by schedule in MLflow."""
+    if not plan_path.exists():
+        return {"schedule.policy": "static"}
+    payload = json.loads(plan_path.read_text())
+    plan = payload.get("plan") or {}
+    keep = ("dense_lr", "sparse_lr", "batch_size", "max_epochs", "warmup_steps", "decay", "decay_floor", "source")
+    return {"schedule.policy": payload.get("policy", "static"), **{f"schedule.{k}": plan[k] for k in keep if k in plan}}
+
+
+def schedule_metrics(trained: dict[str, Any]) -> dict[str, float]:
+    """Scheduler outcome of the run: events, rollbacks, best validation and its epoch."""
+    if not trained.get("trace") or not Path(trained["trace"]).exists():
+        return {}
+    trace = json.loads(Path(trained["trace"]).read_text())
+    out = {"scheduler_events": float(len(trace["events"]))}
+    out["scheduler_rollbacks"] = float(sum(e["action"] == "rollback" for e in trace["events"]))
+    if trained.get("best_validation") is not None:
+        out["best_validation_ndcg"] = float(trained["best_validation"])
+        out["best_epoch"] = float(trained["best_epoch"])
+    return out
 
 
 def should_retrain(

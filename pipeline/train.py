@@ -356,6 +356,7 @@ def train(
     if sched is not None:
         sched.finish()
         trace.events = [e.to_dict() for e in sched.events]
+        trace.controller = sched.summary()
     loop_seconds = time.perf_counter() - loop_started
     path = save_checkpoint(dmp, encoder, catalogue, recent, settings, out_dir)
     trace_path = trace.write(out_dir / "trace.json") if dist.get_rank() == 0 else out_dir / "trace.json"

@@ -113,3 +113,35 @@ def test_monitor_scores_champion_against_previous_and_records_the_decision(sandb
     from pipeline.monitor import recorded_checks
 
     assert len(recorded_checks(s, versions[1])) == 1
+
+
+def test_adaptive_cycle_calibrates_trains_under_the_scheduler_and_fills_the_knowledge_base(sandbox):
+    s = sandbox
+    w = cycle.window(settings=s)
+    pulled = cycle.validate(cycle.pull(w["start"], w["end"], settings=s), settings=s)
+    overrides = {"train": {"epochs": 4}, "schedule": {"policy": "adaptive"}}
+
+    plan = cycle.calibrate(pulled, {"severity": "minor", "drifted_share": 0.3}, settings=s, overrides=overrides)
+    assert plan["policy"] == "adaptive" and plan["plan"]["source"] == "rules"
+    assert {r["field"] for r in plan["plan"]["reasons"]} >= {"dense_lr", "sparse_lr", "max_epochs", "decay_floor"}
+    assert json.loads((Path(pulled["run_dir"]) / "plan.json").read_text())["plan"] == plan["plan"]
+
+    trained = cycle.train(pulled, settings=s, overrides=overrides, plan=plan)
+    trace = json.loads(Path(trained["trace"]).read_text())
+    assert trace["plan"] == plan["plan"] and trace["events"], "the scheduler recorded no event"
+    assert len(trace["epochs"]) == len(trained["epoch_losses"]) <= plan["plan"]["max_epochs"]
+    assert all(e["validation"] is not None for e in trace["epochs"])
+    assert trained["best_validation"] == max(e["validation"] for e in trace["epochs"])
+
+    again = cycle.calibrate(pulled, {"severity": "minor", "drifted_share": 0.3}, settings=s, overrides=overrides)
+    assert again["kb_records"] >= 1 and again["plan"]["source"] == "knowledge_base"
+    assert "similar past runs" in next(r["why"] for r in again["plan"]["reasons"] if r["field"] == "dense_lr")
+
+
+def test_static_policy_has_no_plan_and_trains_as_configured(sandbox):
+    w = cycle.window(settings=sandbox)
+    pulled = cycle.validate(cycle.pull(w["start"], w["end"], settings=sandbox), settings=sandbox)
+    plan = cycle.calibrate(pulled, None, settings=sandbox, overrides={"schedule": {"policy": "static"}})
+    assert plan["plan"] is None
+    trained = cycle.train(pulled, settings=sandbox, plan=plan)
+    assert len(trained["epoch_losses"]) == sandbox.train.epochs and trained["best_validation"] is None

@@ -170,6 +170,7 @@ class AdaptiveScheduler:
         self.events: list[ScheduleEvent] = []
         self.last_reading: Reading | None = None
         self.rollbacks = 0
+        self.explore_control: float | None = None  # control multiplier when exploring ended
         self._pending: _Pending | None = None
         self._last_good: bytes | None = None
         self._best_snapshot: bytes | None = None
@@ -232,6 +233,17 @@ class AdaptiveScheduler:
         self._apply()
         changes = {**extra, **{f"{k}_lr": (old[k], v) for k, v in self.lrs().items() if v != old[k]}}
         self._event(action, trigger, value, threshold, changes, reason)
+
+    def summary(self) -> dict[str, Any]:
+        """What the knowledge base keeps of this run: the explore stage's rate multiplier and the best epoch."""
+        return {
+            "explore_control": self.explore_control if self.explore_control is not None else self.control,
+            "best_epoch": self.best_epoch + 1 if self.best_epoch >= 0 else None,
+            "best_validation": self.best if self.best_epoch >= 0 else None,
+            "epochs": self.epoch,
+            "rollbacks": self.rollbacks,
+            "stage": self.stage,
+        }
 
     def snapshots(self) -> dict[str, bytes | None]:
         """The in-memory snapshots (best and last good weights), for an epoch checkpoint."""
@@ -352,6 +364,8 @@ class AdaptiveScheduler:
         if new_control == self.control and stage is None:
             return
         old = self.lrs()
+        if self.stage == "explore" and stage not in (None, "explore") and self.explore_control is None:
+            self.explore_control = self.control
         if self.snapshot is not None and self.components.rollback:
             self._pending = _Pending("rate", trigger, factor, validation, self._last_good or self.snapshot.save(), retries)
         self.control = new_control

@@ -56,6 +56,14 @@ class Suggestion:
     distance: float
 
 
+def explore_rates(trace: dict[str, Any]) -> tuple[float, float] | None:
+    """(dense, sparse) rate a finished run converged to: its plan's rates times the explore-stage multiplier."""
+    plan, controller = trace.get("plan"), trace.get("controller")
+    if not plan or not controller:
+        return None
+    return plan["dense_lr"] * controller["explore_control"], plan["sparse_lr"] * controller["explore_control"]
+
+
 def features(profile: dict[str, Any], drift_share: float = 0.0) -> dict[str, float]:
     """The knowledge base's view of a data profile (``DataProfile.to_dict()``)."""
     return {

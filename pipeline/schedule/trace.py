@@ -19,7 +19,8 @@ class Trace:
 
     Schema: ``{"steps": {field: [...] for field in STEP_FIELDS}, "epochs": [{"epoch",
     "loss", "validation", "dense_lr", "sparse_lr", "batch_size"}], "events":
-    [ScheduleEvent.to_dict()], "plan": SchedulePlan.to_dict() | None}``.
+    [ScheduleEvent.to_dict()], "plan": SchedulePlan.to_dict() | None, "controller":
+    AdaptiveScheduler.summary() | None}``.
     """
 
     def __init__(self, plan: dict[str, Any] | None = None) -> None:
@@ -27,6 +28,7 @@ class Trace:
         self.epochs: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.plan = plan
+        self.controller: dict[str, Any] | None = None
 
     def add_step(self, signals: Any) -> None:
         """Appends one step's signals (any object with the STEP_FIELDS as attributes)."""
@@ -41,10 +43,12 @@ class Trace:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "epochs": self.epochs, "events": self.events, "plan": self.plan}
+        return {"steps": self.steps, "epochs": self.epochs, "events": self.events, "plan": self.plan,
+                "controller": self.controller}
 
     def load(self, d: dict[str, Any]) -> None:
         self.steps, self.epochs, self.events, self.plan = d["steps"], d["epochs"], d["events"], d["plan"]
+        self.controller = d.get("controller")
 
     def write(self, path: Path) -> Path:
         """Writes the trace atomically (temp file, then rename)."""
