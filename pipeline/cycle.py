@@ -183,12 +183,21 @@ def validate(pulled: dict[str, Any], settings: Settings | None = None, overrides
 
 
 def drift(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
-    """Compares the window with the week before it on designed interaction signals."""
-    from pipeline.drift import check_drift
+    """Compares the window with the ``drift.reference_days`` before it on designed interaction signals.
+
+    With a loadable champion, its score distribution on both windows is one more
+    signal (prediction drift); without one the data signals decide alone.
+    """
+    from pipeline import registry
+    from pipeline.drift import champion_scorer, check_drift
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
-    report = check_drift(pd.read_parquet(p.reference), pd.read_parquet(p.holdout), p.drift_dir, s.drift)
+    scorer, current = None, registry.champion(s)
+    if current is not None:
+        model, _ = registry.try_load(s, current.version)
+        scorer = champion_scorer(model) if model is not None else None
+    report = check_drift(pd.read_parquet(p.reference), pd.read_parquet(p.holdout), p.drift_dir, s.drift, scorer)
     return {
         "severity": report.severity,
         "drifted_share": report.drifted_share,

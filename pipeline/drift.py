@@ -5,51 +5,53 @@ its verdict would describe id ranges, not behaviour. Instead we derive signals t
 a recommender team can act on (who rates, what they rate, how they rate, when) and
 test each one with a threshold calibrated for this pair of windows.
 
-Signals (value: distance between the weighted histograms of the two windows):
+=======================  ===========  =============  ==================================================
+signal                   observed on  value          meaning
+=======================  ===========  =============  ==================================================
+rating                   interaction  wasserstein    rating inflation / deflation
+item_popularity_decile   interaction  jensenshannon  consumption by the reference's item-popularity decile
+top_items_share          interaction  share_gap      share of the reference's top ``top_items`` items
+new_item_share           interaction  share          current share on items the reference never saw
+rising_item_share        interaction  share          current share on items surging past their reference rate
+new_user_share           interaction  share          share by users unseen in the days before (vs the reference's last days)
+hour_of_day              interaction  jensenshannon  daily rhythm (UTC)
+day_of_week              interaction  jensenshannon  weekly rhythm (UTC)
+item_release_year        interaction  wasserstein    age of what is consumed (0 = unknown, left out)
+user_activity            session      wasserstein    log2 interactions per session (a user's day)
+user_age                 user         wasserstein    who is active (0 = unknown, left out)
+genre                    genre        jensenshannon  genre mix ("|"-split; "" -> "(none)")
+prediction_score         interaction  wasserstein    champion's score of the consumed item (``scorer``)
+=======================  ===========  =============  ==================================================
 
-======================  ===========  =============  ====================================
-signal                  unit         method         meaning
-======================  ===========  =============  ====================================
-rating                  interaction  wasserstein    rating inflation / deflation
-item_popularity_decile  interaction  jensenshannon  head vs long-tail consumption
-is_new_item             interaction  psi            share of interactions on cold items
-is_new_user             interaction  psi            share of interactions by cold users
-hour_of_day             interaction  jensenshannon  daily rhythm (UTC)
-day_of_week             interaction  jensenshannon  weekly rhythm (UTC)
-item_release_year       interaction  wasserstein    age of what is consumed (0 = unknown, left out)
-user_activity           user         wasserstein    log2 interactions per active user
-user_age                user         wasserstein    who is active (0 = unknown, left out)
-genre                   genre        jensenshannon  genre mix ("|"-split; "" -> "(none)")
-prediction_score        interaction  wasserstein    champion's scores (only when scores are given)
-======================  ===========  =============  ====================================
-
-Why thresholds are calibrated, not fixed. A week of MovieLens-100K holds 36-70 users
+Why thresholds are calibrated, not fixed. A week of MovieLens-100K holds 40-130 users
 and one user can make 13 % of its ratings, so rows are far from independent: a fixed
 threshold on a per-row statistic flags every real week. Here the *user* is the unit:
 
 * a user's rows weigh ``n_rows ** -user_weight_power`` (0.5 by default), so heavy users
   count more than light ones but do not drown them;
-* the per-check null distribution of every signal comes from ``permutations`` random
-  re-assignments of the pooled users to the two windows (users past ``max_units`` per
-  side are pooled into random groups first, which keeps the test exact and the cost
-  bounded);
+* every signal is a function of which users sit in which window, and its no-drift
+  distribution comes from ``permutations`` random re-assignments of the pooled users
+  to the two windows (window sizes kept; users past ``max_units`` per side are pooled
+  into random groups first, which keeps the test exact and the cost bounded);
+* the signals that need the reference's own statistics (popularity deciles, top items,
+  new items and users) recompute them in every permutation from the users on the
+  reference side, so the reference statistics and the test agree (the reference's
+  item counts are computed once per permutation and reused by all four signals);
 * the thresholds are set jointly (Westfall-Young min-p) so that the chance of *any*
   tested signal drifting on exchangeable windows is ``alpha``. A signal's threshold is
   the matching quantile of its permutation distribution, floored by
   ``stattest_threshold`` / ``floors``; it drifts when ``value > threshold``;
 * a signal with fewer than ``min_users`` users on a side is not tested (note says why).
 
-Wasserstein distances are divided by the pooled spread of both windows (which the
-permutations do not change), not by the reference's spread, so a constant or one-row
-reference cannot blow them up; a single support point gives 0.
-
-History-dependent signals (popularity deciles, newness) cannot be labelled with
-statistics fitted on the window itself, so the reference is split in time into an early
-and a late half: deciles rank items by their count in the early half and label the late
-half and the current window; late-half rows are new when absent from the early half,
-current rows when absent from the late half. On the reference side these signals
-observe the late half only. Calendar signals are only tested when both windows cover at
-least 90 % of the cycle (a day for ``hour_of_day``, a week for ``day_of_week``).
+Methods: ``wasserstein`` distances are divided by the pooled spread of both windows
+(which the permutations do not change), so a constant or one-row reference cannot blow
+them up and a single support point gives 0; ``jensenshannon`` and ``psi`` compare
+weighted histograms; ``share`` is the current window's weighted share of rows whose
+item (user) has no row in the reference, tested one-sided (an influx); ``share_gap`` is
+how far the current share on the reference's top items departs from the reference's
+own share, less the gap expected without drift (the permutation mean), in either
+direction. Calendar signals are only tested when both windows cover at least 90 % of
+the cycle (a day for ``hour_of_day``, a week for ``day_of_week``).
 
 Severity: "major" when the drifted share of tested signals reaches ``major_share`` or one
 signal reaches ``major_ratio`` times its threshold; "minor" when at least
@@ -57,11 +59,19 @@ signal reaches ``major_ratio`` times its threshold; "minor" when at least
 else "none". An empty window gives severity "none", no signals, no files and a
 ``reason``. Missing columns raise :class:`~pipeline.errors.DataError`.
 
+Prediction drift: ``scorer`` (see :func:`champion_scorer`) maps a window to one score
+per row, the champion's score of the item each row consumed, and adds the
+``prediction_score`` signal; rows it cannot score (items the champion never saw) are
+NaN and left out.
+
 The verdict is computed from the histograms above (fast: no Evidently call). When an
 ``out_dir`` is given, ``drift.json`` holds the verdict (plus Evidently's snapshot) and
 ``drift.html`` is Evidently's report of the same signals, one ``ValueDrift`` per tested
-signal drawn at its calibrated threshold. Evidently scores the plain per-row columns with
-its own normalisation, so its numbers can differ from the verdict's; the verdict is ours.
+signal (histogram signals drawn at their calibrated threshold; the share signals as
+per-row new/seen or top/other labels, the reference's new-item label taken leave-one-
+user-out, under Evidently's z-test; ``rising_item_share`` has no per-row reference label
+and is in the JSON only). Evidently scores plain per-row columns with its own
+normalisation, so its numbers can differ from the verdict's; the verdict is ours.
 """
 
 from __future__ import annotations
@@ -72,10 +82,11 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from pipeline.errors import DataError
 from pipeline.settings import DriftSettings
@@ -90,25 +101,41 @@ MAX_BINS = 64
 PSI_EPS = 1e-4
 """Empty PSI buckets count as this share (Evidently's default)."""
 METHODS = ("jensenshannon", "psi", "wasserstein")
+"""Methods a histogram signal may be given in ``DriftSettings.methods``."""
+PERMUTATION_CELLS = 20_000_000
+"""Largest (permutations x keys) block of reference counts held at once (bounds memory)."""
 DAY_NS = 86_400 * 10**9
+Scorer = Callable[[pd.DataFrame], np.ndarray]
+"""Window -> one score per row (NaN where the model cannot score the row)."""
 
 
 @dataclass(frozen=True)
 class Signal:
-    """How one signal is observed and tested."""
+    """How one signal is observed and tested.
+
+    ``unit`` is "interaction", "user" or "genre" for histogram signals, "item" for the
+    signals recomputed from the reference in every permutation, "target" for the one
+    tested on its own pair of equally long target windows (new users).
+    """
 
     name: str
-    unit: str  # "interaction" | "user" | "genre"
+    unit: str
     method: str
     categorical: bool
     cycle: pd.Timedelta | None = None  # calendar signals: span a window must cover
 
+    @property
+    def relative(self) -> bool:
+        return self.unit == "item"
+
 
 SIGNALS: tuple[Signal, ...] = (
     Signal("rating", "interaction", "wasserstein", False),
-    Signal("item_popularity_decile", "interaction", "jensenshannon", True),
-    Signal("is_new_item", "interaction", "psi", True),
-    Signal("is_new_user", "interaction", "psi", True),
+    Signal("item_popularity_decile", "item", "jensenshannon", True),
+    Signal("top_items_share", "item", "share_gap", True),
+    Signal("new_item_share", "item", "share", True),
+    Signal("rising_item_share", "item", "share", True),
+    Signal("new_user_share", "target", "share", True),
     Signal("hour_of_day", "interaction", "jensenshannon", True, pd.Timedelta(days=1)),
     Signal("day_of_week", "interaction", "jensenshannon", True, pd.Timedelta(days=7)),
     Signal("item_release_year", "interaction", "wasserstein", False),
@@ -175,14 +202,19 @@ class DriftReport:
 
 @dataclass
 class _Observed:
-    """One signal's observations as a (units x bins) weighted count matrix."""
+    """One signal's observations: a (units x bins) weighted count matrix.
 
-    counts: np.ndarray  # (n_ref_units + n_cur_units, K)
+    Relative signals keep a sparse (units x keys) matrix of weighted rows per item (or
+    user id) instead; their bins are derived from the reference side per permutation.
+    """
+
+    counts: Any  # np.ndarray (units x bins) or, for relative signals, sp.csr_matrix (units x keys)
     support: np.ndarray  # bin values (numeric) or labels (categorical)
     users: tuple[int, int]  # users with an observation on each side
     note: str = ""
     pooled_sd: float = 0.0
     n_ref_units: int = 0  # rows [0, n_ref_units) of counts are the reference's units
+    raw: Any = None  # relative signals: unweighted row counts, same shape as counts
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # per-row values for Evidently
 
 
@@ -191,6 +223,7 @@ def check_drift(
     current: pd.DataFrame,
     out_dir: Path | None,
     settings: DriftSettings,
+    scorer: Scorer | None = None,
     *,
     reference_scores: np.ndarray | None = None,
     current_scores: np.ndarray | None = None,
@@ -201,23 +234,32 @@ def check_drift(
         reference, current: windows in the data stage's contract (``REQUIRED_COLUMNS`` at least).
         out_dir: where ``drift.json`` and ``drift.html`` go (atomically); None writes nothing.
         settings: thresholds and calibration (``Settings.drift``).
-        reference_scores, current_scores: optional champion scores, one per row of the
-            window in row order; both given adds the ``prediction_score`` signal.
+        scorer: optional champion scorer (:func:`champion_scorer`); adds the
+            ``prediction_score`` signal, scoring both windows alike.
+        reference_scores, current_scores: precomputed scores instead of ``scorer``, one
+            per row of the window in row order.
 
     Returns:
         The verdict; see the module docstring for signals, calibration and severity.
+
+    Example:
+        >>> report = check_drift(last_4_weeks, this_week, None, Settings().drift)
+        >>> report.severity, report.drifted_signals
+        ('minor', ('new_item_share',))
     """
     for name, window in (("reference", reference), ("current", current)):
         missing = [c for c in REQUIRED_COLUMNS if c not in window.columns]
         if missing:
             raise DataError(f"{name} window lacks column(s) {', '.join(missing)}")
-    for name, window, scores in (("reference", reference, reference_scores), ("current", current, current_scores)):
-        if scores is not None and len(scores) != len(window):
-            raise DataError(f"{name}_scores has {len(scores)} values for {len(window)} rows")
     empty = [name for name, w in (("reference", reference), ("current", current)) if w.empty]
     if empty:
         reason = f"{' and '.join(empty)} window empty: nothing to compare, no drift declared"
         return _verdict((), reason, len(reference), len(current), settings, ("", ""))
+    if scorer is not None:
+        reference_scores, current_scores = _scores(scorer, reference), _scores(scorer, current)
+    for name, window, scores in (("reference", reference, reference_scores), ("current", current, current_scores)):
+        if scores is not None and len(scores) != len(window):
+            raise DataError(f"{name}_scores has {len(scores)} values for {len(window)} rows")
 
     with_scores = reference_scores is not None or current_scores is not None
     signals = SIGNALS + ((SCORE_SIGNAL,) if with_scores else ())
@@ -235,9 +277,48 @@ def check_drift(
     return report
 
 
+def champion_scorer(model: Any) -> Scorer:
+    """A scorer from a loaded champion (``pipeline.model.Recommender``, as the registry returns it).
+
+    The score of a row is the champion's score of the row's item for the row's user,
+    with an empty history bag for every user, so both windows are scored with the same
+    inputs and the distribution moves only when who consumes what moves. Items outside
+    the champion's catalogue score NaN.
+
+    Example:
+        >>> model, _ = registry.try_load(settings, registry.champion(settings).version)
+        >>> check_drift(reference, current, out_dir, settings.drift, scorer=champion_scorer(model))
+    """
+
+    def score(window: pd.DataFrame) -> np.ndarray:
+        users = window.drop_duplicates("user_id").reset_index(drop=True)
+        for col, default in (("user_gender", "unknown"), ("user_occupation", "unknown")):
+            if col not in users.columns:
+                users[col] = default
+        matrix = model.score(users, None).float().numpy()
+        row_of_user = pd.Index(users["user_id"]).get_indexer(window["user_id"])
+        col_of_item = pd.Index(model.catalogue["item_id"].astype("int64")).get_indexer(window["item_id"].astype("int64"))
+        out = np.full(len(window), np.nan)
+        known = col_of_item >= 0
+        out[known] = matrix[row_of_user[known], col_of_item[known]]
+        return out
+
+    return score
+
+
+def _scores(scorer: Scorer, window: pd.DataFrame) -> np.ndarray:
+    scores = np.asarray(scorer(window), dtype=float)
+    if scores.shape != (len(window),):
+        raise DataError(f"scorer returned shape {scores.shape} for a window of {len(window)} rows")
+    return scores
+
+
 def _configured(signal: Signal, settings: DriftSettings) -> Signal:
     method = settings.methods.get(signal.name, signal.method)
-    if method not in METHODS:
+    fixed = signal.relative or signal.method not in METHODS
+    if fixed and method != signal.method:
+        raise ValueError(f"drift method for {signal.name} is fixed ({signal.method}): its bins come from the reference")
+    if not fixed and method not in METHODS:
         raise ValueError(f"drift method for {signal.name} must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "wasserstein" and signal.categorical:
         raise ValueError(f"{signal.name} is categorical: wasserstein needs an ordered signal")
@@ -256,84 +337,151 @@ def _observe(
     current_scores: np.ndarray | None,
 ) -> dict[str, _Observed]:
     """Every signal as a (units x bins) matrix; units are users (or random groups of users)."""
-    order = np.argsort(reference["timestamp"].to_numpy(), kind="stable")
-    ref = reference.iloc[order]
-    ref_scores = None if reference_scores is None else np.asarray(reference_scores, float)[order]
-    n_early = len(ref) // 2
     rng = np.random.default_rng(settings.seed)
-    r_unit, r_users, r_weight = _units(ref["user_id"].to_numpy(), settings, rng)
+    r_unit, r_users, r_weight = _units(reference["user_id"].to_numpy(), settings, rng)
     c_unit, c_users, c_weight = _units(current["user_id"].to_numpy(), settings, rng)
     n_ref_units = int(r_unit.max()) + 1
     units = np.concatenate([r_unit, c_unit + n_ref_units])
     n_units = n_ref_units + int(c_unit.max()) + 1
     weight = np.concatenate([r_weight, c_weight])
     user_key = np.concatenate([r_users, c_users + r_users.max() + 1])  # distinct users per side
-    side = np.concatenate([np.zeros(len(ref), bool), np.ones(len(current), bool)])
-    late = np.concatenate([np.arange(len(ref)) >= n_early, np.ones(len(current), bool)])
+    side = np.concatenate([np.zeros(len(reference), bool), np.ones(len(current), bool)])
 
-    both = pd.concat([ref[list(REQUIRED_COLUMNS)], current[list(REQUIRED_COLUMNS)]], ignore_index=True)
+    both = pd.concat([reference[list(REQUIRED_COLUMNS)], current[list(REQUIRED_COLUMNS)]], ignore_index=True)
     ts = both["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64")
     items = both["item_id"].to_numpy()
-    users = both["user_id"].to_numpy()
-    early_items = items[:n_early]
-    history_items = np.where(side, np.isin(items, items[n_early : len(ref)]), np.isin(items, early_items))
-    history_users = np.where(side, np.isin(users, users[n_early : len(ref)]), np.isin(users, users[:n_early]))
 
-    def rows(name: str, codes: np.ndarray, support: np.ndarray, mask: np.ndarray | None = None, **kw) -> None:
-        keep = codes >= 0 if mask is None else (codes >= 0) & mask
-        out[name] = _matrix(units[keep], codes[keep], weight[keep], n_units, len(support), support, side[keep], user_key[keep], **kw)
+    def rows(name: str, codes: np.ndarray, support: np.ndarray) -> None:
+        keep = codes >= 0
+        out[name] = _matrix(units[keep], codes[keep], weight[keep], n_units, len(support), support, side[keep], user_key[keep])
 
     out: dict[str, _Observed] = {}
     wanted = {s.name: s for s in signals}
     rows("rating", *_numeric(both["rating"].to_numpy(float)))
-    deciles = _popularity_deciles(early_items)
-    dec = pd.Index(deciles.index).get_indexer(items)
-    dec_codes = np.where(dec >= 0, deciles.to_numpy()[np.maximum(dec, 0)] - 1, -1) if len(deciles) else np.full(len(items), -1)
-    rows("item_popularity_decile", dec_codes, np.array([f"d{d:02d}" for d in range(1, 11)], object), late)
-    newness = np.array(["new", "seen"], object)
-    rows("is_new_item", history_items.astype(int), newness, late)
-    rows("is_new_user", history_users.astype(int), newness, late)
+    item_codes, item_index = pd.factorize(items)
+    by_item = _keyed(units, item_codes, weight, n_units, len(item_index), side, user_key)
+    by_item.labels = _item_labels(both["item_id"], both["user_id"], side, settings.top_items)
+    for name in ("item_popularity_decile", "top_items_share", "new_item_share", "rising_item_share"):
+        out[name] = by_item
     rows("hour_of_day", (ts // 3_600_000_000_000) % 24, np.array([f"{h:02d}" for h in range(24)], object))
     rows("day_of_week", (ts // DAY_NS + 3) % 7, np.array(["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], object))
     year = both["item_release_year"].to_numpy(float)
     rows("item_release_year", *_numeric(np.where(year > 0, year, np.nan)))
     if "prediction_score" in wanted:
-        scores = [s if s is not None else np.full(n, np.nan) for s, n in ((ref_scores, len(ref)), (current_scores, len(current)))]
-        rows("prediction_score", *_numeric(np.concatenate(scores)))
+        n_ref, n_cur = len(reference), len(current)
+        scores = [s if s is not None else np.full(n, np.nan) for s, n in ((reference_scores, n_ref), (current_scores, n_cur))]
+        rows("prediction_score", *_numeric(np.concatenate(scores).astype(float)))
         if reference_scores is None or current_scores is None:
             out["prediction_score"].note = "scores given for one window only"
 
     # user-level signals: one observation per (side, user), weight 1
     first = np.unique(user_key, return_index=True)[1]
-    per_user = pd.Series(user_key).value_counts(sort=False).reindex(user_key[first]).to_numpy()
     u_units, u_side, u_key = units[first], side[first], user_key[first]
     ones = np.ones(len(first))
-    act_codes, act_support = _numeric(np.log2(per_user.astype(float)))
-    out["user_activity"] = _matrix(u_units, act_codes, ones, n_units, len(act_support), act_support, u_side, u_key)
+    out["user_activity"] = _activity(user_key, ts // DAY_NS, units, side, n_units)
     age = both["user_age"].to_numpy(float)[first]
     age_codes, age_support = _numeric(np.where(age > 0, age, np.nan))
     keep = age_codes >= 0
     out["user_age"] = _matrix(u_units[keep], age_codes[keep], ones[keep], n_units, len(age_support), age_support, u_side[keep], u_key[keep])
+    out["genre"] = _genres(both["item_genres"], item_codes, len(item_index), units, weight, n_units, side, user_key)
+    for obs in out.values():
+        obs.n_ref_units = n_ref_units
+    out["new_user_share"] = _new_users(reference, current, settings, rng)
+    return {name: out[name] for name in wanted}
 
-    # genre: (unit x item) weights times an (item x genre) indicator
-    item_codes, item_index = pd.factorize(items)
-    genre_of = pd.Series(both["item_genres"].to_numpy(), index=item_codes).groupby(level=0).first().reindex(range(len(item_index)))
+
+def _activity(user_key: np.ndarray, day: np.ndarray, units: np.ndarray, side: np.ndarray, n_units: int) -> _Observed:
+    """log2 rows per session (a user's rows on one UTC day), one observation per session.
+
+    Sessions, not users, so the distribution does not depend on the window's length:
+    a longer window holds more of a heavy user's sessions, not bigger ones.
+    """
+    sessions = pd.DataFrame({"key": user_key, "day": day, "unit": units, "side": side})
+    per = sessions.groupby(["key", "day"], sort=False).agg(size=("unit", "size"), unit=("unit", "first"), side=("side", "first"))
+    codes, support = _numeric(np.log2(per["size"].to_numpy(float)))
+    keys = per.index.get_level_values("key").to_numpy()
+    return _matrix(per["unit"].to_numpy(), codes, per["size"].to_numpy(float), n_units, len(support), support, per["side"].to_numpy(), keys)
+
+
+def _keyed(
+    units: np.ndarray, keys: np.ndarray, weight: np.ndarray, n_units: int, n_keys: int, side: np.ndarray, user_key: np.ndarray
+) -> _Observed:
+    """Sparse (units x keys) weighted row counts for the signals recomputed per permutation."""
+    shape = (n_units, max(n_keys, 1))
+    matrix = sp.csr_matrix((weight, (units, keys)), shape=shape)
+    raw = sp.csr_matrix((np.ones(len(keys)), (units, keys)), shape=shape)
+    return _Observed(matrix, np.array(["new", "seen"], object), _user_counts(side, user_key), raw=raw)
+
+
+def _new_users(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings, rng: np.random.Generator) -> _Observed:
+    """New-user rows of two equally long target windows, each against the same length of history before it.
+
+    The current window's users are new when absent from the last ``H`` days of the
+    reference; the reference's own last days (as long as the current window) are the
+    other target, with the ``H`` days before them as history. A user active in both
+    windows cannot be moved between them, so this signal is not tested on the
+    reference-vs-current split but on the two targets, whose users do not overlap
+    in time.
+    """
+    support = np.array(["new", "seen"], object)
+    ref_ts, cur_ts = reference["timestamp"], current["timestamp"]
+    span = cur_ts.max() - cur_ts.min()
+    target_start = ref_ts.max() - span
+    history = target_start - ref_ts.min()
+    if history < span or span <= pd.Timedelta(0):
+        note = f"reference spans {ref_ts.max() - ref_ts.min()}, under twice the current window's {span}"
+        return _Observed(np.zeros((2, 2)), support, (0, 0), note=note, n_ref_units=1)
+    ref_target = reference[ref_ts >= target_start]
+    ref_history = reference[(ref_ts < target_start) & (ref_ts >= target_start - history)]
+    cur_history = reference[ref_ts >= cur_ts.min() - history]
+    new_ref = ~ref_target["user_id"].isin(set(ref_history["user_id"])).to_numpy()
+    new_cur = ~current["user_id"].isin(set(cur_history["user_id"])).to_numpy()
+    r_unit, r_users, r_weight = _units(ref_target["user_id"].to_numpy(), settings, rng)
+    c_unit, c_users, c_weight = _units(current["user_id"].to_numpy(), settings, rng)
+    n_ref = int(r_unit.max()) + 1
+    units = np.concatenate([r_unit, c_unit + n_ref])
+    side = np.concatenate([np.zeros(len(ref_target), bool), np.ones(len(current), bool)])
+    codes = np.concatenate([~new_ref, ~new_cur]).astype(int)  # 0 = new, 1 = seen
+    user_key = np.concatenate([r_users, c_users + r_users.max() + 1])
+    obs = _matrix(units, codes, np.concatenate([r_weight, c_weight]), int(units.max()) + 1, 2, support, side, user_key)
+    obs.n_ref_units = n_ref
+    return obs
+
+
+def _item_labels(item_ids: pd.Series, user_ids: pd.Series, side: np.ndarray, top_items: int) -> dict[str, np.ndarray]:
+    """Per-row labels Evidently draws: decile, top/other and new/seen (reference: leave-one-user-out)."""
+    ref_items, ref_users = item_ids[~side], user_ids[~side]
+    counts = ref_items.value_counts()
+    deciles = _popularity_deciles(counts)
+    top = set(counts.index[:top_items])
+    users_per_item = pd.DataFrame({"i": ref_items, "u": ref_users}).groupby("i")["u"].nunique()
+    labels = {}
+    for name, mask in (("ref", ~side), ("cur", side)):
+        ids = item_ids[mask]
+        labels[f"decile_{name}"] = ids.map(deciles).map(lambda d: f"d{int(d):02d}" if d == d else "new").to_numpy(object)
+        labels[f"top_{name}"] = np.where(ids.isin(top), "top", "other").astype(object)
+    labels["new_cur"] = np.where(item_ids[side].isin(counts.index), "seen", "new").astype(object)
+    labels["new_ref"] = np.where(ref_items.map(users_per_item).to_numpy() > 1, "seen", "new").astype(object)
+    return labels
+
+
+def _genres(
+    genres: pd.Series, item_codes: np.ndarray, n_items: int, units: np.ndarray, weight: np.ndarray, n_units: int,
+    side: np.ndarray, user_key: np.ndarray,
+) -> _Observed:
+    """(unit x item) weights times an (item x genre) indicator."""
+    genre_of = pd.Series(genres.to_numpy(), index=item_codes).groupby(level=0).first().reindex(range(n_items))
     split = genre_of.fillna("").astype(str).str.split("|").explode()
     split = split.replace("", "(none)")
     g_codes, g_labels = pd.factorize(split.to_numpy())
-    import scipy.sparse as sp
-
-    indicator = sp.csr_matrix((np.ones(len(g_codes)), (split.index.to_numpy(), g_codes)), shape=(len(item_index), len(g_labels)))
-    unit_item = sp.csr_matrix((weight, (units, item_codes)), shape=(n_units, len(item_index)))
+    indicator = sp.csr_matrix((np.ones(len(g_codes)), (split.index.to_numpy(), g_codes)), shape=(n_items, len(g_labels)))
+    unit_item = sp.csr_matrix((weight, (units, item_codes)), shape=(n_units, n_items))
     counts = np.asarray((unit_item @ indicator).todense())
     genre_rows = np.asarray(indicator.sum(axis=1)).ravel()[item_codes] > 0
-    out["genre"] = _Observed(
+    return _Observed(
         counts, np.asarray(g_labels, object), _user_counts(side[genre_rows], user_key[genre_rows]),
-        labels={"ref": _genre_labels(both["item_genres"], ~side), "cur": _genre_labels(both["item_genres"], side)},
+        labels={"ref": _genre_labels(genres, ~side), "cur": _genre_labels(genres, side)},
     )
-    for obs in out.values():
-        obs.n_ref_units = n_ref_units
-    return {name: out[name] for name in wanted}
 
 
 def _units(user_ids: np.ndarray, settings: DriftSettings, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -399,13 +547,12 @@ def _genre_labels(genres: pd.Series, mask: np.ndarray) -> np.ndarray:
     return g.replace("", "(none)").to_numpy(dtype=object)
 
 
-def _popularity_deciles(item_ids: np.ndarray) -> pd.Series:
-    """Decile (1 = most popular tenth of items, ties share a decile) per item of ``item_ids``."""
-    counts = pd.Series(item_ids).value_counts()
+def _popularity_deciles(counts: pd.Series) -> pd.Series:
+    """Decile (1 = most popular tenth of items) per item, from counts sorted descending; ties by order."""
     if counts.empty:
         return pd.Series(dtype="int64")
-    rank = counts.rank(ascending=False, method="min")
-    return np.ceil(rank / len(counts) * 10).clip(1, 10).astype("int64")
+    rank = np.arange(1, len(counts) + 1)
+    return pd.Series(np.ceil(rank / len(counts) * 10).clip(1, 10).astype("int64"), index=counts.index)
 
 
 def _untested_reason(signal: Signal, obs: _Observed, reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings) -> str:
@@ -432,25 +579,8 @@ def _calibrate(tested: list[Signal], observed: dict[str, _Observed], settings: D
     """``{name: (value, threshold, p_value)}`` from one shared set of user permutations."""
     if not tested:
         return {}
-    blocks = [observed[s.name].counts for s in tested]
-    widths = np.cumsum([0] + [b.shape[1] for b in blocks])
-    data = np.hstack(blocks)
-    n_ref = observed[tested[0].name].n_ref_units
-    total = data.sum(axis=0)
-    obs_ref = data[:n_ref].sum(axis=0, keepdims=True)
-    value = np.array([_distance(s, observed[s.name], obs_ref[:, a:b], total[a:b] - obs_ref[:, a:b])[0] for s, a, b in zip(tested, widths, widths[1:])])
-    rng = np.random.default_rng(settings.seed)
-    n_units, b_total = data.shape[0], settings.permutations
-    perm = np.empty((b_total, len(tested)))
-    for start in range(0, b_total, 250):
-        b = min(250, b_total - start)
-        keys = rng.random((b, n_units))
-        pick = np.zeros((b, n_units))
-        idx = np.argpartition(keys, n_ref - 1, axis=1)[:, :n_ref] if n_ref < n_units else np.tile(np.arange(n_units), (b, 1))
-        np.put_along_axis(pick, idx, 1.0, axis=1)
-        ref_h = pick @ data
-        for j, (s, a, c) in enumerate(zip(tested, widths, widths[1:])):
-            perm[start : start + b, j] = _distance(s, observed[s.name], ref_h[:, a:c], total[a:c] - ref_h[:, a:c])
+    value, perm = _permutation_scores(tested, observed, settings)
+    b_total = perm.shape[0]
     perm = np.round(perm, 12)
     value = np.round(value, 12)
     ascending = np.sort(perm, axis=0)
@@ -473,12 +603,127 @@ def _calibrate(tested: list[Signal], observed: dict[str, _Observed], settings: D
     return out
 
 
-def _distance(signal: Signal, obs: _Observed, ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+def _permutation_scores(tested: list[Signal], observed: dict[str, _Observed], settings: DriftSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Every tested signal's score on the observed split and on ``permutations`` random splits.
+
+    Signals on the main reference/current units share one set of permutations (their
+    dependence is kept for the joint thresholds); a "target" signal has its own units
+    and permutations.
+    """
+    rng = np.random.default_rng(settings.seed)
+    value, perm = np.zeros(len(tested)), np.zeros((settings.permutations, len(tested)))
+    for group in ([s for s in tested if s.unit != "target"], [s for s in tested if s.unit == "target"]):
+        if group:
+            cols = [tested.index(s) for s in group]
+            value[cols], perm[:, cols] = _group_scores(group, observed, settings, rng)
+    return value, perm
+
+
+def _group_scores(
+    tested: list[Signal], observed: dict[str, _Observed], settings: DriftSettings, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of signals on the same units: the observed split (first) and ``permutations`` random splits."""
+    histogram = [s for s in tested if not s.relative]
+    relative = [s for s in tested if s.relative]
+    first = observed[tested[0].name]
+    n_ref, n_units = first.n_ref_units, first.counts.shape[0]
+    blocks = [observed[s.name].counts for s in histogram]
+    widths = np.cumsum([0] + [b.shape[1] for b in blocks])
+    data = np.hstack(blocks) if blocks else np.zeros((n_units, 0))
+    total = data.sum(axis=0)
+    keyed = {id(observed[s.name]): observed[s.name] for s in relative}  # item signals share one matrix
+    transposed = {k: (o.counts.T.tocsr(), o.raw.T.tocsr()) for k, o in keyed.items()}
+    widest = max([m.shape[0] for m, _ in transposed.values()], default=1)
+    chunk = int(max(1, min(250, PERMUTATION_CELLS // max(widest, 1))))
+
+    observed_pick = np.zeros((1, n_units))
+    observed_pick[0, :n_ref] = 1.0
+    b_total = settings.permutations
+    scores = np.empty((b_total + 1, len(tested)))
+    column = {s.name: j for j, s in enumerate(tested)}
+    for start in range(0, b_total + 1, chunk):
+        b = min(chunk, b_total + 1 - start)
+        pick = _random_picks(rng, b - (start == 0), n_units, n_ref)
+        if start == 0:
+            pick = np.vstack([observed_pick, pick])
+        ref_h = pick @ data
+        for s, a, c in zip(histogram, widths, widths[1:]):
+            scores[start : start + b, column[s.name]] = _distance(s, observed[s.name], ref_h[:, a:c], total[a:c] - ref_h[:, a:c])
+        for key, (weighted_t, raw_t) in transposed.items():
+            counts = _ItemCounts(weighted_t, raw_t, pick)
+            for s in relative:
+                if id(observed[s.name]) == key:
+                    scores[start : start + b, column[s.name]] = _relative_score(s, counts, settings)
+    for s in relative:
+        if s.method == "share_gap":  # two-sided: distance from the no-drift gap
+            j = column[s.name]
+            scores[:, j] = np.abs(scores[:, j] - scores[1:, j].mean())
+    return scores[0], scores[1:]
+
+
+def _random_picks(rng: np.random.Generator, b: int, n_units: int, n_ref: int) -> np.ndarray:
+    """``b`` random 0/1 rows with ``n_ref`` ones: which units sit on the reference side."""
+    pick = np.zeros((b, n_units))
+    if b == 0:
+        return pick
+    keys = rng.random((b, n_units))
+    idx = np.argpartition(keys, n_ref - 1, axis=1)[:, :n_ref] if n_ref < n_units else np.tile(np.arange(n_units), (b, 1))
+    np.put_along_axis(pick, idx, 1.0, axis=1)
+    return pick
+
+
+class _ItemCounts:
+    """Reference and current item counts of a batch of splits, (B x items), computed once per batch."""
+
+    def __init__(self, weighted_t: sp.csr_matrix, raw_t: sp.csr_matrix, pick: np.ndarray) -> None:
+        self.ref = np.asarray(weighted_t @ pick.T).T
+        self.cur = np.asarray(weighted_t.sum(axis=1)).ravel() - self.ref
+        self._raw_t, self._pick = raw_t, pick
+
+    @property
+    def raw(self) -> tuple[np.ndarray, np.ndarray]:
+        ref = np.asarray(self._raw_t @ self._pick.T).T
+        return ref, np.asarray(self._raw_t.sum(axis=1)).ravel() - ref
+
+
+def _relative_score(signal: Signal, counts: _ItemCounts, settings: DriftSettings) -> np.ndarray:
+    """Per split of the batch: a signal whose bins are defined by the reference side's items."""
+    ref, cur = counts.ref, counts.cur
+    cur_total = cur.sum(axis=1)
+    ok = (cur_total > 0) & (ref.sum(axis=1) > 0)
+    safe_total = np.where(ok, cur_total, 1.0)
+    if signal.name == "new_item_share":
+        return np.where(ok, (cur * (ref <= 0)).sum(axis=1) / safe_total, 0.0)
+    if signal.name == "rising_item_share":
+        ref_n, cur_n = counts.raw
+        expected = ref_n * (cur_n.sum(axis=1, keepdims=True) / np.maximum(ref_n.sum(axis=1, keepdims=True), 1.0))
+        rising = (cur_n >= settings.rising_min_users) & (cur_n >= settings.rising_factor * expected)
+        return np.where(ok, (cur * rising).sum(axis=1) / safe_total, 0.0)
+    order = np.argsort(-ref, axis=1, kind="stable")  # most popular reference item first
+    if signal.name == "top_items_share":
+        top = order[:, : min(settings.top_items, ref.shape[1])]
+        ref_share = np.take_along_axis(ref, top, axis=1).sum(axis=1) / np.maximum(ref.sum(axis=1), 1e-300)
+        cur_share = np.take_along_axis(cur, top, axis=1).sum(axis=1) / np.maximum(cur_total, 1e-300)
+        return np.where(ok, cur_share - ref_share, 0.0)
+    seen = ref > 0  # deciles of the items the reference saw, by popularity rank
+    n_seen = seen.sum(axis=1, keepdims=True)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(ref.shape[1])[None, :].repeat(len(ref), axis=0), axis=1)
+    decile = np.clip(np.ceil((rank + 1) / np.maximum(n_seen, 1) * 10), 1, 10).astype(int) - 1
+    cell = (np.arange(len(ref))[:, None] * 10 + decile)[seen]
+    ref_h = np.bincount(cell, weights=ref[seen], minlength=len(ref) * 10).reshape(len(ref), 10)
+    cur_h = np.bincount(cell, weights=cur[seen], minlength=len(ref) * 10).reshape(len(ref), 10)
+    return _distance(signal, None, ref_h, cur_h)
+
+
+def _distance(signal: Signal, obs: _Observed | None, ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
     """Distance per row of the (B x K) weighted histograms ``ref`` and ``cur``; 0 when a side is empty."""
     rs, cs = ref.sum(axis=1, keepdims=True), cur.sum(axis=1, keepdims=True)
     ok = (rs[:, 0] > 0) & (cs[:, 0] > 0)
     p = np.divide(ref, rs, out=np.zeros_like(ref), where=rs > 0)
     q = np.divide(cur, cs, out=np.zeros_like(cur), where=cs > 0)
+    if signal.method == "share":  # one-sided: the current window's first-bin share above the reference's
+        return np.where(ok, q[:, 0] - p[:, 0], 0.0)
     if signal.method == "jensenshannon":
         m = (p + q) / 2
         kl = _xlogy(p, p, m) + _xlogy(q, q, m)
@@ -583,15 +828,19 @@ def _write_files(report: DriftReport, tested: list[Signal], observed: dict[str, 
     from evidently.metrics import ValueDrift
 
     thresholds = {r.name: r.threshold for r in report.signals}
+    drawn = [s for s in tested if _labels(s, observed[s.name], "ref") is not None]
     frames = {}
     for side in ("ref", "cur"):
-        cols = {s.name: pd.Series(observed[s.name].labels[side]) for s in tested}
-        frames[side] = pd.DataFrame(cols)
+        frames[side] = pd.DataFrame({s.name: pd.Series(_labels(s, observed[s.name], side)) for s in drawn})
     definition = DataDefinition(
-        numerical_columns=[s.name for s in tested if not s.categorical],
-        categorical_columns=[s.name for s in tested if s.categorical],
+        numerical_columns=[s.name for s in drawn if not s.categorical],
+        categorical_columns=[s.name for s in drawn if s.categorical],
     )
-    metrics = [ValueDrift(column=s.name, method=s.method, threshold=max(thresholds[s.name], 1e-9)) for s in tested]
+    metrics = [
+        ValueDrift(column=s.name, method="z") if s.method.startswith("share")
+        else ValueDrift(column=s.name, method=s.method, threshold=max(thresholds[s.name], 1e-9))
+        for s in drawn
+    ]
     snapshot = Report(metrics, tags=["drift"]).run(
         Dataset.from_pandas(frames["cur"], data_definition=definition),
         Dataset.from_pandas(frames["ref"], data_definition=definition),
@@ -601,6 +850,12 @@ def _write_files(report: DriftReport, tested: list[Signal], observed: dict[str, 
     json_path = _write_atomic(out_dir / "drift.json", json.dumps(payload, indent=1, default=str))
     html_path = _write_atomic(out_dir / "drift.html", snapshot.get_html_str(as_iframe=False))
     return str(json_path), str(html_path)
+
+
+def _labels(signal: Signal, obs: _Observed, side: str) -> np.ndarray | None:
+    """Per-row values Evidently draws for ``signal`` on ``side``; None when it has no reference analogue."""
+    prefix = {"item_popularity_decile": "decile_", "top_items_share": "top_", "new_item_share": "new_"}.get(signal.name, "")
+    return obs.labels.get(prefix + side)
 
 
 def _write_atomic(path: Path, text: str) -> Path:

@@ -56,7 +56,9 @@ class DriftSettings(BaseModel):
     )
     minor_share: float = Field(0.2, ge=0, le=1, description="Share of drifted signals for severity 'minor'.")
     major_share: float = Field(0.5, ge=0, le=1, description="Share of drifted signals for severity 'major'.")
-    alpha: float = Field(0.01, gt=0, lt=1, description="Family-wise false-alarm rate of one check (all signals together).")
+    alpha: float = Field(
+        0.03, gt=0, lt=1, description="Family-wise false-alarm rate of one check (all signals together); keeps FPR under 0.05."
+    )
     permutations: int = Field(1000, ge=20, description="User permutations that calibrate the thresholds.")
     min_users: int = Field(10, ge=2, description="A signal is tested only with at least this many users on each side.")
     max_units: int = Field(2000, ge=10, description="Above this many users a side's users are pooled into this many random groups.")
