@@ -102,21 +102,22 @@ class ScheduleSettings(BaseModel):
     kb_neighbours: int = Field(3, ge=1, description="Past runs a knowledge-base suggestion averages.")
     decay: str = Field("cosine", pattern="^(cosine|linear|none)$", description="Base decay over the epoch budget.")
     decay_floor: float = Field(0.1, gt=0, le=1, description="Final base-decay multiplier for reference data (raised for sparse or drifted data).")
-    rate_boost: float = Field(
-        2.0, gt=0, description="Starting rates over the train section's: the controller cuts them on plateaus, so it starts high."
-    )
+    rate_boost: float = Field(1.0, gt=0, description="Starting rates over the train section's, before the data rules.")
     trend_gini: float = Field(0.5, ge=0, le=1, description="Popularity Gini from which dense data counts as strongly trending.")
     trend_boost: float = Field(1.5, ge=1, description="Extra dense rate for dense, strongly trending data.")
     reference_density: float = Field(0.03, gt=0, le=1, description="Density at and above which data counts as dense.")
     reference_per_item: float = Field(40.0, gt=0, description="Interactions per item the base embedding rate suits.")
     target_examples: int = Field(800_000, ge=1, description="Examples a run should see; sizes the epoch budget of small windows.")
     min_epochs: int = Field(3, ge=1, description="No early stop before this many epochs.")
-    patience: int = Field(2, ge=1, description="Validation cycles without gain that make a plateau.")
+    patience: int = Field(3, ge=1, description="Validation cycles without gain that make a plateau.")
     improve_cycles: int = Field(2, ge=1, description="Consecutive improving cycles that count as sustained improvement.")
     plateau_tol: float = Field(0.005, ge=0, description="Relative validation gain below which a cycle is no improvement.")
     rollback_tol: float = Field(0.03, ge=0, description="Relative validation loss after a change that undoes the change.")
     max_change: float = Field(2.0, gt=1, description="Largest multiplicative rate change of one decision.")
     cooldown: int = Field(1, ge=0, description="Validation cycles after a change before the next one.")
+    smoothing: float = Field(
+        0.5, gt=0, le=1, description="EMA weight of a new validation value in the plateau cues (1: none; metrics are noisy)."
+    )
     validation_share: float = Field(
         0.1, gt=0, lt=0.5, description="Latest share of the training history held out to steer the controller."
     )

@@ -62,6 +62,8 @@ class TrainResult:
     trace: str | None = None  # trace.json: step signals, epoch validation, scheduler events and plan
     best_validation: float | None = None
     best_epoch: int | None = None  # 1-based epoch whose weights were kept
+    step_seconds: float = 0.0  # the optimisation steps alone (no validation, no checkpoints)
+    scheduler_seconds: float = 0.0  # of which the adaptive scheduler (signals, decisions, snapshots)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "epoch_losses": list(self.epoch_losses)}
@@ -308,6 +310,7 @@ def train(
         batch_size = resumed.get("batch_size", batch_size)
         log.info("resumed after epoch %d from %s", first_epoch, epoch_checkpoint_path(out_dir))
     loop_started = time.perf_counter()
+    step_seconds = sched_seconds = 0.0
     for epoch in range(first_epoch, settings.epochs):
         if sched is not None and sched.should_stop:
             break
@@ -321,26 +324,36 @@ def train(
                 loss, _ = dmp(user_kjt.to(dev), snapshots[int(examples.period[idx[0]])], target.to(dev))
             loss.backward()
             value = float(loss.detach())
+            sched_started = time.perf_counter()
             signals = step_signals(epoch, steps, value, dense_params, tower, opt)
-            if sched is None or sched.observe(value, len(idx), signals.dense_grad_norm):
+            proceed = sched is None or sched.observe(value, len(idx), signals.dense_grad_norm)
+            sched_seconds += time.perf_counter() - sched_started
+            if proceed:
                 opt.step()
                 total += value * len(idx)
                 counted += len(idx)
             if sched is not None:
+                sched_started = time.perf_counter()
                 sched.step()
+                sched_seconds += time.perf_counter() - sched_started
             steps += 1
+            step_seconds += time.perf_counter() - step_started
             trace.add_step(signals)
             for cb in callbacks:
                 cb.on_step(signals, opt)
             if resource is not None:
                 resource.observe_step(time.perf_counter() - step_started, len(idx))
+        if sched is not None and not all_finite(dmp):
+            sched.recover("nonfinite_weights", math.nan)  # e.g. a NaN written after the epoch's last loss
         losses.append(mean_across_ranks(total, counted))
         log.info("epoch %d loss %.4f", epoch + 1, losses[-1])
         score = None
         if callbacks or validate or sched is not None:
             score = validate(unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim)) if validate else None
             if sched is not None:
+                sched_started = time.perf_counter()
                 sched.epoch_end(score, losses[-1])
+                sched_seconds += time.perf_counter() - sched_started
             for cb in callbacks:
                 cb.on_epoch_end(EpochSignals(epoch, losses[-1], score), opt)
         if resource is not None and sched is not None:
@@ -364,7 +377,7 @@ def train(
     best = (sched.best, sched.best_epoch + 1) if sched is not None and sched.best_epoch >= 0 else (None, None)
     return TrainResult(
         str(path), len(examples), steps, tuple(losses), time.perf_counter() - started, loop_seconds,
-        str(trace_path), best[0], best[1],
+        str(trace_path), best[0], best[1], step_seconds, sched_seconds,
     )
 
 

@@ -64,6 +64,7 @@ def calibrate(
         dense_lr=t.dense_lr, sparse_lr=t.sparse_lr, batch_size=t.batch_size, max_epochs=t.epochs,
         decay=s.decay, patience=s.patience, plateau_tol=s.plateau_tol, rollback_tol=s.rollback_tol,
         max_change=s.max_change, cooldown=s.cooldown, min_epochs=s.min_epochs, improve_cycles=s.improve_cycles,
+        smoothing=s.smoothing,
     )
     per_item = n / items
     sparsity = min(max(s.reference_per_item / per_item, 0.5), 4.0)
@@ -71,7 +72,7 @@ def calibrate(
     plan = plan.with_reason(
         "sparse_lr", sparse_lr,
         f"{per_item:.0f} interactions per item vs {s.reference_per_item:.0f} in the reference: "
-        f"embedding rate x{s.rate_boost * math.sqrt(sparsity):.2f} (boost {s.rate_boost} for a short run x sqrt of the sparsity ratio)",
+        f"embedding rate x{s.rate_boost * math.sqrt(sparsity):.2f} (rate boost {s.rate_boost} x sqrt of the sparsity ratio)",
     )
     trend = gini >= s.trend_gini and density >= s.reference_density
     dense_lr = t.dense_lr * s.rate_boost * (s.trend_boost if trend else 1.0)

@@ -160,6 +160,8 @@ class AdaptiveScheduler:
         self.validations: list[float] = []
         self.train_losses: list[float] = []
         self.best = -math.inf
+        self.smoothed: float | None = None
+        self.smooth_best = -math.inf
         self.best_epoch = -1
         self.since_improvement = 0
         self.improving_streak = 0
@@ -269,7 +271,7 @@ class AdaptiveScheduler:
         if math.isfinite(reading.grad_norm):
             self.grad_norm_short = _ema(self.grad_norm_short, reading.grad_norm, 0.1)
         if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
-            self._recover_from_nonfinite(loss)
+            self.recover("nonfinite_loss", loss)
             return False
         self._track_probes(reading)
         if self.components.momentum and reading.grad_norm > self.limits.grad_spike * reading.grad_norm_long > 0:
@@ -433,7 +435,8 @@ class AdaptiveScheduler:
             self.cooldown = self.plan.cooldown
         return True
 
-    def _recover_from_nonfinite(self, loss: float) -> None:
+    def recover(self, trigger: str, value: float) -> None:
+        """Restores the latest snapshot and halves the rate (a non-finite loss or weights)."""
         old = self.lrs()
         restored = self.snapshot is not None and self.components.rollback and (self._last_good or self._best_snapshot)
         if restored:
@@ -442,8 +445,8 @@ class AdaptiveScheduler:
         self.rollbacks += 1
         self._apply()
         what = "restored the last snapshot" if restored else "no snapshot yet: skipped the step"
-        self._event("rollback", "nonfinite_loss", loss, None, {f"{k}_lr": (old[k], v) for k, v in self.lrs().items()},
-                    f"loss was {loss}; {what} and halved the rate")
+        self._event("rollback", trigger, value, None, {f"{k}_lr": (old[k], v) for k, v in self.lrs().items()},
+                    f"{trigger.replace('_', ' ')} ({value}); {what} and halved the rate")
 
     def _stop(self, trigger: str, value: float, threshold: float, why: str) -> None:
         self.should_stop = True
@@ -452,12 +455,15 @@ class AdaptiveScheduler:
     # -- signals ---------------------------------------------------------------------------------
 
     def _track_best(self, validation: float) -> None:
-        if self.best == -math.inf or validation > self.best + self.plan.plateau_tol * abs(self.best):
+        """Plateau and streak cues read the smoothed metric; the kept weights are those of the best raw value."""
+        self.smoothed = validation if self.smoothed is None else _ema(self.smoothed, validation, self.plan.smoothing)
+        if self.smooth_best == -math.inf or self.smoothed > self.smooth_best + self.plan.plateau_tol * abs(self.smooth_best):
             self.since_improvement = 0
             self.improving_streak += 1
         else:
             self.since_improvement += 1
             self.improving_streak = 0
+        self.smooth_best = max(self.smooth_best, self.smoothed)
         if validation > self.best:
             self.best, self.best_epoch = validation, self.epoch - 1
             if self.snapshot is not None:

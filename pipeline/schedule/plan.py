@@ -43,6 +43,8 @@ class SchedulePlan:
         rollback_tol: relative loss of validation after a change that undoes it.
         max_change: largest multiplicative change of a rate in one decision.
         cooldown: validation cycles after a change before the next one.
+        smoothing: EMA weight of a new validation value in the plateau cues (1: no smoothing);
+            per-epoch ranking metrics are noisy, and a plateau read off noise cuts rates too early.
         source: "rules" or "knowledge_base".
         reasons: one Reason per field that was set from the data or past runs.
     """
@@ -63,6 +65,7 @@ class SchedulePlan:
     rollback_tol: float = 0.02
     max_change: float = 2.0
     cooldown: int = 1
+    smoothing: float = 1.0
     source: str = "rules"
     reasons: tuple[Reason, ...] = ()
 
@@ -71,6 +74,8 @@ class SchedulePlan:
             raise ValueError(f"decay must be one of {', '.join(DECAY_STYLES)}, got {self.decay!r}")
         if self.max_change <= 1:
             raise ValueError(f"max_change must be > 1, got {self.max_change}")
+        if not 0 < self.smoothing <= 1:
+            raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
         if not 0 < self.decay_floor <= 1:
             raise ValueError(f"decay_floor must be in (0, 1], got {self.decay_floor}")
 

@@ -1,0 +1,367 @@
+"""Scheduler benchmark: the adaptive scheduler against library schedules and a grid search.
+
+Protocol: the quality protocol of bench/quality.py (MovieLens-100K, global temporal
+split at the 80% quantile for test, validation carved from the end of training at
+the 87.5% quantile of the training part). Every run trains on the fit part, is
+validated each epoch on the validation part (the only signal a schedule may read) and
+is scored on the test part each epoch (for epochs-to-95, never for decisions).
+
+Regimes: ``movielens`` (as is), ``sparse`` (half the fit interactions removed at
+random), ``drifted`` (from the 60% time quantile on, half the users swap their most-
+and least-watched genres: the drift sandbox's taste change, so the latest training
+data, validation and test live in the new regime).
+
+Methods: ``adaptive`` (calibrate from the fit part's profile + AdaptiveScheduler, no
+knowledge base), ``constant``, ``cosine`` (CosineAnnealingLR over the budget),
+``onecycle`` (OneCycleLR with the base rates as max_lr) and ``plateau``
+(ReduceLROnPlateau on validation NDCG), each at its library defaults and the train
+section's rates and 16-epoch budget; a grid of 4 rate multipliers x 3 schedules
+(constant, cosine, step). ``ndcg10`` is the test NDCG@10 of the model a run ends with
+(for adaptive: the weights it kept). ``epochs_to_95``: first epoch whose test NDCG@10
+reaches 95% of the regime's grid best (null: never).
+
+Costs are kept to what this 2-core machine allows: the grid and the ablations run one
+seed (0); adaptive and the four library schedules run three seeds. Runs go to two
+worker processes with one thread each; finished runs are appended to
+``bench/results/scheduler_runs.jsonl`` so an interrupted benchmark resumes.
+
+Writes bench/results/scheduler.json and bench/results/scheduler.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+RUNS = RESULTS / "scheduler_runs.jsonl"
+REGIMES = ("movielens", "sparse", "drifted")
+DEFAULTS = ("constant", "cosine", "onecycle", "plateau")
+GRID_RATES = (0.5, 1.0, 2.0, 4.0)
+GRID_SCHEDULES = ("constant", "cosine", "step")
+ABLATIONS = ("calibration", "curvature", "weight_decay", "rollback", "knowledge_base", "resource")
+SEEDS = (0, 1, 2)
+EPOCHS = 16
+
+
+@lru_cache(maxsize=None)
+def regime_data(regime: str):
+    """(fit, validation, test, catalogue) of a regime; seeded, so every worker builds the same."""
+    import numpy as np
+
+    from bench.quality import frames, temporal_split
+
+    inter, catalogue = frames()
+    if regime == "drifted":
+        inter = drifted(inter, catalogue)
+    train_all, test = temporal_split(inter, 0.8)
+    fit, val = temporal_split(train_all, 0.875)
+    if regime == "sparse":
+        keep = np.random.default_rng(0).random(len(fit)) >= 0.5
+        fit = fit[keep]
+        val = val[val["user_id"].isin(fit["user_id"]) & val["item_id"].isin(fit["item_id"])]
+        test = test[test["user_id"].isin(fit["user_id"]) & test["item_id"].isin(fit["item_id"])]
+    return fit.reset_index(drop=True), val, test, catalogue
+
+
+def drifted(inter, catalogue):
+    """Taste change (drift sandbox, half the users) on every interaction from the 60% time quantile on."""
+    import pandas as pd
+
+    from pipeline import simulate
+
+    cut = inter["timestamp"].quantile(0.6)
+    log = inter.merge(catalogue, on="item_id", how="left")
+    before, after = log[log["timestamp"] < cut], log[log["timestamp"] >= cut]
+    items = simulate.catalogue(log)
+    after = simulate.inject(after, [simulate.taste_change(0.5)], seed=0, items=items)
+    out = pd.concat([before, after], ignore_index=True).sort_values("timestamp", kind="stable")
+    return out[inter.columns].reset_index(drop=True)
+
+
+class TorchSchedule:
+    """A torch.optim.lr_scheduler on the trainer's combined optimizer, stepped per step or per epoch."""
+
+    def __init__(self, kind: str, steps_per_epoch: int, epochs: int = EPOCHS):
+        self.kind, self.steps_per_epoch, self.epochs, self.sched = kind, steps_per_epoch, epochs, None
+
+    def on_train_begin(self, optimizer):
+        import torch.optim.lr_scheduler as lrs
+
+        total = self.steps_per_epoch * self.epochs
+        base = [g["lr"] for g in optimizer.param_groups]
+        self.sched = {
+            "constant": lambda: None,
+            "cosine": lambda: lrs.CosineAnnealingLR(optimizer, T_max=total),
+            "step": lambda: lrs.StepLR(optimizer, step_size=int(total * 2 / 3), gamma=0.1),
+            "onecycle": lambda: lrs.OneCycleLR(optimizer, max_lr=base, total_steps=total + 1),
+            "plateau": lambda: lrs.ReduceLROnPlateau(optimizer, mode="max"),
+        }[self.kind]()
+
+    def on_step(self, signals, optimizer):
+        if self.sched is not None and self.kind != "plateau":
+            self.sched.step()
+
+    def on_epoch_end(self, signals, optimizer):
+        if self.kind == "plateau" and signals.validation is not None:
+            self.sched.step(signals.validation)
+
+
+def run(task: dict) -> dict:
+    """One training run; returns per-epoch validation/test NDCG@10 and costs."""
+    import torch
+
+    torch.set_num_threads(1)
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    from pipeline.evaluate import evaluate
+    from pipeline.profile import profile
+    from pipeline.schedule import Components, KnowledgeBase, Record, calibrate
+    from pipeline.schedule.knowledge import features
+    from pipeline.schedule.plan import SchedulePlan
+    from pipeline.schedule.resource import ResourceController
+    from pipeline.settings import ScheduleSettings, TrainSettings
+    from pipeline.train import load_checkpoint, train
+
+    fit, val, test, catalogue = regime_data(task["regime"])
+    base = TrainSettings(seed=task["seed"], epochs=EPOCHS)
+    curve: list[tuple[float, float]] = []
+
+    def validate(model) -> float:
+        v, t = evaluate(model, fit, val).ndcg, evaluate(model, fit, test).ndcg
+        curve.append((v, t))
+        return v
+
+    plan, callbacks, components, resource = None, [], Components(), None
+    method, off = task["method"], task.get("off")
+    settings = base
+    if method in ("adaptive", "ablation", "kb_warm"):
+        prof = profile(fit).to_dict()
+        drift = {"severity": "minor", "drifted_share": 0.3} if task["regime"] == "drifted" else None
+        kb = None
+        if method == "kb_warm":
+            kb = KnowledgeBase([Record.from_dict(r) for r in task["kb"]])
+        plan = calibrate(prof, drift, kb, ScheduleSettings(), base)
+        if off == "calibration":
+            plan = SchedulePlan(dense_lr=base.dense_lr, sparse_lr=base.sparse_lr, batch_size=base.batch_size,
+                                max_epochs=EPOCHS, smoothing=ScheduleSettings().smoothing, patience=ScheduleSettings().patience)
+        if off in ("curvature", "weight_decay", "rollback"):
+            components = replace(components, **{off: False})
+        if off != "resource":
+            resource = ResourceController()
+        task_features = features(prof, 0.3 if drift else 0.0)
+    else:
+        rate = task.get("rate", 1.0)
+        settings = base.model_copy(update={"dense_lr": base.dense_lr * rate, "sparse_lr": base.sparse_lr * rate})
+        steps = math.ceil(len(fit) / base.batch_size)
+        callbacks = [TorchSchedule(task["schedule"], steps)]
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        result = train(fit, catalogue, Path(tmp), settings, progress=False, callbacks=callbacks,
+                       validate=validate, plan=plan, components=components, resource=resource)
+        seconds = time.perf_counter() - started
+        final = evaluate(load_checkpoint(Path(result.checkpoint)), fit, test).ndcg
+        trace = json.loads(Path(result.trace).read_text())
+    out = {
+        **{k: v for k, v in task.items() if k != "kb"},
+        "ndcg10": final,
+        "epochs": len(result.epoch_losses),
+        "val_curve": [v for v, _ in curve],
+        "test_curve": [t for _, t in curve],
+        "train_s": seconds,
+        "step_s": result.step_seconds,
+        "scheduler_s": result.scheduler_seconds,
+        "events": len(trace["events"]),
+    }
+    if plan is not None:
+        from pipeline.schedule.knowledge import explore_rates
+
+        dense, sparse = explore_rates(trace) or (plan.dense_lr, plan.sparse_lr)
+        out["plan"] = {k: v for k, v in plan.to_dict().items() if k != "reasons"}
+        out["record"] = Record(task_features, dense, sparse, best_epoch=int(result.best_epoch or out["epochs"]),
+                               epochs=out["epochs"], validation=float(result.best_validation or 0.0),
+                               regime=task["regime"]).to_dict()
+        out["event_log"] = [{k: e[k] for k in ("epoch", "stage", "action", "trigger")} for e in trace["events"]]
+    return out
+
+
+def key(task: dict) -> str:
+    return json.dumps({k: v for k, v in task.items() if k != "kb"}, sort_keys=True)
+
+
+def tasks_main() -> list[dict]:
+    tasks = []
+    for regime in REGIMES:
+        for seed in SEEDS:
+            tasks.append({"regime": regime, "method": "adaptive", "seed": seed})
+            for kind in DEFAULTS:
+                if kind in ("constant", "cosine") and seed == 0:
+                    continue  # the grid's rate-1 constant and cosine runs of seed 0 are these
+                tasks.append({"regime": regime, "method": "default", "schedule": kind, "seed": seed})
+        for rate in GRID_RATES:
+            for kind in GRID_SCHEDULES:
+                tasks.append({"regime": regime, "method": "grid", "schedule": kind, "rate": rate, "seed": 0})
+        for off in ABLATIONS:
+            if off != "knowledge_base":
+                tasks.append({"regime": regime, "method": "ablation", "off": off, "seed": 0})
+    return tasks
+
+
+def execute(tasks: list[dict], workers: int, done: dict[str, dict]) -> None:
+    from tqdm import tqdm
+
+    todo = [t for t in tasks if key(t) not in done]
+    if not todo:
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool, RUNS.open("a") as log:
+        futures = {pool.submit(run, t): t for t in todo}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="scheduler bench runs"):
+            res = fut.result()
+            done[key(futures[fut])] = res
+            log.write(json.dumps(res) + "\n")
+            log.flush()
+
+
+def summarise(done: dict[str, dict]) -> dict:
+    runs = list(done.values())
+    out: dict = {"regimes": {}, "protocol": __doc__.split("\n\n")[1].replace("\n", " ")}
+    overheads = []
+    for regime in REGIMES:
+        mine = [r for r in runs if r["regime"] == regime]
+        grid = {(r["schedule"], r["rate"]): r for r in mine if r["method"] == "grid"}
+        grid_best = max(r["ndcg10"] for r in grid.values())
+        target = 0.95 * grid_best
+
+        def to95(r):
+            return next((i + 1 for i, t in enumerate(r["test_curve"]) if t >= target), None)
+
+        def entry(rs):
+            reached = [to95(r) for r in rs]
+            return {
+                "ndcg10": statistics.mean(r["ndcg10"] for r in rs),
+                "ndcg10_std": statistics.pstdev(r["ndcg10"] for r in rs),
+                "epochs_to_95": statistics.mean(x for x in reached) if all(x is not None for x in reached) else None,
+                "epochs_to_95_runs": reached,
+                "epochs": statistics.mean(r["epochs"] for r in rs),
+                "train_s": statistics.mean(r["train_s"] for r in rs),
+                "seeds": len(rs),
+            }
+
+        reg = {"grid_best_ndcg10": grid_best, "grid_best_config": max(grid, key=lambda k: grid[k]["ndcg10"]),
+               "grid_total_epochs": sum(r["epochs"] for r in grid.values()),
+               "grid": {f"{s}@x{rate}": g["ndcg10"] for (s, rate), g in grid.items()}}
+        adaptive = [r for r in mine if r["method"] == "adaptive"]
+        reg["adaptive"] = entry(adaptive)
+        overheads += [r["scheduler_s"] / r["step_s"] for r in adaptive if r["step_s"] > 0]
+        for kind in DEFAULTS:
+            rs = [r for r in mine if r["method"] == "default" and r["schedule"] == kind]
+            if kind in ("constant", "cosine"):
+                rs.append(grid[(kind, 1.0)])
+            reg[kind] = entry(rs)
+        reg["ablations"] = {
+            r["off"]: {"ndcg10": r["ndcg10"], "epochs": r["epochs"], "epochs_to_95": to95(r)}
+            for r in mine if r["method"] == "ablation"
+        }
+        adaptive0 = next(r for r in adaptive if r["seed"] == 0)
+        reg["ablations"]["none (all on, seed 0)"] = {"ndcg10": adaptive0["ndcg10"], "epochs": adaptive0["epochs"],
+                                                     "epochs_to_95": to95(adaptive0)}
+        warm = [r for r in mine if r["method"] == "kb_warm"]
+        if warm:
+            reg["ablations"]["knowledge_base (warm start)"] = {"ndcg10": warm[0]["ndcg10"], "epochs": warm[0]["epochs"],
+                                                             "epochs_to_95": to95(warm[0])}
+            reg["kb_warm_epochs_to_95"], reg["kb_cold_epochs_to_95"] = to95(warm[0]), to95(adaptive0)
+        a, p = reg["adaptive"], reg["plateau"]
+        reg["goals"] = {
+            "ndcg_vs_grid_best": a["ndcg10"] / grid_best,
+            "beats_every_default": all(a["ndcg10"] >= reg[k]["ndcg10"] for k in DEFAULTS),
+            "epochs_to_95_vs_plateau": (a["epochs_to_95"] / p["epochs_to_95"])
+            if a["epochs_to_95"] and p["epochs_to_95"] else None,
+        }
+        out["regimes"][regime] = reg
+    out["overhead"] = statistics.mean(overheads) if overheads else None
+    warm_cold = [(r["kb_warm_epochs_to_95"], r["kb_cold_epochs_to_95"]) for r in out["regimes"].values()
+                 if r.get("kb_warm_epochs_to_95") and r.get("kb_cold_epochs_to_95")]
+    out["kb_warm_vs_cold_epochs_ratio"] = (sum(w for w, _ in warm_cold) / sum(c for _, c in warm_cold)) if warm_cold else None
+    return out
+
+
+def plot(summary: dict, done: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(REGIMES), figsize=(5 * len(REGIMES), 3.6), sharey=True)
+    for ax, regime in zip(axes, REGIMES):
+        for method, kind, style in (("adaptive", None, "-"), *(("default", k, "--") for k in DEFAULTS)):
+            rs = [r for r in done.values() if r["regime"] == regime and r["seed"] == 0 and r["method"] in (method, "grid")
+                  and (kind is None or (r.get("schedule") == kind and r.get("rate", 1.0) == 1.0))]
+            rs = [r for r in rs if (r["method"] == "adaptive") == (method == "adaptive")]
+            if rs:
+                ax.plot(range(1, len(rs[0]["test_curve"]) + 1), rs[0]["test_curve"], style, label=kind or "adaptive")
+        ax.axhline(0.95 * summary["regimes"][regime]["grid_best_ndcg10"], color="grey", lw=0.8, ls=":",
+                   label="95% of grid best")
+        ax.set_title(regime)
+        ax.set_xlabel("epoch")
+    axes[0].set_ylabel("test NDCG@10 (seed 0)")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--fresh", action="store_true", help="forget finished runs and start over")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.fresh:
+        RUNS.unlink(missing_ok=True)
+    done = {}
+    if RUNS.exists():
+        for line in RUNS.read_text().splitlines():
+            r = json.loads(line)
+            done[key({k: v for k, v in r.items() if k in ("regime", "method", "schedule", "rate", "seed", "off")})] = r
+    started = time.perf_counter()
+    execute(tasks_main(), args.workers, done)
+    # Knowledge base: each regime starts from the records of the other regimes' adaptive runs.
+    warm = []
+    for regime in REGIMES:
+        kb = [r["record"] for r in done.values() if r["method"] == "adaptive" and r["regime"] != regime]
+        warm.append({"regime": regime, "method": "kb_warm", "seed": 0, "kb": kb})
+    execute(warm, args.workers, done)
+    summary = summarise(done)
+    summary["bench_s"] = time.perf_counter() - started
+    (RESULTS / "scheduler.json").write_text(json.dumps(summary, indent=2))
+    plot(summary, done, RESULTS / "scheduler.png")
+    for regime, reg in summary["regimes"].items():
+        print(f"== {regime}: grid best {reg['grid_best_ndcg10']:.4f} ({reg['grid_best_config']}), "
+              f"grid epochs {reg['grid_total_epochs']}")
+        for m in ("adaptive", *DEFAULTS):
+            e = reg[m]
+            print(f"  {m:>9}: ndcg10 {e['ndcg10']:.4f} ± {e['ndcg10_std']:.4f}  epochs_to_95 {e['epochs_to_95']}  "
+                  f"epochs {e['epochs']:.1f}")
+        print("  goals:", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in reg["goals"].items()})
+        print("  ablations:", {k: round(v["ndcg10"], 4) for k, v in reg["ablations"].items()})
+    print(f"overhead {summary['overhead']}  kb_warm_vs_cold_epochs_ratio {summary['kb_warm_vs_cold_epochs_ratio']}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()

@@ -1,0 +1,142 @@
+"""The scheduler inside the TorchRec trainer: it reaches the fused embedding kernel, writes the trace,
+survives NaN, resumes from a checkpoint, and reacts to a slowdown."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.model import FeatureEncoder
+from pipeline.schedule import AdaptiveScheduler, SchedulePlan
+from pipeline.schedule.resource import ResourceController
+from pipeline.settings import TrainSettings
+from pipeline.train import Callback, load_checkpoint, train
+from tests.test_train import CrashAfter, item_table, one_step, sharded_task, synthetic_world
+
+SETTINGS = TrainSettings(embedding_dim=8, batch_size=64, seed=0)
+PLAN = SchedulePlan(dense_lr=0.01, sparse_lr=0.1, batch_size=64, warmup_steps=4, max_epochs=6, patience=1,
+                    min_epochs=2, decay="cosine")
+
+
+def second_step_update(scale: float | None) -> float:
+    """Size of the second embedding update, after the scheduler scaled every rate by ``scale``."""
+    history, catalogue = synthetic_world()
+    encoder = FeatureEncoder.fit(history, catalogue)
+    torch.manual_seed(0)
+    dmp, opt = sharded_task(encoder)
+    sched = AdaptiveScheduler(dict(opt.optimizers), SchedulePlan(warmup_steps=0), model=dmp)
+    one_step(dmp, opt, encoder, history, catalogue)
+    if scale is not None:
+        sched.scale_rates(scale, "lr_down", "test", scale, 1.0, {}, "test")
+    before = item_table(dmp)
+    one_step(dmp, opt, encoder, history, catalogue)
+    return float((item_table(dmp) - before).norm())
+
+
+def test_a_scheduled_rate_change_changes_the_fused_embedding_update_itself():
+    unchanged, scaled = second_step_update(None), second_step_update(0.1)
+    assert scaled == pytest.approx(0.1 * unchanged, rel=0.05), "the fused kernel did not take the new rate"
+
+
+def genre_validation(history):
+    holdout, _ = synthetic_world(seed=1)
+
+    def validate(model) -> float:
+        from pipeline.evaluate import evaluate
+
+        return evaluate(model, history, holdout, k=5).ndcg
+
+    return validate
+
+
+def test_an_adaptive_run_writes_its_trace_with_events_and_keeps_its_best_weights(tmp_path):
+    history, catalogue = synthetic_world()
+    result = train(history, catalogue, tmp_path, SETTINGS, progress=False, validate=genre_validation(history), plan=PLAN)
+    trace = json.loads(Path(result.trace).read_text())
+    assert trace["plan"] == PLAN.to_dict()
+    assert len(trace["steps"]["loss"]) == result.n_steps
+    assert [e["epoch"] for e in trace["epochs"]] == list(range(len(result.epoch_losses)))
+    assert trace["events"][0]["action"] == "stage"
+    assert all({"step", "epoch", "stage", "trigger", "changes", "reason"} <= set(e) for e in trace["events"])
+    assert result.best_validation == max(e["validation"] for e in trace["epochs"])
+    assert len(result.epoch_losses) <= PLAN.max_epochs
+
+
+class PoisonWeights(Callback):
+    """Writes NaN into a dense layer after the given step: the next loss is NaN."""
+
+    def __init__(self, step: int):
+        self.step, self.dmp = step, None
+
+    def on_step(self, signals, optimizer):
+        if signals.step == self.step:
+            for _, opt in optimizer.optimizers:
+                if "betas" in opt.param_groups[0]:
+                    with torch.no_grad():
+                        opt.param_groups[0]["params"][0].fill_(float("nan"))
+
+
+@pytest.mark.parametrize("step, trigger", [(4, "nonfinite_loss"), (9, "nonfinite_weights")])  # mid-epoch, epoch's end
+def test_a_nan_mid_run_is_rolled_back_and_no_nan_model_is_saved(tmp_path, step, trigger):
+    history, catalogue = synthetic_world()
+    result = train(history, catalogue, tmp_path, SETTINGS, progress=False, validate=genre_validation(history),
+                   plan=PLAN, callbacks=[PoisonWeights(step=step)])
+    trace = json.loads(Path(result.trace).read_text())
+    nan_events = [e for e in trace["events"] if e["trigger"] == trigger]
+    assert nan_events and nan_events[0]["action"] == "rollback"
+    model = load_checkpoint(Path(result.checkpoint)).model
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert all(np.isfinite(result.epoch_losses))
+
+
+def test_an_interrupted_adaptive_run_resumes_to_the_same_result(tmp_path):
+    history, catalogue = synthetic_world()
+    validate = genre_validation(history)
+    straight = train(history, catalogue, tmp_path / "a", SETTINGS, progress=False, validate=validate, plan=PLAN)
+    with pytest.raises(KeyboardInterrupt):
+        train(history, catalogue, tmp_path / "b", SETTINGS, progress=False, validate=validate, plan=PLAN,
+              callbacks=[CrashAfter(2)])
+    resumed = train(history, catalogue, tmp_path / "b", SETTINGS, progress=False, validate=validate, plan=PLAN)
+    assert resumed.epoch_losses == pytest.approx(straight.epoch_losses, rel=1e-6)
+    a, b = (json.loads(Path(r.trace).read_text()) for r in (straight, resumed))
+    assert a["events"] == b["events"]
+    assert resumed.best_validation == pytest.approx(straight.best_validation)
+
+
+class SlowDown(Callback):
+    """Simulates a noisy neighbour: every step from ``epoch`` on takes ``seconds`` longer."""
+
+    def __init__(self, epoch: int, seconds: float):
+        self.epoch, self.seconds = epoch, seconds
+
+    def on_step(self, signals, optimizer):
+        if signals.epoch >= self.epoch:
+            time.sleep(self.seconds)
+
+
+def test_a_slowdown_makes_the_resource_controller_raise_the_batch_size_and_scale_the_rate(tmp_path):
+    history, catalogue = synthetic_world()
+    plan = SchedulePlan(dense_lr=0.01, sparse_lr=0.1, batch_size=32, warmup_steps=0, max_epochs=4, patience=5)
+    controller = ResourceController(tolerance=0.3)
+    result = train(history, catalogue, tmp_path, SETTINGS, progress=False, validate=genre_validation(history),
+                   plan=plan, callbacks=[SlowDown(epoch=1, seconds=0.05)], resource=controller)
+    trace = json.loads(Path(result.trace).read_text())
+    batch_events = [e for e in trace["events"] if e["action"] == "batch_size"]
+    assert batch_events, f"no reaction to the slowdown: {controller.history}"
+    event = batch_events[0]
+    assert event["trigger"] == "throughput" and event["value"] < event["threshold"]
+    assert event["changes"]["batch_size"] == [32.0, 64.0]
+    old, new = event["changes"]["dense_lr"]
+    assert new > old  # a bigger batch carries a higher rate (linear or square-root rule)
+    assert trace["epochs"][-1]["batch_size"] == 64 or trace["epochs"][-1]["batch_size"] == 128
+
+
+def test_the_batch_rate_rule_is_linear_below_the_noise_scale_and_square_root_above():
+    assert ResourceController.lr_factor(64, 128, noise_scale=1000.0) == pytest.approx(2.0)
+    assert ResourceController.lr_factor(64, 128, noise_scale=100.0) == pytest.approx(2**0.5)
+    assert ResourceController.lr_factor(128, 64, noise_scale=None) == pytest.approx(0.5**0.5)
