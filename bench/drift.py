@@ -5,10 +5,12 @@ detection rate (severity != "none") over ``--seeds`` seeds; the false-positive r
 ``--null-seeds`` no-drift pairs; and the wall time of one check on 100K and 1M rows
 (verdict only, no Evidently HTML; the HTML time on 100K rows is reported apart).
 
-Windows are weekly and drawn by ``no_drift_pair``: whole MovieLens sessions (a user's
-rows on one day) resampled into two consecutive weeks at the log's own session rate,
-so about 80 sessions and 3,000 rows a week, as in the real data. The drift is injected
-into the current week of the same pair a null seed uses.
+Windows are drawn by ``no_drift_pair`` as the cycle uses them: a reference of
+``DriftSettings.reference_days`` (four weeks) and a current week, made of whole
+MovieLens sessions (a user's rows on one day) resampled at the log's own session rate,
+so about 80 sessions, 70 users and 3,200 rows a week, as in the real data. The drift is
+injected into the current week of the same pair a null seed uses. What each magnitude
+means in plain terms is in ``pipeline.simulate.DRIFT_TYPES``'s docstring.
 
 Writes bench/results/drift.json and bench/results/drift.png.
 Run: .venv/bin/python bench/drift.py [--seeds 20] [--null-seeds 100]
@@ -47,7 +49,9 @@ def scaled_base(base: pd.DataFrame, copies: int) -> pd.DataFrame:
 
 def timed(base: pd.DataFrame, rows: int, settings: DriftSettings, out_dir: Path | None = None) -> tuple[float, int]:
     per_session = len(base) / base.groupby(["user_id", base["timestamp"].dt.floor("D")]).ngroups
-    reference, current = sim.no_drift_pair(base, 0, sessions=int(rows / 2 / per_session))
+    days = settings.reference_days
+    sessions = int(rows / per_session * 7 / (days + 7))  # rows in both windows together
+    reference, current = sim.no_drift_pair(base, 0, sessions=sessions, reference_days=days)
     start = time.perf_counter()
     check_drift(reference, current, out_dir, settings)
     return time.perf_counter() - start, len(reference) + len(current)
@@ -64,7 +68,8 @@ def main() -> None:
     items = sim.catalogue(base)
     t0 = time.perf_counter()
 
-    pairs = [sim.no_drift_pair(base, seed) for seed in range(max(args.seeds, args.null_seeds))]
+    days = settings.reference_days
+    pairs = [sim.no_drift_pair(base, seed, reference_days=days) for seed in range(max(args.seeds, args.null_seeds))]
     false_positives = [detected(r, c, settings) for r, c in pairs[: args.null_seeds]]
     detection: dict[str, dict[str, float]] = {}
     for name, (factory, magnitudes) in sim.DRIFT_TYPES.items():
@@ -104,7 +109,7 @@ def main() -> None:
             "drift_1m_s<=15": t_1m <= 15,
         },
         "settings": settings.model_dump(),
-        "windows": "weekly pairs of resampled MovieLens-100K sessions (pipeline.simulate.no_drift_pair)",
+        "windows": f"{days}-day reference, 7-day current window of resampled MovieLens-100K sessions (pipeline.simulate.no_drift_pair)",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "drift.json").write_text(json.dumps(result, indent=2) + "\n")

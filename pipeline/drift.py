@@ -76,6 +76,7 @@ normalisation, so its numbers can differ from the verdict's; the verdict is ours
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -105,6 +106,7 @@ METHODS = ("jensenshannon", "psi", "wasserstein")
 PERMUTATION_CELLS = 20_000_000
 """Largest (permutations x keys) block of reference counts held at once (bounds memory)."""
 DAY_NS = 86_400 * 10**9
+DECILE_LABELS = np.array(["new"] + [f"d{d:02d}" for d in range(1, 11)], dtype=object)
 Scorer = Callable[[pd.DataFrame], np.ndarray]
 """Window -> one score per row (NaN where the model cannot score the row)."""
 
@@ -458,7 +460,9 @@ def _item_labels(item_ids: pd.Series, user_ids: pd.Series, side: np.ndarray, top
     labels = {}
     for name, mask in (("ref", ~side), ("cur", side)):
         ids = item_ids[mask]
-        labels[f"decile_{name}"] = ids.map(deciles).map(lambda d: f"d{int(d):02d}" if d == d else "new").to_numpy(object)
+        at = pd.Index(deciles.index).get_indexer(ids)
+        decile = np.where(at >= 0, deciles.to_numpy()[np.maximum(at, 0)] if len(deciles) else 0, 0)
+        labels[f"decile_{name}"] = DECILE_LABELS[decile]
         labels[f"top_{name}"] = np.where(ids.isin(top), "top", "other").astype(object)
     labels["new_cur"] = np.where(item_ids[side].isin(counts.index), "seen", "new").astype(object)
     labels["new_ref"] = np.where(ref_items.map(users_per_item).to_numpy() > 1, "seen", "new").astype(object)
@@ -543,8 +547,16 @@ def _user_counts(side: np.ndarray, user_key: np.ndarray) -> tuple[int, int]:
 
 
 def _genre_labels(genres: pd.Series, mask: np.ndarray) -> np.ndarray:
-    g = genres[mask].fillna("").astype(str).str.split("|").explode()
-    return g.replace("", "(none)").to_numpy(dtype=object)
+    """Each row's genres, one entry per genre (split once per distinct genre string)."""
+    codes, uniques = pd.factorize(genres[mask].fillna("").astype(str))
+    parts = [[g or "(none)" for g in u.split("|")] for u in uniques]
+    lengths = np.array([len(p) for p in parts], dtype=int)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
+    flat = np.array([g for p in parts for g in p], dtype=object)
+    n = lengths[codes]
+    ends = np.cumsum(n)
+    within = np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - n, n)
+    return flat[np.repeat(starts[codes], n) + within] if len(flat) else np.zeros(0, dtype=object)
 
 
 def _popularity_deciles(counts: pd.Series) -> pd.Series:
@@ -680,6 +692,12 @@ class _ItemCounts:
         self.cur = np.asarray(weighted_t.sum(axis=1)).ravel() - self.ref
         self._raw_t, self._pick = raw_t, pick
 
+    @functools.cached_property
+    def by_popularity(self) -> tuple[np.ndarray, np.ndarray]:
+        """Reference and current counts with items sorted by reference count, most popular first."""
+        order = np.argsort(-self.ref, axis=1)
+        return np.take_along_axis(self.ref, order, axis=1), np.take_along_axis(self.cur, order, axis=1)
+
     @property
     def raw(self) -> tuple[np.ndarray, np.ndarray]:
         ref = np.asarray(self._raw_t @ self._pick.T).T
@@ -699,20 +717,19 @@ def _relative_score(signal: Signal, counts: _ItemCounts, settings: DriftSettings
         expected = ref_n * (cur_n.sum(axis=1, keepdims=True) / np.maximum(ref_n.sum(axis=1, keepdims=True), 1.0))
         rising = (cur_n >= settings.rising_min_users) & (cur_n >= settings.rising_factor * expected)
         return np.where(ok, (cur * rising).sum(axis=1) / safe_total, 0.0)
-    order = np.argsort(-ref, axis=1, kind="stable")  # most popular reference item first
+    ref_sorted, cur_sorted = counts.by_popularity
     if signal.name == "top_items_share":
-        top = order[:, : min(settings.top_items, ref.shape[1])]
-        ref_share = np.take_along_axis(ref, top, axis=1).sum(axis=1) / np.maximum(ref.sum(axis=1), 1e-300)
-        cur_share = np.take_along_axis(cur, top, axis=1).sum(axis=1) / np.maximum(cur_total, 1e-300)
+        n = min(settings.top_items, ref.shape[1])
+        ref_share = ref_sorted[:, :n].sum(axis=1) / np.maximum(ref.sum(axis=1), 1e-300)
+        cur_share = cur_sorted[:, :n].sum(axis=1) / np.maximum(cur_total, 1e-300)
         return np.where(ok, cur_share - ref_share, 0.0)
-    seen = ref > 0  # deciles of the items the reference saw, by popularity rank
-    n_seen = seen.sum(axis=1, keepdims=True)
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(ref.shape[1])[None, :].repeat(len(ref), axis=0), axis=1)
-    decile = np.clip(np.ceil((rank + 1) / np.maximum(n_seen, 1) * 10), 1, 10).astype(int) - 1
+    n_seen = (ref > 0).sum(axis=1, keepdims=True)  # deciles of the items the reference saw, by popularity rank
+    position = np.arange(ref.shape[1])[None, :]
+    seen = position < n_seen  # sorted descending: the seen items come first
+    decile = np.clip(np.ceil((position + 1) / np.maximum(n_seen, 1) * 10), 1, 10).astype(int) - 1
     cell = (np.arange(len(ref))[:, None] * 10 + decile)[seen]
-    ref_h = np.bincount(cell, weights=ref[seen], minlength=len(ref) * 10).reshape(len(ref), 10)
-    cur_h = np.bincount(cell, weights=cur[seen], minlength=len(ref) * 10).reshape(len(ref), 10)
+    ref_h = np.bincount(cell, weights=ref_sorted[seen], minlength=len(ref) * 10).reshape(len(ref), 10)
+    cur_h = np.bincount(cell, weights=cur_sorted[seen], minlength=len(ref) * 10).reshape(len(ref), 10)
     return _distance(signal, None, ref_h, cur_h)
 
 
