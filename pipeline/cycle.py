@@ -286,7 +286,15 @@ def train(
     if s.train.processes > 1:
         from pipeline.launch import train_distributed
 
-        result = train_distributed(p.history, p.catalogue, p.model_dir, s)
+        extra, source = [], p.history
+        if schedule is not None:
+            source, val_path = p.root / "schedule_fit.parquet", p.root / "schedule_validation.parquet"
+            _write_parquet(fit, source)
+            extra = ["--plan", str(p.plan)]
+            if later is not None:
+                _write_parquet(later, val_path)
+                extra += ["--validation", str(val_path)]
+        result = train_distributed(source, p.catalogue, p.model_dir, s, extra_args=extra)
     else:
         result = train_model(fit, catalogue, p.model_dir, s.train, progress=False, validate=validate, plan=schedule)
     if schedule is not None and s.schedule.knowledge_base and result.best_validation is not None:

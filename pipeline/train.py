@@ -588,12 +588,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--train-settings", type=Path, help="JSON of the train settings section (default: the environment's settings)"
     )
+    parser.add_argument("--plan", type=Path, help="plan.json of the calibrate step: train under the adaptive scheduler")
+    parser.add_argument("--validation", type=Path, help="validation parquet that steers the scheduler (with --plan)")
     args = parser.parse_args(argv)
+    plan, validate = None, None
+    if args.plan:
+        from pipeline.schedule import SchedulePlan
+
+        payload = json.loads(args.plan.read_text())
+        plan = SchedulePlan.from_dict(payload["plan"]) if payload.get("plan") else None
+    if args.validation:
+        from pipeline.evaluate import evaluate
+
+        history_for_eval, later = pd.read_parquet(args.history), pd.read_parquet(args.validation)
+        validate = lambda model: evaluate(model, history_for_eval, later).ndcg  # noqa: E731
     if args.train_settings:
         train_settings = TrainSettings.model_validate_json(args.train_settings.read_text())
     else:
         train_settings = get_settings().train
-    result = train(pd.read_parquet(args.history), pd.read_parquet(args.catalogue), args.out, train_settings, progress=False)
+    result = train(
+        pd.read_parquet(args.history), pd.read_parquet(args.catalogue), args.out, train_settings, progress=False,
+        validate=validate, plan=plan,
+    )
     if dist.get_rank() == 0:
         (args.out / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2))
     dist.destroy_process_group()

@@ -162,6 +162,7 @@ class AdaptiveScheduler:
         self.best = -math.inf
         self.smoothed: float | None = None
         self.smooth_best = -math.inf
+        self.smoothed_history: list[float] = []
         self.best_epoch = -1
         self.since_improvement = 0
         self.improving_streak = 0
@@ -457,6 +458,7 @@ class AdaptiveScheduler:
     def _track_best(self, validation: float) -> None:
         """Plateau and streak cues read the smoothed metric; the kept weights are those of the best raw value."""
         self.smoothed = validation if self.smoothed is None else _ema(self.smoothed, validation, self.plan.smoothing)
+        self.smoothed_history.append(self.smoothed)
         if self.smooth_best == -math.inf or self.smoothed > self.smooth_best + self.plan.plateau_tol * abs(self.smooth_best):
             self.since_improvement = 0
             self.improving_streak += 1
@@ -493,9 +495,9 @@ class AdaptiveScheduler:
         )
 
     def _overfitting(self) -> bool:
-        if not self.components.weight_decay or len(self.validations) < 3 or len(self.train_losses) < 3:
+        if not self.components.weight_decay or len(self.smoothed_history) < 3 or len(self.train_losses) < 3:
             return False
-        v, t = self.validations[-3:], self.train_losses[-3:]
+        v, t = self.smoothed_history[-3:], self.train_losses[-3:]
         return v[2] < v[1] < v[0] and t[2] < t[1] < t[0] and v[2] < _lowered(self.best, self.plan.plateau_tol)
 
     def _norm_ratio(self) -> float:
