@@ -11,9 +11,9 @@ signal                   observed on  value          meaning
 rating                   interaction  wasserstein    rating inflation / deflation
 item_popularity_decile   interaction  jensenshannon  consumption by the reference's item-popularity decile
 top_items_share          interaction  share_gap      share of the reference's top ``top_items`` items
-new_item_share           interaction  share          current share on items the reference never saw
 rising_item_share        interaction  share          current share on items surging past their reference rate
-new_user_share           interaction  share          share by users unseen in the days before (vs the reference's last days)
+new_item_share           interaction  share          share on items unseen in the days before, beyond the usual churn
+new_user_share           interaction  share          share by users unseen in the days before, beyond the usual churn
 hour_of_day              interaction  jensenshannon  daily rhythm (UTC)
 day_of_week              interaction  jensenshannon  weekly rhythm (UTC)
 item_release_year        interaction  wasserstein    age of what is consumed (0 = unknown, left out)
@@ -34,9 +34,14 @@ threshold on a per-row statistic flags every real week. Here the *user* is the u
   to the two windows (window sizes kept; users past ``max_units`` per side are pooled
   into random groups first, which keeps the test exact and the cost bounded);
 * the signals that need the reference's own statistics (popularity deciles, top items,
-  new items and users) recompute them in every permutation from the users on the
-  reference side, so the reference statistics and the test agree (the reference's
-  item counts are computed once per permutation and reused by all four signals);
+  rising items) recompute them in every permutation from the users on the reference
+  side, so the reference statistics and the test agree (the reference's item counts
+  are computed once per permutation and reused by all three signals);
+* new items and new users are judged against the usual churn: the current window's
+  share of rows whose item (user) is absent from the ``H`` days before it, against the
+  same share of the reference's last days (as long as the current window) with the
+  ``H`` days before them; these two targets are permuted with each other. A reference
+  shorter than twice the current window leaves them untested;
 * the thresholds are set jointly (Westfall-Young min-p) so that the chance of *any*
   tested signal drifting on exchangeable windows is ``alpha``. A signal's threshold is
   the matching quantile of its permutation distribution, floored by
@@ -46,8 +51,10 @@ threshold on a per-row statistic flags every real week. Here the *user* is the u
 Methods: ``wasserstein`` distances are divided by the pooled spread of both windows
 (which the permutations do not change), so a constant or one-row reference cannot blow
 them up and a single support point gives 0; ``jensenshannon`` and ``psi`` compare
-weighted histograms; ``share`` is the current window's weighted share of rows whose
-item (user) has no row in the reference, tested one-sided (an influx); ``share_gap`` is
+weighted histograms; ``share`` is a weighted share of the current window's rows (new
+items, new users, rising items: items with at least ``rising_min_users`` rows and
+``rising_factor`` times the rows the reference's rate predicts), tested one-sided (an
+influx), less the reference's own share for new items and users; ``share_gap`` is
 how far the current share on the reference's top items departs from the reference's
 own share, less the gap expected without drift (the permutation mean), in either
 direction. Calendar signals are only tested when both windows cover at least 90 % of
@@ -68,9 +75,8 @@ The verdict is computed from the histograms above (fast: no Evidently call). Whe
 ``out_dir`` is given, ``drift.json`` holds the verdict (plus Evidently's snapshot) and
 ``drift.html`` is Evidently's report of the same signals, one ``ValueDrift`` per tested
 signal (histogram signals drawn at their calibrated threshold; the share signals as
-per-row new/seen or top/other labels, the reference's new-item label taken leave-one-
-user-out, under Evidently's z-test; ``rising_item_share`` has no per-row reference label
-and is in the JSON only). Evidently scores plain per-row columns with its own
+per-row new/seen or top/other labels under Evidently's z-test; ``rising_item_share`` has
+no per-row reference label and is in the JSON only). Evidently scores plain per-row columns with its own
 normalisation, so its numbers can differ from the verdict's; the verdict is ours.
 """
 
@@ -135,7 +141,7 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("rating", "interaction", "wasserstein", False),
     Signal("item_popularity_decile", "item", "jensenshannon", True),
     Signal("top_items_share", "item", "share_gap", True),
-    Signal("new_item_share", "item", "share", True),
+    Signal("new_item_share", "target", "share", True),
     Signal("rising_item_share", "item", "share", True),
     Signal("new_user_share", "target", "share", True),
     Signal("hour_of_day", "interaction", "jensenshannon", True, pd.Timedelta(days=1)),
@@ -145,6 +151,8 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("user_age", "user", "wasserstein", False),
     Signal("genre", "genre", "jensenshannon", True),
 )
+NEWCOMER_SIGNALS = {"new_item_share": "item_id", "new_user_share": "user_id"}
+"""Signals tested on equally long target windows (see ``_newcomers``), and the column each follows."""
 SCORE_SIGNAL = Signal("prediction_score", "interaction", "wasserstein", False)
 
 
@@ -363,7 +371,7 @@ def _observe(
     item_codes, item_index = pd.factorize(items)
     by_item = _keyed(units, item_codes, weight, n_units, len(item_index), side, user_key)
     by_item.labels = _item_labels(both["item_id"], both["user_id"], side, settings.top_items)
-    for name in ("item_popularity_decile", "top_items_share", "new_item_share", "rising_item_share"):
+    for name in ("item_popularity_decile", "top_items_share", "rising_item_share"):
         out[name] = by_item
     rows("hour_of_day", (ts // 3_600_000_000_000) % 24, np.array([f"{h:02d}" for h in range(24)], object))
     rows("day_of_week", (ts // DAY_NS + 3) % 7, np.array(["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], object))
@@ -388,7 +396,7 @@ def _observe(
     out["genre"] = _genres(both["item_genres"], item_codes, len(item_index), units, weight, n_units, side, user_key)
     for obs in out.values():
         obs.n_ref_units = n_ref_units
-    out["new_user_share"] = _new_users(reference, current, settings, rng)
+    out.update(_newcomers(reference, current, settings, rng))
     return {name: out[name] for name in wanted}
 
 
@@ -415,15 +423,15 @@ def _keyed(
     return _Observed(matrix, np.array(["new", "seen"], object), _user_counts(side, user_key), raw=raw)
 
 
-def _new_users(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings, rng: np.random.Generator) -> _Observed:
-    """New-user rows of two equally long target windows, each against the same length of history before it.
+def _newcomers(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings, rng: np.random.Generator) -> dict[str, _Observed]:
+    """New-item and new-user rows of two equally long target windows, each against as much history before it.
 
-    The current window's users are new when absent from the last ``H`` days of the
-    reference; the reference's own last days (as long as the current window) are the
-    other target, with the ``H`` days before them as history. A user active in both
-    windows cannot be moved between them, so this signal is not tested on the
-    reference-vs-current split but on the two targets, whose users do not overlap
-    in time.
+    The current window's rows are new when their item (user) is absent from the last
+    ``H`` days of the reference; the reference's own last days (as long as the current
+    window) are the other target, with the ``H`` days before them as history. So the
+    steady churn of a catalogue (a new release every week) is the baseline, and only
+    an influx beyond it drifts. A user active in both windows could not be moved
+    between reference and current, but the two targets do not overlap in time.
     """
     support = np.array(["new", "seen"], object)
     ref_ts, cur_ts = reference["timestamp"], current["timestamp"]
@@ -432,31 +440,33 @@ def _new_users(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSe
     history = target_start - ref_ts.min()
     if history < span or span <= pd.Timedelta(0):
         note = f"reference spans {ref_ts.max() - ref_ts.min()}, under twice the current window's {span}"
-        return _Observed(np.zeros((2, 2)), support, (0, 0), note=note, n_ref_units=1)
+        return {name: _Observed(np.zeros((2, 2)), support, (0, 0), note=note, n_ref_units=1) for name in NEWCOMER_SIGNALS}
     ref_target = reference[ref_ts >= target_start]
     ref_history = reference[(ref_ts < target_start) & (ref_ts >= target_start - history)]
     cur_history = reference[ref_ts >= cur_ts.min() - history]
-    new_ref = ~ref_target["user_id"].isin(set(ref_history["user_id"])).to_numpy()
-    new_cur = ~current["user_id"].isin(set(cur_history["user_id"])).to_numpy()
     r_unit, r_users, r_weight = _units(ref_target["user_id"].to_numpy(), settings, rng)
     c_unit, c_users, c_weight = _units(current["user_id"].to_numpy(), settings, rng)
     n_ref = int(r_unit.max()) + 1
     units = np.concatenate([r_unit, c_unit + n_ref])
     side = np.concatenate([np.zeros(len(ref_target), bool), np.ones(len(current), bool)])
-    codes = np.concatenate([~new_ref, ~new_cur]).astype(int)  # 0 = new, 1 = seen
+    weight = np.concatenate([r_weight, c_weight])
     user_key = np.concatenate([r_users, c_users + r_users.max() + 1])
-    obs = _matrix(units, codes, np.concatenate([r_weight, c_weight]), int(units.max()) + 1, 2, support, side, user_key)
-    obs.n_ref_units = n_ref
-    return obs
+    out = {}
+    for name, column in NEWCOMER_SIGNALS.items():
+        seen_ref = ref_target[column].isin(set(ref_history[column])).to_numpy()
+        seen_cur = current[column].isin(set(cur_history[column])).to_numpy()
+        codes = np.concatenate([seen_ref, seen_cur]).astype(int)  # 0 = new, 1 = seen
+        out[name] = _matrix(units, codes, weight, int(units.max()) + 1, 2, support, side, user_key)
+        out[name].n_ref_units = n_ref
+    return out
 
 
 def _item_labels(item_ids: pd.Series, user_ids: pd.Series, side: np.ndarray, top_items: int) -> dict[str, np.ndarray]:
     """Per-row labels Evidently draws: decile, top/other and new/seen (reference: leave-one-user-out)."""
-    ref_items, ref_users = item_ids[~side], user_ids[~side]
+    ref_items = item_ids[~side]
     counts = ref_items.value_counts()
     deciles = _popularity_deciles(counts)
     top = set(counts.index[:top_items])
-    users_per_item = pd.DataFrame({"i": ref_items, "u": ref_users}).groupby("i")["u"].nunique()
     labels = {}
     for name, mask in (("ref", ~side), ("cur", side)):
         ids = item_ids[mask]
@@ -464,8 +474,6 @@ def _item_labels(item_ids: pd.Series, user_ids: pd.Series, side: np.ndarray, top
         decile = np.where(at >= 0, deciles.to_numpy()[np.maximum(at, 0)] if len(deciles) else 0, 0)
         labels[f"decile_{name}"] = DECILE_LABELS[decile]
         labels[f"top_{name}"] = np.where(ids.isin(top), "top", "other").astype(object)
-    labels["new_cur"] = np.where(item_ids[side].isin(counts.index), "seen", "new").astype(object)
-    labels["new_ref"] = np.where(ref_items.map(users_per_item).to_numpy() > 1, "seen", "new").astype(object)
     return labels
 
 
@@ -710,8 +718,6 @@ def _relative_score(signal: Signal, counts: _ItemCounts, settings: DriftSettings
     cur_total = cur.sum(axis=1)
     ok = (cur_total > 0) & (ref.sum(axis=1) > 0)
     safe_total = np.where(ok, cur_total, 1.0)
-    if signal.name == "new_item_share":
-        return np.where(ok, (cur * (ref <= 0)).sum(axis=1) / safe_total, 0.0)
     if signal.name == "rising_item_share":
         ref_n, cur_n = counts.raw
         expected = ref_n * (cur_n.sum(axis=1, keepdims=True) / np.maximum(ref_n.sum(axis=1, keepdims=True), 1.0))
@@ -871,7 +877,7 @@ def _write_files(report: DriftReport, tested: list[Signal], observed: dict[str, 
 
 def _labels(signal: Signal, obs: _Observed, side: str) -> np.ndarray | None:
     """Per-row values Evidently draws for ``signal`` on ``side``; None when it has no reference analogue."""
-    prefix = {"item_popularity_decile": "decile_", "top_items_share": "top_", "new_item_share": "new_"}.get(signal.name, "")
+    prefix = {"item_popularity_decile": "decile_", "top_items_share": "top_"}.get(signal.name, "")
     return obs.labels.get(prefix + side)
 
 
