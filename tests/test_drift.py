@@ -252,6 +252,34 @@ class TestPredictionDrift:
         assert "scores given for one window only" in signal(one_side, "prediction_score").note
 
 
+    def test_the_champion_scores_what_each_row_consumed(self, world, reference, tmp_path):
+        from pipeline.settings import TrainSettings
+        from pipeline.train import load_checkpoint, train
+
+        catalogue = world["items"][["item_id", "item_genres", "item_release_year"]]
+        train(reference, catalogue, tmp_path, TrainSettings(embedding_dim=8, epochs=1, batch_size=1024), progress=False)
+        model = load_checkpoint(tmp_path / "model.pt")
+        current = make_window(world, 2000, seed=27, start=NEXT)
+        current.loc[current.index[:10], "item_id"] = 99_999  # an item the champion never saw
+        scores = champion_scorer(model)(current)
+        assert np.isnan(scores[:10]).all() and np.isfinite(scores[10:]).all()
+        users = current.drop_duplicates("user_id").reset_index(drop=True)
+        full = model.score(users, None).numpy()
+        row = 10
+        u = users.index[users["user_id"] == current["user_id"].iloc[row]][0]
+        i = model.catalogue.index[model.catalogue["item_id"] == current["item_id"].iloc[row]][0]
+        assert scores[row] == pytest.approx(float(full[u, i]), rel=1e-5)
+        same = check_drift(reference, current, None, DriftSettings(), champion_scorer(model))
+        assert signal(same, "prediction_score").tested and not signal(same, "prediction_score").drifted
+        tail = check_drift(reference, make_window(world, 2000, seed=28, start=NEXT, long_tail=True), None, DriftSettings(), champion_scorer(model))
+        assert "prediction_score" in tail.drifted_signals, tail.reason  # the champion scores the new favourites low
+
+    def test_a_scorer_must_give_one_score_per_row(self, world, reference):
+        current = make_window(world, 100, seed=29, start=NEXT)
+        with pytest.raises(DataError, match="scorer returned shape"):
+            check_drift(reference, current, None, DriftSettings(), lambda w: np.zeros(3))
+
+
 class TestOutputs:
     def test_round_trip_through_json(self, world, reference, tmp_path):
         current = make_window(world, 3000, seed=7, start=NEXT, rating_shift=1.0)
@@ -289,7 +317,7 @@ class TestDegenerateInputs:
         assert_no_nan(report.to_dict())
 
     def test_constant_columns_and_single_categories_stay_finite(self, world, tmp_path):
-        reference = make_window(world, 500, seed=9)
+        reference = make_window(world, 2000, seed=9, days=28.0)
         current = make_window(world, 500, seed=10, start=NEXT)
         for w in (reference, current):
             w["rating"] = 4.0
@@ -299,8 +327,10 @@ class TestDegenerateInputs:
         current["item_release_year"] = 0  # all unknown -> signal cannot be tested
         report = check_drift(reference, current, tmp_path, DriftSettings())
         assert_no_nan(report.to_dict())
-        for name in ("rating", "user_age", "genre", "item_popularity_decile"):
-            assert signal(report, name).value == 0.0 and not signal(report, name).drifted, name
+        one_item = ("item_popularity_decile", "top_items_share", "rising_item_share", "new_item_share")
+        for name in ("rating", "user_age", "genre", *one_item):
+            assert signal(report, name).tested and not signal(report, name).drifted, name
+            assert signal(report, name).value == pytest.approx(0.0, abs=1e-9), name
         year = signal(report, "item_release_year")
         assert not year.tested and "no item_release_year values in the current window" in year.note
         assert report.severity == "none", report.reason

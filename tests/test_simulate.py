@@ -58,6 +58,14 @@ class TestBaseAndResampling:
         assert not other["user_id"].equals(a[1]["user_id"])
 
 
+    def test_a_longer_reference_keeps_the_session_rate(self, base):
+        reference, current = sim.no_drift_pair(base, 6, reference_days=28, sessions=70)
+        span = current["timestamp"].min().normalize() - reference["timestamp"].min().normalize()
+        assert pd.Timedelta(days=27) <= span <= pd.Timedelta(days=28) and current["timestamp"].max() < reference["timestamp"].min() + pd.Timedelta(days=35)
+        per_day = [w.groupby(["user_id", w["timestamp"].dt.floor("D")]).ngroups / days for w, days in ((reference, 28), (current, 7))]
+        assert per_day[0] == pytest.approx(per_day[1], rel=0.15)  # 280 and 70 sessions drawn, a few merge
+
+
 class TestInjectors:
     def test_popularity_shift_moves_share_to_a_few_tail_items(self, window, items):
         out = sim.inject(window, [sim.popularity_shift(0.1, n_items=5)], seed=0, items=items)
