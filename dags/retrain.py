@@ -1,16 +1,21 @@
 """Scheduled retraining: one cycle per weekly window of fresh interactions.
 
-cycle.pull -> cycle.validate -> cycle.drift -> cycle.train -> cycle.evaluate -> cycle.gate
-(the shared task group in ``recsys_common``). Each task calls one function of
-``pipeline.cycle`` and passes small dicts (paths, counts, decisions). The window is
-the run's data interval, never ``now()``, so re-running a run redoes the same window;
-the ``window_start``/``window_end`` Params replace it, and ``epochs``,
-``gate_min_delta``, ``gate_tolerance`` override the settings for one run. Heavy
-libraries are imported inside the tasks, never at parse time.
+cycle.pull -> cycle.validate -> cycle.drift -> cycle.calibrate -> cycle.train -> cycle.evaluate -> cycle.gate
+(the shared task group in ``recsys_common``; ``validate`` also writes the window's
+data profile). Each task calls one function of ``pipeline.cycle`` and passes small
+dicts (paths, counts, decisions). The window is the run's data interval, never
+``now()``, so re-running a run redoes the same window and reuses its registry
+version; the ``window_start``/``window_end`` Params replace it, and ``epochs``,
+``gate_min_delta``, ``gate_tolerance``, ``drift_alpha`` and ``schedule_policy``
+override the settings for one run. The cadence is a cron expression, weekly on
+Mondays unless ``RETRAIN_DAG_SCHEDULE`` says otherwise (read from the environment at
+parse time: no Variable, no database). Heavy libraries are imported inside the
+tasks, never at parse time.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,9 +26,12 @@ if str(Path(__file__).parent) not in sys.path:  # Airflow puts the dags folder t
     sys.path.append(str(Path(__file__).parent))
 from recsys_common import CYCLE_PARAMS, WINDOW_PARAMS, retrain_cycle  # noqa: E402
 
+SCHEDULE = os.environ.get("RETRAIN_DAG_SCHEDULE", "0 0 * * 1")
+
 
 @dag(
-    schedule=CronDataIntervalTimetable("0 0 * * 1", timezone="UTC"),
+    dag_id="retrain_scheduled",
+    schedule=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
     start_date=pendulum.datetime(1997, 9, 22, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -31,11 +39,11 @@ from recsys_common import CYCLE_PARAMS, WINDOW_PARAMS, retrain_cycle  # noqa: E4
     tags=["retrain", "scheduled"],
     doc_md=__doc__,
 )
-def retrain():
+def retrain_scheduled():
     retrain_cycle()
 
 
-dag = retrain()
+dag = retrain_scheduled()
 
 if __name__ == "__main__":
     dag.test()

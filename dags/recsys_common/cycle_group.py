@@ -1,4 +1,4 @@
-"""The retrain body, one reusable task group: pull -> validate -> drift -> train -> evaluate -> gate.
+"""The retrain body, one reusable task group: pull -> validate -> drift -> calibrate -> train -> evaluate -> gate.
 
 Each task calls one function of ``pipeline.cycle`` with the run's overrides (from
 its Params) and passes small dicts (paths, counts, decisions). ``retrain`` runs it on
@@ -22,6 +22,8 @@ OVERRIDES = {
     "epochs": ("train", "epochs"),
     "gate_min_delta": ("gate", "min_delta"),
     "gate_tolerance": ("gate", "tolerance"),
+    "drift_alpha": ("drift", "alpha"),
+    "schedule_policy": ("schedule", "policy"),
 }
 CYCLE_PARAMS = {
     "epochs": Param(None, type=["null", "integer"], minimum=1, description="Training epochs budget (train.epochs)."),
@@ -30,6 +32,14 @@ CYCLE_PARAMS = {
     ),
     "gate_tolerance": Param(
         None, type=["null", "number"], minimum=0, description="Non-inferiority margin of the gate (gate.tolerance)."
+    ),
+    "drift_alpha": Param(
+        None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
+        description="Family-wise false-alarm rate of the drift check (drift.alpha).",
+    ),
+    "schedule_policy": Param(
+        None, type=["null", "string"], enum=[None, "adaptive", "static"],
+        description="Training schedule: 'adaptive' (calibrated, steered) or 'static' (schedule.policy).",
     ),
 }
 TRIGGER_PARAMS = {
@@ -112,10 +122,19 @@ def should_retrain(pulled: dict, drift_result: dict) -> bool:
 
 
 @task
-def train(pulled: dict) -> dict:
+def calibrate(pulled: dict, drift_result: dict) -> dict:
+    """The SchedulePlan of this cycle (``plan.json`` in the cycle folder); None under ``schedule_policy=static``."""
     from pipeline import cycle
 
-    return cycle.train(pulled, overrides=_overrides())
+    plan = cycle.calibrate(pulled, drift_result, overrides=_overrides())
+    return {"policy": plan["policy"], "plan": plan["plan"], "path": plan["path"]}
+
+
+@task
+def train(pulled: dict, plan: dict) -> dict:
+    from pipeline import cycle
+
+    return cycle.train(pulled, overrides=_overrides(), plan=plan)
 
 
 @task
@@ -134,7 +153,7 @@ def gate(pulled: dict, drift_result: dict, trained: dict, evaluated: dict) -> di
 
 @task_group(group_id="cycle")
 def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
-    """pull -> validate -> drift -> train -> evaluate -> gate on one window.
+    """pull -> validate -> drift -> calibrate -> train -> evaluate -> gate on one window.
 
     Args:
         window: an XComArg of ``{"start", "end"}`` (``newest_window``); None reads the
@@ -144,9 +163,8 @@ def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
     """
     validated = validate(pull(window))
     drifted = drift(validated)
-    trained = train(validated)
+    plan = calibrate(validated, drifted)
     if drift_triggered:
-        drifted >> should_retrain(validated, drifted) >> trained
-    else:
-        drifted >> trained
+        should_retrain(validated, drifted) >> plan
+    trained = train(validated, plan)
     gate(validated, drifted, trained, evaluate(validated, trained))

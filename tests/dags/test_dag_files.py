@@ -70,8 +70,9 @@ def dags_of(name: str) -> dict:
 
 CYCLE = {
     "cycle.pull": ["cycle.validate"],
-    "cycle.validate": ["cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.train"],
-    "cycle.drift": ["cycle.gate", "cycle.train"],
+    "cycle.validate": ["cycle.calibrate", "cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.train"],
+    "cycle.drift": ["cycle.calibrate", "cycle.gate"],
+    "cycle.calibrate": ["cycle.train"],
     "cycle.train": ["cycle.evaluate", "cycle.gate"],
     "cycle.evaluate": ["cycle.gate"],
     "cycle.gate": [],
@@ -79,16 +80,18 @@ CYCLE = {
 
 
 def test_retrain_dag_runs_the_cycle_in_order():
-    assert dags_of("retrain.py")["retrain"] == CYCLE
+    assert dags_of("retrain.py")["retrain_scheduled"] == CYCLE
 
 
 def test_drift_watch_runs_the_same_cycle_behind_a_short_circuit():
     assert dags_of("drift_watch.py")["drift_watch"] == {
         **CYCLE,
         "newest_window": ["cycle.pull"],
-        "cycle.validate": ["cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.should_retrain", "cycle.train"],
-        "cycle.drift": ["cycle.gate", "cycle.should_retrain"],
-        "cycle.should_retrain": ["cycle.train"],
+        "cycle.validate": [
+            "cycle.calibrate", "cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.should_retrain", "cycle.train",
+        ],
+        "cycle.drift": ["cycle.calibrate", "cycle.gate", "cycle.should_retrain"],
+        "cycle.should_retrain": ["cycle.calibrate"],
     }
 
 
@@ -132,10 +135,10 @@ def test_ingest_announces_the_asset_that_the_watchers_are_scheduled_on():
     dags = json.loads(out.stdout.strip().splitlines()[-1])
     assert dags["ingest"]["outlets"] == {"ingest_events": ["recsys://interactions"]}
     assert dags["drift_watch"]["assets"] == dags["champion_monitor"]["assets"] == ["recsys://interactions"]
-    assert dags["retrain"]["assets"] == dags["ingest"]["assets"] == []
+    assert dags["retrain_scheduled"]["assets"] == dags["ingest"]["assets"] == []
     assert dags["drift_watch"]["short_circuits"] == ["cycle.should_retrain"]
-    for dag_id in ("retrain", "drift_watch"):
-        assert {"epochs", "gate_min_delta", "gate_tolerance"} <= set(dags[dag_id]["params"])
+    for dag_id in ("retrain_scheduled", "drift_watch"):
+        assert {"epochs", "gate_min_delta", "gate_tolerance", "drift_alpha", "schedule_policy"} <= set(dags[dag_id]["params"])
     assert "retrain_on" in dags["drift_watch"]["params"]
 
 
@@ -192,7 +195,7 @@ def test_drift_watch_runs_on_the_newest_week_and_stops_or_retrains(tmp_path):
     for state in states.values():
         assert state["run"] == "success", state
         assert {t: s for t, s in state["tasks"].items() if s != "success"} == {
-            "cycle.train": "skipped", "cycle.evaluate": "skipped", "cycle.gate": "skipped",
+            "cycle.calibrate": "skipped", "cycle.train": "skipped", "cycle.evaluate": "skipped", "cycle.gate": "skipped",
         }
     assert not (run_dir / "summary.json").exists()
 
@@ -202,7 +205,7 @@ def test_a_drifting_week_retrains_at_level_minor_but_not_at_major(tmp_path):
     states = run_drift_watch(tmp_path, "1997-11-17")  # the week of 1997-11-10 drifts 'minor' (day of week)
     run_dir = tmp_path / "home" / "runs" / "19971110-19971117"
     assert json.loads((run_dir / "trigger.json").read_text())["severity"] == "minor"
-    assert states["major"]["run"] == "success" and states["major"]["tasks"]["cycle.train"] == "skipped"
+    assert states["major"]["run"] == "success" and states["major"]["tasks"]["cycle.calibrate"] == "skipped"
     assert states["minor"]["run"] == "success"
     assert all(s == "success" for s in states["minor"]["tasks"].values()), states["minor"]
     summary = json.loads((run_dir / "summary.json").read_text())
