@@ -35,6 +35,8 @@ class DataSettings(BaseModel):
     future_tolerance_s: int = Field(3600, ge=0, description="Timestamps later than now + this are bad rows.")
     rating_min: float = 0.0
     rating_max: float = 5.0
+    online_retries: int = Field(3, ge=1, description="Attempts to materialize into the online store before an ingest fails.")
+    online_backoff_s: float = Field(1.0, ge=0, description="First wait between materialization attempts; doubles each time.")
 
 
 class DriftSettings(BaseModel):
