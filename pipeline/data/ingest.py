@@ -27,7 +27,7 @@ from pipeline.data.features import TS
 from pipeline.data.load import RawData, _normalise_items, _normalise_users, _one_line, read_log
 from pipeline.data.store import LOG, PROFILES, STATS, _offline_kind, _require_repo, _store, read_events
 from pipeline.data.validation import check_events, to_parquet, write_atomic, write_quarantine
-from pipeline.errors import DataError, ValidationError
+from pipeline.errors import DataError, PipelineError, ValidationError
 from pipeline.settings import DataSettings
 
 
@@ -134,6 +134,10 @@ def _ingest(events, repo: Path, settings: DataSettings, materialize: bool, step)
         quarantine_path=str(qpath) if len(bad) else None, days=len(days), recomputed_from=None, materialized_to=None,
     )
     if new.empty:
+        since = _online_lag(repo) if materialize else None
+        if since is not None:  # an earlier attempt stored the rows but could not fill the online store
+            step("materialize")
+            result["materialized_to"] = _materialize_with_retries(repo, since, {}, settings, 0).isoformat()
         step("done")
         return IngestResult(**result)
     step("features")
@@ -152,7 +156,7 @@ def _ingest(events, repo: Path, settings: DataSettings, materialize: bool, step)
     result["recomputed_from"] = since.isoformat()
     if materialize:
         step("materialize")
-        result["materialized_to"] = _materialize(repo, since, tables).isoformat()
+        result["materialized_to"] = _materialize_with_retries(repo, since, tables, settings, len(new)).isoformat()
     step("done")
     return IngestResult(**result)
 
@@ -200,6 +204,41 @@ def _updated_tables(repo: Path, everything: pd.DataFrame, new: pd.DataFrame, sin
             added = F.profile_table(pd.Series(fresh, dtype="int64"), pd.DataFrame(columns=[key]), key, cols, origin)
             out[name] = pd.concat([old.assign(**{TS: origin}), added], ignore_index=True).sort_values(key).reset_index(drop=True)
     return out
+
+
+def _materialize_with_retries(repo: Path, since: pd.Timestamp, tables: dict, settings: DataSettings, added: int):
+    """``_materialize`` with backoff; then one line saying the offline rows are safe and how to finish.
+
+    The offline tables are written before this runs, so a failure here loses nothing:
+    the next ingest of any batch (the task's retry included) finds the online store
+    behind the offline data and materializes the difference.
+    """
+    import time
+
+    delay = settings.online_backoff_s
+    for attempt in range(1, settings.online_retries + 1):
+        try:
+            return _materialize(repo, since, tables)
+        except Exception as exc:  # Redis, PostgreSQL and Feast raise many types for an unreachable store
+            if attempt == settings.online_retries:
+                raise PipelineError(
+                    f"online store: materialization failed after {attempt} attempts ({_one_line(exc)}); "
+                    f"the {added} new rows are stored offline, re-run the ingest to fill the online store"
+                ) from None
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")  # nosec B101  # the loop returns or raises
+
+
+def _online_lag(repo: Path) -> pd.Timestamp | None:
+    """The day the online store's stats views stop, when that is before the newest offline row; else None."""
+    store = _store(repo)
+    newest = max(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].max() for n in STATS)
+    ends = [store.get_feature_view(n).most_recent_end_time for n in STATS]
+    if any(e is None for e in ends):
+        return min(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].min() for n in STATS).floor("D")
+    reached = min(pd.Timestamp(e) if pd.Timestamp(e).tzinfo else pd.Timestamp(e, tz="UTC") for e in ends)
+    return reached.floor("D") if reached <= newest else None
 
 
 def _materialize(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Timestamp:
