@@ -40,3 +40,11 @@ bench: setup
 
 clean:
 	rm -rf .retrain features/data mlruns
+
+# The production stack on this machine's PostgreSQL and Redis (127.0.0.1, started if down):
+# MLflow server on PostgreSQL, Airflow metadata on PostgreSQL (LocalExecutor), Feast on
+# PostgreSQL + Redis; one full retraining cycle against it; then everything it started is
+# stopped and its databases dropped (infra/README.md).
+.PHONY: prod-check
+prod-check: setup
+	$(BIN)/python infra/prod_check.py
