@@ -17,7 +17,7 @@ the pipeline, Feast, MLflow and Airflow at them.
 Example:
     >>> stack = Stack(prefix="recsys", home=Path(".retrain/prod"))
     >>> stack.env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    'postgresql+psycopg2://postgres@127.0.0.1:5432/recsys_airflow'
+    'postgresql+psycopg://postgres@127.0.0.1:5432/recsys_airflow'
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ class Stack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": s.pg_url(self.db("airflow"), "postgresql+psycopg2"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": s.pg_url(self.db("airflow"), "postgresql+psycopg"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": s.pg_url(self.db("airflow"), "postgresql+psycopg"),
             "AIRFLOW__API__HOST": s.bind_host,
             "AIRFLOW__LOGGING__LOGGING_LEVEL": _env("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"),
         }
