@@ -13,7 +13,6 @@ import shutil
 import subprocess  # nosec B404  # runs this venv's airflow with an argument list, no shell
 import sys
 import warnings
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -105,27 +104,29 @@ def reset_state(settings: Settings) -> None:
             path.unlink()
 
 
-def weekly_windows(first: pd.Timestamp, last: pd.Timestamp, weeks: int, start: str | None) -> list[pd.Timestamp]:
-    """Window starts: from ``start``, or the last ``weeks`` complete Monday-aligned weeks."""
-    if start:
-        begin = pd.Timestamp(start, tz="UTC")
-    else:
-        last_monday = (last - timedelta(days=last.weekday())).normalize()
-        begin = last_monday - timedelta(weeks=weeks)
-    if begin <= first:
-        raise PipelineError(f"window start {begin.date()} leaves no history before it (data begins {first.date()})")
-    return [begin + timedelta(weeks=i) for i in range(weeks)]
+def load_source(settings: Settings, source: Path | None):
+    """The interaction data as RawData: MovieLens-100K (or a GroupLens folder), or a plain log file."""
+    from pipeline import data
+
+    source = source or settings.data.source
+    if source is None or source.is_dir():
+        return data.load_movielens(settings.cache_dir, source)
+    return data.RawData(data.load_interactions(source), pd.DataFrame(), pd.DataFrame())
 
 
-def summary_table(summaries: list[dict]) -> Table:
-    table = Table(title="Retraining cycles (NDCG@10 on each window, full ranking)")
-    for col in ("window", "rows", "drift", "challenger", "champion", "decision"):
+def timeline_table(weeks: list) -> Table:
+    """The replay's weeks: drift verdict, who trained, what the gate and the monitor decided, what was injected."""
+    table = Table(title="Timeline replay (NDCG@10 on each week, full ranking)")
+    for col in ("week", "rows", "drift", "trained", "serving", "challenger", "decision", "monitor", "injected"):
         table.add_column(col, no_wrap=True)
-    for s in summaries:
-        champion = "—" if s["champion_ndcg"] is None else f"{s['champion_ndcg']:.4f}"
-        decision = f"promote v{s['version']}" if s["promoted"] else f"reject v{s['version']}"
-        start, end = (pd.Timestamp(t).date() for t in s["window"].split("/"))
-        table.add_row(f"{start}..{end}", str(s["rows_window"]), s["drift"], f"{s['challenger_ndcg']:.4f}", champion, decision)
+    for w in weeks:
+        served = "—" if w.served_ndcg is None else f"v{w.served_version} {w.served_ndcg:.4f}"
+        challenger = "—" if w.challenger_ndcg is None else f"{w.challenger_ndcg:.4f}"
+        decision = "" if w.version is None else f"{'promote' if w.promoted else 'reject'} v{w.version}"
+        table.add_row(
+            str(pd.Timestamp(w.window.split("/")[0]).date()), str(w.rows), w.drift, w.trained_by or "", served,
+            challenger, decision, "revert" if w.reverted else "", ", ".join(w.injected),
+        )
     return table
 
 
@@ -215,40 +216,57 @@ def profile(
 
 @app.command()
 def demo(
-    weeks: Annotated[int, typer.Option(min=1, help="How many consecutive weekly windows to run.")] = 3,
-    start: Annotated[Optional[str], typer.Option(help="First window's start (YYYY-MM-DD); default: the last full weeks.")] = None,
+    weeks: Annotated[
+        Optional[int], typer.Option(min=1, help="Weekly windows to replay; default: every week to the end of the data.")
+    ] = None,
+    start: Annotated[str, typer.Option(help="First window's start (YYYY-MM-DD); the store starts with the data before it.")]
+    = "1997-10-06",
+    every: Annotated[int, typer.Option(min=0, help="Scheduled retrain every this many weeks (the first week always trains).")]
+    = 6,
+    retrain_on: Annotated[str, typer.Option(help="Drift severity at which drift_watch retrains: minor or major.")] = "major",
+    drift_at: Annotated[str, typer.Option(help="Week start (YYYY-MM-DD) whose events get an injected drift; 'none': no drift event.")]
+    = "1998-01-12",
+    bad_model_at: Annotated[
+        str, typer.Option(help="Week start after which a bad model is promoted past the gate; 'none': no bad model.")
+    ] = "1998-02-16",
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Training epochs budget of each retrain; default train.epochs.")]
+    = None,
     source: Annotated[Optional[Path], typer.Option(help="Interaction data; default MovieLens-100K.")] = None,
     fresh: Annotated[
         bool, typer.Option(help="Replay from scratch: remove earlier cycle folders and the MLflow store under home.")
     ] = True,
 ) -> None:
-    """Run the retraining DAG with dag.test() over consecutive weekly windows and print what it decided."""
+    """Replay the interaction timeline week by week through the DAGs (ingest, monitor, drift watch, scheduled retrain).
+
+    Ends with a table of every week and the path of the HTML report (also logged to MLflow).
+    """
+    from pipeline.timeline import TimelineConfig, replay
+
     quiet_libraries()
     settings = get_settings()
     source = checked_path(source, settings, "--source")
+    config = TimelineConfig(
+        start=start, weeks=weeks, every=every, retrain_on=retrain_on, epochs=epochs,
+        drift_at=None if drift_at.lower() == "none" else drift_at,
+        bad_model_at=None if bad_model_at.lower() == "none" else bad_model_at,
+    )
+    if retrain_on not in ("minor", "major"):
+        raise PipelineError(f"--retrain-on must be minor or major, got {retrain_on!r}")
     if fresh:
         reset_state(settings)
-    console.print(f"[bold]1/3[/] ingesting data into the Feast repository at {settings.feature_repo}")
-    first, last = ingest_source(settings, source)
+    console.print(f"[bold]1/3[/] loading interactions; the Feast repository at {settings.feature_repo} starts before {start}")
+    raw = load_source(settings, source)
     console.print(f"[bold]2/3[/] preparing Airflow at {settings.home / 'airflow'}")
     migrate_airflow_db(settings)
-    dag = load_dag("retrain")
-    quiet_libraries()  # again: importing Airflow installs its own warning and logging handlers
-    summaries = []
-    for i, begin in enumerate(weekly_windows(first, last, weeks, start), 1):
-        end = begin + timedelta(weeks=1)
-        console.print(f"[bold]3/3[/] cycle {i}/{weeks}: window {begin.date()} → {end.date()}")
-        run = dag.test(logical_date=end.to_pydatetime())
-        if str(run.state) != "success":
-            raise PipelineError(f"DAG run for window {begin.date()} ended {run.state}; see the task logs above")
-        summary_path = settings.runs_dir / f"{begin:%Y%m%d}-{end:%Y%m%d}" / "summary.json"
-        summaries.append(json.loads(summary_path.read_text()))
-    console.print(summary_table(summaries))
-    for summary in summaries:
-        verdict = "promoted" if summary["promoted"] else "rejected"
-        console.print(f"  v{summary['version']} {verdict}: {summary['reason']}", highlight=False)
-    console.print(f"MLflow: {settings.mlflow_uri}  (model '{settings.model_name}', alias 'champion')")
-    console.print(f"Cycle folders: {settings.runs_dir.resolve()}")
+    console.print("[bold]3/3[/] replaying the weeks: ingest -> champion_monitor -> drift_watch -> retrain_scheduled")
+    result = replay(settings, raw, config)
+    console.print(timeline_table(list(result.weeks)))
+    for w in result.weeks:
+        if w.version is not None or w.reverted or w.injected:
+            console.print(f"  {w.window.split('/')[0][:10]}: {w.reason}", highlight=False)
+    console.print(f"{len(result.weeks)} weeks, {result.trains} trainings, {result.seconds:.0f} s")
+    console.print(f"MLflow: {settings.mlflow_uri}  (model '{settings.model_name}', report run {result.mlflow_run_id})")
+    console.print(f"Report: {Path(result.report).resolve()}")
 
 
 def parse_span(name: str, span: str) -> tuple[str, str]:
