@@ -8,9 +8,9 @@ volume, and the next task reads ``train_result.json`` from it, as ``pipeline.lau
 does on one machine. A retried task resumes from the epoch checkpoints in the same
 folder (one per rank: keep the GPU count the same between tries).
 
-Example (inside the task group, replacing ``trained = train(validated)``)::
+Example (inside the task group, in place of the ``train`` task)::
 
-    trained = gpu_train(validated)
+    validated >> gpu_train()  # evaluate then reads <run_dir>/model/train_result.json
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ POD_TEMPLATE = Path(__file__).resolve().parents[1] / "k8s" / "train-pod.yaml"
 CYCLES_MOUNT = "/cycles"
 
 
-def gpu_train(validated, task_id: str = "train", namespace: str = "recsys"):
-    """A KubernetesPodOperator on the pod template; its XCom is the TrainResult dict rank 0 wrote.
+def gpu_train(task_id: str = "train", namespace: str = "recsys"):
+    """A KubernetesPodOperator on the pod template, training in the cycle folder ``validate`` returned.
+
+    The train settings JSON must be in ``<run_dir>/model`` first (``pipeline.launch.write_train_settings``);
+    rank 0 writes ``train_result.json`` beside the model.
 
     Args:
-        validated: the ``validate`` task's XComArg (a dict with ``run_dir`` under the shared volume).
         task_id: the task's id (``train`` keeps the cycle's wiring and tests).
         namespace: Kubernetes namespace of the training pods.
     """
