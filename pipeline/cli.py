@@ -269,6 +269,49 @@ def demo(
     console.print(f"Report: {Path(result.report).resolve()}")
 
 
+@app.command()
+def backtest(
+    start: Annotated[str, typer.Option(help="First window's start (YYYY-MM-DD); it trains the first model.")] = "1998-01-26",
+    weeks: Annotated[int, typer.Option(min=2, help="Consecutive weekly windows (the first trains, the rest are scored).")] = 13,
+    retrain_on: Annotated[str, typer.Option(help="Drift severity that triggers the drift policies: minor or major.")] = "minor",
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs budget of every training; default train.epochs.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Working folder for the cycles, backtest.json and backtest.png; default HOME/backtest.")]
+    = None,
+    source: Annotated[Optional[Path], typer.Option(help="Interaction data; default MovieLens-100K.")] = None,
+) -> None:
+    """Replay a timeline under four retraining policies; print mean NDCG@10 against training compute."""
+    from pipeline.backtest import WEEK
+    from pipeline.backtest import backtest as run_backtest
+    from pipeline.data import bootstrap_feature_repo
+
+    quiet_libraries()
+    settings = get_settings()
+    source, out = checked_path(source, settings, "--source"), checked_path(out, settings, "--out")
+    root = (out or settings.home / "backtest").resolve()
+    if root.exists():
+        shutil.rmtree(root)
+    repo = root / "features"
+    repo.mkdir(parents=True)
+    for definition in [*settings.feature_repo.glob("feature_store*.yaml"), *settings.feature_repo.glob("*.py")]:
+        shutil.copy(definition, repo / definition.name)
+    raw = load_source(settings, source)
+    console.print(f"feature store for the backtest at {repo} (the whole timeline; pulls are point-in-time)")
+    bootstrap_feature_repo(raw, repo)
+    from pipeline.cycle import with_overrides
+
+    s = with_overrides(settings, {"train": {"epochs": epochs}} if epochs else None).model_copy(update={"feature_repo": repo})
+    starts = [pd.Timestamp(start, tz="UTC") + WEEK * i for i in range(weeks)]
+    result = run_backtest(s, starts, root, retrain_on=retrain_on)
+    table = Table(title=f"Retraining policies over {weeks - 1} scored weeks from {starts[1].date()} (drift trigger: {retrain_on})")
+    for col in ("policy", "mean NDCG@10", "retrains", "promotions", "train epochs", "train s"):
+        table.add_column(col, no_wrap=True)
+    for p in result.policies:
+        table.add_row(p.policy, f"{p.mean_ndcg10:.4f}", str(p.trains), str(p.promotions), str(p.train_epochs), f"{p.train_s:.1f}")
+    console.print(table)
+    console.print(f"drift per window: {' '.join(result.severities)}")
+    console.print(f"{result.json_path}\n{result.plot_path}")
+
+
 def parse_span(name: str, span: str) -> tuple[str, str]:
     """``T0:T1`` with plain dates, or ``T0..T1`` (also for datetimes, whose times hold colons)."""
     t0, sep, t1 = span.partition("..")
@@ -285,16 +328,34 @@ def drift(
     reference: Annotated[str, typer.Option(help="Reference window T0:T1 (end exclusive).")],
     current: Annotated[str, typer.Option(help="Current window T2:T3 (end exclusive).")],
     out: Annotated[Optional[Path], typer.Option(help="Folder for drift.html/drift.json; default: no files.")] = None,
+    champion: Annotated[
+        bool, typer.Option(help="Also test the registry champion's scores on both windows (prediction drift).")
+    ] = False,
 ) -> None:
-    """Compare two windows of the feature store on the designed drift signals and print the verdict."""
+    """Compare two windows of the feature store on the designed drift signals and print the verdict.
+
+    A reference at least twice as long as the current window (four weeks for one) is
+    needed for the new-item and new-user signals.
+    """
     from pipeline.data import pull_window
-    from pipeline.drift import check_drift
+    from pipeline.drift import champion_scorer, check_drift
 
     quiet_libraries()
     settings = get_settings()
     out = checked_path(out, settings, "--out")
+    scorer = None
+    if champion:
+        from pipeline import registry
+
+        current_version = registry.champion(settings)
+        if current_version is None:
+            raise PipelineError("--champion: the registry has no champion yet")
+        model, why = registry.try_load(settings, current_version.version)
+        if model is None:
+            raise PipelineError(f"--champion: version {current_version.version} cannot be loaded: {why}")
+        scorer = champion_scorer(model)
     windows = [pull_window(settings.feature_repo, *parse_span(n, span)) for n, span in (("reference", reference), ("current", current))]
-    report = check_drift(windows[0], windows[1], out, settings.drift)
+    report = check_drift(windows[0], windows[1], out, settings.drift, scorer)
     table = Table(title=f"Drift: {reference} vs {current} (family-wise alpha {report.alpha:g})")
     for col in ("signal", "method", "value", "threshold", "p", "users ref/cur", "drifted", "note"):
         table.add_column(col, no_wrap=col != "note")

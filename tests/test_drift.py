@@ -370,3 +370,28 @@ def asdict_safe(result) -> dict:
     from dataclasses import asdict
 
     return asdict(result)
+
+
+class TestCli:
+    def test_retrain_drift_prints_the_signals_and_the_verdict(self, tmp_path, movielens):
+        import os
+        import subprocess
+        import sys
+
+        from pipeline.data import RawData, bootstrap_feature_repo
+        from tests.conftest import copy_feature_repo
+
+        ts = movielens.interactions["timestamp"]
+        inter = movielens.interactions[(ts >= pd.Timestamp("1997-09-29", tz="UTC")) & (ts < pd.Timestamp("1997-11-03", tz="UTC"))]
+        bootstrap_feature_repo(RawData(inter, movielens.users, movielens.items), copy_feature_repo(tmp_path / "features"))
+        env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_FEATURE_REPO": str(tmp_path / "features")}
+        retrain = [str(Path(sys.executable).with_name("retrain")), "drift", "--reference", "1997-09-29:1997-10-27",
+                   "--current", "1997-10-27:1997-11-03"]
+        done = subprocess.run([*retrain, "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        for name in (s.name for s in SIGNALS):
+            assert name in done.stdout, name
+        assert "verdict:" in done.stdout and (tmp_path / "out" / "drift.html").exists()
+        refused = subprocess.run([*retrain, "--champion"], env=env, capture_output=True, text=True, timeout=300)
+        assert refused.returncode != 0 and "no champion" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
