@@ -112,6 +112,8 @@ PSI_EPS = 1e-4
 """Empty PSI buckets count as this share (Evidently's default)."""
 METHODS = ("jensenshannon", "psi", "wasserstein")
 """Methods a histogram signal may be given in ``DriftSettings.methods``."""
+DENSE_CELLS = 20_000_000
+"""Unit x item count matrices up to this size are multiplied dense (160 MB of float64 at most)."""
 PERMUTATION_CELLS = 20_000_000
 """Largest (permutations x keys) block of reference counts held at once (bounds memory)."""
 DAY_NS = 86_400 * 10**9
@@ -277,7 +279,7 @@ def check_drift(
     with_scores = reference_scores is not None or current_scores is not None
     signals = SIGNALS + ((SCORE_SIGNAL,) if with_scores else ())
     signals = tuple(_configured(s, settings) for s in signals)
-    observed = _observe(reference, current, signals, settings, reference_scores, current_scores)
+    observed = _observe(reference, current, signals, settings, reference_scores, current_scores, out_dir is not None)
     notes = {s.name: observed[s.name].note or _untested_reason(s, observed[s.name], reference, current, settings) for s in signals}
     tested = [s for s in signals if not notes[s.name]]
     calibrated = _calibrate(tested, observed, settings)
@@ -348,8 +350,12 @@ def _observe(
     settings: DriftSettings,
     reference_scores: np.ndarray | None,
     current_scores: np.ndarray | None,
+    with_labels: bool = True,
 ) -> dict[str, _Observed]:
-    """Every signal as a (units x bins) matrix; units are users (or random groups of users)."""
+    """Every signal as a (units x bins) matrix; units are users (or random groups of users).
+
+    ``with_labels`` also keeps the per-row values Evidently draws (only needed for files).
+    """
     rng = np.random.default_rng(settings.seed)
     r_unit, r_users, r_weight = _units(reference["user_id"].to_numpy(), settings, rng)
     c_unit, c_users, c_weight = _units(current["user_id"].to_numpy(), settings, rng)
@@ -373,7 +379,7 @@ def _observe(
     rows("rating", *_numeric(both["rating"].to_numpy(float)))
     item_codes, item_index = pd.factorize(items)
     by_item = _keyed(units, item_codes, weight, n_units, len(item_index), side, user_key)
-    by_item.labels = _item_labels(both["item_id"], both["user_id"], side, settings.top_items)
+    by_item.labels = _item_labels(both["item_id"], both["user_id"], side, settings.top_items) if with_labels else {}
     for name in ("item_popularity_decile", "top_items_share", "rising_item_share", "new_item_share"):
         out[name] = by_item
     rows("hour_of_day", (ts // 3_600_000_000_000) % 24, np.array([f"{h:02d}" for h in range(24)], object))
@@ -396,7 +402,7 @@ def _observe(
     age_codes, age_support = _numeric(np.where(age > 0, age, np.nan))
     keep = age_codes >= 0
     out["user_age"] = _matrix(u_units[keep], age_codes[keep], ones[keep], n_units, len(age_support), age_support, u_side[keep], u_key[keep])
-    out["genre"] = _genres(both["item_genres"], item_codes, len(item_index), units, weight, n_units, side, user_key)
+    out["genre"] = _genres(both["item_genres"], item_codes, len(item_index), units, weight, n_units, side, user_key, with_labels)
     for obs in out.values():
         obs.n_ref_units = n_ref_units
     out.update(_newcomers(reference, current, settings, rng))
@@ -456,8 +462,8 @@ def _newcomers(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSe
     user_key = np.concatenate([r_users, c_users + r_users.max() + 1])
     out = {}
     for name, column in NEWCOMER_SIGNALS.items():
-        seen_ref = ref_target[column].isin(set(ref_history[column])).to_numpy()
-        seen_cur = current[column].isin(set(cur_history[column])).to_numpy()
+        seen_ref = ref_target[column].isin(ref_history[column].unique()).to_numpy()
+        seen_cur = current[column].isin(cur_history[column].unique()).to_numpy()
         codes = np.concatenate([seen_ref, seen_cur]).astype(int)  # 0 = new, 1 = seen
         out[name] = _matrix(units, codes, weight, int(units.max()) + 1, 2, support, side, user_key)
         out[name].n_ref_units = n_ref
@@ -485,7 +491,7 @@ def _item_labels(item_ids: pd.Series, user_ids: pd.Series, side: np.ndarray, top
 
 def _genres(
     genres: pd.Series, item_codes: np.ndarray, n_items: int, units: np.ndarray, weight: np.ndarray, n_units: int,
-    side: np.ndarray, user_key: np.ndarray,
+    side: np.ndarray, user_key: np.ndarray, with_labels: bool = True,
 ) -> _Observed:
     """(unit x item) weights times an (item x genre) indicator."""
     genre_of = pd.Series(genres.to_numpy(), index=item_codes).groupby(level=0).first().reindex(range(n_items))
@@ -498,7 +504,7 @@ def _genres(
     genre_rows = np.asarray(indicator.sum(axis=1)).ravel()[item_codes] > 0
     return _Observed(
         counts, np.asarray(g_labels, object), _user_counts(side[genre_rows], user_key[genre_rows]),
-        labels={"ref": _genre_labels(genres, ~side), "cur": _genre_labels(genres, side)},
+        labels={"ref": _genre_labels(genres, ~side), "cur": _genre_labels(genres, side)} if with_labels else {},
     )
 
 
@@ -658,7 +664,7 @@ def _group_scores(
     data = np.hstack(blocks) if blocks else np.zeros((n_units, 0))
     total = data.sum(axis=0)
     keyed = {id(observed[s.name]): observed[s.name] for s in relative}  # item signals share one matrix
-    transposed = {k: (o.counts.T.tocsr(), o.raw.T.tocsr()) for k, o in keyed.items()}
+    transposed = {k: (_keys_by_units(o.counts), _keys_by_units(o.raw)) for k, o in keyed.items()}
     widest = max([m.shape[0] for m, _ in transposed.values()], default=1)
     chunk = int(max(1, min(250, PERMUTATION_CELLS // max(widest, 1))))
 
@@ -698,12 +704,20 @@ def _random_picks(rng: np.random.Generator, b: int, n_units: int, n_ref: int) ->
     return pick
 
 
+def _keys_by_units(matrix: sp.csr_matrix) -> np.ndarray | sp.csr_matrix:
+    """The (keys x units) transpose, dense while small: a dense product uses every core, a sparse one only one."""
+    if matrix.shape[0] * matrix.shape[1] <= DENSE_CELLS:
+        return np.ascontiguousarray(matrix.T.toarray(), dtype=np.float32)
+    return matrix.T.tocsr().astype(np.float32)
+
+
 class _ItemCounts:
     """Reference and current item counts of a batch of splits, (B x items), computed once per batch."""
 
-    def __init__(self, weighted_t: sp.csr_matrix, raw_t: sp.csr_matrix, pick: np.ndarray) -> None:
-        self.ref = np.asarray(weighted_t @ pick.T).T
-        self.cur = np.asarray(weighted_t.sum(axis=1)).ravel() - self.ref
+    def __init__(self, weighted_t: np.ndarray | sp.csr_matrix, raw_t: np.ndarray | sp.csr_matrix, pick: np.ndarray) -> None:
+        pick = pick.astype(np.float32)  # exact for counts; halves the memory traffic of the product
+        self.ref = np.asarray(weighted_t @ pick.T, dtype=np.float64).T
+        self.cur = np.asarray(weighted_t.sum(axis=1, dtype=np.float64)).ravel() - self.ref
         self._raw_t, self._pick = raw_t, pick
 
     @functools.cached_property
@@ -714,8 +728,8 @@ class _ItemCounts:
 
     @property
     def raw(self) -> tuple[np.ndarray, np.ndarray]:
-        ref = np.asarray(self._raw_t @ self._pick.T).T
-        return ref, np.asarray(self._raw_t.sum(axis=1)).ravel() - ref
+        ref = np.asarray(self._raw_t @ self._pick.T, dtype=np.float64).T
+        return ref, np.asarray(self._raw_t.sum(axis=1, dtype=np.float64)).ravel() - ref
 
 
 def _relative_score(signal: Signal, counts: _ItemCounts, settings: DriftSettings) -> np.ndarray:
