@@ -32,11 +32,12 @@ demo: setup
 	$(BIN)/retrain demo
 
 test: setup
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { echo "error: the report test needs Chromium: apt-get install -y chromium chromium-driver (as root)"; exit 1; }
 	$(BIN)/python -m pytest
 
 bench: setup
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
-	@for b in quality train_speed data drift decisions; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+	@for b in quality train_speed data drift decisions pipeline; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf .retrain features/data mlruns
@@ -48,3 +49,14 @@ clean:
 .PHONY: prod-check
 prod-check: setup
 	$(BIN)/python infra/prod_check.py
+
+# Airflow 3 on this machine: `airflow standalone` (scheduler, DAG processor, triggerer, API
+# server + UI at http://127.0.0.1:8080, bound to 127.0.0.1 only) with this project's dags/,
+# SQLite metadata under .retrain/airflow. The admin password is printed on start and kept
+# in .retrain/airflow/simple_auth_manager_passwords.json.generated.
+.PHONY: airflow
+airflow: setup
+	@mkdir -p .retrain/airflow
+	AIRFLOW_HOME=$(CURDIR)/.retrain/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=8080 \
+	$(BIN)/airflow standalone

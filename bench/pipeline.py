@@ -1,0 +1,187 @@
+"""Pipeline benchmark: DAG parse time, one full cycle, the timeline demo, the retraining-policy backtest.
+
+Keys written to bench/results/pipeline.json:
+
+``dag_parse_s_max``  slowest DAG file's import time (fresh interpreter each, Airflow
+    itself already imported, as the DAG processor has it).
+``cycle_s``  one full retrain cycle in-process (pull, validate, drift, calibrate,
+    train, evaluate, gate) on the MovieLens-100K week ``CYCLE_WINDOW`` with the
+    default settings, store already bootstrapped, excluding process start.
+``demo_s``  wall time of ``retrain demo`` (the whole timeline through the DAGs, fresh
+    home), process start included; ``demo`` holds its week count, trainings and events.
+``backtest``  policy -> ``{mean_ndcg10, train_epochs, train_s}`` from ``retrain backtest``
+    with its defaults (13 weekly windows from 1998-01-26, drift trigger ``minor``).
+
+Each part can run alone (``--only cycle,demo``); the others keep their values from the
+previous results file. Goals are checked on whatever the file then holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "pipeline.json"
+CYCLE_WINDOW = ("1998-04-13", "1998-04-20")
+PARTS = ("parse", "cycle", "demo", "backtest")
+sys.path.insert(0, str(ROOT))
+
+PROBE = """
+import importlib.util, sys, time
+import airflow.sdk, pendulum
+start = time.perf_counter()
+spec = importlib.util.spec_from_file_location("probe", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(time.perf_counter() - start)
+"""
+
+
+def dag_parse() -> dict[str, float]:
+    """Seconds to import each DAG file, best of three fresh interpreters."""
+    out = {}
+    for path in sorted((ROOT / "dags").glob("*.py")):
+        runs = [float(subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True,
+                                     check=True, timeout=120).stdout.strip().splitlines()[-1]) for _ in range(3)]
+        out[path.name] = round(min(runs), 4)
+    return out
+
+
+def env_for(home: Path, repo: Path) -> dict[str, str]:
+    return {**os.environ, "RETRAIN_HOME": str(home), "RETRAIN_FEATURE_REPO": str(repo), "RETRAIN_DATA_ROOT": str(home.parent)}
+
+
+def sandbox(root: Path) -> tuple[Path, Path]:
+    """A private home (with the downloaded data cache) and feature repository definitions."""
+    from tests.conftest import cache_dir, copy_feature_repo
+
+    home = root / "home"
+    home.mkdir(parents=True)
+    if cache_dir().exists():
+        shutil.copytree(cache_dir(), home / "cache")
+    return home, copy_feature_repo(root / "features")
+
+
+def cycle_seconds(root: Path) -> dict[str, float]:
+    """One full cycle in this process on ``CYCLE_WINDOW``; seconds per step and in total."""
+    import pandas as pd
+
+    from pipeline import cycle
+    from pipeline.cli import quiet_libraries
+    from pipeline.data import RawData, bootstrap_feature_repo, load_movielens
+    from pipeline.settings import Settings
+
+    quiet_libraries()
+    home, repo = sandbox(root)
+    raw = load_movielens(home / "cache")
+    inter = raw.interactions[raw.interactions["timestamp"] < pd.Timestamp(CYCLE_WINDOW[1], tz="UTC")]
+    bootstrap_feature_repo(RawData(inter, raw.users, raw.items), repo)
+    s = Settings(home=home, feature_repo=repo)
+    steps: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kwargs):
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        steps[name] = round(time.perf_counter() - t, 2)
+        return out
+
+    pulled = timed("pull", cycle.pull, *CYCLE_WINDOW, settings=s)
+    pulled = timed("validate", cycle.validate, pulled, settings=s)
+    drifted = timed("drift", cycle.drift, pulled, settings=s)
+    plan = timed("calibrate", cycle.calibrate, pulled, drifted, settings=s)
+    trained = timed("train", cycle.train, pulled, settings=s, plan=plan)
+    evaluated = timed("evaluate", cycle.evaluate, pulled, trained, settings=s)
+    timed("gate", cycle.gate, pulled, drifted, trained, evaluated, settings=s)
+    return {"cycle_s": round(sum(steps.values()), 1), "cycle_steps_s": steps, "cycle_epochs": len(trained["epoch_losses"])}
+
+
+def demo_seconds(root: Path) -> dict:
+    """``retrain demo`` with its defaults in a fresh home; wall time and what it did."""
+    home, repo = sandbox(root)
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo"], env=env_for(home, repo), cwd=ROOT,
+                          capture_output=True, text=True, timeout=3600)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"demo failed: {done.stderr[-2000:]}")
+    timeline = json.loads((home / "timeline" / "timeline.json").read_text())
+    weeks = timeline["weeks"]
+    return {
+        "demo_s": round(seconds, 1),
+        "demo": {
+            "weeks": len(weeks), "trains": timeline["trains"], "replay_s": timeline["seconds"],
+            "trained_by": {w["window"][:10]: w["trained_by"] for w in weeks if w["trained_by"]},
+            "promotions": sum(w["promoted"] for w in weeks), "reverts": [w["window"][:10] for w in weeks if w["reverted"]],
+            "injected": {w["window"][:10]: w["injected"] for w in weeks if w["injected"]},
+            "step_s": {k: round(sum(w["timings"].get(k, 0.0) for w in weeks), 1)
+                       for k in ("ingest", "monitor", "served", "drift_watch", "retrain_scheduled", "inject")},
+        },
+    }
+
+
+def backtest_summary(root: Path) -> dict:
+    """``retrain backtest`` with its defaults; the per-policy summary and the severities that drove it."""
+    home, repo = sandbox(root)
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "backtest", "--out", str(root / "bt")],
+                          env=env_for(home, repo), cwd=ROOT, capture_output=True, text=True, timeout=7200)
+    if done.returncode != 0:
+        raise SystemExit(f"backtest failed: {done.stderr[-2000:]}")
+    from pipeline.backtest import BacktestResult
+
+    result = BacktestResult.from_dict(json.loads((root / "bt" / "backtest.json").read_text()))
+    plot = ROOT / "bench" / "results" / "pipeline_backtest.png"
+    shutil.copy(result.plot_path, plot)
+    return {"backtest": result.summary(), "backtest_severities": list(result.severities), "backtest_s": result.seconds,
+            "backtest_windows": [result.windows[0][:10], result.windows[-1][:10]]}
+
+
+def goals(r: dict) -> dict[str, bool | None]:
+    bt = r.get("backtest") or {}
+    adaptive, weekly = bt.get("drift_adaptive"), bt.get("weekly")
+    policy_goal = None
+    if adaptive and weekly:
+        policy_goal = (adaptive["mean_ndcg10"] >= weekly["mean_ndcg10"]
+                       and adaptive["train_epochs"] <= weekly["train_epochs"] / 2 and adaptive["train_s"] <= weekly["train_s"] / 2)
+    return {
+        "dag_parse_s_max<=0.5": r["dag_parse_s_max"] <= 0.5 if "dag_parse_s_max" in r else None,
+        "cycle_s<=60": r["cycle_s"] <= 60 if "cycle_s" in r else None,
+        "demo_s<=600": r["demo_s"] <= 600 if "demo_s" in r else None,
+        "drift_adaptive>=weekly NDCG with <=half compute": policy_goal,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run ({', '.join(PARTS)})")
+    parts = [p for p in parser.parse_args(argv).only.split(",") if p]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    result["cpus"] = os.cpu_count()
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        if "parse" in parts:
+            result["dag_parse_s"] = dag_parse()
+            result["dag_parse_s_max"] = max(result["dag_parse_s"].values())
+        for part, fn in (("cycle", cycle_seconds), ("demo", demo_seconds), ("backtest", backtest_summary)):
+            if part in parts:
+                result.update(fn(Path(tmp) / part))
+                print(f"{part} done", flush=True)
+    result["goals"] = goals(result)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file = RESULTS.with_name(f".{RESULTS.name}.tmp")
+    tmp_file.write_text(json.dumps(result, indent=2))
+    os.replace(tmp_file, RESULTS)
+    print(json.dumps({k: result[k] for k in result if k not in ("dag_parse_s",)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
