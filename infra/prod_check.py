@@ -53,13 +53,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--window-start", default="1997-11-10", help="first day of the retrained window (MovieLens time)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs of the cycle")
     p.add_argument("--processes", type=int, default=1, help="training processes (above 1: torchrun)")
+    p.add_argument("--policy", default="static", choices=["static", "adaptive"],
+                   help="training schedule: static keeps the check short; adaptive is the production default")
     p.add_argument("--redis-db", type=int, default=9, help="Redis db index of the online store")
     p.add_argument("--keep", action="store_true", help="leave the MLflow server, databases and files in place")
     return p.parse_args(argv)
 
 
 def bootstrap_features(stack: Stack, env: dict[str, str], window_end: str) -> int:
-    """Feast registry, offline store (PostgreSQL) and online store (Redis) from MovieLens before ``window_end``."""
+    """Feast registry, offline store (PostgreSQL) and online store (Redis) from MovieLens up to ``window_end``."""
     os.environ.update(env)  # Feast reads the FEAST_* variables when it loads feature_store.prod.yaml
     import pandas as pd
 
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(home, ignore_errors=True)
     stack = Stack(prefix=f"prodcheck_{uuid.uuid4().hex[:8]}", home=home, redis_db=args.redis_db, mlflow_port=free_port())
     env = {**stack.env(), "RETRAIN_TRAIN__EPOCHS": str(args.epochs), "RETRAIN_TRAIN__PROCESSES": str(args.processes),
-           "RETRAIN_DRIFT__PERMUTATIONS": "200"}
+           "RETRAIN_SCHEDULE__POLICY": args.policy, "RETRAIN_DRIFT__PERMUTATIONS": "200"}
     servers: Servers = stack.servers
     steps = [
         ("PostgreSQL and Redis", servers.ensure),
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("Airflow metadata on PostgreSQL (db migrate)")
         airflow_migrate(env)
         log.info("Feast: PostgreSQL registry + offline store, Redis online store")
-        rows = bootstrap_features(stack, env, start.isoformat())
+        rows = bootstrap_features(stack, env, end.isoformat())  # the window itself must be stored
         log.info("retrain DAG for %s .. %s", start.date(), end.date())
         run = run_dag(env, start.isoformat(), end.isoformat())
         found = checks(stack, run, rows)
