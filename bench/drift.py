@@ -22,19 +22,22 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from pipeline import simulate as sim
-from pipeline.data import load_movielens
-from pipeline.drift import check_drift
-from pipeline.settings import DriftSettings
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package, not bench/pipeline.py beside this script
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipeline import simulate as sim  # noqa: E402
+from pipeline.data import load_movielens  # noqa: E402
+from pipeline.drift import check_drift  # noqa: E402
+from pipeline.settings import DriftSettings  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 
 
