@@ -20,11 +20,18 @@ SCANNED = ("pipeline", "dags", "features", "bench", "infra")
 NOSEC = re.compile(r"#\s*nosec\b(?P<rest>.*)$")
 
 
-def tracked_text_files() -> list[Path]:
-    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+GENERATED = {".git", ".venv", ".retrain", "mlruns", "__pycache__", ".pytest_cache", ".ruff_cache", "data"}
+
+
+def tracked_text_files() -> list[tuple[Path, str]]:
+    """The committed files (``git ls-files``); in a source tree without git, every file but generated ones."""
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode == 0:
+        paths = [ROOT / name for name in listed.stdout.split()]
+    else:
+        paths = [p for p in ROOT.rglob("*") if not GENERATED & set(p.relative_to(ROOT).parts)]
     out = []
-    for name in names:
-        path = ROOT / name
+    for path in paths:
         if path.is_file() and path.suffix not in {".png", ".whl", ".parquet", ".db", ".pt"}:
             try:
                 out.append((path, path.read_text()))
