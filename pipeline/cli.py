@@ -222,7 +222,7 @@ def demo(
     start: Annotated[str, typer.Option(help="First window's start (YYYY-MM-DD); the store starts with the data before it.")]
     = "1997-10-06",
     every: Annotated[int, typer.Option(min=0, help="Scheduled retrain every this many weeks (the first week always trains).")]
-    = 6,
+    = 8,
     retrain_on: Annotated[str, typer.Option(help="Drift severity at which drift_watch retrains: minor or major.")] = "major",
     drift_at: Annotated[str, typer.Option(help="Week start (YYYY-MM-DD) whose events get an injected drift; 'none': no drift event.")]
     = "1998-01-12",
@@ -271,8 +271,8 @@ def demo(
 
 @app.command()
 def backtest(
-    start: Annotated[str, typer.Option(help="First window's start (YYYY-MM-DD); it trains the first model.")] = "1998-01-26",
-    weeks: Annotated[int, typer.Option(min=2, help="Consecutive weekly windows (the first trains, the rest are scored).")] = 13,
+    start: Annotated[str, typer.Option(help="First window's start (YYYY-MM-DD); it trains the first model.")] = "1998-02-23",
+    weeks: Annotated[int, typer.Option(min=2, help="Consecutive weekly windows (the first trains, the rest are scored).")] = 9,
     retrain_on: Annotated[str, typer.Option(help="Drift severity that triggers the drift policies: minor or major.")] = "minor",
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs budget of every training; default train.epochs.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Working folder for the cycles, backtest.json and backtest.png; default HOME/backtest.")]

@@ -63,7 +63,7 @@ class TimelineConfig:
 
     start: str = DEFAULT_START
     weeks: int | None = None
-    every: int = 6
+    every: int = 8
     retrain_on: str = "major"
     drift_at: str | None = DEFAULT_DRIFT_AT
     bad_model_at: str | None = DEFAULT_BAD_MODEL_AT

@@ -48,7 +48,7 @@ def replayed(tmp_path_factory, movielens) -> tuple[backtest.BacktestResult, obje
     repo = copy_feature_repo(root / "features")
     bootstrap_feature_repo(RawData(inter[inter["timestamp"] < pd.Timestamp("1997-11-17", tz="UTC")], movielens.users,
                                    movielens.items), repo)
-    s = Settings(home=root / "home", feature_repo=repo, train={"epochs": 1, "embedding_dim": 8})
+    s = Settings(home=root / "home", feature_repo=repo, train={"epochs": 1, "embedding_dim": 8}, drift={"permutations": 100})
     starts = [pd.Timestamp("1997-10-27", tz="UTC") + backtest.WEEK * i for i in range(3)]
     return backtest.backtest(s, starts, root / "out", retrain_on="minor", progress=False), root
 
