@@ -381,6 +381,11 @@ def gate(
     for name, path in (("plan.json", p.plan), ("trace.json", Path(trained["trace"]) if trained.get("trace") else None)):
         if path is not None and path.exists():
             artifacts[name] = path
+    trace = json.loads(artifacts["trace.json"].read_text()) if "trace.json" in artifacts else None
+    if trace is not None:
+        from pipeline.schedule.plot import curves
+
+        artifacts["curves.png"] = curves(trace, p.model_dir / "curves.png")
     candidate = registry.log_candidate(
         load_checkpoint(Path(trained["checkpoint"])),
         settings=s,
@@ -396,6 +401,10 @@ def gate(
         artifacts=artifacts,
         tags={"drift.severity": drift_result["severity"], "window": window, "feature_service": FEATURE_SERVICE},
     )
+    if trace is not None:
+        from pipeline.schedule.plot import log_to_mlflow
+
+        log_to_mlflow(trace, candidate.run_id, s.mlflow_uri)
     per_user = json.loads(Path(evaluated["per_user"]).read_text())
     model, load_error = registry.try_load(s, candidate.version)  # the registered artifact, not the checkpoint
     decision = gating.decide(

@@ -145,3 +145,26 @@ def test_static_policy_has_no_plan_and_trains_as_configured(sandbox):
     assert plan["plan"] is None
     trained = cycle.train(pulled, settings=sandbox, plan=plan)
     assert len(trained["epoch_losses"]) == sandbox.train.epochs and trained["best_validation"] is None
+
+
+def test_the_gate_logs_plan_trace_curves_and_metric_histories_with_the_candidate(sandbox, tmp_path):
+    from mlflow import MlflowClient
+
+    s = sandbox
+    w = cycle.window(settings=s)
+    pulled = cycle.validate(cycle.pull(w["start"], w["end"], settings=s), settings=s)
+    overrides = {"train": {"epochs": 3}, "schedule": {"policy": "adaptive", "knowledge_base": False}}
+    drift = cycle.drift(pulled, settings=s)
+    plan = cycle.calibrate(pulled, drift, settings=s, overrides=overrides)
+    trained = cycle.train(pulled, settings=s, overrides=overrides, plan=plan)
+    evaluated = cycle.evaluate(pulled, trained, settings=s)
+    summary = cycle.gate(pulled, drift, trained, evaluated, settings=s, overrides=overrides)
+
+    client = MlflowClient(s.mlflow_uri)
+    version = client.get_model_version(s.model_name, str(summary["version"]))
+    names = {a.path for a in client.list_artifacts(version.run_id)}
+    assert {"plan.json", "trace.json", "curves.png"} <= names
+    history = client.get_metric_history(version.run_id, "curve.validation_ndcg")
+    assert len(history) == len(trained["epoch_losses"])
+    run = client.get_run(version.run_id)
+    assert run.data.params["schedule.policy"] == "adaptive" and "scheduler_events" in run.data.metrics
