@@ -37,7 +37,7 @@ test: setup
 
 bench: setup
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
-	@for b in quality train_speed data drift decisions pipeline; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+	@for b in quality train_speed data drift decisions pipeline faults scheduler; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf .retrain features/data mlruns

@@ -247,6 +247,9 @@ def summarise(done: dict[str, dict]) -> dict:
     for regime in REGIMES:
         mine = [r for r in runs if r["regime"] == regime]
         grid = {(r["schedule"], r["rate"]): r for r in mine if r["method"] == "grid"}
+        if not grid or not any(r["method"] == "adaptive" for r in mine):
+            out["regimes"][regime] = {"missing": "not run (the benchmark was stopped before this regime)"}
+            continue
         grid_best = max(r["ndcg10"] for r in grid.values())
         target = 0.95 * grid_best
 
@@ -254,6 +257,8 @@ def summarise(done: dict[str, dict]) -> dict:
             return next((i + 1 for i, t in enumerate(r["test_curve"]) if t >= target), None)
 
         def entry(rs):
+            if not rs:
+                return None
             reached = [to95(r) for r in rs]
             return {
                 "ndcg10": statistics.mean(r["ndcg10"] for r in rs),
@@ -266,21 +271,21 @@ def summarise(done: dict[str, dict]) -> dict:
             }
 
         reg = {"grid_best_ndcg10": grid_best, "grid_best_config": max(grid, key=lambda k: grid[k]["ndcg10"]),
-               "grid_total_epochs": sum(r["epochs"] for r in grid.values()),
+               "grid_total_epochs": sum(r["epochs"] for r in grid.values()), "grid_configs_run": len(grid),
                "grid": {f"{s}@x{rate}": g["ndcg10"] for (s, rate), g in grid.items()}}
         adaptive = [r for r in mine if r["method"] == "adaptive"]
         reg["adaptive"] = entry(adaptive)
         overheads += [r["scheduler_s"] / r["step_s"] for r in adaptive if r["step_s"] > 0]
         for kind in DEFAULTS:
             rs = [r for r in mine if r["method"] == "default" and r["schedule"] == kind]
-            if kind in ("constant", "cosine"):
+            if kind in ("constant", "cosine") and (kind, 1.0) in grid:
                 rs.append(grid[(kind, 1.0)])
             reg[kind] = entry(rs)
         reg["ablations"] = {
             r["off"]: {"ndcg10": r["ndcg10"], "epochs": r["epochs"], "epochs_to_95": to95(r)}
             for r in mine if r["method"] == "ablation"
         }
-        adaptive0 = next(r for r in adaptive if r["seed"] == 0)
+        adaptive0 = next((r for r in adaptive if r["seed"] == 0), adaptive[0])
         reg["ablations"]["none (all on, seed 0)"] = {"ndcg10": adaptive0["ndcg10"], "epochs": adaptive0["epochs"],
                                                      "epochs_to_95": to95(adaptive0)}
         warm = [r for r in mine if r["method"] == "kb_warm"]
@@ -291,9 +296,10 @@ def summarise(done: dict[str, dict]) -> dict:
         a, p = reg["adaptive"], reg["plateau"]
         reg["goals"] = {
             "ndcg_vs_grid_best": a["ndcg10"] / grid_best,
-            "beats_every_default": all(a["ndcg10"] >= reg[k]["ndcg10"] for k in DEFAULTS),
+            "beats_every_default": all(a["ndcg10"] >= reg[k]["ndcg10"] for k in DEFAULTS if reg[k] is not None),
+            "defaults_run": [k for k in DEFAULTS if reg[k] is not None],
             "epochs_to_95_vs_plateau": (a["epochs_to_95"] / p["epochs_to_95"])
-            if a["epochs_to_95"] and p["epochs_to_95"] else None,
+            if p and a["epochs_to_95"] and p["epochs_to_95"] else None,
         }
         out["regimes"][regime] = reg
     out["overhead"] = statistics.mean(overheads) if overheads else None
@@ -311,6 +317,9 @@ def plot(summary: dict, done: dict[str, dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(REGIMES), figsize=(5 * len(REGIMES), 3.6), sharey=True)
     for ax, regime in zip(axes, REGIMES):
+        if "missing" in summary["regimes"][regime]:
+            ax.set_title(f"{regime} (not run)")
+            continue
         for method, kind, style in (("adaptive", None, "-"), *(("default", k, "--") for k in DEFAULTS)):
             rs = [r for r in done.values() if r["regime"] == regime and r["seed"] == 0 and r["method"] in (method, "grid")
                   and (kind is None or (r.get("schedule") == kind and r.get("rate", 1.0) == 1.0))]
@@ -331,6 +340,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--fresh", action="store_true", help="forget finished runs and start over")
+    parser.add_argument("--summarise-only", action="store_true", help="write the summary of the runs finished so far")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.fresh:
@@ -341,22 +351,37 @@ def main() -> None:
             r = json.loads(line)
             done[key({k: v for k, v in r.items() if k in ("regime", "method", "schedule", "rate", "seed", "off")})] = r
     started = time.perf_counter()
-    execute(tasks_main(), args.workers, done)
+    if not args.summarise_only:
+        run_all(args.workers, done)
+    finish(done, started)
+
+
+def run_all(workers: int, done: dict[str, dict]) -> None:
+    execute(tasks_main(), workers, done)
     # Knowledge base: each regime starts from the records of the other regimes' adaptive runs.
     warm = []
     for regime in REGIMES:
         kb = [r["record"] for r in done.values() if r["method"] == "adaptive" and r["regime"] != regime]
         warm.append({"regime": regime, "method": "kb_warm", "seed": 0, "kb": kb})
-    execute(warm, args.workers, done)
+    execute(warm, workers, done)
+
+
+def finish(done: dict[str, dict], started: float) -> None:
     summary = summarise(done)
     summary["bench_s"] = time.perf_counter() - started
     (RESULTS / "scheduler.json").write_text(json.dumps(summary, indent=2))
     plot(summary, done, RESULTS / "scheduler.png")
     for regime, reg in summary["regimes"].items():
+        if "missing" in reg:
+            print(f"== {regime}: {reg['missing']}")
+            continue
         print(f"== {regime}: grid best {reg['grid_best_ndcg10']:.4f} ({reg['grid_best_config']}), "
               f"grid epochs {reg['grid_total_epochs']}")
         for m in ("adaptive", *DEFAULTS):
             e = reg[m]
+            if e is None:
+                print(f"  {m:>9}: not run")
+                continue
             print(f"  {m:>9}: ndcg10 {e['ndcg10']:.4f} ± {e['ndcg10_std']:.4f}  epochs_to_95 {e['epochs_to_95']}  "
                   f"epochs {e['epochs']:.1f}")
         print("  goals:", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in reg["goals"].items()})
