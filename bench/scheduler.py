@@ -110,7 +110,8 @@ class TorchSchedule:
             "constant": lambda: None,
             "cosine": lambda: lrs.CosineAnnealingLR(optimizer, T_max=total),
             "step": lambda: lrs.StepLR(optimizer, step_size=int(total * 2 / 3), gamma=0.1),
-            "onecycle": lambda: lrs.OneCycleLR(optimizer, max_lr=base, total_steps=total + 1),
+            # The fused row-wise Adagrad has no momentum to cycle; everything else is OneCycleLR's default.
+            "onecycle": lambda: lrs.OneCycleLR(optimizer, max_lr=base, total_steps=total + 1, cycle_momentum=False),
             "plateau": lambda: lrs.ReduceLROnPlateau(optimizer, mode="max"),
         }[self.kind]()
 
@@ -340,6 +341,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--fresh", action="store_true", help="forget finished runs and start over")
+    parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES), help="regimes to run")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the ablation and knowledge-base runs")
     parser.add_argument("--summarise-only", action="store_true", help="write the summary of the runs finished so far")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -352,12 +355,15 @@ def main() -> None:
             done[key({k: v for k, v in r.items() if k in ("regime", "method", "schedule", "rate", "seed", "off")})] = r
     started = time.perf_counter()
     if not args.summarise_only:
-        run_all(args.workers, done)
+        run_all(args.workers, done, args.regimes, not args.no_ablations)
     finish(done, started)
 
 
-def run_all(workers: int, done: dict[str, dict]) -> None:
-    execute(tasks_main(), workers, done)
+def run_all(workers: int, done: dict[str, dict], regimes: list[str], ablations: bool = True) -> None:
+    tasks = [t for t in tasks_main() if t["regime"] in regimes and (ablations or t["method"] != "ablation")]
+    execute(tasks, workers, done)
+    if not ablations:
+        return
     # Knowledge base: each regime starts from the records of the other regimes' adaptive runs.
     warm = []
     for regime in REGIMES:

@@ -188,8 +188,8 @@ def run_drift_watch(tmp_path: Path, slice_end: str) -> dict:
 
 @pytest.mark.slow
 def test_drift_watch_runs_on_the_newest_week_and_stops_or_retrains(tmp_path):
-    states = run_drift_watch(tmp_path, "1997-11-03")
-    run_dir = tmp_path / "home" / "runs" / "19971027-19971103"  # the newest stored week
+    states = run_drift_watch(tmp_path, "1997-10-27")  # 1997-10-27..11-03 drifts (new releases); the week before does not
+    run_dir = tmp_path / "home" / "runs" / "19971020-19971027"  # the newest stored week
     trigger = json.loads((run_dir / "trigger.json").read_text())  # the last run's verdict
     assert trigger["retrain_on"] == "minor" and (run_dir / "drift" / "drift.json").exists()
     assert trigger["severity"] == "none" and not trigger["retrain"]  # this week does not drift: the run stops
