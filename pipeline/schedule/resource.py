@@ -36,8 +36,8 @@ class ResourceController:
     """Watches step time, throughput and memory; changes the batch size to hold a budget.
 
     Args:
-        min_throughput: samples per second to hold (None: measured on the first epoch,
-            the budget is then that throughput).
+        min_throughput: samples per second to hold (None: the best throughput of the
+            first ``budget_epochs`` epochs).
         max_memory_mb: memory budget (None: no memory control).
         tolerance: relative shortfall that triggers a change.
         min_batch / max_batch: bounds of the batch size.
@@ -59,8 +59,10 @@ class ResourceController:
         min_batch: int = 64,
         max_batch: int = 8192,
         memory: Callable[[], float] = peak_memory_mb,
+        budget_epochs: int = 2,
     ) -> None:
         self.min_throughput, self.max_memory_mb, self.tolerance = min_throughput, max_memory_mb, tolerance
+        self.budget_epochs = budget_epochs if min_throughput is None else 0
         self.min_batch, self.max_batch, self.memory = min_batch, max_batch, memory
         self._seconds = 0.0
         self._samples = 0
@@ -78,8 +80,9 @@ class ResourceController:
         rate, memory = self.throughput(), self.memory()
         self.history.append({"epoch": epoch, "throughput": rate, "memory_mb": memory, "batch_size": batch_size})
         self._seconds, self._samples = 0.0, 0
-        if self.min_throughput is None and math.isfinite(rate):
-            self.min_throughput = rate
+        if len(self.history) <= self.budget_epochs and math.isfinite(rate):
+            # The budget is the best of the first epochs: the first one alone pays one-off costs (allocation, warm caches).
+            self.min_throughput = max(self.min_throughput or 0.0, rate)
             return batch_size
         new, trigger, value, threshold = batch_size, "", 0.0, 0.0
         if self.max_memory_mb is not None and memory > self.max_memory_mb * (1 + self.tolerance):
@@ -106,7 +109,8 @@ class ResourceController:
         return math.sqrt(ratio)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"min_throughput": self.min_throughput, "history": self.history}
+        return {"min_throughput": self.min_throughput, "history": self.history, "budget_epochs": self.budget_epochs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.min_throughput, self.history = state["min_throughput"], state["history"]
+        self.budget_epochs = state.get("budget_epochs", self.budget_epochs)

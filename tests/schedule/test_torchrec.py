@@ -121,10 +121,10 @@ class SlowDown(Callback):
 
 def test_a_slowdown_makes_the_resource_controller_raise_the_batch_size_and_scale_the_rate(tmp_path):
     history, catalogue = synthetic_world()
-    plan = SchedulePlan(dense_lr=0.01, sparse_lr=0.1, batch_size=32, warmup_steps=0, max_epochs=4, patience=5)
-    controller = ResourceController(tolerance=0.3)
+    plan = SchedulePlan(dense_lr=0.01, sparse_lr=0.1, batch_size=32, warmup_steps=0, max_epochs=5, patience=5)
+    controller = ResourceController(tolerance=0.3, budget_epochs=2)  # budget: the best of epochs 1 and 2
     result = train(history, catalogue, tmp_path, SETTINGS, progress=False, validate=genre_validation(history),
-                   plan=plan, callbacks=[SlowDown(epoch=1, seconds=0.05)], resource=controller)
+                   plan=plan, callbacks=[SlowDown(epoch=2, seconds=0.05)], resource=controller)
     trace = json.loads(Path(result.trace).read_text())
     batch_events = [e for e in trace["events"] if e["action"] == "batch_size"]
     assert batch_events, f"no reaction to the slowdown: {controller.history}"
@@ -133,7 +133,7 @@ def test_a_slowdown_makes_the_resource_controller_raise_the_batch_size_and_scale
     assert event["changes"]["batch_size"] == [32.0, 64.0]
     old, new = event["changes"]["dense_lr"]
     assert new > old  # a bigger batch carries a higher rate (linear or square-root rule)
-    assert trace["epochs"][-1]["batch_size"] == 64 or trace["epochs"][-1]["batch_size"] == 128
+    assert trace["epochs"][-1]["batch_size"] in (64, 128, 256)
 
 
 def test_the_batch_rate_rule_is_linear_below_the_noise_scale_and_square_root_above():
