@@ -150,7 +150,7 @@ def test_static_policy_has_no_plan_and_trains_as_configured(sandbox):
 def test_the_gate_logs_plan_trace_curves_and_metric_histories_with_the_candidate(sandbox, tmp_path):
     from mlflow import MlflowClient
 
-    s = sandbox
+    s = sandbox.model_copy(update={"home": tmp_path / "home"})  # an empty registry: no champion from other tests
     w = cycle.window(settings=s)
     pulled = cycle.validate(cycle.pull(w["start"], w["end"], settings=s), settings=s)
     overrides = {"train": {"epochs": 3}, "schedule": {"policy": "adaptive", "knowledge_base": False}}
