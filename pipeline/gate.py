@@ -21,19 +21,15 @@ Everything here is a pure function of arrays and settings; the registry adapter
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.evaluate import UserEval, long_tail_items, user_metrics  # noqa: F401  (re-exported: the gate's inputs)
+from pipeline.records import lenient_from_dict  # noqa: F401  (re-exported: the registry's records use it too)
 from pipeline.settings import GateSettings
-
-
-def lenient_from_dict(cls: type, payload: dict[str, Any]) -> Any:
-    """Builds a dataclass from a dict, ignoring unknown keys, so a dict written by a newer version still loads."""
-    return cls(**{f.name: payload[f.name] for f in fields(cls) if f.name in payload})
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ import torch
 
 from pipeline.schedule.events import ScheduleEvent
 from pipeline.schedule.plan import SchedulePlan
-from pipeline.schedule.signals import Reading, SignalTracker
+from pipeline.schedule.signals import Reading, SignalTracker, ema
 from pipeline.schedule.snapshot import Snapshot
 
 STAGES = ("warmup", "explore", "refine", "settle")
@@ -166,7 +166,7 @@ class AdaptiveScheduler:
         self.best_epoch = -1
         self.since_improvement = 0
         self.improving_streak = 0
-        self.curvature_ema: float | None = None
+        self.curvature_median: float | None = None
         self.curvature_ref: float | None = None
         self.consistency_ema: float | None = None
         self.should_stop = False
@@ -270,7 +270,7 @@ class AdaptiveScheduler:
         reading = self.signals.observe(loss, self.watch, batch_size or self.plan.batch_size, grad_norm)
         self.last_reading = reading
         if math.isfinite(reading.grad_norm):
-            self.grad_norm_short = _ema(self.grad_norm_short, reading.grad_norm, 0.1)
+            self.grad_norm_short = ema(self.grad_norm_short, reading.grad_norm, 0.1)
         if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
             self.recover("nonfinite_loss", loss)
             return False
@@ -332,7 +332,7 @@ class AdaptiveScheduler:
 
     def _explore(self, validation: float) -> None:
         if self.components.curvature and self._curvature_jumped():
-            self._change_rate(self.limits.cut_factor, "curvature_jump", self.curvature_ema / self.curvature_ref,
+            self._change_rate(self.limits.cut_factor, "curvature_jump", self.curvature_median / self.curvature_ref,
                               self.limits.curvature_jump, validation, "loss surface sharper than when exploring began",
                               stage="refine")
         elif self.since_improvement >= self.plan.patience:
@@ -457,7 +457,7 @@ class AdaptiveScheduler:
 
     def _track_best(self, validation: float) -> None:
         """Plateau and streak cues read the smoothed metric; the kept weights are those of the best raw value."""
-        self.smoothed = validation if self.smoothed is None else _ema(self.smoothed, validation, self.plan.smoothing)
+        self.smoothed = validation if self.smoothed is None else ema(self.smoothed, validation, self.plan.smoothing)
         self.smoothed_history.append(self.smoothed)
         if self.smooth_best == -math.inf or self.smoothed > self.smooth_best + self.plan.plateau_tol * abs(self.smooth_best):
             self.since_improvement = 0
@@ -476,22 +476,22 @@ class AdaptiveScheduler:
         if probed and reading.curvature is not None and math.isfinite(reading.curvature):
             self._curvature_epoch.append(reading.curvature)
         if reading.consistency is not None and math.isfinite(reading.consistency):
-            self.consistency_ema = _ema(self.consistency_ema, reading.consistency, 0.2)
+            self.consistency_ema = ema(self.consistency_ema, reading.consistency, 0.2)
 
     def _close_curvature_epoch(self) -> None:
         """Epoch median of the curvature probes; the first explore epoch's median is the reference."""
         if self._curvature_epoch:
-            self.curvature_ema = float(sorted(self._curvature_epoch)[len(self._curvature_epoch) // 2])
-            if self.curvature_ref is None and self.stage == "explore" and self.curvature_ema > 0:
-                self.curvature_ref = self.curvature_ema
+            self.curvature_median = float(sorted(self._curvature_epoch)[len(self._curvature_epoch) // 2])
+            if self.curvature_ref is None and self.stage == "explore" and self.curvature_median > 0:
+                self.curvature_ref = self.curvature_median
         self._curvature_epoch = []
 
     def _curvature_jumped(self) -> bool:
         return (
             self.curvature_ref is not None
-            and self.curvature_ema is not None
+            and self.curvature_median is not None
             and self.curvature_ref > 0
-            and self.curvature_ema > self.limits.curvature_jump * self.curvature_ref
+            and self.curvature_median > self.limits.curvature_jump * self.curvature_ref
         )
 
     def _overfitting(self) -> bool:
@@ -553,7 +553,3 @@ class AdaptiveScheduler:
 def _lowered(value: float, tol: float) -> float:
     """``value`` lowered by the relative tolerance ``tol`` (for metrics of either sign)."""
     return value - tol * abs(value)
-
-
-def _ema(current: float | None, value: float, weight: float) -> float:
-    return value if current is None else (1 - weight) * current + weight * value

@@ -7,9 +7,10 @@ moved at step 1,234 without rerunning anything.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from pipeline.records import json_float, lenient_from_dict
 
 
 @dataclass(frozen=True)
@@ -41,19 +42,11 @@ class ScheduleEvent:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["changes"] = {k: [_finite(a), _finite(b)] for k, (a, b) in self.changes.items()}
-        d["value"], d["threshold"] = _finite(self.value), _finite(self.threshold)
+        d["changes"] = {k: [json_float(a), json_float(b)] for k, (a, b) in self.changes.items()}
+        d["value"], d["threshold"] = json_float(self.value), json_float(self.threshold)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScheduleEvent:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        known["changes"] = {k: (float(a), float(b)) for k, (a, b) in d.get("changes", {}).items()}
-        return cls(**known)
-
-
-def _finite(x: float | None) -> float | None:
-    """JSON has no NaN/inf: a non-finite signal value (the NaN-loss trigger) is written as None."""
-    if x is None or not math.isfinite(float(x)):
-        return None
-    return float(x)
+        changes = {k: (float(a), float(b)) for k, (a, b) in d.get("changes", {}).items()}
+        return lenient_from_dict(cls, {**d, "changes": changes})

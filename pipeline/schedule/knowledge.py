@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.records import lenient_from_dict
+
 FEATURES = ("log_interactions", "log_users", "log_items", "log_density", "gini", "long_tail_share", "drift_share")
 
 
@@ -42,7 +44,7 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        return lenient_from_dict(cls, d)
 
 
 @dataclass(frozen=True)

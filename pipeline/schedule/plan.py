@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from pipeline.records import lenient_from_dict
+
 DECAY_STYLES = ("cosine", "linear", "none")
 
 
@@ -94,6 +96,4 @@ class SchedulePlan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SchedulePlan:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        known["reasons"] = tuple(Reason(**r) for r in d.get("reasons", ()))
-        return cls(**known)
+        return lenient_from_dict(cls, {**d, "reasons": tuple(Reason(**r) for r in d.get("reasons", ()))})

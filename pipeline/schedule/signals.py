@@ -79,10 +79,10 @@ class SignalTracker:
         if grad_norm is None:
             grad_norm = math.sqrt(sum(float(p.grad.detach().float().pow(2).sum()) for p in params))
         if math.isfinite(loss):
-            self.loss_short = _ema(self.loss_short, loss, self.short)
-            self.loss_long = _ema(self.loss_long, loss, self.long if self.step > 1 / self.long else 1 / (self.step + 1))
+            self.loss_short = ema(self.loss_short, loss, self.short)
+            self.loss_long = ema(self.loss_long, loss, self.long if self.step > 1 / self.long else 1 / (self.step + 1))
         if math.isfinite(grad_norm):
-            self.grad_norm_long = _ema(self.grad_norm_long, grad_norm, max(self.long, 1 / (self.step + 1)))
+            self.grad_norm_long = ema(self.grad_norm_long, grad_norm, max(self.long, 1 / (self.step + 1)))
         if params and self.step % self.probe_every == 0 and math.isfinite(grad_norm):
             self._probe(params, batch_size)
         self.step += 1
@@ -122,5 +122,8 @@ class SignalTracker:
         self.__dict__.update(state)
 
 
-def _ema(current: float, value: float, weight: float) -> float:
-    return value if math.isnan(current) else (1 - weight) * current + weight * value
+def ema(current: float | None, value: float, weight: float) -> float:
+    """Exponential moving average; ``current`` None or NaN means no value yet."""
+    if current is None or math.isnan(current):
+        return value
+    return (1 - weight) * current + weight * value

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.records import json_float
+
 STEP_FIELDS = ("step", "epoch", "loss", "dense_grad_norm", "embedding_grad_norm", "dense_lr", "sparse_lr")
 
 
@@ -33,12 +35,12 @@ class Trace:
     def add_step(self, signals: Any) -> None:
         """Appends one step's signals (any object with the STEP_FIELDS as attributes)."""
         for f in STEP_FIELDS:
-            self.steps[f].append(_number(getattr(signals, f)))
+            self.steps[f].append(json_float(getattr(signals, f)))
 
     def add_epoch(self, epoch: int, loss: float, validation: float | None, optimizer: Any, batch_size: int) -> None:
         lrs = {name: float(opt.param_groups[0]["lr"]) for name, opt in getattr(optimizer, "optimizers", [])}
         self.epochs.append(
-            {"epoch": epoch, "loss": _number(loss), "validation": _number(validation),
+            {"epoch": epoch, "loss": json_float(loss), "validation": json_float(validation),
              "dense_lr": lrs.get("dense"), "sparse_lr": lrs.get("sparse"), "batch_size": batch_size}
         )
 
@@ -57,11 +59,3 @@ class Trace:
         tmp.write_text(json.dumps(self.to_dict()))
         os.replace(tmp, path)
         return path
-
-
-def _number(x: Any) -> float | None:
-    """JSON-safe float: NaN and inf (a diverged step) become None."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if x == x and abs(x) != float("inf") else None
