@@ -18,6 +18,7 @@ hour_of_day              interaction  jensenshannon  daily rhythm (UTC)
 day_of_week              interaction  jensenshannon  weekly rhythm (UTC)
 item_release_year        interaction  wasserstein    age of what is consumed (0 = unknown, left out)
 user_activity            session      wasserstein    log2 interactions per session (a user's day)
+session_pace             interaction  wasserstein    log2(1 + seconds) since the user's previous row that day
 user_age                 user         wasserstein    who is active (0 = unknown, left out)
 genre                    genre        jensenshannon  genre mix ("|"-split; "" -> "(none)")
 prediction_score         interaction  wasserstein    champion's score of the consumed item (``scorer``)
@@ -153,6 +154,7 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("day_of_week", "interaction", "jensenshannon", True, pd.Timedelta(days=7)),
     Signal("item_release_year", "interaction", "wasserstein", False),
     Signal("user_activity", "user", "wasserstein", False),
+    Signal("session_pace", "interaction", "wasserstein", False),
     Signal("user_age", "user", "wasserstein", False),
     Signal("genre", "genre", "jensenshannon", True),
 )
@@ -398,6 +400,7 @@ def _observe(
     u_units, u_side, u_key = units[first], side[first], user_key[first]
     ones = np.ones(len(first))
     out["user_activity"] = _activity(user_key, ts // DAY_NS, units, side, n_units)
+    rows("session_pace", *_numeric(_pace(user_key, ts)))
     age = both["user_age"].to_numpy(float)[first]
     age_codes, age_support = _numeric(np.where(age > 0, age, np.nan))
     keep = age_codes >= 0
@@ -420,6 +423,24 @@ def _activity(user_key: np.ndarray, day: np.ndarray, units: np.ndarray, side: np
     codes, support = _numeric(np.log2(per["size"].to_numpy(float)))
     keys = per.index.get_level_values("key").to_numpy()
     return _matrix(per["unit"].to_numpy(), codes, per["size"].to_numpy(float), n_units, len(support), support, per["side"].to_numpy(), keys)
+
+
+def _pace(user_key: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Per row: log2(1 + seconds) since the same user's previous row on the same UTC day; NaN for a day's first row.
+
+    Lost or thinned events (a broken tracker, a sampled log) leave sessions as long but
+    sparser: the gaps between a user's interactions widen, which ``user_activity`` sees
+    only through the coarser rows-per-session count (its small sessions just vanish).
+    """
+    order = np.lexsort((ts, user_key))
+    key, t = user_key[order], ts[order]
+    same = np.zeros(len(t), bool)
+    same[1:] = (key[1:] == key[:-1]) & (t[1:] // DAY_NS == t[:-1] // DAY_NS)
+    gap = np.full(len(t), np.nan)
+    gap[1:] = np.where(same[1:], (t[1:] - t[:-1]) / 1e9, np.nan)
+    out = np.empty(len(t))
+    out[order] = np.log2(1.0 + gap)
+    return out
 
 
 def _keyed(

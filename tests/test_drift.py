@@ -188,6 +188,19 @@ class TestVerdicts:
         report = check_drift(reference, current[first].drop(columns="day"), None, DriftSettings())
         assert "user_activity" in report.drifted_signals, report.reason
 
+    def test_events_lost_at_random_drift_session_pace(self, world, reference):
+        current = make_window(world, 3000, seed=27, start=NEXT)
+        thinned = current.iloc[::3].reset_index(drop=True)  # two rows in three never logged
+        report = check_drift(reference, thinned, None, DriftSettings())
+        assert "session_pace" in report.drifted_signals, report.reason
+        assert "session_pace" not in check_drift(reference, current, None, DriftSettings()).drifted_signals
+
+    def test_single_row_sessions_leave_session_pace_untested(self, world, reference):
+        current = make_window(world, 3000, seed=28, start=NEXT)
+        current = current[~current.assign(day=current["timestamp"].dt.floor("D")).duplicated(["user_id", "day"])]
+        pace = signal(check_drift(reference, current, None, DriftSettings()), "session_pace")
+        assert not pace.tested and pace.value == 0.0 and "no session_pace values in the current window" in pace.note
+
     def test_severity_follows_the_settings(self, world, reference):
         current = make_window(world, 3000, seed=5, start=NEXT, rating_shift=0.5)
         base = check_drift(reference, current, None, DriftSettings())
