@@ -134,9 +134,10 @@ def ingest(events: str, settings: Settings | None = None, overrides: Overrides |
     Re-ingesting the same batch adds nothing (``added`` is 0), so a retried task is harmless.
     """
     from pipeline import data
+    from pipeline.paths import user_path
 
     s = with_overrides(settings or get_settings(), overrides)
-    result = data.ingest(Path(events), s.feature_repo, s.data)
+    result = data.ingest(user_path(events, s, "events"), s.feature_repo, s.data)
     return {**result.to_dict(), **{f"window_{k}": v for k, v in window(settings=s).items()}}
 
 
@@ -149,6 +150,8 @@ def pull(start: str, end: str, settings: Settings | None = None, overrides: Over
     t0, t1 = _ts(start), _ts(end)
     history = data.pull_window(s.feature_repo, HISTORY_START, t0)
     holdout = data.pull_window(s.feature_repo, t0, t1)
+    if holdout.empty:
+        raise PipelineError(f"window {start}..{end} holds no interactions in the feature store: nothing to evaluate or train on")
     reference = history[history["timestamp"] >= t0 - timedelta(days=s.drift.reference_days)]
     _write_parquet(history, p.history)
     _write_parquet(holdout, p.holdout)

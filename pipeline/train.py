@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -446,9 +447,7 @@ def save_epoch_checkpoint(
     }
     if not all_finite(dmp):
         raise PipelineError(f"refusing to write {path.name}: the model has non-finite weights")
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_save(state, path, "epoch checkpoint")
 
 
 def load_epoch_checkpoint(
@@ -546,19 +545,36 @@ def save_checkpoint(
     if dist.get_rank() != 0:
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(
-        {
-            "model": recommender.model.state_dict(),
-            "encoder": encoder.to_dict(),
-            "catalogue": recommender.catalogue.to_dict(orient="list"),
-            "recent": torch.from_numpy(np.asarray(recent, dtype=np.float64)),
-            "config": settings.model_dump(),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    state = {
+        "model": recommender.model.state_dict(),
+        "encoder": encoder.to_dict(),
+        "catalogue": recommender.catalogue.to_dict(orient="list"),
+        "recent": torch.from_numpy(np.asarray(recent, dtype=np.float64)),
+        "config": settings.model_dump(),
+    }
+    atomic_save(state, path, "model")
     return path
+
+
+def atomic_save(state: dict[str, Any], path: Path, what: str) -> None:
+    """``torch.save`` to a temp file beside ``path``, then rename: ``path`` is whole or untouched.
+
+    A failed write (disk full, file-size limit) removes the partial temp file and raises a
+    one-line PipelineError that says the previous file is kept; torch's own message
+    ("PytorchStreamWriter failed writing file data/0") names neither the file nor the cause.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PipelineError(
+            f"could not write the {what} {path} ({cause}; {free / 2**20:.1f} MiB free on its disk): {kept}"
+        ) from exc
 
 
 def load_checkpoint(path: Path) -> Recommender:

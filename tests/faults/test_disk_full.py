@@ -64,6 +64,8 @@ def test_disk_full_on_checkpoint_write_fails_cleanly_and_keeps_the_previous_chec
     code, _, log = finish(task)
 
     assert code != 0 and "save_epoch_checkpoint" in log, log[-2000:]  # it failed in the checkpoint write
+    assert "could not write the epoch checkpoint" in log and "the previous last.rank0.pt is kept" in log, log[-2000:]
+    assert not list(folder.rglob("*.tmp"))  # no partial file left behind
     intact = sha256(checkpoint) == before
     assert intact  # the previous epoch's checkpoint, byte for byte
     init_process_group()  # it holds sharded tensors
