@@ -83,6 +83,12 @@ def test_window_is_the_newest_stored_week_or_the_one_asked_for(sandbox):
         cycle.window("last tuesday", settings=sandbox)
 
 
+def test_an_empty_window_fails_at_pull_in_one_line(sandbox):
+    with pytest.raises(PipelineError, match="window 1999-01-04..1999-01-11 holds no interactions") as err:
+        cycle.pull("1999-01-04", "1999-01-11", settings=sandbox)
+    assert "\n" not in str(err.value)
+
+
 def test_monitor_scores_champion_against_previous_and_records_the_decision(sandbox):
     s = sandbox
     w = cycle.window(settings=s)

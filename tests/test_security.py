@@ -169,3 +169,12 @@ def test_the_cli_refuses_a_path_outside_the_data_root(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "outside the data root" in lines[0], done.stderr
     assert not (tmp_path / "features").exists()  # refused before anything was written
+
+
+def test_the_ingest_task_refuses_an_events_param_outside_the_data_root(tmp_path):
+    from pipeline import cycle
+
+    settings = Settings(home=tmp_path / "home", feature_repo=tmp_path / "features", data_root=tmp_path / "data")
+    with pytest.raises(PipelineError, match="events '/etc/passwd' resolves to /etc/passwd, outside the data root"):
+        cycle.ingest("/etc/passwd", settings=settings)
+    assert not (tmp_path / "features").exists()  # refused before the store was touched
