@@ -9,7 +9,7 @@ version; the ``window_start``/``window_end`` Params replace it, and ``epochs``,
 ``gate_min_delta``, ``gate_tolerance``, ``drift_alpha`` and ``schedule_policy``
 override the settings for one run. The cadence is a cron expression, weekly on
 Mondays unless ``RETRAIN_DAG_SCHEDULE`` says otherwise (read from the environment at
-parse time: no Variable, no database). Heavy libraries are imported inside the
+parse time: no Variable, no database; ``none`` leaves only manual and triggered runs). Heavy libraries are imported inside the
 tasks, never at parse time.
 """
 
@@ -31,7 +31,7 @@ SCHEDULE = os.environ.get("RETRAIN_DAG_SCHEDULE", "0 0 * * 1")
 
 @dag(
     dag_id="retrain_scheduled",
-    schedule=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
+    schedule=None if SCHEDULE.strip().lower() == "none" else CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
     start_date=pendulum.datetime(1997, 9, 22, tz="UTC"),
     catchup=False,
     max_active_runs=1,

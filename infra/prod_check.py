@@ -6,8 +6,10 @@
 3. an MLflow tracking server on its database with an artifact folder, on 127.0.0.1;
 4. Airflow's metadata migrated onto PostgreSQL (LocalExecutor configured);
 5. the Feast repository (``feature_store.prod.yaml``) filled from a MovieLens slice;
-6. the retraining DAG run for one weekly window (``dag.test`` in a fresh process,
-   its task and run states recorded in the PostgreSQL metadata database);
+6. Airflow's API server, DAG processor and scheduler (LocalExecutor) on that database;
+   the retraining DAG is triggered for one weekly window with ``airflow dags trigger``
+   and the scheduler runs its tasks (``--runner dag-test`` runs it with ``dag.test`` in
+   one process instead);
 7. checks: the run succeeded, MLflow holds the registered version and its champion
    alias, Airflow's database holds the run, Redis serves the online features;
 8. everything it started is stopped and the databases dropped (``--keep`` leaves them).
@@ -31,7 +33,16 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infra.stack import REPO, MlflowServer, Servers, Stack, airflow_migrate, copy_feature_repo, free_port  # noqa: E402
+from infra.stack import (  # noqa: E402
+    REPO,
+    AirflowServices,
+    MlflowServer,
+    Servers,
+    Stack,
+    airflow_migrate,
+    copy_feature_repo,
+    free_port,
+)
 
 log = logging.getLogger("prod-check")
 LOG_FILE = REPO / ".retrain" / "prod-check.log"
@@ -55,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=1, help="training processes (above 1: torchrun)")
     p.add_argument("--policy", default="static", choices=["static", "adaptive"],
                    help="training schedule: static keeps the check short; adaptive is the production default")
+    p.add_argument("--runner", default="scheduler", choices=["scheduler", "dag-test"],
+                   help="scheduler: Airflow's scheduler (LocalExecutor) runs the triggered DAG; dag-test: dag.test() in one process")
     p.add_argument("--redis-db", type=int, default=9, help="Redis db index of the online store")
     p.add_argument("--keep", action="store_true", help="leave the MLflow server, databases and files in place")
     return p.parse_args(argv)
@@ -85,6 +98,51 @@ def run_dag(env: dict[str, str], start: str, end: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+DAG_ID = "retrain_scheduled"
+FINISHED = ("success", "failed")
+
+
+def run_scheduled(stack: Stack, env: dict[str, str], start: str, end: str, timeout: float = 1800) -> dict:
+    """The retrain DAG triggered through the CLI and run by Airflow's scheduler (LocalExecutor) on PostgreSQL.
+
+    The DAG's cron is switched off (``RETRAIN_DAG_SCHEDULE=none``) so unpausing it does
+    not also start a run for the real calendar's latest week.
+    """
+    services = AirflowServices({**env, "RETRAIN_DAG_SCHEDULE": "none"}, stack.home / "airflow-logs").start()
+    run_id = f"prodcheck__{start[:10]}"
+    try:
+        deadline = time.monotonic() + timeout
+        while not _db_value(stack, "SELECT count(*) FROM dag WHERE dag_id = %s", DAG_ID):
+            services.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the DAG processor did not register {DAG_ID} in {timeout:.0f}s")
+            time.sleep(2)
+        log.info("scheduler (LocalExecutor) runs %s, triggered as %s", DAG_ID, run_id)
+        services.cli("dags", "unpause", DAG_ID)
+        services.cli("dags", "trigger", DAG_ID, "--run-id", run_id, "--conf",
+                     json.dumps({"window_start": start, "window_end": end}))
+        state = None
+        while state not in FINISHED:
+            services.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the triggered run {run_id} did not finish in {timeout:.0f}s (state {state})")
+            time.sleep(3)
+            state = _db_value(stack, "SELECT state FROM dag_run WHERE run_id = %s", run_id)
+        with stack.servers.connect(stack.db("airflow")) as conn:
+            tasks = dict(conn.execute("SELECT task_id, state FROM task_instance WHERE run_id = %s", (run_id,)).fetchall())
+    finally:
+        services.stop()
+        LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
+        LOG_FILE.write_text("".join(p.read_text(errors="replace") for p in sorted((stack.home / "airflow-logs").glob("*.log"))))
+    return {"dag_id": DAG_ID, "run_id": run_id, "state": state, "tasks": tasks, "runner": "scheduler (LocalExecutor)"}
+
+
+def _db_value(stack: Stack, query: str, *params):
+    with stack.servers.connect(stack.db("airflow")) as conn:
+        row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
 def checks(stack: Stack, run: dict, rows: int) -> dict:
     """What the stack holds after the run: MLflow registry, Airflow metadata, Feast online store."""
     from mlflow import MlflowClient
@@ -103,6 +161,7 @@ def checks(stack: Stack, run: dict, rows: int) -> dict:
         features=store.get_feature_service("two_tower_v2"), entity_rows=[{"user_id": 1, "item_id": 1}]
     ).to_dict()
     return {
+        "runner": run.get("runner", "dag.test"),
         "dag_run_state": run["state"],
         "tasks": run["tasks"],
         "airflow_db_run_state": state[0] if state else None,
@@ -164,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("Feast: PostgreSQL registry + offline store, Redis online store")
         rows = bootstrap_features(stack, env, end.isoformat())  # the window itself must be stored
         log.info("retrain DAG for %s .. %s", start.date(), end.date())
-        run = run_dag(env, start.isoformat(), end.isoformat())
+        if args.runner == "scheduler":
+            run = run_scheduled(stack, env, start.isoformat(), end.isoformat())
+        else:
+            run = run_dag(env, start.isoformat(), end.isoformat())
         found = checks(stack, run, rows)
     finally:
         mlflow.stop()

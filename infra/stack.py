@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import signal
+import secrets
 import socket
 import subprocess  # nosec B404  # starts known server binaries with argument lists
 import sys
@@ -259,3 +260,63 @@ def copy_feature_repo(dest: Path) -> Path:
     for src in [*(REPO / "features").glob("feature_store*.yaml"), *(REPO / "features").glob("*.py")]:
         shutil.copy(src, dest / src.name)
     return dest
+
+
+class AirflowServices:
+    """Airflow's own processes on the stack: API server, DAG processor and scheduler (LocalExecutor).
+
+    The scheduler's LocalExecutor runs each task in a subprocess that reports to the API
+    server's execution API, as on a production host. The JWT secret the processes share
+    is made here for this run and never written to a file.
+    """
+
+    COMPONENTS = ("api-server", "dag-processor", "scheduler")
+
+    def __init__(self, env: dict[str, str], home: Path) -> None:
+        self.port = free_port()
+        self.env = {
+            **env,
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            "AIRFLOW__CORE__PARALLELISM": "2",
+        }
+        self.home = home
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> AirflowServices:
+        self.home.mkdir(parents=True, exist_ok=True)
+        for name in self.COMPONENTS:
+            cmd = [str(BIN / "airflow"), name] + (["--host", self.env["AIRFLOW__API__HOST"], "--port", str(self.port)]
+                                                   if name == "api-server" else [])
+            with open(self.home / f"airflow-{name}.log", "ab") as out:
+                self.procs[name] = subprocess.Popen(  # nosec B603  # fixed argument list
+                    cmd, env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+        return self
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"airflow {name} exited with {proc.returncode}; see {self.home / f'airflow-{name}.log'}")
+
+    def cli(self, *args: str, timeout: float = 300) -> str:
+        """One ``airflow`` command against the stack; its stdout, or a RuntimeError naming it."""
+        done = subprocess.run(  # nosec B603  # fixed argument list
+            [str(BIN / "airflow"), *args], env={**os.environ, **self.env}, capture_output=True, text=True, timeout=timeout
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"airflow {args[0]} {args[1]} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+        return done.stdout
+
+    def stop(self) -> None:
+        """SIGTERM to every process group (the LocalExecutor's workers too), SIGKILL after 30 s."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)

@@ -32,6 +32,7 @@ def test_prod_check_runs_one_cycle_on_the_production_stack_and_cleans_up(tmp_pat
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["passed"] and found["failed"] == []
+    assert found["runner"] == "scheduler (LocalExecutor)"  # Airflow's scheduler ran the tasks, not dag.test()
     assert found["dag_run_state"] == found["airflow_db_run_state"] == "success"  # recorded in PostgreSQL
     assert set(found["tasks"].values()) == {"success"} and found["airflow_db_task_instances"] >= 6
     assert found["mlflow_versions"] == 1 and found["mlflow_aliases"]["champion"] == "1"
