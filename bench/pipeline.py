@@ -144,7 +144,9 @@ def backtest_summary(root: Path) -> dict:
     result = BacktestResult.from_dict(json.loads((root / "bt" / "backtest.json").read_text()))
     plot = ROOT / "bench" / "results" / "pipeline_backtest.png"
     shutil.copy(result.plot_path, plot)
-    return {"backtest": result.summary(), "backtest_severities": list(result.severities), "backtest_s": result.seconds,
+    detail = {p.policy: {"trains": p.trains, "promotions": p.promotions, "ndcg10": list(p.ndcg10)} for p in result.policies}
+    return {"backtest": result.summary(), "backtest_detail": detail,
+            "backtest_severities": list(result.severities), "backtest_s": result.seconds,
             "backtest_windows": [result.windows[0][:10], result.windows[-1][:10]]}
 
 
