@@ -317,22 +317,28 @@ def train(
             break
         total, counted = 0.0, 0
         batches = rank_share(examples.batches(batch_size, rng))
-        for idx in tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False):
+        accumulation = resource.accumulation if resource is not None else 1
+        autocast = dev.type == "cuda" and (resource is None or resource.autocast)
+        for i, idx in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)):
             step_started = time.perf_counter()
             user_kjt, target = examples.batch(idx, encoder)
-            opt.zero_grad()
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            if i % accumulation == 0:
+                opt.zero_grad()
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=autocast):
                 loss, _ = dmp(user_kjt.to(dev), snapshots[int(examples.period[idx[0]])], target.to(dev))
-            loss.backward()
+            (loss / accumulation).backward()  # the fused embedding rows are updated here, every micro-batch
             value = float(loss.detach())
             sched_started = time.perf_counter()
             signals = step_signals(epoch, steps, value, dense_params, tower, opt)
             proceed = sched is None or sched.observe(value, len(idx), signals.dense_grad_norm)
             sched_seconds += time.perf_counter() - sched_started
             if proceed:
-                opt.step()
+                if (i + 1) % accumulation == 0 or i + 1 == len(batches):
+                    opt.step()  # the dense optimiser, on the gradients of ``accumulation`` micro-batches
                 total += value * len(idx)
                 counted += len(idx)
+            else:
+                opt.zero_grad()  # the scheduler restored a snapshot: drop the group's gradients too
             if sched is not None:
                 sched_started = time.perf_counter()
                 sched.step()

@@ -237,6 +237,12 @@ class AdaptiveScheduler:
         changes = {**extra, **{f"{k}_lr": (old[k], v) for k, v in self.lrs().items() if v != old[k]}}
         self._event(action, trigger, value, threshold, changes, reason)
 
+    def record(
+        self, action: str, trigger: str, value: float, threshold: float, changes: dict[str, tuple[float, float]], reason: str,
+    ) -> None:
+        """Records a change another controller made (precision, accumulation) as one of this run's events."""
+        self._event(action, trigger, value, threshold, changes, reason)
+
     def summary(self) -> dict[str, Any]:
         """What the knowledge base keeps of this run: the explore stage's rate multiplier and the best epoch."""
         return {

@@ -4,6 +4,7 @@ survives NaN, resumes from a checkpoint, and reacts to a slowdown."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -140,3 +141,61 @@ def test_the_batch_rate_rule_is_linear_below_the_noise_scale_and_square_root_abo
     assert ResourceController.lr_factor(64, 128, noise_scale=1000.0) == pytest.approx(2.0)
     assert ResourceController.lr_factor(64, 128, noise_scale=100.0) == pytest.approx(2**0.5)
     assert ResourceController.lr_factor(128, 64, noise_scale=None) == pytest.approx(0.5**0.5)
+
+
+class DenseSteps(Callback):
+    """Counts the dense Adam's optimiser steps at each epoch's end."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def on_epoch_end(self, signals, optimizer):
+        dense = dict(optimizer.optimizers)["dense"]
+        self.steps.append(max(int(st["step"]) for st in dense.state.values() if "step" in st))
+
+
+def test_memory_pressure_halves_the_micro_batch_and_accumulates_so_the_dense_step_keeps_its_batch(tmp_path):
+    history, catalogue = synthetic_world()
+    plan = SchedulePlan(dense_lr=0.01, sparse_lr=0.1, batch_size=64, warmup_steps=0, max_epochs=4, patience=5)
+    controller = ResourceController(max_memory_mb=100.0, memory=lambda: 1000.0, min_batch=8, max_accumulation=4)
+    dense = DenseSteps()
+    result = train(history, catalogue, tmp_path, SETTINGS, progress=False, validate=genre_validation(history),
+                   plan=plan, callbacks=[dense], resource=controller)
+    events = [e for e in json.loads(Path(result.trace).read_text())["events"] if e["trigger"] == "memory"]
+    assert [e["action"] for e in events] == ["accumulation", "accumulation", "batch_size"]
+    assert events[0]["changes"] == {"batch_size": [64.0, 32.0], "accumulation": [1.0, 2.0]}  # no rate changed
+    assert events[1]["changes"] == {"batch_size": [32.0, 16.0], "accumulation": [2.0, 4.0]}
+    assert events[2]["changes"]["batch_size"] == [16.0, 8.0] and "dense_lr" in events[2]["changes"]  # past 4: smaller batch
+    dense_steps = np.diff([0, *dense.steps])
+    micro_steps = np.bincount(json.loads(Path(result.trace).read_text())["steps"]["epoch"])
+    assert micro_steps[2] >= 3.5 * micro_steps[0]  # a quarter of the batch: four times the micro-batches ...
+    assert abs(dense_steps[2] - dense_steps[0]) <= 1  # ... and the same dense steps (one per four micro-batches)
+    assert dense_steps[1] == math.ceil(micro_steps[1] / 2)
+    assert controller.accumulation == 4 and np.isfinite(result.epoch_losses).all()
+
+
+def test_precision_turns_bf16_on_under_a_slowdown_on_cuda_and_back_to_fp32_after_a_nonfinite_loss():
+    model = torch.nn.Linear(4, 1)
+    sched = AdaptiveScheduler(torch.optim.Adam(model.parameters(), lr=0.01), SchedulePlan(warmup_steps=0), model=model)
+    controller = ResourceController(min_throughput=1000.0, cuda=True)
+    assert controller.precision == "fp32" and not controller.autocast
+    controller.observe_step(1.0, 100)  # 100 samples/s: far below the budget
+    assert controller.adjust(512, sched, epoch=0, steps=10) == 512  # precision first, batch kept
+    assert controller.autocast and sched.events[-1].action == "precision"
+    assert sched.events[-1].changes == {"precision_bits": (32.0, 16.0)}
+    sched.recover("nonfinite_loss", math.nan)
+    controller.observe_step(1.0, 5000)
+    controller.adjust(512, sched, epoch=1, steps=20)
+    assert controller.precision == "fp32" and sched.events[-1].trigger == "nonfinite_loss"
+    restored = ResourceController(cuda=True)
+    restored.load_state_dict(controller.state_dict())
+    assert (restored.precision, restored.accumulation) == ("fp32", 1)
+
+
+def test_precision_is_no_lever_on_cpu():
+    model = torch.nn.Linear(4, 1)
+    sched = AdaptiveScheduler(torch.optim.Adam(model.parameters(), lr=0.01), SchedulePlan(warmup_steps=0), model=model)
+    controller = ResourceController(min_throughput=1000.0, cuda=False)
+    controller.observe_step(1.0, 100)
+    assert controller.adjust(512, sched, epoch=0, steps=10) == 1024  # straight to the batch size
+    assert not controller.autocast and sched.events[-1].action == "batch_size"
