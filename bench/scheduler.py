@@ -116,8 +116,11 @@ class TorchSchedule:
         }[self.kind]()
 
     def on_step(self, signals, optimizer):
-        if self.sched is not None and self.kind != "plateau":
-            self.sched.step()
+        if self.sched is None or self.kind == "plateau":
+            return
+        if self.kind == "onecycle" and self.sched.last_epoch + 1 >= self.sched.total_steps:
+            return  # an epoch may hold a batch more than len(fit) / batch_size (batches split by period): stay at the end
+        self.sched.step()
 
     def on_epoch_end(self, signals, optimizer):
         if self.kind == "plateau" and signals.validation is not None:
@@ -234,11 +237,19 @@ def execute(tasks: list[dict], workers: int, done: dict[str, dict]) -> None:
         return
     with ProcessPoolExecutor(max_workers=workers) as pool, RUNS.open("a") as log:
         futures = {pool.submit(run, t): t for t in todo}
+        failed = []
         for fut in tqdm(as_completed(futures), total=len(futures), desc="scheduler bench runs"):
-            res = fut.result()
+            try:
+                res = fut.result()
+            except Exception as exc:  # one broken run must not throw away the others (the pool would drain them)
+                failed.append(f"{key(futures[fut])}: {type(exc).__name__}: {exc}")
+                print(f"run failed: {failed[-1]}", file=sys.stderr, flush=True)
+                continue
             done[key(futures[fut])] = res
             log.write(json.dumps(res) + "\n")
             log.flush()
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed; the others are kept in {RUNS.name}: " + "; ".join(failed))
 
 
 def summarise(done: dict[str, dict]) -> dict:
