@@ -12,7 +12,8 @@ and least-watched genres: the drift sandbox's taste change, so the latest traini
 data, validation and test live in the new regime).
 
 Methods: ``adaptive`` (calibrate from the fit part's profile + AdaptiveScheduler, no
-knowledge base), ``constant``, ``cosine`` (CosineAnnealingLR over the budget),
+knowledge base; its first epoch is the rate probe, whose candidates' validations are
+not counted as epochs), ``constant``, ``cosine`` (CosineAnnealingLR over the budget),
 ``onecycle`` (OneCycleLR with the base rates as max_lr) and ``plateau``
 (ReduceLROnPlateau on validation NDCG), each at its library defaults and the train
 section's rates and 16-epoch budget; a grid of 4 rate multipliers x 3 schedules
@@ -54,7 +55,7 @@ REGIMES = ("movielens", "sparse", "drifted")
 DEFAULTS = ("constant", "cosine", "onecycle", "plateau")
 GRID_RATES = (0.5, 1.0, 2.0, 4.0)
 GRID_SCHEDULES = ("constant", "cosine", "step")
-ABLATIONS = ("calibration", "curvature", "weight_decay", "rollback", "knowledge_base", "resource")
+ABLATIONS = ("calibration", "probe", "curvature", "weight_decay", "rollback", "knowledge_base", "resource")
 SEEDS = (0, 1, 2)
 ABLATION_REGIME = "movielens"
 EPOCHS = 10
@@ -168,6 +169,8 @@ def run(task: dict) -> dict:
         if off == "calibration":
             plan = SchedulePlan(dense_lr=base.dense_lr, sparse_lr=base.sparse_lr, batch_size=base.batch_size,
                                 max_epochs=EPOCHS, smoothing=ScheduleSettings().smoothing, patience=ScheduleSettings().patience)
+        if off == "probe":
+            plan = replace(plan, probe_rates=())
         if off in ("curvature", "weight_decay", "rollback"):
             components = replace(components, **{off: False})
         if off != "resource":
@@ -183,6 +186,7 @@ def run(task: dict) -> dict:
         result = train(fit, catalogue, Path(tmp), settings, progress=False, callbacks=callbacks,
                        validate=validate, plan=plan, components=components, resource=resource)
         seconds = time.perf_counter() - started
+        del curve[: result.probe_validations]  # the first epoch's rate probe: its epoch-end value follows
         final = evaluate(load_checkpoint(Path(result.checkpoint)), fit, test).ndcg
         trace = json.loads(Path(result.trace).read_text())
     out = {

@@ -105,6 +105,12 @@ class ScheduleSettings(BaseModel):
     decay: str = Field("cosine", pattern="^(cosine|linear|none)$", description="Base decay over the epoch budget.")
     decay_floor: float = Field(0.1, gt=0, le=1, description="Final base-decay multiplier for reference data (raised for sparse or drifted data).")
     rate_boost: float = Field(1.0, gt=0, description="Starting rates over the train section's, before the data rules.")
+    probe_rates: list[float] = Field(
+        [1.0, 2.0, 4.0, 8.0],
+        description="Rate multipliers the first epoch of a rules-based run tries side by side (an equal share of it each, "
+        "from the same weights), keeping the best by validation; [] turns the probe off. Runs started from the knowledge "
+        "base skip it.",
+    )
     trend_gini: float = Field(0.5, ge=0, le=1, description="Popularity Gini from which dense data counts as strongly trending.")
     trend_boost: float = Field(1.5, ge=1, description="Extra dense rate for dense, strongly trending data.")
     reference_density: float = Field(0.03, gt=0, le=1, description="Density at and above which data counts as dense.")

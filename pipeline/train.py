@@ -65,6 +65,7 @@ class TrainResult:
     best_epoch: int | None = None  # 1-based epoch whose weights were kept
     step_seconds: float = 0.0  # the optimisation steps alone (no validation, no checkpoints)
     scheduler_seconds: float = 0.0  # of which the adaptive scheduler (signals, decisions, snapshots)
+    probe_validations: int = 0  # validate() calls of the first epoch's rate probe, made before the per-epoch ones
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "epoch_losses": list(self.epoch_losses)}
@@ -312,6 +313,7 @@ def train(
         log.info("resumed after epoch %d from %s", first_epoch, epoch_checkpoint_path(out_dir))
     loop_started = time.perf_counter()
     step_seconds = sched_seconds = 0.0
+    probe_validations = 0
     for epoch in range(first_epoch, settings.epochs):
         if sched is not None and sched.should_stop:
             break
@@ -319,37 +321,54 @@ def train(
         batches = rank_share(examples.batches(batch_size, rng))
         accumulation = resource.accumulation if resource is not None else 1
         autocast = dev.type == "cuda" and (resource is None or resource.autocast)
-        for i, idx in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)):
-            step_started = time.perf_counter()
-            user_kjt, target = examples.batch(idx, encoder)
-            if i % accumulation == 0:
-                opt.zero_grad()
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=autocast):
-                loss, _ = dmp(user_kjt.to(dev), snapshots[int(examples.period[idx[0]])], target.to(dev))
-            (loss / accumulation).backward()  # the fused embedding rows are updated here, every micro-batch
-            value = float(loss.detach())
-            sched_started = time.perf_counter()
-            signals = step_signals(epoch, steps, value, dense_params, tower, opt)
-            proceed = sched is None or sched.observe(value, len(idx), signals.dense_grad_norm)
-            sched_seconds += time.perf_counter() - sched_started
-            if proceed:
-                if (i + 1) % accumulation == 0 or i + 1 == len(batches):
-                    opt.step()  # the dense optimiser, on the gradients of ``accumulation`` micro-batches
-                total += value * len(idx)
-                counted += len(idx)
-            else:
-                opt.zero_grad()  # the scheduler restored a snapshot: drop the group's gradients too
-            if sched is not None:
+
+        def run_steps(part: list[np.ndarray]) -> None:
+            """Trains on ``part`` (the epoch's batches, or a rate probe's share of them)."""
+            nonlocal total, counted, steps, step_seconds, sched_seconds
+            for i, idx in enumerate(tqdm(part, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)):
+                step_started = time.perf_counter()
+                user_kjt, target = examples.batch(idx, encoder)
+                if i % accumulation == 0:
+                    opt.zero_grad()
+                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss, _ = dmp(user_kjt.to(dev), snapshots[int(examples.period[idx[0]])], target.to(dev))
+                (loss / accumulation).backward()  # the fused embedding rows are updated here, every micro-batch
+                value = float(loss.detach())
                 sched_started = time.perf_counter()
-                sched.step()
+                signals = step_signals(epoch, steps, value, dense_params, tower, opt)
+                proceed = sched is None or sched.observe(value, len(idx), signals.dense_grad_norm)
                 sched_seconds += time.perf_counter() - sched_started
-            steps += 1
-            step_seconds += time.perf_counter() - step_started
-            trace.add_step(signals)
-            for cb in callbacks:
-                cb.on_step(signals, opt)
-            if resource is not None:
-                resource.observe_step(time.perf_counter() - step_started, len(idx))
+                if proceed:
+                    if (i + 1) % accumulation == 0 or i + 1 == len(part):
+                        opt.step()  # the dense optimiser, on the gradients of ``accumulation`` micro-batches
+                    total += value * len(idx)
+                    counted += len(idx)
+                else:
+                    opt.zero_grad()  # the scheduler restored a snapshot: drop the group's gradients too
+                if sched is not None:
+                    sched_started = time.perf_counter()
+                    sched.step()
+                    sched_seconds += time.perf_counter() - sched_started
+                steps += 1
+                step_seconds += time.perf_counter() - step_started
+                trace.add_step(signals)
+                for cb in callbacks:
+                    cb.on_step(signals, opt)
+                if resource is not None:
+                    resource.observe_step(time.perf_counter() - step_started, len(idx))
+
+        if epoch == 0 and sched is not None and sched.plan.probe_rates and validate is not None:
+            # The first epoch is shared by the rate probe: each multiplier trains on the same share of it.
+            share = batches[: max(len(batches) // len(sched.plan.probe_rates), 1)]
+
+            def candidate() -> float:
+                run_steps(share)
+                return validate(unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim))
+
+            sched.probe(candidate)
+            probe_validations = len(sched.plan.probe_rates)
+        else:
+            run_steps(batches)
         if sched is not None and not all_finite(dmp):
             sched.recover("nonfinite_weights", math.nan)  # e.g. a NaN written after the epoch's last loss
         losses.append(mean_across_ranks(total, counted))
@@ -384,7 +403,7 @@ def train(
     best = (sched.best, sched.best_epoch + 1) if sched is not None and sched.best_epoch >= 0 else (None, None)
     return TrainResult(
         str(path), len(examples), steps, tuple(losses), time.perf_counter() - started, loop_seconds,
-        str(trace_path), best[0], best[1], step_seconds, sched_seconds,
+        str(trace_path), best[0], best[1], step_seconds, sched_seconds, probe_validations,
     )
 
 

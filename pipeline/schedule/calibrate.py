@@ -10,6 +10,9 @@ Rules first, each one a sentence in the plan's reasons:
   budget is sized by a target number of examples seen, within bounds.
 - Dense data with a strong popularity trend (high Gini) is easy to fit early: the
   dense rate starts higher and warm-up is short.
+- No rule knows the best rate of a new dataset to better than a factor of a few, so
+  the first epoch probes multiples of the rules' rates (``probe_rates``) and keeps the
+  best by validation.
 
 Then the knowledge base: when similar past runs exist, their converged rates replace
 the rules' rates and their best epochs size the budget (``source = "knowledge_base"``).
@@ -97,6 +100,11 @@ def calibrate(
     steps_per_epoch = max(math.ceil(n / plan.batch_size), 1)
     warmup = min(max(steps_per_epoch // (4 if trend else 2), 10), 200)
     plan = plan.with_reason("warmup_steps", warmup, f"{steps_per_epoch} steps per epoch: warm-up over {warmup} steps at most")
+    if len(s.probe_rates) > 1:
+        plan = plan.with_reason(
+            "probe_rates", tuple(float(m) for m in s.probe_rates),
+            "no past run of similar data: the first epoch tries the rules' rates x" + ", x".join(f"{m:g}" for m in s.probe_rates),
+        )
 
     suggestion = history.suggest(features(profile, drift_share)) if history is not None else None
     if suggestion is None:
@@ -107,6 +115,7 @@ def calibrate(
     budget = min(suggestion.max_epochs, t.epochs)
     plan = plan.with_reason("max_epochs", budget, f"1.5x the best epoch of {from_kb}")
     plan = plan.with_reason("warmup_steps", max(warmup // 2, 5), "past runs give the rate: shorter warm-up")
+    plan = plan.with_reason("probe_rates", (), f"rates from {from_kb}: no probe")
     from dataclasses import replace
 
     return replace(plan, source="knowledge_base")

@@ -29,8 +29,9 @@ direction, or the norm spikes).
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -236,6 +237,42 @@ class AdaptiveScheduler:
         self._apply()
         changes = {**extra, **{f"{k}_lr": (old[k], v) for k, v in self.lrs().items() if v != old[k]}}
         self._event(action, trigger, value, threshold, changes, reason)
+
+    def probe(self, run: Callable[[], float]) -> float:
+        """Tries each of ``plan.probe_rates`` from the same weights; goes on from the best. Returns its validation.
+
+        ``run`` trains one share of the epoch at the current rates and returns the
+        validation metric. Before each candidate the model, the optimisers and this
+        scheduler are put back where they were; after the last, the best candidate's
+        weights, optimiser states and scheduler state are restored, its multiplier
+        becomes the controller's, and one ``lr_probe`` event records every candidate.
+        The probe is the start of the explore stage: a rules-based plan knows a good
+        rate only to within a factor of a few, and trying is cheaper than the epochs a
+        streak-driven raise (x1.5 per two improving cycles) would take to get there.
+        """
+        if self.snapshot is None or not self.plan.probe_rates:
+            return run()
+        start_model, start_self = self.snapshot.save(), copy.deepcopy(self.state_dict())
+        tried: list[tuple[float, float, bytes, dict[str, Any]]] = []
+        for multiplier in self.plan.probe_rates:
+            self.snapshot.restore(start_model)
+            self.load_state_dict(copy.deepcopy(start_self))
+            self.control = min(max(multiplier, self.limits.min_control), self.limits.max_control)
+            self._apply()
+            value = run()
+            tried.append((value if math.isfinite(value) else -math.inf, multiplier, self.snapshot.save(),
+                          copy.deepcopy(self.state_dict())))
+        value, multiplier, weights, state = max(tried, key=lambda t: t[0])
+        self.snapshot.restore(weights)
+        self.load_state_dict(state)
+        self._last_good = weights
+        baseline = next((t[0] for t in tried if t[1] == 1.0), tried[0][0])
+        old = {f"{name}_lr": float(opt.param_groups[0]["initial_lr"]) for name, opt in self.optimizers.items()}
+        changes = {k: (v, v * multiplier) for k, v in old.items()}
+        scores = ", ".join(f"x{m:g} {v:.4f}" for v, m, _, _ in tried)
+        self._event("lr_probe", "validation", value, baseline, changes,
+                    f"probed rate multipliers on equal shares of the first epoch ({scores}): kept x{multiplier:g}")
+        return value
 
     def record(
         self, action: str, trigger: str, value: float, threshold: float, changes: dict[str, tuple[float, float]], reason: str,

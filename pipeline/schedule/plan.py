@@ -47,6 +47,9 @@ class SchedulePlan:
         cooldown: validation cycles after a change before the next one.
         smoothing: EMA weight of a new validation value in the plateau cues (1: no smoothing);
             per-epoch ranking metrics are noisy, and a plateau read off noise cuts rates too early.
+        probe_rates: rate multipliers the first epoch tries side by side, each for an equal
+            share of it from the same starting weights; the run goes on from the one that
+            validates best (empty: no probe).
         source: "rules" or "knowledge_base".
         reasons: one Reason per field that was set from the data or past runs.
     """
@@ -68,6 +71,7 @@ class SchedulePlan:
     max_change: float = 2.0
     cooldown: int = 1
     smoothing: float = 1.0
+    probe_rates: tuple[float, ...] = ()
     source: str = "rules"
     reasons: tuple[Reason, ...] = ()
 
@@ -80,6 +84,8 @@ class SchedulePlan:
             raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
         if not 0 < self.decay_floor <= 1:
             raise ValueError(f"decay_floor must be in (0, 1], got {self.decay_floor}")
+        if any(not m > 0 for m in self.probe_rates):
+            raise ValueError(f"probe_rates must be positive multipliers, got {self.probe_rates}")
 
     def with_reason(self, name: str, value: Any, why: str) -> SchedulePlan:
         """A copy with ``name`` set to ``value`` and the reason recorded (a later reason for a field replaces it)."""
@@ -92,8 +98,11 @@ class SchedulePlan:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["reasons"] = [asdict(r) for r in self.reasons]
+        d["probe_rates"] = list(self.probe_rates)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SchedulePlan:
-        return lenient_from_dict(cls, {**d, "reasons": tuple(Reason(**r) for r in d.get("reasons", ()))})
+        return lenient_from_dict(
+            cls, {**d, "reasons": tuple(Reason(**r) for r in d.get("reasons", ())), "probe_rates": tuple(d.get("probe_rates", ()))}
+        )

@@ -205,3 +205,35 @@ def test_it_trains_a_plain_model_end_to_end_and_stops_by_itself():
     assert sched.should_stop and epoch < 199
     assert float(torch.nn.functional.mse_loss(model(x), y)) < 0.5 * float(y.var())
     assert {e.stage for e in sched.events} >= {"explore", "refine"}
+
+
+def test_the_rate_probe_tries_each_multiplier_from_the_same_weights_and_keeps_the_best():
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = AdaptiveScheduler(opt, SchedulePlan(warmup_steps=0, probe_rates=(1.0, 4.0, 0.25)), model=model)
+    seen = []
+
+    def run() -> float:  # "trains": moves the weights by the rate; the best rate is 0.4 (x4)
+        lr = opt.param_groups[0]["lr"]
+        seen.append((lr, float(model.weight.sum())))
+        with torch.no_grad():
+            model.weight.add_(lr)
+        return -abs(math.log(lr / 0.4))
+
+    assert sched.probe(run) == pytest.approx(0.0)
+    assert [lr for lr, _ in seen] == pytest.approx([0.1, 0.4, 0.025])
+    assert all(start == 0.0 for _, start in seen)  # every candidate started from the same weights
+    assert float(model.weight[0, 0]) == pytest.approx(0.4)  # the kept weights are the x4 candidate's
+    assert sched.get_last_lr() == pytest.approx([0.4]) and sched.control == pytest.approx(4.0)
+    event = sched.events[-1]
+    assert (event.action, event.trigger) == ("lr_probe", "validation")
+    assert event.changes == {"default_lr": (pytest.approx(0.1), pytest.approx(0.4))} and "kept x4" in event.reason
+
+
+def test_without_probe_rates_the_probe_just_runs_once():
+    model = torch.nn.Linear(2, 1)
+    sched = AdaptiveScheduler(torch.optim.SGD(model.parameters(), lr=0.1), SchedulePlan(warmup_steps=0), model=model)
+    calls = []
+    assert sched.probe(lambda: calls.append(1) or 0.5) == 0.5
+    assert calls == [1] and not sched.events and sched.control == 1.0

@@ -199,3 +199,25 @@ def test_precision_is_no_lever_on_cpu():
     controller.observe_step(1.0, 100)
     assert controller.adjust(512, sched, epoch=0, steps=10) == 1024  # straight to the batch size
     assert not controller.autocast and sched.events[-1].action == "batch_size"
+
+
+def test_the_first_epoch_probes_the_rate_multipliers_and_training_goes_on_from_the_best(tmp_path):
+    history, catalogue = synthetic_world()
+    plan = SchedulePlan(dense_lr=0.01, sparse_lr=0.1, batch_size=32, warmup_steps=0, max_epochs=3, patience=5,
+                        probe_rates=(1.0, 8.0))
+    calls = []
+    scorer = genre_validation(history)
+
+    def validate(model):
+        calls.append(scorer(model))
+        return calls[-1]
+
+    result = train(history, catalogue, tmp_path, SETTINGS, progress=False, validate=validate, plan=plan)
+    trace = json.loads(Path(result.trace).read_text())
+    probe = [e for e in trace["events"] if e["action"] == "lr_probe"]
+    assert len(probe) == 1 and probe[0]["epoch"] == 0
+    kept = 8.0 if calls[1] > calls[0] else 1.0
+    assert f"kept x{kept:g}" in probe[0]["reason"]
+    assert result.probe_validations == 2 and len(calls) == 2 + len(result.epoch_losses)
+    assert calls[2] == pytest.approx(max(calls[:2]))  # epoch 1 ends on the kept candidate's weights
+    assert trace["epochs"][0]["sparse_lr"] == pytest.approx(0.1 * kept, rel=0.15)  # less the base decay so far
