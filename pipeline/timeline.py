@@ -15,8 +15,8 @@ on Airflow's SQLite database):
 
 Two events are injected, each on a named week (skipped when the week is not replayed):
 a drift event (the week's events are rewritten by ``pipeline.simulate`` injectors
-before they are ingested) and a bad model (the champion with its item table
-randomised, registered and promoted by hand past the gate, as a faulty hot-fix
+before they are ingested) and a bad model (the champion with its item embedding
+tables randomised, registered and promoted by hand past the gate, as a faulty hot-fix
 would be; the monitor must revert it). Every week also scores the serving champion
 on the week (``served.json``), so the report can draw served quality over time.
 """
@@ -174,20 +174,27 @@ def drift_event(week: pd.DataFrame, raw, seed: int) -> pd.DataFrame:
     return drifted.drop_duplicates(["user_id", "item_id", "timestamp"]).reset_index(drop=True)
 
 
-def corrupt_item_table(model, seed: int):
-    """A copy of a ``Recommender`` whose item-id embeddings are random at the trained table's own scale."""
+def corrupt_item_tower(model, seed: int):
+    """A copy of a ``Recommender`` whose item-side embedding tables are random, each at its trained table's own scale.
+
+    Every item table (id, genre, decade, popularity), not the id table alone: a model
+    that leans on the popularity and genre features (a lightly trained one does) would
+    barely notice a random id table, and the injection must be a fault the monitor can
+    see.
+    """
     import torch
 
     bad = copy.deepcopy(model)
-    weight = bad.model.item_ebc.embedding_bags["t_item_id"].weight
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        scale = float(weight.std())
-        weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(seed)) * scale)
+        for table in bad.model.item_ebc.embedding_bags.values():
+            scale = float(table.weight.std()) or 1.0
+            table.weight.copy_(torch.randn(table.weight.shape, generator=generator) * scale)
     return bad
 
 
 def inject_bad_model(settings: Settings, start: pd.Timestamp, seed: int) -> int | None:
-    """Registers the champion with a randomised item table and promotes it by hand; returns its version.
+    """Registers the champion with randomised item embeddings and promotes it by hand; returns its version.
 
     Its window tag is ``start/start`` (trained on data before ``start``, judged on
     nothing), so it never reuses the version a cycle registered for the week.
@@ -200,10 +207,10 @@ def inject_bad_model(settings: Settings, start: pd.Timestamp, seed: int) -> int 
         return None
     window = f"{start.isoformat()}/{start.isoformat()}"
     candidate = registry.log_candidate(
-        corrupt_item_table(model, seed), settings=settings, window=window,
-        params={"injected": "item table randomised"}, metrics={}, tags={"injected": "bad_model"},
+        corrupt_item_tower(model, seed), settings=settings, window=window,
+        params={"injected": "item embeddings randomised"}, metrics={}, tags={"injected": "bad_model"},
     )
-    registry.promote(settings, candidate.version, reason="injected bad model: item table randomised, promoted past the gate",
+    registry.promote(settings, candidate.version, reason="injected bad model: item embeddings randomised, promoted past the gate",
                      actor=BAD_MODEL_ACTOR)
     return candidate.version
 
