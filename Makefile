@@ -31,9 +31,23 @@ setup-gpu:
 demo: setup
 	$(BIN)/retrain demo
 
-test: setup
-	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { echo "error: the report test needs Chromium: apt-get install -y chromium chromium-driver (as root)"; exit 1; }
+test: setup chromium
 	$(BIN)/python -m pytest
+
+# The report test opens the page in headless Chromium (Debian's chromium + chromium-driver);
+# as root they are installed when missing, otherwise the target says what to run.
+.PHONY: chromium
+chromium:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Chromium for the report test (apt-get install chromium chromium-driver)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+	      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } \
+	      || { echo "error: could not install chromium chromium-driver with apt-get"; exit 1; }; \
+	  else \
+	    echo "error: the report test needs Chromium: apt-get install -y chromium chromium-driver (as root)"; exit 1; \
+	  fi; \
+	fi
 
 bench: setup
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
