@@ -97,12 +97,18 @@ class SchedulePlan:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["reasons"] = [asdict(r) for r in self.reasons]
+        d["reasons"] = [{**asdict(r), "value": list(r.value) if isinstance(r.value, tuple) else r.value} for r in self.reasons]
         d["probe_rates"] = list(self.probe_rates)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SchedulePlan:
         return lenient_from_dict(
-            cls, {**d, "reasons": tuple(Reason(**r) for r in d.get("reasons", ())), "probe_rates": tuple(d.get("probe_rates", ()))}
+            cls, {**d, "reasons": tuple(Reason(**{**r, "value": _frozen(r["value"])}) for r in d.get("reasons", ())),
+                  "probe_rates": tuple(d.get("probe_rates", ()))}
         )
+
+
+def _frozen(value: Any) -> Any:
+    """A reason's value as the plan holds it: JSON lists back to tuples (the plan is frozen)."""
+    return tuple(value) if isinstance(value, list) else value
