@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
-import secrets
 import socket
 import subprocess  # nosec B404  # starts known server binaries with argument lists
 import sys

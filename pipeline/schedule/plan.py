@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -96,10 +97,8 @@ class SchedulePlan:
         return next((r.why for r in self.reasons if r.field == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["reasons"] = [{**asdict(r), "value": list(r.value) if isinstance(r.value, tuple) else r.value} for r in self.reasons]
-        d["probe_rates"] = list(self.probe_rates)
-        return d
+        """The plan as ``plan.json`` holds it (tuples become lists, so a dict compares equal to its file)."""
+        return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SchedulePlan:
