@@ -111,6 +111,11 @@ class ScheduleSettings(BaseModel):
         "from the same weights), keeping the best by validation; [] turns the probe off. Runs started from the knowledge "
         "base skip it.",
     )
+    probe_tol: float = Field(
+        0.15, ge=0, lt=1,
+        description="Relative shortfall from the probe's best mean validation within which the higher rate wins "
+        "(about one reading-to-reading swing: the median was 12.5% in bench/scheduler.py).",
+    )
     trend_gini: float = Field(0.5, ge=0, le=1, description="Popularity Gini from which dense data counts as strongly trending.")
     trend_boost: float = Field(1.5, ge=1, description="Extra dense rate for dense, strongly trending data.")
     reference_density: float = Field(0.03, gt=0, le=1, description="Density at and above which data counts as dense.")

@@ -42,7 +42,7 @@ from pipeline.errors import DataError, PipelineError
 from pipeline.evaluate import USER_COLUMNS
 from pipeline.model import HISTORY_CAP, FeatureEncoder, Recommender, TwoTower, TwoTowerTrainTask, build_two_tower
 from pipeline.schedule import AdaptiveScheduler, SchedulePlan, Trace
-from pipeline.schedule.controller import Components
+from pipeline.schedule.controller import Components, probe_rounds
 from pipeline.schedule.resource import ResourceController
 from pipeline.settings import TrainSettings
 
@@ -66,13 +66,16 @@ class TrainResult:
     step_seconds: float = 0.0  # the optimisation steps alone (no validation, no checkpoints)
     scheduler_seconds: float = 0.0  # of which the adaptive scheduler (signals, decisions, snapshots)
     probe_validations: int = 0  # validate() calls of the first epoch's rate probe, made before the per-epoch ones
+    # Examples processed by each epoch's end (since the start or a resume), rate-probe candidates included:
+    # the compute a run spent, where epoch counts hide the probe's extra passes.
+    epoch_samples: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "epoch_losses": list(self.epoch_losses)}
+        return {**asdict(self), "epoch_losses": list(self.epoch_losses), "epoch_samples": list(self.epoch_samples)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainResult:
-        return cls(**{**d, "epoch_losses": tuple(d["epoch_losses"])})
+        return cls(**{**d, "epoch_losses": tuple(d["epoch_losses"]), "epoch_samples": tuple(d.get("epoch_samples", ()))})
 
 
 @dataclass(frozen=True)
@@ -313,7 +316,8 @@ def train(
         log.info("resumed after epoch %d from %s", first_epoch, epoch_checkpoint_path(out_dir))
     loop_started = time.perf_counter()
     step_seconds = sched_seconds = 0.0
-    probe_validations = 0
+    probe_validations = seen = 0
+    epoch_samples: list[int] = []  # examples processed by the end of each epoch, rate-probe candidates included
     for epoch in range(first_epoch, settings.epochs):
         if sched is not None and sched.should_stop:
             break
@@ -324,7 +328,7 @@ def train(
 
         def run_steps(part: list[np.ndarray]) -> None:
             """Trains on ``part`` (the epoch's batches, or a rate probe's share of them)."""
-            nonlocal total, counted, steps, step_seconds, sched_seconds
+            nonlocal total, counted, steps, step_seconds, sched_seconds, seen
             for i, idx in enumerate(tqdm(part, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)):
                 step_started = time.perf_counter()
                 user_kjt, target = examples.batch(idx, encoder)
@@ -350,6 +354,7 @@ def train(
                     sched.step()
                     sched_seconds += time.perf_counter() - sched_started
                 steps += 1
+                seen += len(idx)
                 step_seconds += time.perf_counter() - step_started
                 trace.add_step(signals)
                 for cb in callbacks:
@@ -358,17 +363,22 @@ def train(
                     resource.observe_step(time.perf_counter() - step_started, len(idx))
 
         if epoch == 0 and sched is not None and sched.plan.probe_rates and validate is not None:
-            # The first epoch is shared by the rate probe: each multiplier trains on the same share of it.
-            share = batches[: max(len(batches) // len(sched.plan.probe_rates), 1)]
+            # The rate probe races the multipliers on the first epoch (successive halving, one share of
+            # the epoch per round), so the winner has seen the whole epoch when it ends.
+            rounds = probe_rounds(len(sched.plan.probe_rates))
+            share = max(len(batches) // rounds, 1)
 
-            def candidate() -> float:
-                run_steps(share)
+            def candidate(round_: int) -> float:
+                nonlocal probe_validations
+                run_steps(batches[round_ * share : (round_ + 1) * share])
+                probe_validations += 1
                 return validate(unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim))
 
             sched.probe(candidate)
-            probe_validations = len(sched.plan.probe_rates)
+            run_steps(batches[rounds * share :])  # the few batches a share rounded off
         else:
             run_steps(batches)
+        epoch_samples.append(seen)
         if sched is not None and not all_finite(dmp):
             sched.recover("nonfinite_weights", math.nan)  # e.g. a NaN written after the epoch's last loss
         losses.append(mean_across_ranks(total, counted))
@@ -403,7 +413,7 @@ def train(
     best = (sched.best, sched.best_epoch + 1) if sched is not None and sched.best_epoch >= 0 else (None, None)
     return TrainResult(
         str(path), len(examples), steps, tuple(losses), time.perf_counter() - started, loop_seconds,
-        str(trace_path), best[0], best[1], step_seconds, sched_seconds, probe_validations,
+        str(trace_path), best[0], best[1], step_seconds, sched_seconds, probe_validations, tuple(epoch_samples),
     )
 
 

@@ -11,8 +11,9 @@ Rules first, each one a sentence in the plan's reasons:
 - Dense data with a strong popularity trend (high Gini) is easy to fit early: the
   dense rate starts higher and warm-up is short.
 - No rule knows the best rate of a new dataset to better than a factor of a few, so
-  the first epoch probes multiples of the rules' rates (``probe_rates``) and keeps the
-  best by validation.
+  the first epoch races multiples of the rules' rates (``probe_rates``) and keeps the
+  best by validation; the race's extra passes over the data come out of the epoch
+  budget, so a probed run costs no more than a static one.
 
 Then the knowledge base: when similar past runs exist, their converged rates replace
 the rules' rates and their best epochs size the budget (``source = "knowledge_base"``).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pipeline.schedule.controller import probe_passes
 from pipeline.schedule.knowledge import KnowledgeBase, features
 from pipeline.schedule.plan import SchedulePlan
 from pipeline.settings import ScheduleSettings, TrainSettings
@@ -67,7 +69,7 @@ def calibrate(
         dense_lr=t.dense_lr, sparse_lr=t.sparse_lr, batch_size=t.batch_size, max_epochs=t.epochs,
         decay=s.decay, patience=s.patience, plateau_tol=s.plateau_tol, rollback_tol=s.rollback_tol,
         max_change=s.max_change, cooldown=s.cooldown, min_epochs=s.min_epochs, improve_cycles=s.improve_cycles,
-        smoothing=s.smoothing,
+        smoothing=s.smoothing, probe_tol=s.probe_tol,
     )
     per_item = n / items
     sparsity = min(max(s.reference_per_item / per_item, 0.5), 4.0)
@@ -103,7 +105,14 @@ def calibrate(
     if len(s.probe_rates) > 1:
         plan = plan.with_reason(
             "probe_rates", tuple(float(m) for m in s.probe_rates),
-            "no past run of similar data: the first epoch tries the rules' rates x" + ", x".join(f"{m:g}" for m in s.probe_rates),
+            "no past run of similar data: the first epoch races the rules' rates x" + ", x".join(f"{m:g}" for m in s.probe_rates),
+        )
+        extra = math.ceil(probe_passes(len(s.probe_rates)) - 1 - 1e-9)
+        budget = max(epochs - extra, s.min_epochs)
+        plan = plan.with_reason(
+            "max_epochs", budget,
+            f"{n} interactions: {epochs} epochs to see about {s.target_examples:,} examples (cap {t.epochs}), "
+            f"less the rate probe's {extra} extra passes over the data",
         )
 
     suggestion = history.suggest(features(profile, drift_share)) if history is not None else None

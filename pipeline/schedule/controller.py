@@ -8,7 +8,8 @@ own bounded multiplier, changed only at validation cycles (epoch ends), at most 
 Stages and the cues that move between them (never a fixed epoch):
 
 - ``warmup``: linear ramp; ends once the gradient norm settles (short and long EMAs
-  within 25%) or after ``plan.warmup_steps``.
+  within 25%) or after ``plan.warmup_steps``. A plan with ``probe_rates`` skips it: the
+  rate probe (``probe``) races the candidates at their full rates instead.
 - ``explore``: full rate. Sustained improvement (``improve_cycles`` cycles each better
   by ``plateau_tol``) with consistent gradient directions raises the rate; a plateau
   or a curvature jump (sharper loss surface than when exploring began) cuts it and
@@ -19,10 +20,12 @@ Stages and the cues that move between them (never a fixed epoch):
 Safe-fail: before each change the controller snapshots the model and optimiser states.
 If the next validation is worse than before the change by more than
 ``plan.rollback_tol``, it restores the snapshot and retries with half the change (in
-log scale). A non-finite loss restores the latest snapshot at once and halves the rate.
+log scale). A non-finite loss restores the latest snapshot at once and halves the rate;
+so does a collapse (validation below half of the best with no change pending).
 
-Besides rates: weight decay is raised when the training loss keeps falling while the
-validation metric falls (a widening generalisation gap), and Adam's beta1 (or SGD's
+Besides rates: when the training loss keeps falling while the validation metric falls
+(a widening generalisation gap), weight decay is raised and, while exploring, the run
+returns to its best weights at a higher rate (more gradient noise); Adam's beta1 (or SGD's
 momentum) is lowered when gradients turn erratic (successive gradients disagree in
 direction, or the norm spikes).
 """
@@ -73,6 +76,8 @@ class Limits:
     weight_decay_start: float = 1e-5  # first weight decay when the plan starts without one
     weight_decay_factor: float = 3.0
     max_weight_decay: float = 1e-2
+    collapse: float = 0.5  # validation below this share of the best, with no change pending, is a collapse
+    max_gap_raises: int = 2  # returns to the best weights at a higher rate on a generalisation gap, per run
     min_control: float = 1e-3
     max_control: float = 8.0
 
@@ -174,6 +179,10 @@ class AdaptiveScheduler:
         self.events: list[ScheduleEvent] = []
         self.last_reading: Reading | None = None
         self.rollbacks = 0
+        self.gap_raises = 0
+        self.best_control = 1.0  # the control multiplier the best validated weights were trained at
+        self.probed = False
+        self._momentum_epoch = -1
         self.explore_control: float | None = None  # control multiplier when exploring ended
         self._pending: _Pending | None = None
         self._last_good: bytes | None = None
@@ -238,40 +247,76 @@ class AdaptiveScheduler:
         changes = {**extra, **{f"{k}_lr": (old[k], v) for k, v in self.lrs().items() if v != old[k]}}
         self._event(action, trigger, value, threshold, changes, reason)
 
-    def probe(self, run: Callable[[], float]) -> float:
-        """Tries each of ``plan.probe_rates`` from the same weights; goes on from the best. Returns its validation.
+    def probe(self, run: Callable[[int], float]) -> float:
+        """Races ``plan.probe_rates`` by successive halving; goes on from the winner. Returns its validation.
 
-        ``run`` trains one share of the epoch at the current rates and returns the
-        validation metric. Before each candidate the model, the optimisers and this
-        scheduler are put back where they were; after the last, the best candidate's
-        weights, optimiser states and scheduler state are restored, its multiplier
-        becomes the controller's, and one ``lr_probe`` event records every candidate.
-        The probe is the start of the explore stage: a rules-based plan knows a good
-        rate only to within a factor of a few, and trying is cheaper than the epochs a
-        streak-driven raise (x1.5 per two improving cycles) would take to get there.
+        ``run(round)`` trains one share of the first epoch (round ``round``'s share) at
+        the current rates and returns the validation metric. Round 0 starts every
+        candidate from the same weights; each later round continues the better half of
+        the candidates, each from its own weights, optimiser states and scheduler state,
+        on the next share, until one is left (two rounds for four candidates). A
+        candidate is ranked by the mean of its validations so far: one reading of a
+        ranking metric on a small validation window is noisy, and early in training the
+        order of the rates can still flip. Of the last round, the highest rate whose mean
+        is within ``plan.probe_tol`` of the best wins. The winner's state is restored, its multiplier
+        becomes the controller's, and one ``lr_probe`` event records every reading.
+
+        The probe replaces the warm-up ramp: each candidate starts at its full rate, and
+        one that diverges (a non-finite loss is rolled back and halves its rate) loses
+        the race on its readings. A rules-based plan knows a good rate only to within a
+        factor of a few, and racing is cheaper than the epochs a streak-driven raise
+        (x1.5 per two improving cycles) would take to get there.
+
+        Example:
+            >>> import torch
+            >>> model = torch.nn.Linear(1, 1, bias=False)
+            >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            >>> sched = AdaptiveScheduler(opt, SchedulePlan(probe_rates=(1.0, 2.0, 4.0, 8.0)), model=model)
+            >>> sched.probe(lambda r: -abs(opt.param_groups[0]["lr"] - 0.4))  # the best rate is x4
+            -0.0
+            >>> sched.control, sched.stage
+            (4.0, 'explore')
         """
         if self.snapshot is None or not self.plan.probe_rates:
-            return run()
-        start_model, start_self = self.snapshot.save(), copy.deepcopy(self.state_dict())
-        tried: list[tuple[float, float, bytes, dict[str, Any]]] = []
-        for multiplier in self.plan.probe_rates:
-            self.snapshot.restore(start_model)
-            self.load_state_dict(copy.deepcopy(start_self))
-            self.control = min(max(multiplier, self.limits.min_control), self.limits.max_control)
-            self._apply()
-            value = run()
-            tried.append((value if math.isfinite(value) else -math.inf, multiplier, self.snapshot.save(),
-                          copy.deepcopy(self.state_dict())))
-        value, multiplier, weights, state = max(tried, key=lambda t: t[0])
+            return run(0)
+        rates = self.plan.probe_rates
+        if self.stage == "warmup":
+            self.warmup_done_at = self.step_count
+            self._event("stage", "rate_probe", float(len(rates)), None, {},
+                        "warm-up replaced by the rate probe: each candidate starts at its full rate", stage="explore")
+        self.probed = True
+        start = (self.snapshot.save(), copy.deepcopy(self.state_dict()))
+        alive: list[tuple[float, tuple[bytes, dict[str, Any]], list[float]]] = [(m, start, []) for m in rates]
+        field: dict[float, list[float]] = {}
+        for round_ in range(probe_rounds(len(rates))):
+            raced = []
+            for multiplier, (weights, state), readings in alive:
+                self.snapshot.restore(weights)
+                self.load_state_dict(copy.deepcopy(state))
+                if round_ == 0:
+                    self.control = min(max(multiplier, self.limits.min_control), self.limits.max_control)
+                    self._apply()
+                value = run(round_)
+                readings = [*readings, value if math.isfinite(value) else -math.inf]
+                raced.append((multiplier, (self.snapshot.save(), copy.deepcopy(self.state_dict())), readings))
+            raced.sort(key=lambda c: -sum(c[2]) / len(c[2]))  # stable: a tie keeps the lower rate
+            alive = raced[: max(len(raced) // 2, 1)]
+            field.update({m: r for m, _, r in raced})
+        # Within ``probe_tol`` of the best the readings do not tell the rates apart; the higher rate
+        # wins then: cutting a rate later is one decision, and more gradient noise regularises.
+        top = sum(raced[0][2]) / len(raced[0][2])
+        close = [c for c in raced if math.isfinite(top) and sum(c[2]) / len(c[2]) >= _lowered(top, self.plan.probe_tol)]
+        close = close or raced[:1]
+        multiplier, (weights, state), readings = max(close, key=lambda c: c[0])
         self.snapshot.restore(weights)
         self.load_state_dict(state)
         self._last_good = weights
-        baseline = next((t[0] for t in tried if t[1] == 1.0), tried[0][0])
+        value, baseline = readings[-1], sum(field[rates[0]]) / len(field[rates[0]])
         old = {f"{name}_lr": float(opt.param_groups[0]["initial_lr"]) for name, opt in self.optimizers.items()}
         changes = {k: (v, v * multiplier) for k, v in old.items()}
-        scores = ", ".join(f"x{m:g} {v:.4f}" for v, m, _, _ in tried)
-        self._event("lr_probe", "validation", value, baseline, changes,
-                    f"probed rate multipliers on equal shares of the first epoch ({scores}): kept x{multiplier:g}")
+        scores = ", ".join(f"x{m:g} " + " > ".join(f"{v:.4f}" for v in field[m]) for m in rates)
+        self._event("lr_probe", "validation", sum(readings) / len(readings), baseline, changes,
+                    f"raced rate multipliers on shares of the first epoch ({scores}): kept x{multiplier:g}")
         return value
 
     def record(
@@ -281,9 +326,11 @@ class AdaptiveScheduler:
         self._event(action, trigger, value, threshold, changes, reason)
 
     def summary(self) -> dict[str, Any]:
-        """What the knowledge base keeps of this run: the explore stage's rate multiplier and the best epoch."""
+        """What the knowledge base keeps of this run: the rate multipliers (when exploring ended, and
+        when the kept weights were trained) and the best epoch."""
         return {
             "explore_control": self.explore_control if self.explore_control is not None else self.control,
+            "best_control": self.best_control,
             "best_epoch": self.best_epoch + 1 if self.best_epoch >= 0 else None,
             "best_validation": self.best if self.best_epoch >= 0 else None,
             "epochs": self.epoch,
@@ -318,7 +365,11 @@ class AdaptiveScheduler:
             self.recover("nonfinite_loss", loss)
             return False
         self._track_probes(reading)
-        if self.components.momentum and reading.grad_norm > self.limits.grad_spike * reading.grad_norm_long > 0:
+        if (
+            self.components.momentum and self._momentum_epoch != self.epoch
+            and reading.grad_norm > self.limits.grad_spike * reading.grad_norm_long > 0
+        ):
+            self._momentum_epoch = self.epoch  # one spike-driven change per validation cycle: spikes come in bursts
             self._lower_momentum("gradient_spike", reading.grad_norm / reading.grad_norm_long, self.limits.grad_spike)
         return True
 
@@ -343,7 +394,7 @@ class AdaptiveScheduler:
             self._track_best(self.validations[-1])
             self._stop("budget", float(self.epoch), float(self.plan.max_epochs), "epoch budget spent")
             return
-        if self._judge_pending(validation):
+        if self._judge_pending(validation) or self._collapsed(validation):
             return
         self._track_best(validation)
         self.cooldown = max(self.cooldown - 1, 0)
@@ -352,7 +403,7 @@ class AdaptiveScheduler:
         if self.stage == "warmup" or self.cooldown > 0:
             return
         if self._overfitting():
-            self._raise_weight_decay(validation)
+            self._regularise(validation)
         elif self.stage == "explore":
             self._explore(validation)
         elif self.stage == "refine":
@@ -422,7 +473,25 @@ class AdaptiveScheduler:
         action = "lr_up" if factor > 1 else "lr_down"
         self._event(action, trigger, value, threshold, changes, f"{why}: rate x{factor:.2f}", stage=stage)
 
-    def _raise_weight_decay(self, validation: float) -> None:
+    def _regularise(self, validation: float) -> None:
+        """Validation falls while the training loss still falls: the model fits what does not carry over.
+
+        Two regularisers. Weight decay on the dense layers rises (the explicit one). While
+        exploring, the run also goes back to its best validated weights and raises the
+        rate by ``plan.max_change``: more gradient noise per step is SGD's implicit
+        regulariser (Smith & Le, 2018). On MovieLens the lower-rate runs of
+        ``bench/scheduler.py`` slide into this pattern (training loss down, ranking on later
+        weeks down) while the higher-rate ones hold. The raise is judged like any other
+        rate change and happens at most ``limits.max_gap_raises`` times.
+        """
+        gap = self.train_losses[-2] - self.train_losses[-1]
+        back = (
+            self.stage == "explore" and self.components.raise_rate and self._best_snapshot is not None
+            and self.gap_raises < self.limits.max_gap_raises
+        )
+        if back:
+            self.snapshot.restore(self._best_snapshot)  # before the decay change: the restore resets the groups
+            self._last_good = self._best_snapshot
         changes = {}
         for name, opt in self.optimizers.items():
             for group in opt.param_groups:
@@ -433,12 +502,15 @@ class AdaptiveScheduler:
                           self.limits.max_weight_decay)
                 group["weight_decay"] = new
                 changes[f"{name}_weight_decay"] = (old, new)
-        if not changes:
-            return
-        self.cooldown = self.plan.cooldown
-        gap = self.train_losses[-2] - self.train_losses[-1]
-        self._event("weight_decay_up", "generalisation_gap", gap, 0.0, changes,
-                    "training loss still falls while validation falls")
+        if changes:
+            self.cooldown = self.plan.cooldown
+            self._event("weight_decay_up", "generalisation_gap", gap, 0.0, changes,
+                        "training loss still falls while validation falls")
+        if back:
+            self.gap_raises += 1
+            self._change_rate(self.plan.max_change, "generalisation_gap", gap, 0.0, validation,
+                              f"training loss still falls while validation falls: back to the weights of epoch "
+                              f"{self.best_epoch + 1} (validation {self.best:.4f}) at a higher rate, more gradient noise")
 
     def _lower_momentum(self, trigger: str, value: float, threshold: float) -> None:
         changes = {}
@@ -479,6 +551,31 @@ class AdaptiveScheduler:
             self.cooldown = self.plan.cooldown
         return True
 
+    def _collapsed(self, validation: float) -> bool:
+        """Validation fell below ``limits.collapse`` of the best with no change to blame: restore, halve the rate.
+
+        A rate that trained well can still blow a model up a few epochs later without a
+        NaN (the ranking falls to near random and stays there); that is the same
+        instability as a non-finite loss, so it gets the same answer: the best weights
+        back and half the rate. True when it did.
+        """
+        lowest = _lowered(self.best, 1 - self.limits.collapse)
+        if self._best_snapshot is None or not self.components.rollback or validation >= lowest:
+            return False
+        old = self.lrs()
+        self.snapshot.restore(self._best_snapshot)
+        self._last_good = self._best_snapshot
+        self.control = max(self.control * self.limits.cut_factor, self.limits.min_control)
+        self.rollbacks += 1
+        self.cooldown = self.plan.cooldown
+        self._apply()
+        self._event("rollback", "validation_collapse", validation, lowest,
+                    {f"{k}_lr": (old[k], v) for k, v in self.lrs().items()},
+                    f"validation fell to {validation:.4f}, below {self.limits.collapse:.0%} of the best "
+                    f"({self.best:.4f}); restored the weights of epoch {self.best_epoch + 1} and halved the rate")
+        self.validations[-1] = self.best
+        return True
+
     def recover(self, trigger: str, value: float) -> None:
         """Restores the latest snapshot and halves the rate (a non-finite loss or weights)."""
         old = self.lrs()
@@ -510,7 +607,7 @@ class AdaptiveScheduler:
             self.improving_streak = 0
         self.smooth_best = max(self.smooth_best, self.smoothed)
         if validation > self.best:
-            self.best, self.best_epoch = validation, self.epoch - 1
+            self.best, self.best_epoch, self.best_control = validation, self.epoch - 1, self.control
             if self.snapshot is not None:
                 self._best_snapshot = self.snapshot.save()
 
@@ -522,10 +619,16 @@ class AdaptiveScheduler:
             self.consistency_ema = ema(self.consistency_ema, reading.consistency, 0.2)
 
     def _close_curvature_epoch(self) -> None:
-        """Epoch median of the curvature probes; the first explore epoch's median is the reference."""
+        """Epoch median of the curvature probes; the first explore epoch's median is the reference.
+
+        Not the rate probe's epoch: it starts from the initial weights at full rate, where the
+        loss surface sharpens on its own as training leaves the flat start (progressive
+        sharpening), and a reference taken there makes the next epoch look like a jump.
+        """
         if self._curvature_epoch:
             self.curvature_median = float(sorted(self._curvature_epoch)[len(self._curvature_epoch) // 2])
-            if self.curvature_ref is None and self.stage == "explore" and self.curvature_median > 0:
+            probe_epoch = self.probed and self.epoch <= 1
+            if self.curvature_ref is None and self.stage == "explore" and self.curvature_median > 0 and not probe_epoch:
                 self.curvature_ref = self.curvature_median
         self._curvature_epoch = []
 
@@ -591,6 +694,22 @@ class AdaptiveScheduler:
         self.events.append(
             ScheduleEvent(self.step_count, self.epoch, self.stage, action, trigger, value, threshold, changes, reason)
         )
+
+
+def probe_rounds(candidates: int) -> int:
+    """Rounds of successive halving that leave one of ``candidates`` (one for a single candidate)."""
+    return max(math.ceil(math.log2(candidates)), 1) if candidates > 0 else 0
+
+
+def probe_passes(candidates: int) -> float:
+    """Passes over the data that the probe's epoch costs (1.0: nothing extra).
+
+    Each round trains its candidates on ``1 / rounds`` of the epoch and keeps the better half.
+    """
+    rounds, alive, total = probe_rounds(candidates), candidates, 0.0
+    for _ in range(rounds):
+        total, alive = total + alive / rounds, max(alive // 2, 1)
+    return total if candidates > 1 else 1.0
 
 
 def _lowered(value: float, tol: float) -> float:

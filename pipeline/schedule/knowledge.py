@@ -32,7 +32,7 @@ class Record:
     """One past run: its data's features, the schedule it ended with, and its outcome."""
 
     features: dict[str, float]
-    dense_lr: float  # effective rate when exploring ended (the base rate times the controller's changes)
+    dense_lr: float  # the rate the run's best weights were trained at (the base rate times the controller's changes)
     sparse_lr: float
     best_epoch: int  # 1-based epoch of the best validation
     epochs: int
@@ -59,11 +59,17 @@ class Suggestion:
 
 
 def explore_rates(trace: dict[str, Any]) -> tuple[float, float] | None:
-    """(dense, sparse) rate a finished run converged to: its plan's rates times the explore-stage multiplier."""
+    """(dense, sparse) rate a finished run found: its plan's rates times the controller's multiplier
+    at its best epoch (older traces: when exploring ended).
+
+    The best epoch's rate, not the peak: a raise the run later rolled back, or one that came
+    after its best weights, is not what worked, and a next run that starts there can diverge.
+    """
     plan, controller = trace.get("plan"), trace.get("controller")
     if not plan or not controller:
         return None
-    return plan["dense_lr"] * controller["explore_control"], plan["sparse_lr"] * controller["explore_control"]
+    control = controller.get("best_control") or controller["explore_control"]
+    return plan["dense_lr"] * control, plan["sparse_lr"] * control
 
 
 def features(profile: dict[str, Any], drift_share: float = 0.0) -> dict[str, float]:

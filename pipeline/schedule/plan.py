@@ -51,6 +51,8 @@ class SchedulePlan:
         probe_rates: rate multipliers the first epoch tries side by side, each for an equal
             share of it from the same starting weights; the run goes on from the one that
             validates best (empty: no probe).
+        probe_tol: relative shortfall from the probe's best mean validation within which the
+            higher rate wins (the readings cannot tell such candidates apart).
         source: "rules" or "knowledge_base".
         reasons: one Reason per field that was set from the data or past runs.
     """
@@ -73,6 +75,7 @@ class SchedulePlan:
     cooldown: int = 1
     smoothing: float = 1.0
     probe_rates: tuple[float, ...] = ()
+    probe_tol: float = 0.15
     source: str = "rules"
     reasons: tuple[Reason, ...] = ()
 

@@ -55,6 +55,8 @@ class ResourceController:
         budget_epochs: epochs whose best throughput becomes the budget when ``min_throughput`` is None.
         max_accumulation: most micro-batches one dense step may accumulate.
         cuda: whether training runs on CUDA (precision is a lever there only); None: ask torch.
+        patience: consecutive epochs below the throughput budget before a lever moves (a
+            neighbour's burst often lasts one epoch; a batch change is not free to undo).
 
     Attributes:
         accumulation: micro-batches per dense optimiser step (1: none).
@@ -79,6 +81,7 @@ class ResourceController:
         budget_epochs: int = 2,
         max_accumulation: int = 8,
         cuda: bool | None = None,
+        patience: int = 2,
     ) -> None:
         import torch
 
@@ -87,6 +90,8 @@ class ResourceController:
         self.min_batch, self.max_batch, self.memory = min_batch, max_batch, memory
         self.max_accumulation = max_accumulation
         self.cuda = torch.cuda.is_available() if cuda is None else cuda
+        self.patience = patience
+        self.slow_epochs = 0
         self.accumulation = 1
         self.precision = "fp32"
         self._seconds = 0.0
@@ -122,7 +127,12 @@ class ResourceController:
             return batch_size
         threshold = self.min_throughput * (1 - self.tolerance) if self.min_throughput else 0.0
         if rate >= threshold:
+            self.slow_epochs = 0
             return batch_size
+        self.slow_epochs += 1
+        if self.slow_epochs < self.patience:
+            return batch_size
+        self.slow_epochs = 0
         if self.cuda and self.precision == "fp32":
             self._set_precision("bf16", sched, "throughput", rate, threshold,
                                 f"throughput {rate:.0f} vs budget {threshold:.0f}: bf16 autocast on")
@@ -184,7 +194,8 @@ class ResourceController:
 
     def state_dict(self) -> dict[str, Any]:
         return {"min_throughput": self.min_throughput, "history": self.history, "budget_epochs": self.budget_epochs,
-                "accumulation": self.accumulation, "precision": self.precision, "nonfinite_seen": self._nonfinite_seen}
+                "accumulation": self.accumulation, "precision": self.precision, "nonfinite_seen": self._nonfinite_seen,
+                "slow_epochs": self.slow_epochs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.min_throughput, self.history = state["min_throughput"], state["history"]
@@ -192,3 +203,4 @@ class ResourceController:
         self.accumulation = state.get("accumulation", 1)
         self.precision = state.get("precision", "fp32")
         self._nonfinite_seen = state.get("nonfinite_seen", 0)
+        self.slow_epochs = state.get("slow_epochs", 0)

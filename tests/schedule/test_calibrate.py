@@ -41,8 +41,13 @@ def test_dense_trending_data_starts_with_a_higher_dense_rate():
 
 
 def test_epoch_budget_never_exceeds_the_train_sections():
-    plan = calibrate({**SPARSE, "interactions": 500}, train=TrainSettings(epochs=7))
+    plan = calibrate({**SPARSE, "interactions": 500}, train=TrainSettings(epochs=7), settings=ScheduleSettings(probe_rates=[]))
     assert plan.max_epochs == 7
+
+
+def test_the_rate_probes_extra_passes_come_out_of_the_epoch_budget():
+    plan = calibrate({**SPARSE, "interactions": 500}, train=TrainSettings(epochs=7))  # four candidates: 3 passes
+    assert plan.max_epochs == 5 and "2 extra passes" in plan.why("max_epochs")
 
 
 def test_similar_past_runs_replace_the_rules_rates_and_budget():

@@ -133,14 +133,41 @@ def test_a_nan_loss_restores_the_last_snapshot_halves_the_rate_and_skips_the_ste
     assert sched.get_last_lr()[0] == pytest.approx(rate / 2)
 
 
-def test_weight_decay_rises_when_training_loss_falls_while_validation_falls():
+def test_a_generalisation_gap_raises_weight_decay_and_returns_to_the_best_weights_at_a_higher_rate():
+    model, opt, sched, x, y = scripted()
+    best = None
+    for value, loss in ((0.50, 1.0), (0.45, 0.9), (0.40, 0.8)):
+        run_epoch(model, opt, sched, x, y)
+        best = best if best is not None else torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+        sched.epoch_end(value, train_loss=loss)
+    decay, raise_ = sched.events[-2:]
+    assert (decay.action, decay.trigger) == ("weight_decay_up", "generalisation_gap")
+    assert (raise_.action, raise_.trigger) == ("lr_up", "generalisation_gap")
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1e-5)
+    assert sched.control == pytest.approx(PLAN.max_change)
+    assert torch.equal(torch.nn.utils.parameters_to_vector(model.parameters()).detach(), best)  # back to the weights of the best validation (epoch 1)
+
+
+def test_a_collapse_without_a_change_restores_the_best_weights_and_halves_the_rate():
     model, opt, sched, x, y = scripted()
     run_epoch(model, opt, sched, x, y)
+    sched.epoch_end(0.50, train_loss=1.0)
+    best = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    run_epoch(model, opt, sched, x, y)
+    sched.epoch_end(0.10, train_loss=0.9)  # a fifth of the best, no change pending
+    event = sched.events[-1]
+    assert (event.action, event.trigger) == ("rollback", "validation_collapse")
+    assert torch.equal(torch.nn.utils.parameters_to_vector(model.parameters()).detach(), best)
+    assert sched.control == pytest.approx(0.5)
+
+
+def test_in_refine_a_generalisation_gap_only_raises_weight_decay():
+    model, opt, sched, x, y = scripted()
+    run_epoch(model, opt, sched, x, y)
+    sched.stage = "refine"
     for value, loss in ((0.50, 1.0), (0.45, 0.9), (0.40, 0.8)):
         sched.epoch_end(value, train_loss=loss)
-    event = sched.events[-1]
-    assert (event.action, event.trigger) == ("weight_decay_up", "generalisation_gap")
-    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1e-5)
+    assert sched.events[-1].action == "weight_decay_up" and sched.control == 1.0
 
 
 def test_a_gradient_spike_lowers_adam_beta1():
@@ -207,33 +234,48 @@ def test_it_trains_a_plain_model_end_to_end_and_stops_by_itself():
     assert {e.stage for e in sched.events} >= {"explore", "refine"}
 
 
-def test_the_rate_probe_tries_each_multiplier_from_the_same_weights_and_keeps_the_best():
+def test_the_rate_probe_races_the_multipliers_and_goes_on_from_the_winner():
     model = torch.nn.Linear(2, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = AdaptiveScheduler(opt, SchedulePlan(warmup_steps=0, probe_rates=(1.0, 4.0, 0.25)), model=model)
+    plan = SchedulePlan(warmup_steps=0, probe_rates=(1.0, 4.0, 0.25, 2.0), probe_tol=0.0)
+    sched = AdaptiveScheduler(opt, plan, model=model)
     seen = []
 
-    def run() -> float:  # "trains": moves the weights by the rate; the best rate is 0.4 (x4)
+    def run(round_: int) -> float:  # "trains": moves the weights by the rate; the best rate is 0.4 (x4)
         lr = opt.param_groups[0]["lr"]
-        seen.append((lr, float(model.weight.sum())))
+        seen.append((round_, lr, float(model.weight.sum())))
         with torch.no_grad():
             model.weight.add_(lr)
         return -abs(math.log(lr / 0.4))
 
     assert sched.probe(run) == pytest.approx(0.0)
-    assert [lr for lr, _ in seen] == pytest.approx([0.1, 0.4, 0.025])
-    assert all(start == 0.0 for _, start in seen)  # every candidate started from the same weights
-    assert float(model.weight[0, 0]) == pytest.approx(0.4)  # the kept weights are the x4 candidate's
+    first = [(lr, start) for r, lr, start in seen if r == 0]
+    assert [lr for lr, _ in first] == pytest.approx([0.1, 0.4, 0.025, 0.2])
+    assert all(start == 0.0 for _, start in first)  # every candidate started from the same weights
+    second = sorted((lr, start) for r, lr, start in seen if r == 1)
+    assert second == [(pytest.approx(0.2), pytest.approx(0.4)), (pytest.approx(0.4), pytest.approx(0.8))]  # the better half, each from its own weights
+    assert float(model.weight[0, 0]) == pytest.approx(0.8)  # the kept weights are the x4 candidate's after two rounds
     assert sched.get_last_lr() == pytest.approx([0.4]) and sched.control == pytest.approx(4.0)
+    assert sched.stage == "explore"  # the probe replaced the warm-up
     event = sched.events[-1]
     assert (event.action, event.trigger) == ("lr_probe", "validation")
     assert event.changes == {"default_lr": (pytest.approx(0.1), pytest.approx(0.4))} and "kept x4" in event.reason
+
+
+@pytest.mark.parametrize(("tol", "kept"), [(0.1, 2.0), (0.01, 1.0)])
+def test_within_the_probe_tolerance_the_higher_rate_wins(tol, kept):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = AdaptiveScheduler(opt, SchedulePlan(warmup_steps=0, probe_rates=(1.0, 2.0), probe_tol=tol), model=model)
+    readings = {0.1: 0.50, 0.2: 0.48}  # x2 is 4% behind x1
+    sched.probe(lambda r: readings[round(opt.param_groups[0]["lr"], 6)])
+    assert sched.control == kept
 
 
 def test_without_probe_rates_the_probe_just_runs_once():
     model = torch.nn.Linear(2, 1)
     sched = AdaptiveScheduler(torch.optim.SGD(model.parameters(), lr=0.1), SchedulePlan(warmup_steps=0), model=model)
     calls = []
-    assert sched.probe(lambda: calls.append(1) or 0.5) == 0.5
-    assert calls == [1] and not sched.events and sched.control == 1.0
+    assert sched.probe(lambda r: calls.append(r) or 0.5) == 0.5
+    assert calls == [0] and not sched.events and sched.control == 1.0
