@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
+from statistics import fmean
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -299,23 +300,23 @@ class AdaptiveScheduler:
                 value = run(round_)
                 readings = [*readings, value if math.isfinite(value) else -math.inf]
                 raced.append((multiplier, (self.snapshot.save(), copy.deepcopy(self.state_dict())), readings))
-            raced.sort(key=lambda c: -sum(c[2]) / len(c[2]))  # stable: a tie keeps the lower rate
+            raced.sort(key=lambda c: -fmean(c[2]))  # stable: a tie keeps the lower rate
             alive = raced[: max(len(raced) // 2, 1)]
             field.update({m: r for m, _, r in raced})
         # Within ``probe_tol`` of the best the readings do not tell the rates apart; the higher rate
         # wins then: cutting a rate later is one decision, and more gradient noise regularises.
-        top = sum(raced[0][2]) / len(raced[0][2])
-        close = [c for c in raced if math.isfinite(top) and sum(c[2]) / len(c[2]) >= _lowered(top, self.plan.probe_tol)]
-        close = close or raced[:1]
+        top = fmean(raced[0][2])
+        close = [c for c in raced if fmean(c[2]) >= _lowered(top, self.plan.probe_tol)] if math.isfinite(top) else []
+        close = close or raced[:1]  # every candidate diverged: the first (lowest rate) of the stable sort
         multiplier, (weights, state), readings = max(close, key=lambda c: c[0])
         self.snapshot.restore(weights)
         self.load_state_dict(state)
         self._last_good = weights
-        value, baseline = readings[-1], sum(field[rates[0]]) / len(field[rates[0]])
+        value, baseline = readings[-1], fmean(field[rates[0]])
         old = {f"{name}_lr": float(opt.param_groups[0]["initial_lr"]) for name, opt in self.optimizers.items()}
         changes = {k: (v, v * multiplier) for k, v in old.items()}
         scores = ", ".join(f"x{m:g} " + " > ".join(f"{v:.4f}" for v in field[m]) for m in rates)
-        self._event("lr_probe", "validation", sum(readings) / len(readings), baseline, changes,
+        self._event("lr_probe", "validation", fmean(readings), baseline, changes,
                     f"raced rate multipliers on shares of the first epoch ({scores}): kept x{multiplier:g}")
         return value
 
@@ -562,32 +563,29 @@ class AdaptiveScheduler:
         lowest = _lowered(self.best, 1 - self.limits.collapse)
         if self._best_snapshot is None or not self.components.rollback or validation >= lowest:
             return False
-        old = self.lrs()
-        self.snapshot.restore(self._best_snapshot)
         self._last_good = self._best_snapshot
-        self.control = max(self.control * self.limits.cut_factor, self.limits.min_control)
-        self.rollbacks += 1
         self.cooldown = self.plan.cooldown
-        self._apply()
-        self._event("rollback", "validation_collapse", validation, lowest,
-                    {f"{k}_lr": (old[k], v) for k, v in self.lrs().items()},
-                    f"validation fell to {validation:.4f}, below {self.limits.collapse:.0%} of the best "
-                    f"({self.best:.4f}); restored the weights of epoch {self.best_epoch + 1} and halved the rate")
+        self._fall_back(self._best_snapshot, "validation_collapse", validation, lowest,
+                        f"validation fell to {validation:.4f}, below {self.limits.collapse:.0%} of the best "
+                        f"({self.best:.4f}); restored the weights of epoch {self.best_epoch + 1} and halved the rate")
         self.validations[-1] = self.best
         return True
 
     def recover(self, trigger: str, value: float) -> None:
         """Restores the latest snapshot and halves the rate (a non-finite loss or weights)."""
+        saved = self._last_good or self._best_snapshot if self.snapshot is not None and self.components.rollback else None
+        what = "restored the last snapshot" if saved else "no snapshot yet: skipped the step"
+        self._fall_back(saved, trigger, value, None, f"{trigger.replace('_', ' ')} ({value}); {what} and halved the rate")
+
+    def _fall_back(self, saved: bytes | None, trigger: str, value: float, threshold: float | None, reason: str) -> None:
+        """Restores ``saved`` (when there is one), halves the rate and records the rollback."""
         old = self.lrs()
-        restored = self.snapshot is not None and self.components.rollback and (self._last_good or self._best_snapshot)
-        if restored:
-            self.snapshot.restore(self._last_good or self._best_snapshot)
+        if saved:
+            self.snapshot.restore(saved)
         self.control = max(self.control * self.limits.cut_factor, self.limits.min_control)
         self.rollbacks += 1
         self._apply()
-        what = "restored the last snapshot" if restored else "no snapshot yet: skipped the step"
-        self._event("rollback", trigger, value, None, {f"{k}_lr": (old[k], v) for k, v in self.lrs().items()},
-                    f"{trigger.replace('_', ' ')} ({value}); {what} and halved the rate")
+        self._event("rollback", trigger, value, threshold, {f"{k}_lr": (old[k], v) for k, v in self.lrs().items()}, reason)
 
     def _stop(self, trigger: str, value: float, threshold: float, why: str) -> None:
         self.should_stop = True
@@ -709,7 +707,7 @@ def probe_passes(candidates: int) -> float:
     rounds, alive, total = probe_rounds(candidates), candidates, 0.0
     for _ in range(rounds):
         total, alive = total + alive / rounds, max(alive // 2, 1)
-    return total if candidates > 1 else 1.0
+    return max(total, 1.0)
 
 
 def _lowered(value: float, tol: float) -> float:

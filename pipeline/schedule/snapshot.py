@@ -28,7 +28,7 @@ class Snapshot:
         >>> snap = Snapshot(model, {"dense": opt})
         >>> saved = snap.save()
         >>> with torch.no_grad():
-        ...     model.weight.fill_(float("nan"))
+        ...     _ = model.weight.fill_(float("nan"))
         >>> snap.restore(saved)
         >>> bool(torch.isfinite(model.weight).all())
         True
