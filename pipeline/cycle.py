@@ -285,7 +285,8 @@ def train(
         fit, later = schedule_split(history, s.schedule.validation_share)
         if later.empty:
             fit, later = history, None
-        validate = (lambda model: score(model, fit, later, s.eval.k).ndcg) if later is not None else None
+        k = schedule.validation_k  # the plan's steering cut-off, deeper than the served one (see ScheduleSettings)
+        validate = (lambda model: score(model, fit, later, k).ndcg) if later is not None else None
     if s.train.processes > 1:
         from pipeline.launch import train_distributed
 

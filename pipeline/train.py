@@ -652,7 +652,8 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.evaluate import evaluate
 
         history_for_eval, later = pd.read_parquet(args.history), pd.read_parquet(args.validation)
-        validate = lambda model: evaluate(model, history_for_eval, later).ndcg  # noqa: E731
+        k = plan.validation_k if plan is not None else get_settings().eval.k
+        validate = lambda model: evaluate(model, history_for_eval, later, k).ndcg  # noqa: E731
     if args.train_settings:
         train_settings = TrainSettings.model_validate_json(args.train_settings.read_text())
     else:

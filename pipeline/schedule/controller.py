@@ -255,12 +255,13 @@ class AdaptiveScheduler:
         the current rates and returns the validation metric. Round 0 starts every
         candidate from the same weights; each later round continues the better half of
         the candidates, each from its own weights, optimiser states and scheduler state,
-        on the next share, until one is left (two rounds for four candidates). A
-        candidate is ranked by the mean of its validations so far: one reading of a
-        ranking metric on a small validation window is noisy, and early in training the
-        order of the rates can still flip. Of the last round, the highest rate whose mean
-        is within ``plan.probe_tol`` of the best wins. The winner's state is restored, its multiplier
-        becomes the controller's, and one ``lr_probe`` event records every reading.
+        on the next share, until one is left (two rounds for four candidates). Every
+        round ranks by ``race_order``: the mean of a candidate's validations so far (one
+        reading of a ranking metric on a small validation window is noisy, and early in
+        training the order of the rates can still flip), with the candidates within
+        ``plan.probe_tol`` of the best counted as tied and the higher rate first. The
+        winner's state is restored, its multiplier becomes the controller's, and one
+        ``lr_probe`` event records every reading.
 
         The probe replaces the warm-up ramp: each candidate starts at its full rate, and
         one that diverges (a non-finite loss is rolled back and halves its rate) loses
@@ -300,15 +301,10 @@ class AdaptiveScheduler:
                 value = run(round_)
                 readings = [*readings, value if math.isfinite(value) else -math.inf]
                 raced.append((multiplier, (self.snapshot.save(), copy.deepcopy(self.state_dict())), readings))
-            raced.sort(key=lambda c: -fmean(c[2]))  # stable: a tie keeps the lower rate
+            raced = race_order(raced, self.plan.probe_tol)
             alive = raced[: max(len(raced) // 2, 1)]
             field.update({m: r for m, _, r in raced})
-        # Within ``probe_tol`` of the best the readings do not tell the rates apart; the higher rate
-        # wins then: cutting a rate later is one decision, and more gradient noise regularises.
-        top = fmean(raced[0][2])
-        close = [c for c in raced if fmean(c[2]) >= _lowered(top, self.plan.probe_tol)] if math.isfinite(top) else []
-        close = close or raced[:1]  # every candidate diverged: the first (lowest rate) of the stable sort
-        multiplier, (weights, state), readings = max(close, key=lambda c: c[0])
+        multiplier, (weights, state), readings = raced[0]
         self.snapshot.restore(weights)
         self.load_state_dict(state)
         self._last_good = weights
@@ -692,6 +688,28 @@ class AdaptiveScheduler:
         self.events.append(
             ScheduleEvent(self.step_count, self.epoch, self.stage, action, trigger, value, threshold, changes, reason)
         )
+
+
+def race_order(raced: list[tuple[float, Any, list[float]]], tol: float) -> list[tuple[float, Any, list[float]]]:
+    """Rate-probe candidates ``(multiplier, state, readings)`` from best to worst.
+
+    A candidate whose mean reading is within ``tol`` of the best mean is a tie with it: the
+    readings cannot tell such rates apart, and among ties the higher rate ranks first
+    (cutting a rate later is one decision, and more gradient noise regularises). The rest
+    follow by mean reading; a stable sort keeps the lower rate first on an exact tie, and
+    when every candidate diverged.
+
+    Example:
+        >>> [m for m, _, _ in race_order([(1.0, None, [0.10]), (2.0, None, [0.12]), (4.0, None, [0.11]),
+        ...                               (8.0, None, [0.02])], tol=0.15)]
+        [4.0, 2.0, 1.0, 8.0]
+    """
+    by_mean = sorted(raced, key=lambda c: -fmean(c[2]))
+    top = fmean(by_mean[0][2])
+    if not math.isfinite(top):
+        return by_mean
+    close = sorted((c for c in by_mean if fmean(c[2]) >= _lowered(top, tol)), key=lambda c: -c[0])
+    return close + [c for c in by_mean if fmean(c[2]) < _lowered(top, tol)]
 
 
 def probe_rounds(candidates: int) -> int:

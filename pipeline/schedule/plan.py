@@ -51,8 +51,10 @@ class SchedulePlan:
         probe_rates: rate multipliers the first epoch tries side by side, each for an equal
             share of it from the same starting weights; the run goes on from the one that
             validates best (empty: no probe).
-        probe_tol: relative shortfall from the probe's best mean validation within which the
-            higher rate wins (the readings cannot tell such candidates apart).
+        probe_tol: relative shortfall from the probe's best mean validation within which
+            candidates tie and the higher rate ranks first (the readings cannot tell them apart).
+        validation_k: cut-off of the validation NDCG the controller reads (the trainer's
+            ``validate`` callback computes it; see ``ScheduleSettings.validation_k``).
         source: "rules" or "knowledge_base".
         reasons: one Reason per field that was set from the data or past runs.
     """
@@ -76,6 +78,7 @@ class SchedulePlan:
     smoothing: float = 1.0
     probe_rates: tuple[float, ...] = ()
     probe_tol: float = 0.15
+    validation_k: int = 50
     source: str = "rules"
     reasons: tuple[Reason, ...] = ()
 
@@ -88,6 +91,8 @@ class SchedulePlan:
             raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
         if not 0 < self.decay_floor <= 1:
             raise ValueError(f"decay_floor must be in (0, 1], got {self.decay_floor}")
+        if self.validation_k < 1:
+            raise ValueError(f"validation_k must be >= 1, got {self.validation_k}")
         if any(not m > 0 for m in self.probe_rates):
             raise ValueError(f"probe_rates must be positive multipliers, got {self.probe_rates}")
 

@@ -20,11 +20,20 @@ def test_every_data_dependent_field_has_a_reason():
         assert getattr(plan, name) == next(r.value for r in plan.reasons if r.field == name)
 
 
-def test_sparser_data_gets_a_higher_embedding_rate_gentler_decay_and_more_epochs():
+def test_sparser_data_gets_a_gentler_decay_and_more_epochs_at_the_same_embedding_rate():
     dense, sparse = calibrate(DENSE), calibrate(SPARSE)
-    assert sparse.sparse_lr > dense.sparse_lr
     assert sparse.decay_floor > dense.decay_floor
     assert sparse.max_epochs >= dense.max_epochs
+    assert sparse.sparse_lr == dense.sparse_lr == TrainSettings().sparse_lr  # row-wise Adagrad adapts per row
+    assert "Adagrad" in sparse.why("sparse_lr")
+
+
+def test_the_controller_steers_by_the_configured_validation_cut_off():
+    assert calibrate(DENSE).validation_k == ScheduleSettings().validation_k == 50
+    plan = calibrate(DENSE, settings=ScheduleSettings(validation_k=20))
+    assert plan.validation_k == 20 and "NDCG@20" in plan.why("validation_k")
+    with pytest.raises(ValueError, match="validation_k"):
+        SchedulePlan(validation_k=0)
 
 
 def test_drift_makes_the_decay_gentler_and_the_controller_more_patient():
@@ -35,9 +44,12 @@ def test_drift_makes_the_decay_gentler_and_the_controller_more_patient():
     assert "drift major" in drifted.why("patience")
 
 
-def test_dense_trending_data_starts_with_a_higher_dense_rate():
-    flat = calibrate({**DENSE, "gini": 0.2})
-    assert calibrate(DENSE).dense_lr > flat.dense_lr
+def test_dense_trending_data_starts_with_a_higher_dense_rate_when_a_trend_boost_is_set():
+    boosted = ScheduleSettings(trend_boost=1.5)
+    flat = calibrate({**DENSE, "gini": 0.2}, settings=boosted)
+    assert calibrate(DENSE, settings=boosted).dense_lr == pytest.approx(1.5 * flat.dense_lr)
+    assert "trend boost 1.5" in calibrate(DENSE, settings=boosted).why("dense_lr")
+    assert calibrate(DENSE).dense_lr == flat.dense_lr  # default: the rate probe sets the level
 
 
 def test_epoch_budget_never_exceeds_the_train_sections():

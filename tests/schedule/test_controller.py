@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline.schedule import AdaptiveScheduler, Components, SchedulePlan
+from pipeline.schedule.controller import race_order
 
 PLAN = SchedulePlan(warmup_steps=4, max_epochs=50, decay="none", patience=2, improve_cycles=2, plateau_tol=0.01,
                     rollback_tol=0.05, cooldown=0, min_epochs=1)
@@ -271,6 +272,33 @@ def test_within_the_probe_tolerance_the_higher_rate_wins(tol, kept):
     readings = {0.1: 0.50, 0.2: 0.48}  # x2 is 4% behind x1
     sched.probe(lambda r: readings[round(opt.param_groups[0]["lr"], 6)])
     assert sched.control == kept
+
+
+def test_a_higher_rate_within_the_tolerance_survives_the_first_round_too():
+    # after the first half x4 reads third (0.109, behind x1's 0.110) but within 15% of x2's 0.120:
+    # a tie with the best, so x4 goes on to the second round instead of x1
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = AdaptiveScheduler(opt, SchedulePlan(warmup_steps=0, probe_rates=(1.0, 2.0, 4.0, 8.0), probe_tol=0.15), model=model)
+    readings = {0: {0.1: 0.110, 0.2: 0.120, 0.4: 0.109, 0.8: 0.02}, 1: {0.1: 0.12, 0.2: 0.10, 0.4: 0.13, 0.8: 0.0}}
+    raced = []
+
+    def run(round_: int) -> float:
+        lr = round(opt.param_groups[0]["lr"], 6)
+        raced.append((round_, lr))
+        return readings[round_][lr]
+
+    sched.probe(run)
+    assert sorted(lr for r, lr in raced if r == 1) == [0.2, 0.4]  # x1 (0.110) dropped, not x4 (0.109)
+    assert sched.control == 4.0
+
+
+def test_race_order_ranks_ties_by_rate_and_the_rest_by_reading():
+    field = [(1.0, "a", [0.10]), (2.0, "b", [0.12]), (4.0, "c", [0.105]), (8.0, "d", [0.01])]
+    assert [m for m, _, _ in race_order(field, tol=0.15)] == [4.0, 2.0, 1.0, 8.0]
+    assert [m for m, _, _ in race_order(field, tol=0.0)] == [2.0, 4.0, 1.0, 8.0]
+    diverged = [(1.0, "a", [-math.inf]), (2.0, "b", [-math.inf])]
+    assert [m for m, _, _ in race_order(diverged, tol=0.15)] == [1.0, 2.0]  # nothing to go on: the lower rate
 
 
 def test_without_probe_rates_the_probe_just_runs_once():
