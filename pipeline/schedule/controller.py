@@ -704,12 +704,13 @@ def race_order(raced: list[tuple[float, Any, list[float]]], tol: float) -> list[
         ...                               (8.0, None, [0.02])], tol=0.15)]
         [4.0, 2.0, 1.0, 8.0]
     """
-    by_mean = sorted(raced, key=lambda c: -fmean(c[2]))
-    top = fmean(by_mean[0][2])
+    scored = sorted(((fmean(c[2]), c) for c in raced), key=lambda p: -p[0])  # each mean once
+    top = scored[0][0]
     if not math.isfinite(top):
-        return by_mean
-    close = sorted((c for c in by_mean if fmean(c[2]) >= _lowered(top, tol)), key=lambda c: -c[0])
-    return close + [c for c in by_mean if fmean(c[2]) < _lowered(top, tol)]
+        return [c for _, c in scored]
+    bar = _lowered(top, tol)
+    tied = sorted((c for m, c in scored if m >= bar), key=lambda c: -c[0])
+    return tied + [c for m, c in scored if m < bar]
 
 
 def probe_rounds(candidates: int) -> int:
