@@ -31,8 +31,11 @@ setup-gpu:
 demo: setup
 	$(BIN)/retrain demo
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist): its long end-to-end tests (the
+# production stack, the demo, Airflow runs) wait on subprocesses and servers much of the time.
+TEST_WORKERS ?= 2
 test: setup chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The report test opens the page in headless Chromium (Debian's chromium + chromium-driver);
 # as root they are installed when missing, otherwise the target says what to run.

@@ -58,6 +58,10 @@ def _ensure(name: str, up, start: str) -> None:
     pytest.skip(f"{name} at 127.0.0.1 is down and `{start}` did not start it")
 
 
+# Every test on this fixture writes Redis db REDIS_DB and flushes it afterwards: one xdist worker runs them all.
+SHARED_REDIS = pytest.mark.xdist_group("redis_db_7")
+
+
 @pytest.fixture
 def prod_env(monkeypatch: pytest.MonkeyPatch):
     pytest.importorskip("psycopg", reason="feast[postgres] extra (psycopg[binary,pool]) not installed")
@@ -92,6 +96,7 @@ FIRST = [(1, 10, "2024-03-01 09:00"), (2, 10, "2024-03-01 10:00"), (1, 11, "2024
 SECOND = [(3, 11, "2024-03-05 09:00"), (1, 10, "2024-03-06 12:00"), (2, 12, "2024-03-06 13:00")]
 
 
+@SHARED_REDIS
 def test_postgres_offline_and_registry_redis_online(prod_env: str, tmp_path: Path, monkeypatch) -> None:
     from feast import FeatureStore
 

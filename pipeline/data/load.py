@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import subprocess  # nosec B404  # runs this interpreter's pip with an argument list, no shell
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,11 +86,16 @@ def _fetch_wheel(cache_dir: Path) -> Path:
     if wheel.exists():
         return wheel
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check"]
-    cmd += [RECBOLE_WHEEL, "-d", str(cache_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)  # nosec B603  # fixed args: pip download of a pinned wheel
-    if proc.returncode != 0 or not wheel.exists():
-        raise DataError(f"{RECBOLE_WHEEL}: pip download failed ({_one_line(proc.stderr or 'no wheel')})")
+    # Into a private folder, then one rename: a second process (a parallel test worker, a demo
+    # beside a benchmark) never reads a half-written wheel, and two downloads end in one file.
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check"]
+        cmd += [RECBOLE_WHEEL, "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)  # nosec B603  # fixed args: pip download of a pinned wheel
+        fetched = Path(tmp) / _WHEEL_FILE
+        if proc.returncode != 0 or not fetched.exists():
+            raise DataError(f"{RECBOLE_WHEEL}: pip download failed ({_one_line(proc.stderr or 'no wheel')})")
+        os.replace(fetched, wheel)
     return wheel
 
 

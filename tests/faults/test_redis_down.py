@@ -18,7 +18,7 @@ from pipeline.errors import PipelineError
 from pipeline.settings import DataSettings
 from tests.conftest import copy_feature_repo
 from tests.faults.conftest import report
-from tests.test_feast_prod import FIRST, SECOND, _events, prod_env  # noqa: F401  # prod_env is a fixture
+from tests.test_feast_prod import FIRST, SECOND, SHARED_REDIS, _events, prod_env  # noqa: F401  # prod_env is a fixture
 
 USERS = pd.DataFrame({"user_id": [1, 2, 3], "age": [30, 40, 50], "gender": ["F", "M", "F"],
                       "occupation": ["writer", "other", "artist"]})
@@ -42,6 +42,7 @@ def online_interactions(repo, user_id: int) -> int | None:
     return row["user_n_interactions"][0]
 
 
+@SHARED_REDIS
 def test_redis_down_during_materialization_retries_then_fails_with_offline_data_intact(
     prod_env, tmp_path, monkeypatch, record_property  # noqa: F811
 ):
