@@ -35,7 +35,7 @@ demo: setup
 # production stack, the demo, Airflow runs) wait on subprocesses and servers much of the time.
 TEST_WORKERS ?= 2
 test: setup chromium
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # The report test opens the page in headless Chromium (Debian's chromium + chromium-driver);
 # as root they are installed when missing, otherwise the target says what to run.

@@ -7,6 +7,7 @@ Skipped, with the reason, only where a server is down and cannot be started.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import uuid
@@ -20,7 +21,20 @@ from pipeline import data
 from pipeline.data import RawData
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-REDIS_DB = 7
+# Redis db index of the prod_env fixture, one per pytest-xdist worker: each test flushes its index
+# afterwards, so two workers on one index would wipe each other's online store. 9 and 10 are the
+# production check's (infra/stack.py, tests/test_prod_check.py).
+REDIS_DBS = (7, 8, 11, 12, 13, 14, 15)
+
+
+def redis_db() -> int:
+    """This worker's Redis db index (``PYTEST_XDIST_WORKER`` is ``gwN`` under pytest-xdist, unset without it)."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    if worker >= len(REDIS_DBS):
+        pytest.fail(f"pytest-xdist worker {worker}: only {len(REDIS_DBS)} Redis db indexes are set aside (REDIS_DBS)")
+    return REDIS_DBS[worker]
+
+
 PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 REDIS_START = (
     'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
@@ -58,10 +72,6 @@ def _ensure(name: str, up, start: str) -> None:
     pytest.skip(f"{name} at 127.0.0.1 is down and `{start}` did not start it")
 
 
-# Every test on this fixture writes Redis db REDIS_DB and flushes it afterwards: one xdist worker runs them all.
-SHARED_REDIS = pytest.mark.xdist_group("redis_db_7")
-
-
 @pytest.fixture
 def prod_env(monkeypatch: pytest.MonkeyPatch):
     pytest.importorskip("psycopg", reason="feast[postgres] extra (psycopg[binary,pool]) not installed")
@@ -77,12 +87,12 @@ def prod_env(monkeypatch: pytest.MonkeyPatch):
     env = {
         "RETRAIN_FEATURE_ENV": "prod", "FEAST_PG_HOST": PG["host"], "FEAST_PG_PORT": str(PG["port"]),
         "FEAST_PG_DB": db, "FEAST_PG_USER": PG["user"], "FEAST_PG_PASSWORD": "", "FEAST_PG_SSLMODE": "disable",
-        "FEAST_REDIS": f"127.0.0.1:6379,db={REDIS_DB}",
+        "FEAST_REDIS": f"127.0.0.1:6379,db={redis_db()}",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     yield db
-    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+    redis.Redis(host="127.0.0.1", port=6379, db=redis_db()).flushdb()
     with psycopg.connect(dbname="postgres", autocommit=True, **PG) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
@@ -96,7 +106,6 @@ FIRST = [(1, 10, "2024-03-01 09:00"), (2, 10, "2024-03-01 10:00"), (1, 11, "2024
 SECOND = [(3, 11, "2024-03-05 09:00"), (1, 10, "2024-03-06 12:00"), (2, 12, "2024-03-06 13:00")]
 
 
-@SHARED_REDIS
 def test_postgres_offline_and_registry_redis_online(prod_env: str, tmp_path: Path, monkeypatch) -> None:
     from feast import FeatureStore
 

@@ -18,7 +18,7 @@ from pipeline.errors import PipelineError
 from pipeline.settings import DataSettings
 from tests.conftest import copy_feature_repo
 from tests.faults.conftest import report
-from tests.test_feast_prod import FIRST, SECOND, SHARED_REDIS, _events, prod_env  # noqa: F401  # prod_env is a fixture
+from tests.test_feast_prod import FIRST, SECOND, _events, prod_env, redis_db  # noqa: F401  # prod_env is a fixture
 
 USERS = pd.DataFrame({"user_id": [1, 2, 3], "age": [30, 40, 50], "gender": ["F", "M", "F"],
                       "occupation": ["writer", "other", "artist"]})
@@ -42,7 +42,6 @@ def online_interactions(repo, user_id: int) -> int | None:
     return row["user_n_interactions"][0]
 
 
-@SHARED_REDIS
 def test_redis_down_during_materialization_retries_then_fails_with_offline_data_intact(
     prod_env, tmp_path, monkeypatch, record_property  # noqa: F811
 ):
@@ -52,9 +51,9 @@ def test_redis_down_during_materialization_retries_then_fails_with_offline_data_
     data.bootstrap_feature_repo(RawData(_events(FIRST), USERS, ITEMS), repo, materialize=True)
     before = offline_rows(repo)
     settings = DataSettings(online_retries=2, online_backoff_s=0.1)
-    redis_up = f"127.0.0.1:6379,db={7}"
+    redis_up = f"127.0.0.1:6379,db={redis_db()}"
 
-    monkeypatch.setenv("FEAST_REDIS", f"127.0.0.1:{free_port()},db=7")  # nothing listens there: Redis is down
+    monkeypatch.setenv("FEAST_REDIS", redis_up.replace(":6379,", f":{free_port()},"))  # nothing listens there: Redis is down
     for attempt in ("task", "task's retry"):
         with pytest.raises(PipelineError) as err:
             data.ingest(_events(SECOND), repo, settings)
