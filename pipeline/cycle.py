@@ -271,7 +271,7 @@ def train(
     and the run is added to the knowledge base. With ``train.processes > 1`` the run
     is launched with torchrun.
     """
-    from pipeline.evaluate import evaluate as score
+    from pipeline.evaluate import user_metrics
     from pipeline.schedule import SchedulePlan
     from pipeline.train import train as train_model
 
@@ -286,7 +286,8 @@ def train(
         if later.empty:
             fit, later = history, None
         k = schedule.validation_k  # the plan's steering cut-off, deeper than the served one (see ScheduleSettings)
-        validate = (lambda model: score(model, fit, later, k).ndcg) if later is not None else None
+        # per-user values: the rate probe compares candidates user by user; the metric is their mean
+        validate = (lambda model: user_metrics(model, fit, later, k).ndcg) if later is not None else None
     if s.train.processes > 1:
         from pipeline.launch import train_distributed
 

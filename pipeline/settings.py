@@ -121,6 +121,12 @@ class ScheduleSettings(BaseModel):
         "tied, in every round, and ranks the higher rate first. Two readings of one candidate half an epoch apart "
         "differ by a median 7% (upper quartile 20%) at NDCG@50 in bench/scheduler.py; at 0.07 noise eliminated x4.",
     )
+    probe_z: float | None = Field(
+        1.0, ge=0,
+        description="In the probe's last round, which picks the run's rate: standard errors of a paired per-user "
+        "comparison by which a finalist within probe_tol of the leader must trail it to lose the tie (needs a "
+        "validate callback that returns per-user values, as the pipeline's does); null: the tolerance alone.",
+    )
     trend_gini: float = Field(0.5, ge=0, le=1, description="Popularity Gini from which dense data counts as strongly trending.")
     trend_boost: float = Field(
         1.0, ge=1,

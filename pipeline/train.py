@@ -246,7 +246,7 @@ def train(
     settings: TrainSettings,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
-    validate: Callable[[Recommender], float] | None = None,
+    validate: Callable[[Recommender], float | Sequence[float]] | None = None,
     plan: SchedulePlan | None = None,
     components: Components = Components(),
     resource: ResourceController | None = None,
@@ -262,7 +262,9 @@ def train(
         callbacks: hook points (per step: loss, gradient norms, rates; per epoch:
             loss and validation) for monitoring.
         validate: scores the model after each epoch (e.g. NDCG@10 on a validation
-            window); its value reaches the scheduler and ``Callback.on_epoch_end``.
+            window); its value reaches the scheduler and ``Callback.on_epoch_end``. It may
+            return the per-user values instead (the same users every call): the metric is
+            their mean, and the scheduler's rate probe compares candidates user by user.
         plan: a SchedulePlan from ``pipeline.schedule.calibrate``: its rates, batch size
             and epoch budget replace the settings', and an AdaptiveScheduler steers the
             run (early stop, rollback, best weights kept). None: the static schedule.
@@ -385,7 +387,7 @@ def train(
         log.info("epoch %d loss %.4f", epoch + 1, losses[-1])
         score = None
         if callbacks or validate or sched is not None:
-            score = validate(unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim)) if validate else None
+            score = metric(validate(unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim))) if validate else None
             if sched is not None:
                 sched_started = time.perf_counter()
                 sched.epoch_end(score, losses[-1])
@@ -415,6 +417,14 @@ def train(
         str(path), len(examples), steps, tuple(losses), time.perf_counter() - started, loop_seconds,
         str(trace_path), best[0], best[1], step_seconds, sched_seconds, probe_validations, tuple(epoch_samples),
     )
+
+
+def metric(value: float | Sequence[float]) -> float:
+    """A ``validate`` value as one number: per-user values are averaged."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    values = np.asarray(value, dtype=float)
+    return float(values.mean()) if values.size else math.nan
 
 
 def step_signals(
@@ -649,11 +659,11 @@ def main(argv: list[str] | None = None) -> None:
         payload = json.loads(args.plan.read_text())
         plan = SchedulePlan.from_dict(payload["plan"]) if payload.get("plan") else None
     if args.validation:
-        from pipeline.evaluate import evaluate
+        from pipeline.evaluate import user_metrics
 
         history_for_eval, later = pd.read_parquet(args.history), pd.read_parquet(args.validation)
         k = plan.validation_k if plan is not None else get_settings().eval.k
-        validate = lambda model: evaluate(model, history_for_eval, later, k).ndcg  # noqa: E731
+        validate = lambda model: user_metrics(model, history_for_eval, later, k).ndcg  # noqa: E731
     if args.train_settings:
         train_settings = TrainSettings.model_validate_json(args.train_settings.read_text())
     else:

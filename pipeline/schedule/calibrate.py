@@ -76,7 +76,7 @@ def calibrate(
         dense_lr=t.dense_lr, sparse_lr=t.sparse_lr, batch_size=t.batch_size, max_epochs=t.epochs,
         decay=s.decay, patience=s.patience, plateau_tol=s.plateau_tol, rollback_tol=s.rollback_tol,
         max_change=s.max_change, cooldown=s.cooldown, min_epochs=s.min_epochs, improve_cycles=s.improve_cycles,
-        smoothing=s.smoothing, probe_tol=s.probe_tol, validation_k=s.validation_k,
+        smoothing=s.smoothing, probe_tol=s.probe_tol, probe_z=s.probe_z, validation_k=s.validation_k,
     )
     per_item = n / items
     sparsity = min(max(s.reference_per_item / per_item, 0.5), 4.0)

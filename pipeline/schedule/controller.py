@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import copy
 import math
-from statistics import fmean
-from collections.abc import Callable, Iterable, Mapping
+from statistics import fmean, stdev
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -248,7 +248,7 @@ class AdaptiveScheduler:
         changes = {**extra, **{f"{k}_lr": (old[k], v) for k, v in self.lrs().items() if v != old[k]}}
         self._event(action, trigger, value, threshold, changes, reason)
 
-    def probe(self, run: Callable[[int], float]) -> float:
+    def probe(self, run: Callable[[int], float | Sequence[float]]) -> float:
         """Races ``plan.probe_rates`` by successive halving; goes on from the winner. Returns its validation.
 
         ``run(round)`` trains one share of the first epoch (round ``round``'s share) at
@@ -260,8 +260,14 @@ class AdaptiveScheduler:
         reading of a ranking metric on a small validation window is noisy, and early in
         training the order of the rates can still flip), with the candidates within
         ``plan.probe_tol`` of the best counted as tied and the higher rate first. The
-        winner's state is restored, its multiplier becomes the controller's, and one
-        ``lr_probe`` event records every reading.
+        last round, which picks the run's rate, asks for more: when ``run`` returns the
+        per-user values its metric is the mean of (the same users every time), a
+        finalist within the tolerance is still behind, not tied, if a paired comparison
+        of its users with the leader's puts it more than ``plan.probe_z`` standard errors
+        lower. Earlier rounds keep the tolerance alone: they only choose which candidates
+        race on, and after a share of an epoch a higher rate often still reads lower for
+        a while before it overtakes. The winner's state is restored, its multiplier
+        becomes the controller's, and one ``lr_probe`` event records every reading.
 
         The probe replaces the warm-up ramp: each candidate starts at its full rate, and
         one that diverges (a non-finite loss is rolled back and halves its rate) loses
@@ -288,9 +294,10 @@ class AdaptiveScheduler:
                         "warm-up replaced by the rate probe: each candidate starts at its full rate", stage="explore")
         self.probed = True
         start = (self.snapshot.save(), copy.deepcopy(self.state_dict()))
-        alive: list[tuple[float, tuple[bytes, dict[str, Any]], list[float]]] = [(m, start, []) for m in rates]
-        field: dict[float, list[float]] = {}
-        for round_ in range(probe_rounds(len(rates))):
+        alive: list[tuple[float, tuple[bytes, dict[str, Any]], list[ProbeReading]]] = [(m, start, []) for m in rates]
+        field: dict[float, list[ProbeReading]] = {}
+        rounds = probe_rounds(len(rates))
+        for round_ in range(rounds):
             raced = []
             for multiplier, (weights, state), readings in alive:
                 self.snapshot.restore(weights)
@@ -298,21 +305,20 @@ class AdaptiveScheduler:
                 if round_ == 0:
                     self.control = min(max(multiplier, self.limits.min_control), self.limits.max_control)
                     self._apply()
-                value = run(round_)
-                readings = [*readings, value if math.isfinite(value) else -math.inf]
+                readings = [*readings, as_reading(run(round_))]
                 raced.append((multiplier, (self.snapshot.save(), copy.deepcopy(self.state_dict())), readings))
-            raced = race_order(raced, self.plan.probe_tol)
+            raced = race_order(raced, self.plan.probe_tol, self.plan.probe_z if round_ == rounds - 1 else None)
             alive = raced[: max(len(raced) // 2, 1)]
             field.update({m: r for m, _, r in raced})
         multiplier, (weights, state), readings = raced[0]
         self.snapshot.restore(weights)
         self.load_state_dict(state)
         self._last_good = weights
-        value, baseline = readings[-1], fmean(field[rates[0]])
+        value, baseline = reading_mean(readings[-1]), fmean(map(reading_mean, field[rates[0]]))
         old = {f"{name}_lr": float(opt.param_groups[0]["initial_lr"]) for name, opt in self.optimizers.items()}
         changes = {k: (v, v * multiplier) for k, v in old.items()}
-        scores = ", ".join(f"x{m:g} " + " > ".join(f"{v:.4f}" for v in field[m]) for m in rates)
-        self._event("lr_probe", "validation", fmean(readings), baseline, changes,
+        scores = ", ".join(f"x{m:g} " + " > ".join(f"{reading_mean(v):.4f}" for v in field[m]) for m in rates)
+        self._event("lr_probe", "validation", fmean(map(reading_mean, readings)), baseline, changes,
                     f"raced rate multipliers on shares of the first epoch ({scores}): kept x{multiplier:g}")
         return value
 
@@ -690,7 +696,24 @@ class AdaptiveScheduler:
         )
 
 
-def race_order(raced: list[tuple[float, Any, list[float]]], tol: float) -> list[tuple[float, Any, list[float]]]:
+ProbeReading = float | tuple[float, ...]  # a probe reading: the metric, or the per-user values it is the mean of
+
+
+def as_reading(value: float | Sequence[float]) -> ProbeReading:
+    """A validation value as the probe keeps it; anything non-finite reads as -inf (a diverged candidate)."""
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else -math.inf
+    values = tuple(float(v) for v in value)
+    return values if values and all(math.isfinite(v) for v in values) else -math.inf
+
+
+def reading_mean(reading: ProbeReading) -> float:
+    return fmean(reading) if isinstance(reading, tuple) else reading
+
+
+def race_order(
+    raced: list[tuple[float, Any, list[ProbeReading]]], tol: float, z: float | None = None,
+) -> list[tuple[float, Any, list[ProbeReading]]]:
     """Rate-probe candidates ``(multiplier, state, readings)`` from best to worst.
 
     A candidate whose mean reading is within ``tol`` of the best mean is a tie with it: the
@@ -699,18 +722,51 @@ def race_order(raced: list[tuple[float, Any, list[float]]], tol: float) -> list[
     follow by mean reading; a stable sort keeps the lower rate first on an exact tie, and
     when every candidate diverged.
 
+    With per-user readings and ``z``, a candidate within ``tol`` is still behind, not tied,
+    when ``paired_gap`` puts it more than ``z`` standard errors below the best: the same
+    users score both, so most of what makes one reading noisy (which users the window
+    holds) cancels in the per-user differences, and a relative tolerance wide enough for
+    the noise of unpaired means hides real gaps.
+
     Example:
         >>> [m for m, _, _ in race_order([(1.0, None, [0.10]), (2.0, None, [0.12]), (4.0, None, [0.11]),
         ...                               (8.0, None, [0.02])], tol=0.15)]
         [4.0, 2.0, 1.0, 8.0]
+        >>> best, behind = (0.30, 0.20, 0.25, 0.35), (0.27, 0.18, 0.22, 0.32)  # every user lower
+        >>> [m for m, _, _ in race_order([(1.0, None, [best]), (2.0, None, [behind])], tol=0.15, z=1.0)]
+        [1.0, 2.0]
     """
-    scored = sorted(((fmean(c[2]), c) for c in raced), key=lambda p: -p[0])  # each mean once
-    top = scored[0][0]
+    scored = sorted(((fmean(map(reading_mean, c[2])), c) for c in raced), key=lambda p: -p[0])  # each mean once
+    top, leader = scored[0][0], scored[0][1]
     if not math.isfinite(top):
         return [c for _, c in scored]
     bar = _lowered(top, tol)
-    tied = sorted((c for m, c in scored if m >= bar), key=lambda c: -c[0])
-    return tied + [c for m, c in scored if m < bar]
+
+    def tied(mean: float, c: tuple[float, Any, list[ProbeReading]]) -> bool:
+        if mean < bar:
+            return False
+        gap = paired_gap(leader[2], c[2]) if z is not None else None
+        return gap is None or gap[0] <= z * gap[1]
+
+    ties = [tied(m, c) for m, c in scored]
+    return sorted((c for (_, c), t in zip(scored, ties) if t), key=lambda c: -c[0]) + [
+        c for (_, c), t in zip(scored, ties) if not t
+    ]
+
+
+def paired_gap(best: list[ProbeReading], other: list[ProbeReading]) -> tuple[float, float] | None:
+    """Mean per-user shortfall of ``other`` behind ``best`` and its standard error; None without per-user readings.
+
+    Each candidate's per-user values are averaged over its readings first (the same users
+    every round), then differenced user by user.
+    """
+    if not best or len(best) != len(other) or not all(isinstance(r, tuple) for r in (*best, *other)):
+        return None
+    n = len(best[0])
+    if n < 2 or any(len(r) != n for r in (*best, *other)):
+        return None
+    diffs = [fmean(b[u] for b in best) - fmean(o[u] for o in other) for u in range(n)]
+    return fmean(diffs), stdev(diffs) / math.sqrt(n)
 
 
 def probe_rounds(candidates: int) -> int:

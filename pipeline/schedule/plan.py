@@ -53,6 +53,9 @@ class SchedulePlan:
             validates best (empty: no probe).
         probe_tol: relative shortfall from the probe's best mean validation within which
             candidates tie and the higher rate ranks first (the readings cannot tell them apart).
+        probe_z: in the probe's last round, with per-user validation values, a finalist
+            within ``probe_tol`` that a paired comparison puts more than this many standard
+            errors behind the leader is not tied (None: the tolerance alone).
         validation_k: cut-off of the validation NDCG the controller reads (the trainer's
             ``validate`` callback computes it; see ``ScheduleSettings.validation_k``).
         source: "rules" or "knowledge_base".
@@ -78,6 +81,7 @@ class SchedulePlan:
     smoothing: float = 1.0
     probe_rates: tuple[float, ...] = ()
     probe_tol: float = 0.15
+    probe_z: float | None = None
     validation_k: int = 50
     source: str = "rules"
     reasons: tuple[Reason, ...] = ()
@@ -93,6 +97,8 @@ class SchedulePlan:
             raise ValueError(f"decay_floor must be in (0, 1], got {self.decay_floor}")
         if self.validation_k < 1:
             raise ValueError(f"validation_k must be >= 1, got {self.validation_k}")
+        if self.probe_z is not None and self.probe_z < 0:
+            raise ValueError(f"probe_z must be >= 0 or None, got {self.probe_z}")
         if any(not m > 0 for m in self.probe_rates):
             raise ValueError(f"probe_rates must be positive multipliers, got {self.probe_rates}")
 

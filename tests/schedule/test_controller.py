@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.schedule import AdaptiveScheduler, Components, SchedulePlan
-from pipeline.schedule.controller import race_order
+from pipeline.schedule.controller import as_reading, paired_gap, race_order
 
 PLAN = SchedulePlan(warmup_steps=4, max_epochs=50, decay="none", patience=2, improve_cycles=2, plateau_tol=0.01,
                     rollback_tol=0.05, cooldown=0, min_epochs=1)
@@ -299,6 +299,71 @@ def test_race_order_ranks_ties_by_rate_and_the_rest_by_reading():
     assert [m for m, _, _ in race_order(field, tol=0.0)] == [2.0, 4.0, 1.0, 8.0]
     diverged = [(1.0, "a", [-math.inf]), (2.0, "b", [-math.inf])]
     assert [m for m, _, _ in race_order(diverged, tol=0.15)] == [1.0, 2.0]  # nothing to go on: the lower rate
+
+
+def per_user(lr_scores: dict[float, list[float]], opt):
+    """A probe ``run`` whose reading is the per-user list of the candidate's rate."""
+    return lambda r: lr_scores[round(opt.param_groups[0]["lr"], 6)]
+
+
+@pytest.mark.parametrize(("z", "kept"), [(None, 2.0), (1.0, 1.0)])
+def test_a_paired_per_user_comparison_breaks_a_tie_the_tolerance_allows(z, kept):
+    # x2 reads 4% below x1 (within the 15% tolerance), but on every one of the 40 users: a real gap
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    plan = SchedulePlan(warmup_steps=0, probe_rates=(1.0, 2.0), probe_tol=0.15, probe_z=z)
+    sched = AdaptiveScheduler(opt, plan, model=model)
+    users = [0.2 + 0.01 * u for u in range(40)]
+    sched.probe(per_user({0.1: users, 0.2: [v * 0.96 for v in users]}, opt))
+    assert sched.control == kept
+    assert "x1 0.3950" in sched.events[-1].reason  # the event reads the means
+
+
+def test_only_the_last_round_asks_for_paired_evidence():
+    # after the first half x4 trails x1 by 5% on every user (within the tolerance): it still races on,
+    # since a higher rate often reads lower early; it then leads the final round and is kept
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    plan = SchedulePlan(warmup_steps=0, probe_rates=(1.0, 2.0, 4.0, 8.0), probe_tol=0.15, probe_z=1.0)
+    sched = AdaptiveScheduler(opt, plan, model=model)
+    users = [0.2 + 0.01 * u for u in range(40)]
+    readings = {0: {0.1: users, 0.2: [v * 0.99 for v in users], 0.4: [v * 0.95 for v in users], 0.8: [v * 0.5 for v in users]},
+                1: {0.2: users, 0.4: [v * 1.1 for v in users]}}
+    raced = []
+
+    def run(round_: int) -> list[float]:
+        lr = round(opt.param_groups[0]["lr"], 6)
+        raced.append((round_, lr))
+        return readings[round_][lr]
+
+    sched.probe(run)
+    assert sorted(lr for r, lr in raced if r == 1) == [0.2, 0.4]
+    assert sched.control == 4.0
+
+
+def test_a_gap_within_the_per_user_noise_stays_a_tie_and_the_higher_rate_wins():
+    # x2 reads 1% below x1 on average, but users disagree (half higher, half lower): no evidence of a gap
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = AdaptiveScheduler(opt, SchedulePlan(warmup_steps=0, probe_rates=(1.0, 2.0), probe_z=1.0), model=model)
+    users = [0.3] * 40
+    noisy = [0.3 + (0.1 if u % 2 else -0.106) for u in range(40)]
+    sched.probe(per_user({0.1: users, 0.2: noisy}, opt))
+    assert sched.control == 2.0
+
+
+def test_paired_gap_averages_each_candidates_readings_before_pairing_users():
+    best = [(0.4, 0.2, 0.3), (0.2, 0.2, 0.3)]  # per user: 0.3, 0.2, 0.3
+    other = [(0.1, 0.1, 0.2), (0.1, 0.1, 0.2)]  # per user: 0.1, 0.1, 0.2
+    gap, se = paired_gap(best, other)
+    assert gap == pytest.approx(0.4 / 3) and se == pytest.approx(math.sqrt(1 / 300) / math.sqrt(3))
+    assert paired_gap([0.3], [0.2]) is None  # plain metrics: nothing to pair
+    assert paired_gap([(0.3, 0.2)], [(0.3, 0.2, 0.1)]) is None  # not the same users
+
+
+def test_a_per_user_reading_with_a_non_finite_value_reads_as_diverged():
+    assert as_reading([0.1, math.nan]) == -math.inf and as_reading([]) == -math.inf
+    assert as_reading([0.1, 0.3]) == (0.1, 0.3) and as_reading(math.inf) == -math.inf and as_reading(0.2) == 0.2
 
 
 def test_without_probe_rates_the_probe_just_runs_once():

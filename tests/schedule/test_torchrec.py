@@ -55,6 +55,27 @@ def genre_validation(history):
     return validate
 
 
+def test_a_validate_callback_may_return_per_user_values(tmp_path):
+    from pipeline.evaluate import user_metrics
+
+    history, catalogue = synthetic_world()
+    holdout, _ = synthetic_world(seed=1)
+    plan = SchedulePlan(dense_lr=0.01, sparse_lr=0.1, batch_size=32, warmup_steps=0, max_epochs=2, patience=5,
+                        probe_rates=(1.0, 4.0), probe_z=1.0)
+    means = []
+
+    def validate(model):
+        users = user_metrics(model, history, holdout, 5).ndcg
+        means.append(float(users.mean()))
+        return users
+
+    result = train(history, catalogue, tmp_path, SETTINGS, progress=False, validate=validate, plan=plan)
+    trace = json.loads(Path(result.trace).read_text())
+    assert [e["validation"] for e in trace["epochs"]] == pytest.approx(means[result.probe_validations:])
+    probe = next(e for e in trace["events"] if e["action"] == "lr_probe")
+    assert f"x1 {means[0]:.4f}" in probe["reason"] and f"x4 {means[1]:.4f}" in probe["reason"]
+
+
 def test_an_adaptive_run_writes_its_trace_with_events_and_keeps_its_best_weights(tmp_path):
     history, catalogue = synthetic_world()
     result = train(history, catalogue, tmp_path, SETTINGS, progress=False, validate=genre_validation(history), plan=PLAN)
