@@ -102,6 +102,13 @@ class ScheduleSettings(BaseModel):
     )
     knowledge_base: bool = Field(True, description="Start from similar past runs (kept in MLflow) when there are any.")
     kb_neighbours: int = Field(3, ge=1, description="Past runs a knowledge-base suggestion averages.")
+    kb_probe_rates: list[float] = Field(
+        [1.0, 2.0],
+        description="Multipliers of the knowledge base's suggested rate that the first epoch of a warm-started run "
+        "races ([]: start at the suggestion, no probe). Past runs narrow the rate to a factor of two or so, but one "
+        "start at their averaged rate is one draw: in bench/scheduler.py 3 of 5 MovieLens warm starts at x5 of the "
+        "rules' rates settled in the worse, personalised fit.",
+    )
     decay: str = Field("cosine", pattern="^(cosine|linear|none)$", description="Base decay over the epoch budget.")
     decay_floor: float = Field(
         0.01, gt=0, le=1,
@@ -113,7 +120,7 @@ class ScheduleSettings(BaseModel):
         [1.0, 2.0, 4.0, 8.0],
         description="Rate multipliers the first epoch of a rules-based run tries side by side (an equal share of it each, "
         "from the same weights), keeping the best by validation; [] turns the probe off. Runs started from the knowledge "
-        "base skip it.",
+        "base race kb_probe_rates instead.",
     )
     probe_tol: float = Field(
         0.15, ge=0, lt=1,

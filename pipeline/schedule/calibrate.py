@@ -23,7 +23,9 @@ Rules first, each one a sentence in the plan's reasons:
   budget, so a probed run costs no more than a static one.
 
 Then the knowledge base: when similar past runs exist, their converged rates replace
-the rules' rates and their best epochs size the budget (``source = "knowledge_base"``).
+the rules' rates and their best epochs size the budget (``source = "knowledge_base"``);
+a narrower probe (``kb_probe_rates``: the suggestion and twice it) replaces the rules'
+one, since one start at an averaged rate is a single draw of a bimodal outcome.
 """
 
 from __future__ import annotations
@@ -135,7 +137,19 @@ def calibrate(
     budget = min(suggestion.max_epochs, t.epochs)
     plan = plan.with_reason("max_epochs", budget, f"1.5x the best epoch of {from_kb}")
     plan = plan.with_reason("warmup_steps", max(warmup // 2, 5), "past runs give the rate: shorter warm-up")
-    plan = plan.with_reason("probe_rates", (), f"rates from {from_kb}: no probe")
+    rates = tuple(float(m) for m in s.kb_probe_rates)
+    if len(rates) > 1:
+        plan = plan.with_reason(
+            "probe_rates", rates,
+            f"rates from {from_kb}, known to a factor of two or so: the first epoch races them x" + ", x".join(f"{m:g}" for m in rates),
+        )
+        extra = math.ceil(probe_passes(len(rates)) - 1 - 1e-9)
+        plan = plan.with_reason(
+            "max_epochs", max(budget - extra, s.min_epochs),
+            f"1.5x the best epoch of {from_kb}, less the rate probe's {extra} extra pass{'es' if extra > 1 else ''} over the data",
+        )
+    else:
+        plan = plan.with_reason("probe_rates", (), f"rates from {from_kb}: no probe")
     from dataclasses import replace
 
     return replace(plan, source="knowledge_base")

@@ -67,8 +67,15 @@ def test_similar_past_runs_replace_the_rules_rates_and_budget():
     plan = calibrate(DENSE, history=kb)
     assert plan.source == "knowledge_base"
     assert (plan.dense_lr, plan.sparse_lr) == pytest.approx((0.004, 0.03))
-    assert plan.max_epochs == 7  # 1.5 x best epoch 4, plus one
+    assert plan.max_epochs == 6  # 1.5 x best epoch 4, plus one, less the narrow probe's extra pass
+    assert plan.probe_rates == (1.0, 2.0) and "1 extra pass" in plan.why("max_epochs")
     assert "past" in plan.why("dense_lr")
+
+
+def test_a_warm_start_without_a_probe_spends_the_whole_budget_at_the_suggested_rate():
+    kb = KnowledgeBase([Record(features(DENSE), 0.004, 0.03, best_epoch=4, epochs=6, validation=0.2, regime="past")])
+    plan = calibrate(DENSE, history=kb, settings=ScheduleSettings(kb_probe_rates=[]))
+    assert plan.probe_rates == () and plan.max_epochs == 7 and "no probe" in plan.why("probe_rates")
 
 
 def test_an_empty_knowledge_base_falls_back_to_the_rules():
