@@ -120,7 +120,7 @@ def calibrate(
             "probe_rates", tuple(float(m) for m in s.probe_rates),
             "no past run of similar data: the first epoch races the rules' rates x" + ", x".join(f"{m:g}" for m in s.probe_rates),
         )
-        extra = math.ceil(probe_passes(len(s.probe_rates)) - 1 - 1e-9)
+        extra = extra_passes(len(s.probe_rates))
         budget = max(epochs - extra, s.min_epochs)
         plan = plan.with_reason(
             "max_epochs", budget,
@@ -143,7 +143,7 @@ def calibrate(
             "probe_rates", rates,
             f"rates from {from_kb}, known to a factor of two or so: the first epoch races them x" + ", x".join(f"{m:g}" for m in rates),
         )
-        extra = math.ceil(probe_passes(len(rates)) - 1 - 1e-9)
+        extra = extra_passes(len(rates))
         plan = plan.with_reason(
             "max_epochs", max(budget - extra, s.min_epochs),
             f"1.5x the best epoch of {from_kb}, less the rate probe's {extra} extra pass{'es' if extra > 1 else ''} over the data",
@@ -153,3 +153,8 @@ def calibrate(
     from dataclasses import replace
 
     return replace(plan, source="knowledge_base")
+
+
+def extra_passes(candidates: int) -> int:
+    """Whole passes over the data that a probe of ``candidates`` adds to an epoch (taken out of the budget)."""
+    return math.ceil(probe_passes(candidates) - 1 - 1e-9)

@@ -737,7 +737,7 @@ def race_order(
         [1.0, 2.0]
     """
     scored = sorted(((fmean(map(reading_mean, c[2])), c) for c in raced), key=lambda p: -p[0])  # each mean once
-    top, leader = scored[0][0], scored[0][1]
+    top, leader = scored[0]
     if not math.isfinite(top):
         return [c for _, c in scored]
     bar = _lowered(top, tol)
