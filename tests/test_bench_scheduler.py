@@ -1,0 +1,63 @@
+"""Fast checks of the scheduler benchmark's bookkeeping (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+_spec = importlib.util.spec_from_file_location("bench_scheduler", BENCH / "scheduler.py")
+scheduler = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(scheduler)
+
+
+def grid(regime: str, schedule: str, rate: float, seed: int, ndcg: float) -> dict:
+    return {"regime": regime, "method": "grid", "schedule": schedule, "rate": rate, "seed": seed, "ndcg10": ndcg}
+
+
+def adaptive(regime: str, seed: int, ndcg: float, events: list[dict] | None = None) -> dict:
+    return {"regime": regime, "method": "adaptive", "seed": seed, "ndcg10": ndcg, "event_log": events or []}
+
+
+def by_key(runs: list[dict]) -> dict[str, dict]:
+    return {scheduler.key(r): r for r in runs}
+
+
+MAIN = by_key([
+    grid("sparse", "step", 4.0, 0, 0.15), grid("sparse", "step", 4.0, 1, 0.13),  # mean 0.14: picked
+    grid("sparse", "constant", 4.0, 0, 0.16), grid("sparse", "constant", 4.0, 1, 0.10),  # best single run, mean 0.13
+    adaptive("sparse", 0, 0.12), adaptive("sparse", 1, 0.13),
+])
+
+
+def test_the_held_out_seeds_rerun_adaptive_and_the_configuration_picked_on_the_main_seeds():
+    tasks = scheduler.tasks_heldout(MAIN, ["sparse", "drifted"], (5, 6))
+    assert tasks == [
+        {"regime": "sparse", "method": "adaptive", "seed": 5},
+        {"regime": "sparse", "method": "grid", "schedule": "step", "rate": 4.0, "seed": 5},
+        {"regime": "sparse", "method": "adaptive", "seed": 6},
+        {"regime": "sparse", "method": "grid", "schedule": "step", "rate": 4.0, "seed": 6},
+    ]  # drifted has no main runs yet: nothing to hold out
+
+
+def test_the_held_out_ratio_compares_the_same_seeds_only():
+    held = by_key([
+        adaptive("sparse", 5, 0.15), grid("sparse", "step", 4.0, 5, 0.12),
+        adaptive("sparse", 6, 0.11), grid("sparse", "step", 4.0, 6, 0.14),
+        adaptive("sparse", 7, 0.20),  # its grid run is missing (stopped benchmark): left out
+        grid("sparse", "constant", 4.0, 5, 0.30),  # not the picked configuration
+    ])
+    out = scheduler.summarise_heldout(MAIN, held)["sparse"]
+    assert out["seeds"] == [5, 6] and out["grid_config"] == ["step", 4.0]
+    assert round(out["adaptive_ndcg10"], 6) == 0.13 and round(out["grid_config_ndcg10"], 6) == 0.13
+    assert round(out["ratio"], 6) == 1.0
+    assert scheduler.summarise_heldout(MAIN, {}) == {}
+
+
+def test_runs_whose_batch_size_moved_on_a_throughput_cue_are_listed():
+    runs = [
+        adaptive("drifted", 1, 0.15, [{"trigger": "throughput"}]),
+        adaptive("movielens", 0, 0.19, [{"trigger": "rate_probe"}, {"trigger": "validation_plateau"}]),
+        {**adaptive("movielens", 0, 0.19, [{"trigger": "memory"}]), "method": "ablation", "off": "curvature"},
+    ]
+    assert scheduler.resource_changes(runs) == ["drifted adaptive seed 1", "movielens ablation curvature seed 0"]
