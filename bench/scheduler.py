@@ -346,8 +346,8 @@ def summarise(done: dict[str, dict]) -> dict:
             out["regimes"][regime] = {"missing": "not run (the benchmark was stopped before this regime)"}
             continue
         grid_mean = {c: statistics.mean(r["ndcg10"] for r in rs) for c, rs in grid.items()}
-        best_config = max(grid_mean, key=grid_mean.get)
-        grid_best = grid_mean[best_config]
+        picked = best_config(grid_runs, regime)
+        grid_best = grid_mean[picked]
         target = 0.95 * grid_best
 
         def to95(r):
@@ -371,15 +371,15 @@ def summarise(done: dict[str, dict]) -> dict:
                 "seeds": len(rs),
             }
 
-        reg = {"grid_best_ndcg10": grid_best, "grid_best_config": list(best_config),
-               "grid_best_seeds": len(grid[best_config]),
+        reg = {"grid_best_ndcg10": grid_best, "grid_best_config": list(picked),
+               "grid_best_seeds": len(grid[picked]),
                "grid_best_single_run": max(r["ndcg10"] for r in grid_runs),
                "grid_total_epochs": sum(r["epochs"] for r in grid_runs), "grid_configs_run": len(grid),
                "grid": {f"{s}@x{rate}": grid_mean[(s, rate)] for s, rate in configs}}
         adaptive = sorted((r for r in mine if r["method"] == "adaptive"), key=lambda r: r["seed"])
         reg["adaptive"] = entry(adaptive)
         reg["adaptive_runs"] = {r["seed"]: r["ndcg10"] for r in adaptive}
-        reg["grid_best_runs"] = {r["seed"]: r["ndcg10"] for r in sorted(grid[best_config], key=lambda r: r["seed"])}
+        reg["grid_best_runs"] = {r["seed"]: r["ndcg10"] for r in sorted(grid[picked], key=lambda r: r["seed"])}
         overheads += [r["scheduler_s"] / r["step_s"] for r in adaptive if r["step_s"] > 0]
         for kind in DEFAULTS:
             rs = [r for r in mine if r["method"] == "default" and r["schedule"] == kind]
@@ -423,15 +423,15 @@ def summarise(done: dict[str, dict]) -> dict:
              for seed, w in r["kb_warm_epochs_to_95_runs"].items() if w or r["kb_cold_epochs_to_95_runs"][seed]]
     out["kb_warm_vs_cold_epochs_ratio"] = (sum(w for w, _ in pairs) / sum(c for _, c in pairs)) if pairs else None
     out["kb_pairs_compared"] = len(pairs)
-    out["resource_changes"] = resource_changes(runs)
     return out
 
 
 def resource_changes(runs: list[dict]) -> list[str]:
     """Scheduled runs whose resource controller changed the batch size on a throughput or memory cue.
 
-    On a quiet machine none does: such a change means another process took CPU time during the
-    run, and the run's rates (scaled with the batch) are not those of a quiet machine. Re-run
+    On a quiet machine none should: such a change means the machine slowed during the run (another
+    process, or on a shared virtual machine its host), and the run's rates (scaled with the batch)
+    are not those of a quiet machine. Re-run
     those runs alone (delete their lines from ``scheduler_runs.jsonl``) before reading the goals.
     """
     return sorted(
