@@ -59,6 +59,7 @@ Writes bench/results/scheduler.json and bench/results/scheduler.png.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -229,6 +230,8 @@ def run(task: dict) -> dict:
         "scheduler_s": result.scheduler_seconds,
         "events": len(trace["events"]),
     }
+    if method == "kb_warm":
+        out["kb_digest"] = kb_digest(task["kb"])
     if plan is not None:
         from pipeline.schedule.knowledge import explore_rates
 
@@ -432,7 +435,8 @@ def resource_changes(runs: list[dict]) -> list[str]:
     On a quiet machine none should: such a change means the machine slowed during the run (another
     process, or on a shared virtual machine its host), and the run's rates (scaled with the batch)
     are not those of a quiet machine. Re-run
-    those runs alone (delete their lines from ``scheduler_runs.jsonl``) before reading the goals.
+    those runs alone (delete their lines from ``scheduler_runs.jsonl``, then resume with ``--workers 1``)
+    before reading the goals; warm starts built from a re-run adaptive run's old record run again too.
     """
     return sorted(
         f"{r['regime']} {r['method']}{' ' + r['off'] if r.get('off') else ''} seed {r['seed']}"
@@ -509,12 +513,27 @@ def run_all(
     execute(tasks, workers, done)
     if not ablations:
         return
-    # Knowledge base: each regime starts from the records of the other regimes' adaptive runs.
+    warm = tasks_warm(done, seeds)
+    for task in warm:
+        if (r := done.get(key(task))) is not None and r.get("kb_digest") != kb_digest(task["kb"]):
+            del done[key(task)]  # built from records since re-run (a disturbed adaptive run): stale
+    execute(warm, workers, done)
+
+
+def tasks_warm(done: dict[str, dict], seeds: tuple[int, ...] = SEEDS) -> list[dict]:
+    """Knowledge-base warm starts: each regime starts from the records of the other regimes' adaptive runs."""
     warm = []
     for regime in REGIMES:
         kb = [r["record"] for r in done.values() if r["method"] == "adaptive" and r["regime"] != regime]
         warm += [{"regime": regime, "method": "kb_warm", "seed": seed, "kb": kb} for seed in seeds]
-    execute(warm, workers, done)
+    return warm
+
+
+def kb_digest(kb: list[dict]) -> str:
+    """Fingerprint of the records a warm start was built from: a warm run whose base has changed since
+    (an adaptive run re-run after a resource change) is run again instead of being resumed."""
+    canonical = json.dumps(sorted(json.dumps(r, sort_keys=True) for r in kb))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def machine() -> dict:

@@ -61,3 +61,24 @@ def test_runs_whose_batch_size_moved_on_a_throughput_cue_are_listed():
         {**adaptive("movielens", 0, 0.19, [{"trigger": "memory"}]), "method": "ablation", "off": "curvature"},
     ]
     assert scheduler.resource_changes(runs) == ["drifted adaptive seed 1", "movielens ablation curvature seed 0"]
+
+
+
+def test_warm_starts_run_again_when_an_adaptive_record_they_were_built_from_changed(monkeypatch):
+    record = {"regime": "drifted", "dense_lr": 0.08}
+    done = by_key([{**adaptive("drifted", 0, 0.14), "record": record}])
+    (task,) = [t for t in scheduler.tasks_warm(done, (0,)) if t["regime"] == "sparse"]
+    assert task["kb"] == [record]
+    done[scheduler.key(task)] = {**task, "kb_digest": scheduler.kb_digest([record])}  # finished earlier
+    to_run = []
+    monkeypatch.setattr(scheduler, "tasks_main", lambda seeds: [])
+    monkeypatch.setattr(scheduler, "execute", lambda tasks, workers, done: to_run.append(
+        sorted(t["regime"] for t in tasks if scheduler.key(t) not in done)))
+
+    scheduler.run_all(1, done, ["sparse"], seeds=(0,))
+    assert to_run[-1] == ["drifted", "movielens"]  # sparse's warm start matches its knowledge base: resumed
+
+    rerun = adaptive("drifted", 0, 0.15)  # e.g. re-run alone after a resource change
+    done[scheduler.key(rerun)] = {**rerun, "record": {**record, "dense_lr": 0.04}}
+    scheduler.run_all(1, done, ["sparse"], seeds=(0,))
+    assert to_run[-1] == ["drifted", "movielens", "sparse"]  # built from the old record: run again
