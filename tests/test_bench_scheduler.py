@@ -63,7 +63,6 @@ def test_runs_whose_batch_size_moved_on_a_throughput_cue_are_listed():
     assert scheduler.resource_changes(runs) == ["drifted adaptive seed 1", "movielens ablation curvature seed 0"]
 
 
-
 def test_warm_starts_run_again_when_an_adaptive_record_they_were_built_from_changed(monkeypatch):
     record = {"regime": "drifted", "dense_lr": 0.08}
     done = by_key([{**adaptive("drifted", 0, 0.14), "record": record}])
