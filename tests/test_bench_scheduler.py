@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -81,3 +82,39 @@ def test_warm_starts_run_again_when_an_adaptive_record_they_were_built_from_chan
     done[scheduler.key(rerun)] = {**rerun, "record": {**record, "dense_lr": 0.04}}
     scheduler.run_all(1, done, ["sparse"], seeds=(0,))
     assert to_run[-1] == ["drifted", "movielens", "sparse"]  # built from the old record: run again
+
+
+def test_the_grid_search_picked_by_validation_is_reported_beside_the_grid_best():
+    def run(schedule: str, seed: int, test: float, validation: float) -> dict:
+        return {**grid("drifted", schedule, 4.0, seed, test), "epochs": 10, "val_curve": [0.0, validation],
+                "test_curve": [0.0, test]}
+
+    runs = by_key([
+        run("constant", 0, 0.16, 0.19), run("constant", 1, 0.16, 0.20),  # best on test
+        run("cosine", 0, 0.14, 0.21), run("cosine", 1, 0.15, 0.21),  # best by the last epoch's validation
+        {**adaptive("drifted", 0, 0.15), "epochs": 8, "val_curve": [0.2], "test_curve": [0.15], "step_s": 1.0,
+         "scheduler_s": 0.01, "train_s": 1.0},
+    ])
+    reg = scheduler.summarise(runs)["regimes"]["drifted"]
+    assert reg["grid_best_config"] == ["constant", 4.0] and reg["grid_val_picked_config"] == ["cosine", 4.0]
+    assert round(reg["grid_val_picked_ndcg10"], 6) == 0.145
+    assert reg["grid_validation"] == {"constant@x4.0": 0.195, "cosine@x4.0": 0.21}
+    assert round(reg["goals"]["grid_val_picked_vs_grid_best"], 6) == round(0.145 / 0.16, 6)
+    assert round(reg["goals"]["ndcg_vs_grid_val_picked"], 6) == round(0.15 / 0.145, 6)
+
+
+def test_a_summary_of_earlier_runs_keeps_the_machine_they_ran_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(scheduler, "RESULTS", tmp_path)
+    monkeypatch.setattr(scheduler, "plot", lambda summary, done, path: None)
+    monkeypatch.setattr(scheduler, "summarise", lambda done: {"regimes": {}, "overhead": None,
+                                                              "kb_warm_vs_cold_epochs_ratio": None, "kb_pairs_compared": 0})
+    monkeypatch.setattr(scheduler, "machine", lambda: {"cpu": "this one"})
+    (tmp_path / "scheduler.json").write_text('{"machine": {"cpu": "where the runs ran"}, "bench_s": 3000.0}')
+
+    scheduler.finish({}, 0.0, ran=False)
+    written = json.loads((tmp_path / "scheduler.json").read_text())
+    assert written["machine"] == {"cpu": "where the runs ran"} and written["bench_s"] == 3000.0
+    assert written["summarised_on"] == {"cpu": "this one"}
+
+    scheduler.finish({}, 0.0)  # runs measured now: this machine
+    assert json.loads((tmp_path / "scheduler.json").read_text())["machine"] == {"cpu": "this one"}
