@@ -86,8 +86,7 @@ def test_warm_starts_run_again_when_an_adaptive_record_they_were_built_from_chan
 
 def test_the_grid_search_picked_by_validation_is_reported_beside_the_grid_best():
     def run(schedule: str, seed: int, test: float, validation: float) -> dict:
-        return {**grid("drifted", schedule, 4.0, seed, test), "epochs": 10, "val_curve": [0.0, validation],
-                "test_curve": [0.0, test]}
+        return {**grid("drifted", schedule, 4.0, seed, test), "epochs": 10, "val_curve": [validation], "test_curve": [test]}
 
     runs = by_key([
         run("constant", 0, 0.16, 0.19), run("constant", 1, 0.16, 0.20),  # best on test
@@ -101,6 +100,17 @@ def test_the_grid_search_picked_by_validation_is_reported_beside_the_grid_best()
     assert reg["grid_validation"] == {"constant@x4.0": 0.195, "cosine@x4.0": 0.21}
     assert round(reg["goals"]["grid_val_picked_vs_grid_best"], 6) == round(0.145 / 0.16, 6)
     assert round(reg["goals"]["ndcg_vs_grid_val_picked"], 6) == round(0.15 / 0.145, 6)
+    assert reg["validation_test_corr"]["grid"] < 0  # cosine reads higher on validation, lower on test
+
+
+def test_validation_test_agreement_is_the_correlation_over_every_epoch():
+    def curves(val: list[float], test: list[float]) -> dict:
+        return {"val_curve": val, "test_curve": test}
+
+    assert round(scheduler.agreement([curves([0.1, 0.2], [0.1, 0.2]), curves([0.3], [0.3])]), 6) == 1.0
+    assert round(scheduler.agreement([curves([0.1, 0.2, 0.3], [0.3, 0.2, 0.1])]), 6) == -1.0
+    assert scheduler.agreement([curves([0.1, 0.2], [0.1, 0.2])]) is None  # too few epochs
+    assert scheduler.agreement([curves([0.2, 0.2, 0.2], [0.1, 0.2, 0.3])]) is None  # flat validation
 
 
 def test_a_summary_of_earlier_runs_keeps_the_machine_they_ran_on(tmp_path, monkeypatch):
