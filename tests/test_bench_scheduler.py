@@ -86,7 +86,8 @@ def test_warm_starts_run_again_when_an_adaptive_record_they_were_built_from_chan
 
 def test_the_grid_search_picked_by_validation_is_reported_beside_the_grid_best():
     def run(schedule: str, seed: int, test: float, validation: float) -> dict:
-        return {**grid("drifted", schedule, 4.0, seed, test), "epochs": 10, "val_curve": [validation], "test_curve": [test]}
+        return {**grid("drifted", schedule, 4.0, seed, test), "epochs": 1, "val_curve": [validation],
+                "test_curve": [test]}
 
     runs = by_key([
         run("constant", 0, 0.16, 0.19), run("constant", 1, 0.16, 0.20),  # best on test
@@ -101,6 +102,21 @@ def test_the_grid_search_picked_by_validation_is_reported_beside_the_grid_best()
     assert round(reg["goals"]["grid_val_picked_vs_grid_best"], 6) == round(0.145 / 0.16, 6)
     assert round(reg["goals"]["ndcg_vs_grid_val_picked"], 6) == round(0.15 / 0.145, 6)
     assert reg["validation_test_corr"]["grid"] < 0  # cosine reads higher on validation, lower on test
+    assert round(reg["grid_best_config_val_epoch_ndcg10"], 6) == 0.16  # one epoch each: the last
+
+
+def test_the_grid_best_is_also_scored_at_each_runs_best_validated_epoch():
+    def run(seed: int, val: list[float], test: list[float]) -> dict:
+        return {**grid("sparse", "step", 4.0, seed, test[-1]), "epochs": 3, "val_curve": val, "test_curve": test}
+
+    runs = by_key([
+        run(0, [0.1, 0.3, 0.2], [0.1, 0.12, 0.15]),  # best validated at epoch 2: 0.12
+        run(1, [0.3, 0.1, 0.2], [0.2, 0.1, 0.13]),  # at epoch 1: 0.20
+        {**adaptive("sparse", 0, 0.12), "epochs": 3, "val_curve": [0.2], "test_curve": [0.12], "step_s": 1.0,
+         "scheduler_s": 0.01, "train_s": 1.0},
+    ])
+    reg = scheduler.summarise(runs)["regimes"]["sparse"]
+    assert round(reg["grid_best_ndcg10"], 6) == 0.14 and round(reg["grid_best_config_val_epoch_ndcg10"], 6) == 0.16
 
 
 def test_validation_test_agreement_is_the_correlation_over_every_epoch():
@@ -116,8 +132,8 @@ def test_validation_test_agreement_is_the_correlation_over_every_epoch():
 def test_a_summary_of_earlier_runs_keeps_the_machine_they_ran_on(tmp_path, monkeypatch):
     monkeypatch.setattr(scheduler, "RESULTS", tmp_path)
     monkeypatch.setattr(scheduler, "plot", lambda summary, done, path: None)
-    monkeypatch.setattr(scheduler, "summarise", lambda done: {"regimes": {}, "overhead": None,
-                                                              "kb_warm_vs_cold_epochs_ratio": None, "kb_pairs_compared": 0})
+    empty = {"regimes": {}, "overhead": None, "kb_warm_vs_cold_epochs_ratio": None, "kb_pairs_compared": 0}
+    monkeypatch.setattr(scheduler, "summarise", lambda done: empty)
     monkeypatch.setattr(scheduler, "machine", lambda: {"cpu": "this one"})
     (tmp_path / "scheduler.json").write_text('{"machine": {"cpu": "where the runs ran"}, "bench_s": 3000.0}')
 
