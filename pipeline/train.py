@@ -162,11 +162,17 @@ def shard(task: TwoTowerTrainTask, sparse_lr: float, dev: torch.device) -> Distr
     return DistributedModelParallel(module=task, device=dev, plan=plan)
 
 
-def optimizer(dmp: DistributedModelParallel, dense_lr: float) -> CombinedOptimizer:
-    """Adam on the dense tower layers, combined with DMP's fused embedding optimizer."""
+def optimizer(
+    dmp: DistributedModelParallel, dense_lr: float, weight_decay: float = 0.0, beta1: float = 0.9
+) -> CombinedOptimizer:
+    """Adam on the dense tower layers, combined with DMP's fused embedding optimizer.
+
+    ``weight_decay`` (L2) and ``beta1`` apply to the dense layers only: the fused
+    row-wise Adagrad of the embeddings takes neither.
+    """
     dense = KeyedOptimizerWrapper(
         dict(in_backward_optimizer_filter(dmp.named_parameters())),
-        lambda params: torch.optim.Adam(params, lr=dense_lr),
+        lambda params: torch.optim.Adam(params, lr=dense_lr, betas=(beta1, 0.999), weight_decay=weight_decay),
     )
     return CombinedOptimizer([("sparse", dmp.fused_optimizer), ("dense", dense)])
 
@@ -266,7 +272,8 @@ def train(
             return the per-user values instead (the same users every call): the metric is
             their mean, and the scheduler's rate probe compares candidates user by user.
         plan: a SchedulePlan from ``pipeline.schedule.calibrate``: its rates, batch size
-            and epoch budget replace the settings', and an AdaptiveScheduler steers the
+            and epoch budget replace the settings', its weight decay and beta1 start the
+            dense layers' Adam, and an AdaptiveScheduler steers the
             run (early stop, rollback, best weights kept). None: the static schedule.
         components: scheduler parts to switch off (ablations).
         resource: a ResourceController that may change the batch size between epochs.
@@ -292,7 +299,7 @@ def train(
     examples = training_examples(history, encoder)
     task = TwoTowerTrainTask(build_two_tower(encoder, settings.embedding_dim, "meta"), settings.temperature)
     dmp = shard(task, settings.sparse_lr, dev)
-    opt = optimizer(dmp, settings.dense_lr)
+    opt = optimizer(dmp, settings.dense_lr, *((plan.weight_decay, plan.beta1) if plan is not None else ()))
     opt.init_state()  # materialise the dense optimizer's state, so snapshots and checkpoints always hold it
     recent = encoder.recent_counts(history, catalogue)
     snapshots = {p: kjt.to(dev) for p, kjt in catalogue_snapshots(history, catalogue, encoder, examples.period).items()}

@@ -108,6 +108,13 @@ def calibrate(
         plan = plan.with_reason(
             "patience", s.patience + 1, f"drift {severity} (share {drift_share:.2f}): one more cycle of patience"
         )
+    plan = plan.with_reason(
+        "weight_decay", plan.weight_decay,
+        f"dense L2 starts at {plan.weight_decay:g}: the controller raises it when training loss falls while validation falls",
+    )
+    plan = plan.with_reason(
+        "beta1", plan.beta1, f"Adam's beta1 starts at {plan.beta1:g}: the controller lowers it when gradient norms spike"
+    )
     epochs = min(max(math.ceil(s.target_examples / n), s.min_epochs + 2), t.epochs)
     plan = plan.with_reason(
         "max_epochs", epochs, f"{n} interactions: {epochs} epochs to see about {s.target_examples:,} examples (cap {t.epochs})"

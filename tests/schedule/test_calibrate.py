@@ -15,7 +15,7 @@ SPARSE = {**DENSE, "interactions": 20_000, "density": 0.014}
 def test_every_data_dependent_field_has_a_reason():
     plan = calibrate(DENSE)
     assert plan.source == "rules"
-    for name in ("dense_lr", "sparse_lr", "decay_floor", "max_epochs", "warmup_steps"):
+    for name in ("dense_lr", "sparse_lr", "decay_floor", "max_epochs", "warmup_steps", "weight_decay", "beta1"):
         assert plan.why(name), f"no reason for {name}"
         assert getattr(plan, name) == next(r.value for r in plan.reasons if r.field == name)
 

@@ -44,6 +44,25 @@ def test_a_scheduled_rate_change_changes_the_fused_embedding_update_itself():
     assert scaled == pytest.approx(0.1 * unchanged, rel=0.05), "the fused kernel did not take the new rate"
 
 
+class DenseGroups(Callback):
+    """The dense Adam's hyperparameters as the run starts."""
+
+    def on_train_begin(self, optimizer):
+        self.groups = [dict(g) for g in dict(optimizer.optimizers)["dense"].param_groups]
+
+
+def test_the_plans_weight_decay_and_beta1_start_the_dense_adam(tmp_path):
+    history, catalogue = synthetic_world()
+    seen = DenseGroups()
+    plan = SchedulePlan(dense_lr=0.01, sparse_lr=0.1, batch_size=64, warmup_steps=0, max_epochs=1,
+                        weight_decay=3e-3, beta1=0.8)
+    train(history, catalogue, tmp_path, SETTINGS, progress=False, callbacks=[seen], plan=plan)
+    assert seen.groups and all(g["weight_decay"] == 3e-3 and g["betas"][0] == 0.8 for g in seen.groups)
+    static = DenseGroups()
+    train(history, catalogue, tmp_path / "static", SETTINGS, progress=False, callbacks=[static])
+    assert all(g["weight_decay"] == 0.0 and g["betas"][0] == 0.9 for g in static.groups)
+
+
 def genre_validation(history):
     holdout, _ = synthetic_world(seed=1)
 
