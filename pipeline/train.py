@@ -299,7 +299,8 @@ def train(
     examples = training_examples(history, encoder)
     task = TwoTowerTrainTask(build_two_tower(encoder, settings.embedding_dim, "meta"), settings.temperature)
     dmp = shard(task, settings.sparse_lr, dev)
-    opt = optimizer(dmp, settings.dense_lr, *((plan.weight_decay, plan.beta1) if plan is not None else ()))
+    dense_adam = {"weight_decay": plan.weight_decay, "beta1": plan.beta1} if plan is not None else {}
+    opt = optimizer(dmp, settings.dense_lr, **dense_adam)
     opt.init_state()  # materialise the dense optimizer's state, so snapshots and checkpoints always hold it
     recent = encoder.recent_counts(history, catalogue)
     snapshots = {p: kjt.to(dev) for p, kjt in catalogue_snapshots(history, catalogue, encoder, examples.period).items()}
