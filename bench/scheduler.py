@@ -576,17 +576,30 @@ def kb_digest(kb: list[dict]) -> str:
 
 def machine() -> dict:
     """The CPU the summary was written on: seeded runs give different floats on another CPU, and in this
-    bimodal training that can move a run from one mode to the other."""
+    bimodal training that can move a run from one mode to the other. The model name alone does not tell
+    CPUs apart (virtual machines report "AMD EPYC" for several generations), so the family, model and
+    the vector kernels torch dispatches to (``cpu_capability``: AVX2 and AVX512 kernels may round differently) are
+    kept beside it: runs compare only where all of them agree."""
     import platform
 
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    fields = {}
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
+        for line in cpuinfo.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if not name.strip():
+                break  # the first processor's block is enough
+            fields.setdefault(name.strip(), value.strip())
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "family": fields.get("cpu family"),
+        "model": fields.get("model"),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+    }
 
 
 def finish(done: dict[str, dict], started: float, held: dict[str, dict] | None = None, ran: bool = True) -> None:

@@ -144,3 +144,13 @@ def test_a_summary_of_earlier_runs_keeps_the_machine_they_ran_on(tmp_path, monke
 
     scheduler.finish({}, 0.0)  # runs measured now: this machine
     assert json.loads((tmp_path / "scheduler.json").read_text())["machine"] == {"cpu": "this one"}
+
+
+def test_the_machine_names_the_cpu_generation_and_the_kernels_torch_dispatches_to():
+    import torch
+
+    cpu = scheduler.machine()
+    assert {"cpu", "family", "model", "cpu_capability", "cores", "torch"} <= cpu.keys()
+    assert cpu["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    if Path("/proc/cpuinfo").exists():  # Linux: the generation is read, not left blank
+        assert cpu["family"] and cpu["model"]
