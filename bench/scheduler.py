@@ -578,8 +578,8 @@ def machine() -> dict:
     """The CPU the summary was written on: seeded runs give different floats on another CPU, and in this
     bimodal training that can move a run from one mode to the other. The model name alone does not tell
     CPUs apart (virtual machines report "AMD EPYC" for several generations), so the family, model and
-    the vector kernels torch dispatches to (``cpu_capability``: AVX2 and AVX512 kernels may round differently) are
-    kept beside it: runs compare only where all of them agree."""
+    the vector kernels torch dispatches to (``cpu_capability``; AVX2 and AVX512 kernels may round
+    differently) are kept beside it: runs compare only where all of them agree."""
     import platform
 
     import torch

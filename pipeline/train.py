@@ -273,8 +273,8 @@ def train(
             their mean, and the scheduler's rate probe compares candidates user by user.
         plan: a SchedulePlan from ``pipeline.schedule.calibrate``: its rates, batch size
             and epoch budget replace the settings', its weight decay and beta1 start the
-            dense layers' Adam, and an AdaptiveScheduler steers the
-            run (early stop, rollback, best weights kept). None: the static schedule.
+            dense layers' Adam, and an AdaptiveScheduler steers the run (early stop,
+            rollback, best weights kept). None: the static schedule.
         components: scheduler parts to switch off (ablations).
         resource: a ResourceController that may change the batch size between epochs.
 
