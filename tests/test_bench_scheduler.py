@@ -154,3 +154,26 @@ def test_the_machine_names_the_cpu_generation_and_the_kernels_torch_dispatches_t
     assert cpu["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     if Path("/proc/cpuinfo").exists():  # Linux: the generation is read, not left blank
         assert cpu["family"] and cpu["model"]
+
+
+def test_goal_power_is_certain_for_an_equal_method_against_a_noiseless_grid():
+    runs = by_key([grid("movielens", "constant", 4.0, s, 0.18) for s in range(5)]
+                  + [grid("movielens", "cosine", 4.0, s, 0.15) for s in range(5)])
+    power = scheduler.goal_power(runs, {}, draws=2000)["movielens"]
+    assert power["grid_config"] == ["constant", 4.0] and power["seeds"] == 5 and power["equal_runs"] == 5
+    assert power["pass_rate"] == 1.0 and power["uplift_for_90"] == 1.0
+
+
+def test_goal_power_counts_the_grid_bests_selection_among_noisy_configurations():
+    values = [0.13, 0.17, 0.15, 0.12, 0.18]
+    runs = by_key([grid("drifted", "constant", 4.0, s, v) for s, v in enumerate(values)]
+                  + [grid("drifted", "step", 4.0, s, v) for s, v in enumerate(reversed(values))])
+    power = scheduler.goal_power(runs, {}, draws=4000)["drifted"]
+    assert 0.2 < power["pass_rate"] < 0.8  # equal in quality, yet the picked best of two noisy means is higher
+    assert power["uplift_for_90"] is not None and power["uplift_for_90"] > 1.0
+
+    # held-out runs of the picked configuration join the equal method's pool: here they are worse, so it passes less
+    held = by_key([grid("drifted", "constant", 4.0, s, 0.12) for s in range(5, 10)])
+    worse = scheduler.goal_power(runs, held, draws=4000)["drifted"]
+    assert worse["equal_runs"] == 10 and worse["pass_rate"] < power["pass_rate"]
+    assert scheduler.goal_power(by_key([grid("sparse", "step", 4.0, 0, 0.1)]), {}) == {}  # one seed: no estimate
