@@ -85,7 +85,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ POWER_DRAWS = 20_000
 POWER_UPLIFTS = tuple(round(1 + i / 100, 2) for i in range(21))  # x1.00 .. x1.20
 
 
-@lru_cache(maxsize=None)
+@cache
 def regime_data(regime: str):
     """(fit, validation, test, catalogue) of a regime; seeded, so every worker builds the same."""
     import numpy as np
@@ -358,12 +358,8 @@ def goal_power(done: dict[str, dict], held: dict[str, dict], margin: float = 0.9
         table = np.array([[d[s] for s in seeds] for d in grid.values()])  # configurations x seeds
         best = table[:, rng.integers(len(seeds), size=(draws, len(seeds)))].mean(axis=2).max(axis=0)
         equal = rng.choice(pool, size=(draws, len(seeds))).mean(axis=1)
-
-        def pass_rate(uplift: float) -> float:
-            return float(np.mean(uplift * equal >= margin * best))
-
-        out[regime] = {"pass_rate": pass_rate(1.0),
-                       "uplift_for_90": next((u for u in POWER_UPLIFTS if pass_rate(u) >= 0.9), None),
+        passes = {u: float(np.mean(u * equal >= margin * best)) for u in POWER_UPLIFTS}
+        out[regime] = {"pass_rate": passes[1.0], "uplift_for_90": next((u for u, p in passes.items() if p >= 0.9), None),
                        "grid_config": list(picked), "seeds": len(seeds), "equal_runs": len(pool), "draws": draws}
     return out
 
@@ -380,7 +376,7 @@ def execute(tasks: list[dict], workers: int, done: dict[str, dict]) -> None:
         for fut in tqdm(as_completed(futures), total=len(futures), desc="scheduler bench runs"):
             try:
                 res = fut.result()
-            except Exception as exc:  # one broken run must not throw away the others (the pool would drain them)
+            except Exception as exc:  # noqa: BLE001  one broken run must not throw away the others (the pool would drain them)
                 failed.append(f"{key(futures[fut])}: {type(exc).__name__}: {exc}")
                 print(f"run failed: {failed[-1]}", file=sys.stderr, flush=True)
                 continue
@@ -414,7 +410,7 @@ def summarise(done: dict[str, dict]) -> dict:
         grid_best = grid_mean[picked]
         target = 0.95 * grid_best
 
-        def to95(r):
+        def to95(r, target=target):
             """Compute epochs (probe passes included) by the first epoch whose test NDCG@10 reaches the target."""
             return next((c for c, t in zip(compute_epochs(r), r["test_curve"]) if t >= target), None)
 
