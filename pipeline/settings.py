@@ -86,6 +86,10 @@ class TrainSettings(BaseModel):
     sparse_lr: float = Field(0.05, gt=0, description="Fused row-wise Adagrad rate for embedding tables.")
     dense_lr: float = Field(0.01, gt=0, description="Adam rate for the dense tower layers.")
     temperature: float = Field(1.0, gt=0, description="Softmax temperature on dot-product scores.")
+    recency_half_life: float | None = Field(
+        None, gt=0, description="Days after which an interaction counts half in an epoch's draw (null: all equal); "
+        "calibrate sets it under drift.",
+    )
     seed: int = 0
     processes: int = Field(
         1, ge=1, le=64, description="Training processes; above 1 the train task launches torchrun (gloo on CPU, NCCL on GPUs)."
@@ -152,6 +156,11 @@ class ScheduleSettings(BaseModel):
     cooldown: int = Field(1, ge=0, description="Validation cycles after a change before the next one.")
     smoothing: float = Field(
         0.5, gt=0, le=1, description="EMA weight of a new validation value in the plateau cues (1: none; metrics are noisy)."
+    )
+    drift_half_life: float | None = Field(
+        None, gt=0, le=1,
+        description="Under drift, the share of the training window's span after which an interaction counts half "
+        "in an epoch's draw, divided by the drift level (null: no recency weighting; see calibrate).",
     )
     validation_k: int = Field(
         50, ge=1,

@@ -193,11 +193,23 @@ class Examples:
     length: np.ndarray
     period: np.ndarray
 
-    def batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-        """Shuffled batches, each from a single period so it shares one catalogue snapshot."""
+    def batches(
+        self, batch_size: int, rng: np.random.Generator, draws: dict[int, int] | None = None
+    ) -> list[np.ndarray]:
+        """Shuffled batches, each from a single period so it shares one catalogue snapshot.
+
+        Args:
+            batch_size: examples per batch.
+            rng: the run's generator (the epoch's order).
+            draws: examples to draw from each period (``recency_draws``); None: each
+                example once.
+        """
         out = []
         for p in np.unique(self.period):
-            members = rng.permutation(np.flatnonzero(self.period == p))
+            members = np.flatnonzero(self.period == p)
+            if draws is not None:
+                members = resample(members, draws[int(p)], rng)
+            members = rng.permutation(members)
             out += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
         return [out[i] for i in rng.permutation(len(out))]
 
@@ -210,6 +222,39 @@ class Examples:
         gather = np.repeat(self.start[idx] - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
         kjt = encoder.user_kjt_encoded(self.users[idx], (self.sequence[gather], lengths))
         return kjt, torch.from_numpy(self.labels[idx])
+
+
+def recency_draws(period: np.ndarray, half_life_days: float | None) -> dict[int, int] | None:
+    """Examples per period for an epoch that weights recent weeks more, at the same epoch size.
+
+    A period ``age`` days before the newest one weighs ``0.5 ** (age / half_life_days)``;
+    its draws are its example count times its weight, scaled so the epoch still holds
+    about ``len(period)`` examples (the same compute as an unweighted epoch). Under drift
+    the oldest interactions describe tastes that no longer hold.
+
+    Args:
+        period: the week of each example (``Examples.period``).
+        half_life_days: age at which an example counts half; None: no weighting.
+
+    Returns:
+        ``{period: draws}``, or None when there is no weighting.
+
+    Example:
+        >>> recency_draws(np.array([0, 0, 1, 1]), 7.0)
+        {0: 1, 1: 3}
+    """
+    if half_life_days is None:
+        return None
+    weeks, counts = np.unique(period, return_counts=True)
+    weights = counts * 0.5 ** ((weeks.max() - weeks) * PERIOD_DAYS / half_life_days)
+    draws = np.maximum(np.rint(weights * len(period) / weights.sum()), 1).astype(int)
+    return {int(w): int(d) for w, d in zip(weeks, draws)}
+
+
+def resample(members: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` of ``members``: each whole times over, the remainder drawn without replacement (stratified, low variance)."""
+    whole, extra = divmod(n, len(members))
+    return np.concatenate([np.tile(members, whole), rng.choice(members, extra, replace=False)])
 
 
 def training_examples(history: pd.DataFrame, encoder: FeatureEncoder) -> Examples:
@@ -291,12 +336,13 @@ def train(
     if plan is not None:
         settings = settings.model_copy(
             update={"dense_lr": plan.dense_lr, "sparse_lr": plan.sparse_lr, "batch_size": plan.batch_size,
-                    "epochs": plan.max_epochs}
+                    "epochs": plan.max_epochs, "recency_half_life": plan.recency_half_life}
         )
 
     catalogue = catalogue.sort_values("item_id").reset_index(drop=True)
     encoder = FeatureEncoder.fit(history, catalogue)
     examples = training_examples(history, encoder)
+    draws = recency_draws(examples.period, settings.recency_half_life)
     task = TwoTowerTrainTask(build_two_tower(encoder, settings.embedding_dim, "meta"), settings.temperature)
     dmp = shard(task, settings.sparse_lr, dev)
     dense_adam = {"weight_decay": plan.weight_decay, "beta1": plan.beta1} if plan is not None else {}
@@ -312,7 +358,7 @@ def train(
     if plan is not None:
         sched = AdaptiveScheduler(
             dict(opt.optimizers), plan, model=dmp, watch=dense_params,
-            steps_per_epoch=max(len(rank_share(examples.batches(batch_size, np.random.default_rng(0)))), 1),
+            steps_per_epoch=max(len(rank_share(examples.batches(batch_size, np.random.default_rng(0), draws))), 1),
             components=components,
         )
     trace = Trace(plan=plan.to_dict() if plan else None)
@@ -332,7 +378,7 @@ def train(
         if sched is not None and sched.should_stop:
             break
         total, counted = 0.0, 0
-        batches = rank_share(examples.batches(batch_size, rng))
+        batches = rank_share(examples.batches(batch_size, rng, draws))
         accumulation = resource.accumulation if resource is not None else 1
         autocast = dev.type == "cuda" and (resource is None or resource.autocast)
 

@@ -16,7 +16,15 @@ import torch
 from pipeline.evaluate import evaluate
 from pipeline.model import FeatureEncoder, TwoTowerTrainTask, build_two_tower
 from pipeline.settings import TrainSettings
-from pipeline.train import init_process_group, load_checkpoint, optimizer, shard, train, training_examples
+from pipeline.train import (
+    init_process_group,
+    load_checkpoint,
+    optimizer,
+    recency_draws,
+    shard,
+    train,
+    training_examples,
+)
 
 
 def synthetic_world(n_users: int = 40, n_items: int = 60, per_user: int = 15, seed: int = 0):
@@ -205,3 +213,57 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
               callbacks=[CrashAfter(0)])
     other = train(history, catalogue, tmp_path, TrainSettings(embedding_dim=8, epochs=2, seed=1), progress=False)
     assert len(other.epoch_losses) == 2 and other.n_steps > 0
+
+
+def test_recency_draws_keep_the_epoch_size_and_favour_recent_weeks():
+    period = np.repeat([10, 11, 12, 13], 100)
+    draws = recency_draws(period, half_life_days=7.0)
+    assert recency_draws(period, None) is None
+    assert sum(draws.values()) == pytest.approx(len(period), abs=4)
+    assert draws[13] == pytest.approx(2 * draws[12], abs=1) and draws[12] == pytest.approx(2 * draws[11], abs=1)
+    assert draws[13] > 100 > draws[10] >= 1  # the newest week is drawn more than once, the oldest less
+
+
+def test_weighted_batches_draw_each_period_as_often_as_asked_and_unweighted_ones_each_example_once():
+    history, catalogue = synthetic_world()
+    history["timestamp"] += pd.to_timedelta(np.arange(len(history)) % 3 * 7, unit="D")  # three weeks
+    examples = training_examples(history, FeatureEncoder.fit(history, catalogue))
+    once = np.concatenate(examples.batches(64, np.random.default_rng(0)))
+    assert sorted(once) == list(range(len(examples)))
+    draws = recency_draws(examples.period, half_life_days=7.0)
+    drawn = np.concatenate(examples.batches(64, np.random.default_rng(0), draws))
+    weeks, counts = np.unique(examples.period[drawn], return_counts=True)
+    assert dict(zip(weeks.tolist(), counts.tolist())) == draws
+
+
+def taste_change_world(n_users: int = 40, n_items: int = 60, weeks: int = 8, changed_from: int = 6, per_week: int = 3):
+    """Women watch genre A and men genre B, until week ``changed_from``, when both swap."""
+    rng = np.random.default_rng(0)
+    items = synthetic_world(n_items=n_items)[1]
+    rows = []
+    for u in range(n_users):
+        gender = "F" if u % 2 == 0 else "M"
+        for week in range(weeks):
+            genre = "A" if (gender == "F") != (week >= changed_from) else "B"
+            for j, item in enumerate(rng.choice(items[items.item_genres == genre].item_id.to_numpy(), per_week, replace=False)):
+                when = pd.Timestamp("2020-01-06", tz="UTC") + pd.Timedelta(days=7 * week + 2 * j, hours=u % 24)
+                rows.append((u + 1, int(item), when, gender))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "user_gender"])
+    frame["user_age"], frame["user_occupation"], frame["rating"] = 30, "other", 4.0
+    return frame, items
+
+
+def test_a_recency_half_life_follows_a_changed_taste_where_uniform_training_keeps_the_old_one(tmp_path):
+    history, catalogue = taste_change_world()
+    users = history.drop_duplicates("user_id")
+    now = np.where(users["user_gender"].to_numpy() == "F", "B", "A")  # the taste of the last two weeks
+
+    def share_following_the_new_taste(half_life: float | None, out: Path) -> float:
+        settings = TrainSettings(embedding_dim=8, epochs=4, batch_size=64, seed=0, recency_half_life=half_life)
+        recommender = load_checkpoint(Path(train(history, catalogue, out, settings, progress=False).checkpoint))
+        top = recommender.catalogue.item_genres.to_numpy()[recommender.score(users).argmax(dim=1).numpy()]
+        return float((top == now).mean())
+
+    uniform = share_following_the_new_taste(None, tmp_path / "uniform")
+    recent = share_following_the_new_taste(7.0, tmp_path / "recent")
+    assert uniform <= 0.3 and recent >= 0.7

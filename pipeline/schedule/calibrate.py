@@ -8,7 +8,10 @@ Rules first, each one a sentence in the plan's reasons:
   gradient is small), and in ``bench/scheduler.py`` a higher embedding rate pushed the
   model from the recency-popularity signal, which ranks later weeks best, into a
   per-user fit that ranks them worse.
-- Drift makes old weights a worse guide: gentler decay, more patience.
+- Drift makes old weights a worse guide: gentler decay, more patience; and, with
+  ``drift_half_life`` set, old interactions a worse guide too: each epoch draws
+  recent weeks more often (``recency_half_life``, shorter for stronger drift), at the
+  same epoch size.
 - Small windows need more passes to reach the same number of updates: the epoch
   budget is sized by a target number of examples seen, within bounds.
 - Dense data with a strong popularity trend (high Gini) is easy to fit early: warm-up
@@ -115,6 +118,14 @@ def calibrate(
     plan = plan.with_reason(
         "beta1", plan.beta1, f"Adam's beta1 starts at {plan.beta1:g}: the controller lowers it when gradient norms spike"
     )
+    span = span_days(profile)
+    if drift_level > 0 and s.drift_half_life is not None and span is not None:
+        half_life = max(span * s.drift_half_life / drift_level, 1.0)
+        plan = plan.with_reason(
+            "recency_half_life", half_life,
+            f"drift level {drift_level:.2f} over a {span:.0f}-day window: an interaction {half_life:.0f} days older "
+            "than the newest counts half in each epoch's draw (old interactions describe tastes that changed)",
+        )
     epochs = min(max(math.ceil(s.target_examples / n), s.min_epochs + 2), t.epochs)
     plan = plan.with_reason(
         "max_epochs", epochs, f"{n} interactions: {epochs} epochs to see about {s.target_examples:,} examples (cap {t.epochs})"
@@ -160,6 +171,12 @@ def calibrate(
     from dataclasses import replace
 
     return replace(plan, source="knowledge_base")
+
+
+def span_days(profile: dict[str, Any]) -> float | None:
+    """Days the profiled window spans (its interactions over its interactions per day); None when unknown."""
+    per_day = float(profile.get("interactions_per_day") or 0.0)
+    return int(profile.get("interactions", 0)) / per_day if per_day > 0 else None
 
 
 def extra_passes(candidates: int) -> int:

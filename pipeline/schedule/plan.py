@@ -58,6 +58,9 @@ class SchedulePlan:
             errors behind the leader is not tied (None: the tolerance alone).
         validation_k: cut-off of the validation NDCG the controller reads (the trainer's
             ``validate`` callback computes it; see ``ScheduleSettings.validation_k``).
+        recency_half_life: days after which an interaction counts half in an epoch's
+            draw of examples (None: every interaction once); set under drift, when old
+            interactions describe tastes that no longer hold.
         source: "rules" or "knowledge_base".
         reasons: one Reason per field that was set from the data or past runs.
     """
@@ -83,6 +86,7 @@ class SchedulePlan:
     probe_tol: float = 0.15
     probe_z: float | None = None
     validation_k: int = 50
+    recency_half_life: float | None = None
     source: str = "rules"
     reasons: tuple[Reason, ...] = ()
 
@@ -97,6 +101,8 @@ class SchedulePlan:
             raise ValueError(f"decay_floor must be in (0, 1], got {self.decay_floor}")
         if self.validation_k < 1:
             raise ValueError(f"validation_k must be >= 1, got {self.validation_k}")
+        if self.recency_half_life is not None and not self.recency_half_life > 0:
+            raise ValueError(f"recency_half_life must be > 0 or None, got {self.recency_half_life}")
         if self.probe_z is not None and self.probe_z < 0:
             raise ValueError(f"probe_z must be >= 0 or None, got {self.probe_z}")
         if any(not m > 0 for m in self.probe_rates):

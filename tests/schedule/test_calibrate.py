@@ -44,6 +44,21 @@ def test_drift_makes_the_decay_gentler_and_the_controller_more_patient():
     assert "drift major" in drifted.why("patience")
 
 
+def test_with_a_drift_half_life_stronger_drift_weights_recent_interactions_more():
+    dated = {**DENSE, "interactions_per_day": 80_000 / 140}  # a 140-day window
+    weighting = ScheduleSettings(drift_half_life=0.1)
+    assert calibrate(dated, {"severity": "none", "drifted_share": 0.0}, settings=weighting).recency_half_life is None
+    minor = calibrate(dated, {"severity": "minor", "drifted_share": 0.2}, settings=weighting)
+    major = calibrate(dated, {"severity": "major", "drifted_share": 0.6}, settings=weighting)
+    assert minor.recency_half_life == pytest.approx(140 * 0.1 / 0.5)
+    assert major.recency_half_life == pytest.approx(140 * 0.1 / 1.0)
+    assert major.recency_half_life < minor.recency_half_life
+    assert "140-day window" in major.why("recency_half_life")
+    assert calibrate(dated, {"severity": "major", "drifted_share": 0.6}).recency_half_life is None  # off by default
+    with pytest.raises(ValueError, match="recency_half_life"):
+        SchedulePlan(recency_half_life=0.0)
+
+
 def test_dense_trending_data_starts_with_a_higher_dense_rate_when_a_trend_boost_is_set():
     boosted = ScheduleSettings(trend_boost=1.5)
     flat = calibrate({**DENSE, "gini": 0.2}, settings=boosted)
