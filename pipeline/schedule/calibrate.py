@@ -82,6 +82,7 @@ def calibrate(
         decay=s.decay, patience=s.patience, plateau_tol=s.plateau_tol, rollback_tol=s.rollback_tol,
         max_change=s.max_change, cooldown=s.cooldown, min_epochs=s.min_epochs, improve_cycles=s.improve_cycles,
         smoothing=s.smoothing, probe_tol=s.probe_tol, probe_z=s.probe_z, validation_k=s.validation_k,
+        recency_half_life=t.recency_half_life,  # the train section's, unless the drift rule below sets one
     )
     per_item = n / items
     sparsity = min(max(s.reference_per_item / per_item, 0.5), 4.0)

@@ -55,6 +55,7 @@ def test_with_a_drift_half_life_stronger_drift_weights_recent_interactions_more(
     assert major.recency_half_life < minor.recency_half_life
     assert "140-day window" in major.why("recency_half_life")
     assert calibrate(dated, {"severity": "major", "drifted_share": 0.6}).recency_half_life is None  # off by default
+    assert calibrate(dated, train=TrainSettings(recency_half_life=30.0)).recency_half_life == 30.0  # the train section's
     with pytest.raises(ValueError, match="recency_half_life"):
         SchedulePlan(recency_half_life=0.0)
 
