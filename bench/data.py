@@ -1,9 +1,9 @@
 """Data-stage benchmark on MovieLens-100K -> bench/results/data.json.
 
-ingest_100k_s: ``pipeline.data.ingest`` of all 100K events into an empty repository,
+ingest_100k_s: ``recsys_retrain.data.ingest`` of all 100K events into an empty repository,
 validation, features and materialization to the online store included (Feast
 imported beforehand). window_20k_s: ``pull_window`` of the newest window holding
-about 20K interactions, with every feature. profile_100k_s: ``pipeline.profile.profile``
+about 20K interactions, with every feature. profile_100k_s: ``recsys_retrain.profile.profile``
 of all 100K events. Each is the best of ``--repeat`` runs. Goals on 2 cores: 10 s, 3 s, 1 s.
 
     .venv/bin/python bench/data.py [--repeat 3] [--feast]
@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 from tests.conftest import cache_dir, copy_feature_repo  # noqa: E402
 
-from pipeline import data  # noqa: E402
-from pipeline.profile import profile  # noqa: E402
+from recsys_retrain import data  # noqa: E402
+from recsys_retrain.profile import profile  # noqa: E402
 
 GOALS = {"ingest_100k_s": 10.0, "window_20k_s": 3.0, "profile_100k_s": 1.0}
 
@@ -71,7 +71,7 @@ def main() -> None:
     results["window_20k_s"] = best(lambda: data.pull_window(repo, t0, t1), args.repeat)
     results["profile_100k_s"] = best(lambda: profile(inter), args.repeat)
     if args.feast:
-        from pipeline.data.store import _store
+        from recsys_retrain.data.store import _store
 
         store = _store(repo)
         rows = window[["user_id", "item_id", "timestamp"]].rename(columns={"timestamp": data.TS})

@@ -3,12 +3,12 @@
 Protocol. The last ``N_WINDOWS`` full weeks of MovieLens-100K are replayed, one
 window ``[start, start + 7 d)`` at a time; a window's history is every
 interaction before its start. Every model is the real two-tower model
-(``pipeline.train.train`` with ``TrainSettings(epochs=4)``), every version lives
+(``recsys_retrain.train.train`` with ``TrainSettings(epochs=4)``), every version lives
 in a real MLflow registry on SQLite in a temporary folder (models are logged
 with ``registry.log_candidate`` and loaded back from the registry), every
-promotion decision is ``pipeline.gate.decide`` on ``pipeline.evaluate.user_metrics``
+promotion decision is ``recsys_retrain.gate.decide`` on ``recsys_retrain.evaluate.user_metrics``
 of challenger and champion on the same window, applied with
-``registry.apply_decision``, and every revert decision is ``pipeline.monitor.check_window``.
+``registry.apply_decision``, and every revert decision is ``recsys_retrain.monitor.check_window``.
 Models are trained once and reused across the scenarios:
 
 ``good[w]``  trained on the history of window ``w`` (what the pipeline would train).
@@ -56,11 +56,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline import monitor, registry
-from pipeline.evaluate import UserEval, user_metrics
-from pipeline.gate import GateDecision, decide
-from pipeline.settings import Settings, TrainSettings
-from pipeline.train import load_checkpoint, train
+from recsys_retrain import monitor, registry
+from recsys_retrain.evaluate import UserEval, user_metrics
+from recsys_retrain.gate import GateDecision, decide
+from recsys_retrain.settings import Settings, TrainSettings
+from recsys_retrain.train import load_checkpoint, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import frames  # noqa: E402  (bench/ is not a package)
@@ -115,7 +115,7 @@ def permute_items(frame: pd.DataFrame, item_ids: np.ndarray, seed: int) -> pd.Da
 
 
 def item_table(model: nn.Module) -> torch.Tensor:
-    """The item tower's ``item_id`` embedding table of a ``pipeline.model.Recommender``."""
+    """The item tower's ``item_id`` embedding table of a ``recsys_retrain.model.Recommender``."""
     return model.model.item_ebc.embedding_bags["t_item_id"].weight
 
 
@@ -445,7 +445,7 @@ def goals_met(out: dict[str, Any]) -> dict[str, bool]:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
-    for name in ("pipeline", "mlflow", "alembic", "torchrec", "torch", "fbgemm_gpu"):
+    for name in ("recsys_retrain", "mlflow", "alembic", "torchrec", "torch", "fbgemm_gpu"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()

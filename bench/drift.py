@@ -1,6 +1,6 @@
-"""Benchmark of pipeline.drift on the pipeline.simulate sandbox over real MovieLens-100K.
+"""Benchmark of recsys_retrain.drift on the recsys_retrain.simulate sandbox over real MovieLens-100K.
 
-For every drift type of ``pipeline.simulate.DRIFT_TYPES`` at its three magnitudes, the
+For every drift type of ``recsys_retrain.simulate.DRIFT_TYPES`` at its three magnitudes, the
 detection rate (severity != "none") over ``--seeds`` seeds; the false-positive rate over
 ``--null-seeds`` no-drift pairs; and the wall time of one check on 100K and 1M rows
 (verdict only, no Evidently HTML, best of three; the HTML time on 100K rows is reported
@@ -11,7 +11,7 @@ Windows are drawn by ``no_drift_pair`` as the cycle uses them: a reference of
 MovieLens sessions (a user's rows on one day) resampled at the log's own session rate,
 so about 80 sessions, 70 users and 3,200 rows a week, as in the real data. The drift is
 injected into the current week of the same pair a null seed uses. What each magnitude
-means in plain terms is in ``pipeline.simulate.DRIFT_TYPES``'s docstring.
+means in plain terms is in ``recsys_retrain.simulate.DRIFT_TYPES``'s docstring.
 
 Writes bench/results/drift.json and bench/results/drift.png.
 Run: .venv/bin/python bench/drift.py [--seeds 20] [--null-seeds 100]
@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))  # the package, not bench/pipeline.py beside this 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline import simulate as sim  # noqa: E402
-from pipeline.data import load_movielens  # noqa: E402
-from pipeline.drift import check_drift  # noqa: E402
-from pipeline.settings import DriftSettings  # noqa: E402
+from recsys_retrain import simulate as sim  # noqa: E402
+from recsys_retrain.data import load_movielens  # noqa: E402
+from recsys_retrain.drift import check_drift  # noqa: E402
+from recsys_retrain.settings import DriftSettings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -117,7 +117,7 @@ def main() -> None:
             "drift_1m_s<=15": t_1m <= 15,
         },
         "settings": settings.model_dump(),
-        "windows": f"{days}-day reference, 7-day current window of resampled MovieLens-100K sessions (pipeline.simulate.no_drift_pair)",
+        "windows": f"{days}-day reference, 7-day current window of resampled MovieLens-100K sessions (recsys_retrain.simulate.no_drift_pair)",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "drift.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipeline.evaluate import evaluate
-from pipeline.settings import TrainSettings
-from pipeline.train import load_checkpoint, train
+from recsys_retrain.evaluate import evaluate
+from recsys_retrain.settings import TrainSettings
+from recsys_retrain.train import load_checkpoint, train
 
 ML = "recbole/dataset_example/ml-100k/ml-100k"
 
@@ -30,7 +30,7 @@ ML = "recbole/dataset_example/ml-100k/ml-100k"
 def read_movielens(wheel: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Interactions with user profile columns, and the catalogue, from the recbole wheel.
 
-    A reader of its own rather than ``pipeline.data``, whose import needs the data
+    A reader of its own rather than ``recsys_retrain.data``, whose import needs the data
     stage's libraries (pandera, Feast) that a GPU box is not handed.
     """
     with zipfile.ZipFile(wheel) as z:

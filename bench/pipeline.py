@@ -79,10 +79,10 @@ def cycle_seconds(root: Path) -> dict[str, float]:
     """One full cycle in this process on ``CYCLE_WINDOW``; seconds per step and in total."""
     import pandas as pd
 
-    from pipeline import cycle
-    from pipeline.cli import quiet_libraries
-    from pipeline.data import RawData, bootstrap_feature_repo, load_movielens
-    from pipeline.settings import Settings
+    from recsys_retrain import cycle
+    from recsys_retrain.cli import quiet_libraries
+    from recsys_retrain.data import RawData, bootstrap_feature_repo, load_movielens
+    from recsys_retrain.settings import Settings
 
     quiet_libraries()
     home, repo = sandbox(root)
@@ -112,7 +112,7 @@ def demo_seconds(root: Path) -> dict:
     """``retrain demo`` with its defaults in a fresh home; wall time and what it did."""
     home, repo = sandbox(root)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo"], env=env_for(home, repo), cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "recsys_retrain.cli", "demo"], env=env_for(home, repo), cwd=ROOT,
                           capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
@@ -135,11 +135,11 @@ def demo_seconds(root: Path) -> dict:
 def backtest_summary(root: Path) -> dict:
     """``retrain backtest`` with its defaults; the per-policy summary and the severities that drove it."""
     home, repo = sandbox(root)
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "backtest", "--out", str(root / "bt")],
+    done = subprocess.run([sys.executable, "-m", "recsys_retrain.cli", "backtest", "--out", str(root / "bt")],
                           env=env_for(home, repo), cwd=ROOT, capture_output=True, text=True, timeout=7200)
     if done.returncode != 0:
         raise SystemExit(f"backtest failed: {done.stderr[-2000:]}")
-    from pipeline.backtest import BacktestResult
+    from recsys_retrain.backtest import BacktestResult
 
     result = BacktestResult.from_dict(json.loads((root / "bt" / "backtest.json").read_text()))
     plot = ROOT / "bench" / "results" / "pipeline_backtest.png"

@@ -129,7 +129,7 @@ def drifted(inter, catalogue):
     """Taste change (drift sandbox, half the users) on every interaction from the 60% time quantile on."""
     import pandas as pd
 
-    from pipeline import simulate
+    from recsys_retrain import simulate
 
     cut = inter["timestamp"].quantile(0.6)
     log = inter.merge(catalogue, on="item_id", how="left")
@@ -182,14 +182,14 @@ def run(task: dict) -> dict:
 
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    from pipeline.evaluate import evaluate, user_metrics
-    from pipeline.profile import profile
-    from pipeline.schedule import Components, KnowledgeBase, Record, calibrate
-    from pipeline.schedule.knowledge import features
-    from pipeline.schedule.plan import SchedulePlan
-    from pipeline.schedule.resource import ResourceController
-    from pipeline.settings import ScheduleSettings, TrainSettings
-    from pipeline.train import load_checkpoint, train
+    from recsys_retrain.evaluate import evaluate, user_metrics
+    from recsys_retrain.profile import profile
+    from recsys_retrain.schedule import Components, KnowledgeBase, Record, calibrate
+    from recsys_retrain.schedule.knowledge import features
+    from recsys_retrain.schedule.plan import SchedulePlan
+    from recsys_retrain.schedule.resource import ResourceController
+    from recsys_retrain.settings import ScheduleSettings, TrainSettings
+    from recsys_retrain.train import load_checkpoint, train
 
     fit, val, test, catalogue = regime_data(task["regime"])
     base = TrainSettings(seed=task["seed"], epochs=EPOCHS)
@@ -251,7 +251,7 @@ def run(task: dict) -> dict:
     if method == "kb_warm":
         out["kb_digest"] = kb_digest(task["kb"])
     if plan is not None:
-        from pipeline.schedule.knowledge import explore_rates
+        from recsys_retrain.schedule.knowledge import explore_rates
 
         dense, sparse = explore_rates(trace) or (plan.dense_lr, plan.sparse_lr)
         out["plan"] = {k: v for k, v in plan.to_dict().items() if k != "reasons"}

@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import frames  # noqa: E402
 
-from pipeline.model import FeatureEncoder, TwoTowerTrainTask, build_two_tower  # noqa: E402
-from pipeline.settings import TrainSettings  # noqa: E402
-from pipeline.train import (  # noqa: E402
+from recsys_retrain.model import FeatureEncoder, TwoTowerTrainTask, build_two_tower  # noqa: E402
+from recsys_retrain.settings import TrainSettings  # noqa: E402
+from recsys_retrain.train import (  # noqa: E402
     catalogue_snapshots,
     init_process_group,
     load_checkpoint,

@@ -1,7 +1,7 @@
 """Champion monitor: after each new window, the auto-revert check.
 
 newest_window -> pull -> validate -> monitor. Scores the ``champion`` and the
-``previous`` version on the same fresh window (``pipeline.monitor.check_window``);
+``previous`` version on the same fresh window (``recsys_retrain.monitor.check_window``);
 after enough consecutive significantly-worse windows it reverts the champion. The
 RevertDecision is recorded on the champion's model version and as ``monitor.json``
 in the cycle folder; a re-run for the same window changes nothing.
@@ -32,7 +32,7 @@ from recsys_common import INTERACTIONS, IO_RETRIES, newest_window, pull, validat
 def champion_monitor():
     @task(**IO_RETRIES)
     def monitor(pulled: dict) -> dict:
-        from pipeline import cycle
+        from recsys_retrain import cycle
 
         decision = cycle.monitor(pulled)
         print(decision["reason"])

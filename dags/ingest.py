@@ -34,7 +34,7 @@ def ingest():
     def ingest_events() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipeline import cycle
+        from recsys_retrain import cycle
 
         ctx = get_current_context()
         result = cycle.ingest(ctx["params"]["events"])

@@ -2,7 +2,7 @@
 
 cycle.pull -> cycle.validate -> cycle.drift -> cycle.calibrate -> cycle.train -> cycle.evaluate -> cycle.gate
 (the shared task group in ``recsys_common``; ``validate`` also writes the window's
-data profile). Each task calls one function of ``pipeline.cycle`` and passes small
+data profile). Each task calls one function of ``recsys_retrain.cycle`` and passes small
 dicts (paths, counts, decisions). The window is the run's data interval, never
 ``now()``, so re-running a run redoes the same window and reuses its registry
 version; the ``window_start``/``window_end`` Params replace it, and ``epochs``,

@@ -1,4 +1,4 @@
-"""Batch sources of the feature views, written by ``pipeline.data``.
+"""Batch sources of the feature views, written by ``recsys_retrain.data``.
 
 Locally (default) they are parquet files under ``data/``; paths are relative and Feast
 resolves them against the repository folder (``FileSource.get_uri_for_file_path``), so

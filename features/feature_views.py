@@ -8,7 +8,7 @@ and a stats row stays true until the next day's row supersedes it.
 
 Stats rows are stamped at 00:00 UTC of a day and describe the entity's activity on
 the days before it, so an event sees nothing of its own day or later. Every entity
-has a row for every day from its first interaction on (pipeline.data.features).
+has a row for every day from its first interaction on (recsys_retrain.data.features).
 """
 
 from datetime import timedelta

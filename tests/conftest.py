@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import RawData, load_movielens
-from pipeline.settings import Settings
+from recsys_retrain.data import RawData, load_movielens
+from recsys_retrain.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FEATURE_REPO = REPO_ROOT / "features"

@@ -1,4 +1,4 @@
-"""pipeline.backtest: the policy rules, and a real three-window replay of all four policies.
+"""recsys_retrain.backtest: the policy rules, and a real three-window replay of all four policies.
 
 Real Feast, Evidently, TorchRec and the production gate on a slice of MovieLens-100K
 (tiny model, one epoch), in a private home and feature repository.
@@ -11,10 +11,10 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline import backtest
-from pipeline.data import RawData, bootstrap_feature_repo
-from pipeline.errors import PipelineError
-from pipeline.settings import Settings
+from recsys_retrain import backtest
+from recsys_retrain.data import RawData, bootstrap_feature_repo
+from recsys_retrain.errors import PipelineError
+from recsys_retrain.settings import Settings
 from tests.conftest import copy_feature_repo
 
 

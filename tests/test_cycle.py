@@ -13,10 +13,10 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipeline import cycle, registry
-from pipeline.data import RawData, bootstrap_feature_repo
-from pipeline.errors import PipelineError
-from pipeline.settings import Settings
+from recsys_retrain import cycle, registry
+from recsys_retrain.data import RawData, bootstrap_feature_repo
+from recsys_retrain.errors import PipelineError
+from recsys_retrain.settings import Settings
 from tests.conftest import copy_feature_repo
 
 END = "1997-11-03"
@@ -97,7 +97,7 @@ def test_monitor_scores_champion_against_previous_and_records_the_decision(sandb
     first = cycle.monitor(pulled, settings=s)  # nothing registered yet
     assert not first["revert"] and "no champion and previous pair" in first["reason"]
 
-    from pipeline.train import load_checkpoint
+    from recsys_retrain.train import load_checkpoint
 
     versions = []
     for seed in (0, 1):  # two registered versions (one registry version per window): previous and champion
@@ -116,7 +116,7 @@ def test_monitor_scores_champion_against_previous_and_records_the_decision(sandb
 
     again = cycle.monitor(pulled, settings=s)  # a retried task: same window, same record
     assert again == decision
-    from pipeline.monitor import recorded_checks
+    from recsys_retrain.monitor import recorded_checks
 
     assert len(recorded_checks(s, versions[1])) == 1
 

@@ -1,4 +1,4 @@
-"""pipeline.data: loading, the Feast repository, point-in-time windows, validation.
+"""recsys_retrain.data: loading, the Feast repository, point-in-time windows, validation.
 
 Real Feast throughout (local provider, parquet offline store, SQLite online store),
 always in a copy of features/ under tmp_path.
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from tests.conftest import copy_feature_repo
 
-from pipeline.data import (
+from recsys_retrain.data import (
     WINDOW_COLUMNS,
     feast_point_in_time,
     ingest,
@@ -30,9 +30,9 @@ from pipeline.data import (
     user_features,
     validate,
 )
-from pipeline.data.features import V1_ITEM, V1_USER
-from pipeline.errors import DataError, ValidationError
-from pipeline.settings import DataSettings
+from recsys_retrain.data.features import V1_ITEM, V1_USER
+from recsys_retrain.errors import DataError, ValidationError
+from recsys_retrain.settings import DataSettings
 
 DAY = pd.Timestamp("2024-03-01", tz="UTC")
 
@@ -95,7 +95,7 @@ class TestLoading:
         """pip writes into a private folder; only a finished download is renamed into the cache."""
         import subprocess
 
-        from pipeline.data import load
+        from recsys_retrain.data import load
 
         def fake_pip(cmd, **kwargs):
             target = Path(cmd[cmd.index("-d") + 1])
@@ -368,7 +368,7 @@ class TestRollingFeatures:
         log = log.assign(rating=rng.integers(1, 6, n).astype(float), timestamp=log.timestamp.astype("datetime64[ns, UTC]"))
         bootstrap_feature_repo(raw(log.drop_duplicates(["user_id", "item_id", "timestamp"])), feature_repo)
         fast = pull_window(feature_repo, "2024-03-10", "2024-04-15")
-        from pipeline.data.store import _store
+        from recsys_retrain.data.store import _store
 
         store = _store(feature_repo)
         slow = fast[["user_id", "item_id", "timestamp", "rating"]].rename(columns={"timestamp": "event_timestamp"})
@@ -472,7 +472,7 @@ class TestIngest:
         assert ingest(events((1, 11, "2024-03-02 10:00")), feature_repo, materialize=False).added == 1
 
     def test_split_batches_keeps_every_row(self) -> None:
-        from pipeline.data import split_batches
+        from recsys_retrain.data import split_batches
 
         log = pd.DataFrame({"user_id": [1, 2, 3, 4], "item_id": 1, "timestamp": [0, 86400 * 8, "garbage", 86400 * 15]})
         parts = split_batches(log, 7)

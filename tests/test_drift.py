@@ -1,4 +1,4 @@
-"""Spec of pipeline.drift: designed signals, user-permutation thresholds, verdicts that can be audited.
+"""Spec of recsys_retrain.drift: designed signals, user-permutation thresholds, verdicts that can be audited.
 
 The windows are synthetic but shaped like MovieLens-100K: 943 users and 1,682 items,
 Zipf-like item popularity (popular items are recent ones), log-normal user activity,
@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import simulate as sim
-from pipeline.drift import SIGNALS, DriftReport, champion_scorer, check_drift
-from pipeline.errors import DataError
-from pipeline.settings import DriftSettings
+from recsys_retrain import simulate as sim
+from recsys_retrain.drift import SIGNALS, DriftReport, champion_scorer, check_drift
+from recsys_retrain.errors import DataError
+from recsys_retrain.settings import DriftSettings
 
 GENRES = (
     "Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy "
@@ -266,8 +266,8 @@ class TestPredictionDrift:
 
 
     def test_the_champion_scores_what_each_row_consumed(self, world, reference, tmp_path):
-        from pipeline.settings import TrainSettings
-        from pipeline.train import load_checkpoint, train
+        from recsys_retrain.settings import TrainSettings
+        from recsys_retrain.train import load_checkpoint, train
 
         catalogue = world["items"][["item_id", "item_genres", "item_release_year"]]
         train(reference, catalogue, tmp_path, TrainSettings(embedding_dim=8, epochs=1, batch_size=1024), progress=False)
@@ -391,7 +391,7 @@ class TestCli:
         import subprocess
         import sys
 
-        from pipeline.data import RawData, bootstrap_feature_repo
+        from recsys_retrain.data import RawData, bootstrap_feature_repo
         from tests.conftest import copy_feature_repo
 
         ts = movielens.interactions["timestamp"]

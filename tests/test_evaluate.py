@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.evaluate import (
+from recsys_retrain.evaluate import (
     average_precision_at_k,
     evaluate,
     ndcg_at_k,

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from tests.conftest import copy_feature_repo
 
-from pipeline import data
-from pipeline.data import RawData
+from recsys_retrain import data
+from recsys_retrain.data import RawData
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 # Redis db index of the prod_env fixture, one per pytest-xdist worker: each test flushes its index

@@ -11,9 +11,9 @@ import pydantic
 import pytest
 import torch
 
-from pipeline.evaluate import evaluate
-from pipeline.gate import GateDecision, UserEval, decide, long_tail_items, paired_bootstrap, user_metrics
-from pipeline.settings import GateSettings
+from recsys_retrain.evaluate import evaluate
+from recsys_retrain.gate import GateDecision, UserEval, decide, long_tail_items, paired_bootstrap, user_metrics
+from recsys_retrain.settings import GateSettings
 
 N = 400  # holdout users
 RNG = np.random.default_rng(0)

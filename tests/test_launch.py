@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cycle, launch
-from pipeline.errors import PipelineError
-from pipeline.evaluate import evaluate
-from pipeline.settings import Settings
-from pipeline.train import TrainResult, load_checkpoint
+from recsys_retrain import cycle, launch
+from recsys_retrain.errors import PipelineError
+from recsys_retrain.evaluate import evaluate
+from recsys_retrain.settings import Settings
+from recsys_retrain.train import TrainResult, load_checkpoint
 from tests.test_train import synthetic_world
 
 TINY = {"epochs": 3, "embedding_dim": 8, "batch_size": 32}

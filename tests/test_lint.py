@@ -20,5 +20,5 @@ def test_dags_follow_airflow_3_rules():
 
 
 def test_no_undefined_names_or_unused_imports():
-    done = ruff("pipeline", "dags", "tests", "bench", "features", "--select", "E9,F")
+    done = ruff("recsys_retrain", "dags", "tests", "bench", "features", "--select", "E9,F")
     assert done.returncode == 0, done.stdout

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import monitor, registry
-from pipeline.gate import UserEval
-from pipeline.monitor import WindowCheck, compare_window, decide_revert
-from pipeline.settings import MonitorSettings, Settings
+from recsys_retrain import monitor, registry
+from recsys_retrain.gate import UserEval
+from recsys_retrain.monitor import WindowCheck, compare_window, decide_revert
+from recsys_retrain.settings import MonitorSettings, Settings
 
 M = MonitorSettings(threshold=0.01, consecutive=2)
 N = 300

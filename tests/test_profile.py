@@ -1,4 +1,4 @@
-"""pipeline.profile: DataProfile numbers on hand-checked toys and on MovieLens-100K."""
+"""recsys_retrain.profile: DataProfile numbers on hand-checked toys and on MovieLens-100K."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data import RawData
-from pipeline.profile import DataProfile, profile
+from recsys_retrain.data import RawData
+from recsys_retrain.profile import DataProfile, profile
 
 
 def frame(pairs: list[tuple[int, int]], day: str = "2024-03-01", rating: float = 4.0) -> pd.DataFrame:

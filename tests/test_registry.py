@@ -20,10 +20,10 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from pipeline import registry
-from pipeline.errors import RegistryError
-from pipeline.registry import Candidate, GateDecision
-from pipeline.settings import GateSettings, Settings
+from recsys_retrain import registry
+from recsys_retrain.errors import RegistryError
+from recsys_retrain.registry import Candidate, GateDecision
+from recsys_retrain.settings import GateSettings, Settings
 
 METRIC = "ndcg_at_10"
 NAN, INF = math.nan, math.inf
@@ -224,8 +224,8 @@ def test_load_model_round_trips_weights(settings):
 
 
 def test_two_tower_recommender_loads_in_a_fresh_process(settings, tmp_path):
-    """The real model class pickles by reference; another process must rebuild it from `pipeline`."""
-    from pipeline.model import FeatureEncoder, Recommender, build_two_tower
+    """The real model class pickles by reference; another process must rebuild it from `recsys_retrain`."""
+    from recsys_retrain.model import FeatureEncoder, Recommender, build_two_tower
 
     users = pd.DataFrame(
         {"user_id": [1, 2], "user_gender": ["F", "M"], "user_age": [25, 35], "user_occupation": ["writer", "other"]}
@@ -242,8 +242,8 @@ def test_two_tower_recommender_loads_in_a_fresh_process(settings, tmp_path):
     users.to_json(users_path)
     script = textwrap.dedent(f"""
         import json, pandas as pd
-        from pipeline import registry
-        from pipeline.settings import Settings
+        from recsys_retrain import registry
+        from recsys_retrain.settings import Settings
         model = registry.load_model(Settings(home={str(settings.home)!r}), "challenger")
         print(json.dumps({{"type": type(model).__module__ + "." + type(model).__name__,
                           "scores": model.score(pd.read_json({str(users_path)!r})).tolist()}}))
@@ -251,7 +251,7 @@ def test_two_tower_recommender_loads_in_a_fresh_process(settings, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["type"] == "pipeline.model.Recommender"
+    assert out["type"] == "recsys_retrain.model.Recommender"
     assert torch.allclose(torch.tensor(out["scores"]), expected, atol=1e-6)
 
 
@@ -299,9 +299,9 @@ def test_a_promotion_measured_against_a_stale_champion_changes_nothing(settings)
 RACER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    from pipeline import registry
-    from pipeline.gate import GateDecision
-    from pipeline.settings import Settings
+    from recsys_retrain import registry
+    from recsys_retrain.gate import GateDecision
+    from recsys_retrain.settings import Settings
     home, version, sync = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     s = Settings(home=home)
     registry.configure(s)
@@ -390,7 +390,7 @@ def test_an_unreachable_tracking_server_is_retried_with_backoff_then_fails_in_on
         port = sock.getsockname()[1]  # closed again: nothing listens there
     s = Settings(tracking_uri=f"http://127.0.0.1:{port}", gate={"registry_retries": 3, "registry_backoff_s": 0.1})
     started = time.monotonic()
-    with caplog.at_level("WARNING", logger="pipeline.registry"), pytest.raises(RegistryError) as err:
+    with caplog.at_level("WARNING", logger="recsys_retrain.registry"), pytest.raises(RegistryError) as err:
         registry.champion(s)
     assert time.monotonic() - started >= 0.1 + 0.2  # two waits, doubling
     assert "after 3 attempts" in str(err.value) and f"127.0.0.1:{port}" in str(err.value)
@@ -402,7 +402,7 @@ def test_an_unreachable_tracking_server_is_retried_with_backoff_then_fails_in_on
 
 
 def test_an_unloadable_artifact_is_rejected_by_the_gate_with_the_reason(settings):
-    from pipeline.gate import decide as gate_decide
+    from recsys_retrain.gate import decide as gate_decide
     from tests.test_gate import ev
 
     cand = log(settings, "w1", 0.1)

@@ -1,4 +1,4 @@
-"""pipeline.report: figures from cycle folders, one offline HTML page, checked in a real headless Chromium.
+"""recsys_retrain.report: figures from cycle folders, one offline HTML page, checked in a real headless Chromium.
 
 The cycle folders are written from the pipeline's own dataclasses (DataProfile,
 DriftReport, RevertDecision) and a trace.json in the trainer's schema, so the test
@@ -15,9 +15,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline import report
-from pipeline.drift import DriftReport, SignalResult
-from pipeline.profile import DataProfile
+from recsys_retrain import report
+from recsys_retrain.drift import DriftReport, SignalResult
+from recsys_retrain.profile import DataProfile
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 START = ["19980105", "19980112", "19980119", "19980126"]

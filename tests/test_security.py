@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.paths import data_root, inside_root, user_path
-from pipeline.settings import Settings
+from recsys_retrain.errors import PipelineError
+from recsys_retrain.paths import data_root, inside_root, user_path
+from recsys_retrain.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ("pipeline", "dags", "features", "bench", "infra")
+SCANNED = ("recsys_retrain", "dags", "features", "bench", "infra")
 NOSEC = re.compile(r"#\s*nosec\b(?P<rest>.*)$")
 
 
@@ -172,7 +172,7 @@ def test_the_cli_refuses_a_path_outside_the_data_root(tmp_path):
 
 
 def test_the_ingest_task_refuses_an_events_param_outside_the_data_root(tmp_path):
-    from pipeline import cycle
+    from recsys_retrain import cycle
 
     settings = Settings(home=tmp_path / "home", feature_repo=tmp_path / "features", data_root=tmp_path / "data")
     with pytest.raises(PipelineError, match="events '/etc/passwd' resolves to /etc/passwd, outside the data root"):

@@ -1,11 +1,11 @@
-"""Spec of pipeline.simulate: each injector changes what it claims and nothing else."""
+"""Spec of recsys_retrain.simulate: each injector changes what it claims and nothing else."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from pipeline import simulate as sim
+from recsys_retrain import simulate as sim
 
 ITEM_COLS = ["item_id", "item_genres", "item_release_year"]
 KEEP = ["user_id", "timestamp", "rating", "user_age", "user_gender", "user_occupation"]

@@ -1,4 +1,4 @@
-"""pipeline.timeline: which weeks the replay runs, what it schedules and injects, and how a week is read back.
+"""recsys_retrain.timeline: which weeks the replay runs, what it schedules and injects, and how a week is read back.
 
 The replay itself (all DAGs over real weeks) runs in tests/test_integration.py through
 the ``retrain demo`` command.
@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import timeline
-from pipeline.errors import PipelineError
-from pipeline.settings import TrainSettings
-from pipeline.train import load_checkpoint, train
+from recsys_retrain import timeline
+from recsys_retrain.errors import PipelineError
+from recsys_retrain.settings import TrainSettings
+from recsys_retrain.train import load_checkpoint, train
 
 FIRST, LAST = pd.Timestamp("1997-09-20 03:05", tz="UTC"), pd.Timestamp("1998-04-22 23:10", tz="UTC")
 

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.evaluate import evaluate
-from pipeline.model import FeatureEncoder, TwoTowerTrainTask, build_two_tower
-from pipeline.settings import TrainSettings
-from pipeline.train import (
+from recsys_retrain.evaluate import evaluate
+from recsys_retrain.model import FeatureEncoder, TwoTowerTrainTask, build_two_tower
+from recsys_retrain.settings import TrainSettings
+from recsys_retrain.train import (
     init_process_group,
     load_checkpoint,
     optimizer,
@@ -120,7 +120,7 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
 
 
 def test_empty_history_is_refused_with_a_clear_error(tmp_path):
-    from pipeline.errors import DataError
+    from recsys_retrain.errors import DataError
 
     _, catalogue = synthetic_world()
     empty = synthetic_world()[0].iloc[:0]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.evaluate import evaluate
-from pipeline.train import load_checkpoint
+from recsys_retrain.evaluate import evaluate
+from recsys_retrain.train import load_checkpoint
 from tests.test_train import synthetic_world
 
 
@@ -20,7 +20,7 @@ def launch(tmp_path: Path, nproc: int, history: Path, catalogue: Path) -> dict:
     env = {**os.environ, "RETRAIN_TRAIN__EPOCHS": "8", "RETRAIN_TRAIN__EMBEDDING_DIM": "8",
            "RETRAIN_TRAIN__BATCH_SIZE": "32", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "pipeline.train", "--history", str(history), "--catalogue", str(catalogue), "--out", str(out)]
+           "-m", "recsys_retrain.train", "--history", str(history), "--catalogue", str(catalogue), "--out", str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"result": json.loads((out / "train_result.json").read_text()), "model": out / "model.pt"}

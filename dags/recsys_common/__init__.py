@@ -1,7 +1,7 @@
 """What the DAG files share: the interactions asset, the Params, and the retrain body as one task group.
 
 Only ``airflow.sdk`` and the standard library are imported here; every task
-imports ``pipeline`` inside its body. Airflow puts the dags folder on ``sys.path``,
+imports ``recsys_retrain`` inside its body. Airflow puts the dags folder on ``sys.path``,
 so DAG files import this package as ``recsys_common``.
 """
 

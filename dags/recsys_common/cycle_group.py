@@ -1,6 +1,6 @@
 """The retrain body, one reusable task group: pull -> validate -> drift -> calibrate -> train -> evaluate -> gate.
 
-Each task calls one function of ``pipeline.cycle`` with the run's overrides (from
+Each task calls one function of ``recsys_retrain.cycle`` with the run's overrides (from
 its Params) and passes small dicts (paths, counts, decisions). ``retrain`` runs it on
 the data interval; ``drift_watch`` runs it on the newest window with a short-circuit
 after ``drift`` that stops below the trigger level.
@@ -54,7 +54,7 @@ WINDOW_PARAMS = {
 
 
 def overrides(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The run's Params as ``pipeline.cycle`` overrides: ``{"train": {"epochs": 4}, ...}``, unset ones left out."""
+    """The run's Params as ``recsys_retrain.cycle`` overrides: ``{"train": {"epochs": 4}, ...}``, unset ones left out."""
     out: dict[str, dict[str, Any]] = {}
     for name, (section, field) in OVERRIDES.items():
         if params.get(name) is not None:
@@ -80,7 +80,7 @@ def _overrides() -> dict[str, dict[str, Any]]:
 @task
 def newest_window() -> dict:
     """The window to check: the ``window_end`` Param, else the triggering asset event's, else the newest stored week."""
-    from pipeline import cycle
+    from recsys_retrain import cycle
 
     ctx = get_current_context()
     events = (ctx.get("triggering_asset_events") or {}).get(INTERACTIONS, [])
@@ -91,7 +91,7 @@ def newest_window() -> dict:
 
 @task(**IO_RETRIES)
 def pull(window: dict | None = None) -> dict:
-    from pipeline import cycle
+    from recsys_retrain import cycle
 
     start, end = (window["start"], window["end"]) if window else window_from(get_current_context())
     return cycle.pull(start, end, overrides=_overrides())
@@ -99,14 +99,14 @@ def pull(window: dict | None = None) -> dict:
 
 @task
 def validate(pulled: dict) -> dict:
-    from pipeline import cycle
+    from recsys_retrain import cycle
 
     return cycle.validate(pulled, overrides=_overrides())
 
 
 @task
 def drift(pulled: dict) -> dict:
-    from pipeline import cycle
+    from recsys_retrain import cycle
 
     return cycle.drift(pulled, overrides=_overrides())
 
@@ -114,7 +114,7 @@ def drift(pulled: dict) -> dict:
 @task.short_circuit
 def should_retrain(pulled: dict, drift_result: dict) -> bool:
     """True when the drift severity reaches the ``retrain_on`` Param; the verdict goes to trigger.json either way."""
-    from pipeline import cycle
+    from recsys_retrain import cycle
 
     verdict = cycle.should_retrain(pulled, drift_result, get_current_context()["params"].get("retrain_on"))
     print(verdict["reason"])
@@ -124,7 +124,7 @@ def should_retrain(pulled: dict, drift_result: dict) -> bool:
 @task
 def calibrate(pulled: dict, drift_result: dict) -> dict:
     """The SchedulePlan of this cycle (``plan.json`` in the cycle folder); None under ``schedule_policy=static``."""
-    from pipeline import cycle
+    from recsys_retrain import cycle
 
     plan = cycle.calibrate(pulled, drift_result, overrides=_overrides())
     return {"policy": plan["policy"], "plan": plan["plan"], "path": plan["path"]}
@@ -132,21 +132,21 @@ def calibrate(pulled: dict, drift_result: dict) -> dict:
 
 @task
 def train(pulled: dict, plan: dict) -> dict:
-    from pipeline import cycle
+    from recsys_retrain import cycle
 
     return cycle.train(pulled, overrides=_overrides(), plan=plan)
 
 
 @task
 def evaluate(pulled: dict, trained: dict) -> dict:
-    from pipeline import cycle
+    from recsys_retrain import cycle
 
     return cycle.evaluate(pulled, trained, overrides=_overrides())
 
 
 @task(**IO_RETRIES)
 def gate(pulled: dict, drift_result: dict, trained: dict, evaluated: dict) -> dict:
-    from pipeline import cycle
+    from recsys_retrain import cycle
 
     return cycle.gate(pulled, drift_result, trained, evaluated, overrides=_overrides())
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.data import RawData, bootstrap_feature_repo
+from recsys_retrain.data import RawData, bootstrap_feature_repo
 from tests.conftest import copy_feature_repo
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ import sys
 
 
 def main() -> None:
-    from pipeline import cycle
-    from pipeline.settings import Settings
+    from recsys_retrain import cycle
+    from recsys_retrain.settings import Settings
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit then fails the write (EFBIG), as a full disk does
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.data import RawData, bootstrap_feature_repo
-from pipeline.settings import Settings
+from recsys_retrain.data import RawData, bootstrap_feature_repo
+from recsys_retrain.settings import Settings
 from tests.conftest import copy_feature_repo
 
 # MovieLens-100K before SLICE_END (about 11,800 ratings) and the week before it as the window.
@@ -41,7 +41,7 @@ def write_slice(raw: RawData, repo: Path, end: str = SLICE_END) -> RawData:
 @pytest.fixture(scope="session")
 def pulled_template(movielens, tmp_path_factory) -> dict:
     """One validated cycle folder (history, window, catalogue) of the slice, made once for the suite."""
-    from pipeline import cycle
+    from recsys_retrain import cycle
 
     root = tmp_path_factory.mktemp("fault-world")
     write_slice(movielens, root / "features")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline import cycle, data
-from pipeline.errors import DataError, ValidationError
+from recsys_retrain import cycle, data
+from recsys_retrain.errors import DataError, ValidationError
 from tests.faults.conftest import SLICE_END, report, tiny_settings, write_slice
 
 NEXT_WEEK = ("1997-10-13", "1997-10-20")  # after the stored slice

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.train import init_process_group, load_checkpoint
+from recsys_retrain.train import init_process_group, load_checkpoint
 from tests.faults.conftest import copy_cycle, finish, report, tiny_settings, train_task, wait_for
 
 EPOCHS = 3

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.errors import PipelineError
-from pipeline.evaluate import evaluate
-from pipeline.schedule import SchedulePlan
-from pipeline.settings import TrainSettings
-from pipeline.train import Callback, load_checkpoint, train
+from recsys_retrain.errors import PipelineError
+from recsys_retrain.evaluate import evaluate
+from recsys_retrain.schedule import SchedulePlan
+from recsys_retrain.settings import TrainSettings
+from recsys_retrain.train import Callback, load_checkpoint, train
 from tests.faults.conftest import copy_cycle, report
 
 SETTINGS = TrainSettings(embedding_dim=8, batch_size=256, epochs=3, seed=0)

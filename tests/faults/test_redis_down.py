@@ -12,10 +12,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline import data
-from pipeline.data import RawData
-from pipeline.errors import PipelineError
-from pipeline.settings import DataSettings
+from recsys_retrain import data
+from recsys_retrain.data import RawData
+from recsys_retrain.errors import PipelineError
+from recsys_retrain.settings import DataSettings
 from tests.conftest import copy_feature_repo
 from tests.faults.conftest import report
 from tests.test_feast_prod import FIRST, SECOND, _events, prod_env, redis_db  # noqa: F401  # prod_env is a fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline import cycle, registry
+from recsys_retrain import cycle, registry
 from tests.faults.conftest import aliases, copy_cycle, read_json, report, tiny_settings, versions
 
 NO_DRIFT = {"severity": "none", "html": None, "json": None}

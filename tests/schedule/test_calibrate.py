@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.schedule import KnowledgeBase, Record, SchedulePlan, calibrate
-from pipeline.schedule.knowledge import features
-from pipeline.settings import ScheduleSettings, TrainSettings
+from recsys_retrain.schedule import KnowledgeBase, Record, SchedulePlan, calibrate
+from recsys_retrain.schedule.knowledge import features
+from recsys_retrain.settings import ScheduleSettings, TrainSettings
 
 DENSE = {"interactions": 80_000, "users": 900, "items": 1600, "density": 0.055, "gini": 0.6, "long_tail_share": 0.6}
 SPARSE = {**DENSE, "interactions": 20_000, "density": 0.014}

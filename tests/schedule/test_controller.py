@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from pipeline.schedule import AdaptiveScheduler, Components, SchedulePlan
-from pipeline.schedule.controller import as_reading, paired_gap, race_order
+from recsys_retrain.schedule import AdaptiveScheduler, Components, SchedulePlan
+from recsys_retrain.schedule.controller import as_reading, paired_gap, race_order
 
 PLAN = SchedulePlan(warmup_steps=4, max_epochs=50, decay="none", patience=2, improve_cycles=2, plateau_tol=0.01,
                     rollback_tol=0.05, cooldown=0, min_epochs=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.schedule.signals import SignalTracker
+from recsys_retrain.schedule.signals import SignalTracker
 
 
 def quadratic_steps(hessian: torch.Tensor, noise: float = 0.0, steps: int = 30, lr: float = 0.05, seed: int = 0):

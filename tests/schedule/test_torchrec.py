@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model import FeatureEncoder
-from pipeline.schedule import AdaptiveScheduler, Components, SchedulePlan
-from pipeline.schedule.resource import ResourceController
-from pipeline.settings import TrainSettings
-from pipeline.train import Callback, load_checkpoint, train
+from recsys_retrain.model import FeatureEncoder
+from recsys_retrain.schedule import AdaptiveScheduler, Components, SchedulePlan
+from recsys_retrain.schedule.resource import ResourceController
+from recsys_retrain.settings import TrainSettings
+from recsys_retrain.train import Callback, load_checkpoint, train
 from tests.test_train import CrashAfter, item_table, one_step, sharded_task, synthetic_world
 
 SETTINGS = TrainSettings(embedding_dim=8, batch_size=64, seed=0)
@@ -67,7 +67,7 @@ def genre_validation(history):
     holdout, _ = synthetic_world(seed=1)
 
     def validate(model) -> float:
-        from pipeline.evaluate import evaluate
+        from recsys_retrain.evaluate import evaluate
 
         return evaluate(model, history, holdout, k=5).ndcg
 
@@ -75,7 +75,7 @@ def genre_validation(history):
 
 
 def test_a_validate_callback_may_return_per_user_values(tmp_path):
-    from pipeline.evaluate import user_metrics
+    from recsys_retrain.evaluate import user_metrics
 
     history, catalogue = synthetic_world()
     holdout, _ = synthetic_world(seed=1)

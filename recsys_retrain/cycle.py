@@ -1,0 +1,506 @@
+"""The steps of one retraining cycle, in the shape Airflow tasks call them.
+
+A cycle covers one window ``[start, end)`` of fresh interactions. The model is
+trained on everything before ``start`` and judged on the window itself, the
+"next window" after its training data; the drift check compares the window with
+the week before it. Each step reads what the previous one wrote into the cycle's
+folder and returns a small JSON-able dict (paths, counts, decisions), never a
+dataframe, so the DAG passes only those between tasks. Re-running a step for the
+same window rewrites the same files and, in the registry, reuses the same version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from recsys_retrain.errors import PipelineError
+from recsys_retrain.settings import Settings, get_settings
+
+SEVERITY_ORDER = ("none", "minor", "major")
+DEFAULT_RETRAIN_ON = "minor"
+
+HISTORY_START = pd.Timestamp("1970-01-01", tz="UTC")
+Overrides = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CyclePaths:
+    """Where one cycle's files live; the window's dates name the folder."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, settings: Settings, start: str, end: str) -> CyclePaths:
+        name = f"{_ts(start):%Y%m%d}-{_ts(end):%Y%m%d}"
+        return cls(settings.runs_dir / name)
+
+    history = property(lambda self: self.root / "history.parquet")
+    holdout = property(lambda self: self.root / "holdout.parquet")
+    reference = property(lambda self: self.root / "reference.parquet")
+    catalogue = property(lambda self: self.root / "catalogue.parquet")
+    drift_dir = property(lambda self: self.root / "drift")
+    model_dir = property(lambda self: self.root / "model")
+    summary = property(lambda self: self.root / "summary.json")
+    profile = property(lambda self: self.root / "profile.json")
+    plan = property(lambda self: self.root / "plan.json")
+
+
+def _ts(value: str | datetime) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _write_json(payload: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def with_overrides(settings: Settings, overrides: Overrides | None) -> Settings:
+    """``settings`` with per-run overrides applied to its nested models, validated like the settings themselves.
+
+    ``overrides`` maps a section to field values, e.g. ``{"train": {"epochs": 4},
+    "gate": {"min_delta": 0.01}}`` (what a DAG run's Params become). An unknown
+    section or field, or a value its field rejects, raises PipelineError with one line.
+    """
+    if not overrides:
+        return settings
+    from pydantic import BaseModel, ValidationError
+
+    update = {}
+    for section, values in overrides.items():
+        current = getattr(settings, section, None)
+        if not isinstance(current, BaseModel) or not isinstance(values, dict):
+            sections = ", ".join(k for k, v in settings if isinstance(v, BaseModel))
+            raise PipelineError(f"override {section!r}: not a settings section with fields (one of: {sections})")
+        model = type(current)
+        unknown = sorted(set(values) - set(model.model_fields))
+        if unknown:
+            raise PipelineError(f"override {section}.{unknown[0]}: no such setting (fields: {', '.join(model.model_fields)})")
+        try:
+            update[section] = model.model_validate({**current.model_dump(), **values})
+        except ValidationError as err:
+            e = err.errors()[0]
+            field = ".".join(str(part) for part in (section, *e["loc"]))
+            raise PipelineError(f"override {field}={e['input']!r}: {e['msg']}") from None
+    return settings.model_copy(update=update)
+
+
+def window(
+    end: str | None = None, days: int = 7, settings: Settings | None = None, overrides: Overrides | None = None
+) -> dict[str, str]:
+    """The window ``[end - days, end)``; without ``end``, the one ending after the newest stored day.
+
+    What a data-aware DAG run checks when it has no data interval: the newest
+    ``days`` of interactions in the feature store (``end`` is the midnight after the
+    newest event, so the folder name is stable for a re-run on the same data).
+    """
+    from recsys_retrain import data
+
+    s = with_overrides(settings or get_settings(), overrides)
+    if days < 1:
+        raise PipelineError(f"window: days must be >= 1, got {days}")
+    if end is None:
+        events = data.read_events(s.feature_repo)
+        if events.empty:
+            raise PipelineError(f"window: no interactions stored in {s.feature_repo}; ingest some first")
+        t1 = events["timestamp"].max().floor("D") + timedelta(days=1)
+    else:
+        try:
+            t1 = _ts(end)
+        except (ValueError, TypeError):
+            raise PipelineError(f"window: end {end!r} is not a date or datetime") from None
+    return {"start": (t1 - timedelta(days=days)).isoformat(), "end": t1.isoformat()}
+
+
+def ingest(events: str, settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
+    """Appends a batch of events to the feature store; returns the counts and the newest window.
+
+    Re-ingesting the same batch adds nothing (``added`` is 0), so a retried task is harmless.
+    """
+    from recsys_retrain import data
+    from recsys_retrain.paths import user_path
+
+    s = with_overrides(settings or get_settings(), overrides)
+    result = data.ingest(user_path(events, s, "events"), s.feature_repo, s.data)
+    return {**result.to_dict(), **{f"window_{k}": v for k, v in window(settings=s).items()}}
+
+
+def pull(start: str, end: str, settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
+    """Pulls the training history, the window and the catalogue from the feature store."""
+    from recsys_retrain import data
+
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths.of(s, start, end)
+    t0, t1 = _ts(start), _ts(end)
+    history = data.pull_window(s.feature_repo, HISTORY_START, t0)
+    holdout = data.pull_window(s.feature_repo, t0, t1)
+    if holdout.empty:
+        raise PipelineError(f"window {start}..{end} holds no interactions in the feature store: nothing to evaluate or train on")
+    reference = history[history["timestamp"] >= t0 - timedelta(days=s.drift.reference_days)]
+    _write_parquet(history, p.history)
+    _write_parquet(holdout, p.holdout)
+    _write_parquet(reference, p.reference)
+    _write_parquet(data.item_catalogue(s.feature_repo, t0), p.catalogue)
+    return {
+        "run_dir": str(p.root),
+        "start": t0.isoformat(),
+        "end": t1.isoformat(),
+        "rows_history": len(history),
+        "rows_window": len(holdout),
+        "rows_reference": len(reference),
+    }
+
+
+def validate(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
+    """Validates history and window (bad rows go to quarantine files beside them) and profiles the window."""
+    from recsys_retrain import data
+    from recsys_retrain.profile import profile
+
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths(Path(pulled["run_dir"]))
+    counts = {}
+    for name, path in (("history", p.history), ("window", p.holdout), ("reference", p.reference)):
+        frame = pd.read_parquet(path)
+        clean = data.validate(frame, s.data, p.root / f"quarantine_{name}.parquet")
+        _write_parquet(clean, path)
+        counts[f"bad_{name}"] = len(frame) - len(clean)
+    prof = profile(pd.read_parquet(p.holdout), pd.read_parquet(p.reference), pulled["start"], pulled["end"])
+    _write_json(prof.to_dict(), p.profile)
+    return {**pulled, **counts, "profile": str(p.profile)}
+
+
+def drift(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
+    """Compares the window with the ``drift.reference_days`` before it on designed interaction signals.
+
+    With a loadable champion, its score distribution on both windows is one more
+    signal (prediction drift); without one the data signals decide alone.
+    """
+    from recsys_retrain import registry
+    from recsys_retrain.drift import champion_scorer, check_drift
+
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths(Path(pulled["run_dir"]))
+    scorer, current = None, registry.champion(s)
+    if current is not None:
+        model, _ = registry.try_load(s, current.version)
+        scorer = champion_scorer(model) if model is not None else None
+    report = check_drift(pd.read_parquet(p.reference), pd.read_parquet(p.holdout), p.drift_dir, s.drift, scorer)
+    return {
+        "severity": report.severity,
+        "drifted_share": report.drifted_share,
+        "html": report.html_path,
+        "json": report.json_path,
+        "drifted": list(report.drifted_signals),
+        "reason": report.reason,
+    }
+
+
+def calibrate(
+    pulled: dict[str, Any],
+    drift_result: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+    overrides: Overrides | None = None,
+) -> dict[str, Any]:
+    """The training schedule of this cycle, from the history's profile, the drift verdict and past runs.
+
+    Writes ``plan.json`` (with every reason) into the cycle folder and returns it; with
+    ``schedule.policy = "static"`` the plan is None and training uses the train section.
+    """
+    from recsys_retrain.profile import profile
+    from recsys_retrain.schedule import calibrate as make_plan
+
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths(Path(pulled["run_dir"]))
+    if s.schedule.policy == "static":
+        _write_json({"policy": "static", "plan": None}, p.plan)
+        return {"policy": "static", "plan": None, "path": str(p.plan)}
+    fit, _ = schedule_split(pd.read_parquet(p.history), s.schedule.validation_share)
+    prof = profile(fit).to_dict()
+    kb = knowledge_base(s) if s.schedule.knowledge_base else None
+    plan = make_plan(prof, drift_result, kb, s.schedule, s.train)
+    payload = {"policy": "adaptive", "plan": plan.to_dict(), "profile": prof, "kb_records": len(kb) if kb else 0}
+    _write_json(payload, p.plan)
+    return {**payload, "path": str(p.plan)}
+
+
+def knowledge_base(s: Settings):
+    """The scheduler's knowledge base of past runs, in this pipeline's MLflow."""
+    from recsys_retrain.schedule import KnowledgeBase
+
+    return KnowledgeBase(tracking_uri=s.mlflow_uri, experiment=f"{s.model_name}-schedule-kb", k=s.schedule.kb_neighbours)
+
+
+def schedule_split(history: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training part and the latest ``share`` of the history (by time), which steers the scheduler.
+
+    Validation rows are kept only for users and items seen in the training part, as
+    the evaluation does for the holdout.
+    """
+    cut = history["timestamp"].quantile(1 - share)
+    fit, later = history[history["timestamp"] <= cut], history[history["timestamp"] > cut]
+    later = later[later["user_id"].isin(fit["user_id"]) & later["item_id"].isin(fit["item_id"])]
+    return fit, later
+
+
+def train(
+    pulled: dict[str, Any],
+    settings: Settings | None = None,
+    overrides: Overrides | None = None,
+    plan: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Trains the challenger on the history; returns the checkpoint path, losses and trace path.
+
+    With an adaptive plan (the calibrate step's result), the latest part of the history
+    is held out to steer the AdaptiveScheduler (early stop, rollback, best weights),
+    and the run is added to the knowledge base. With ``train.processes > 1`` the run
+    is launched with torchrun.
+    """
+    from recsys_retrain.evaluate import user_metrics
+    from recsys_retrain.schedule import SchedulePlan
+    from recsys_retrain.train import train as train_model
+
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths(Path(pulled["run_dir"]))
+    history, catalogue = pd.read_parquet(p.history), pd.read_parquet(p.catalogue)
+    schedule = SchedulePlan.from_dict(plan["plan"]) if plan and plan.get("plan") else None
+    if schedule is None:
+        fit, later, validate = history, None, None
+    else:
+        fit, later = schedule_split(history, s.schedule.validation_share)
+        if later.empty:
+            fit, later = history, None
+        k = schedule.validation_k  # the plan's steering cut-off, deeper than the served one (see ScheduleSettings)
+        # per-user values: the rate probe compares candidates user by user; the metric is their mean
+        validate = (lambda model: user_metrics(model, fit, later, k).ndcg) if later is not None else None
+    if s.train.processes > 1:
+        from recsys_retrain.launch import train_distributed
+
+        extra, source = [], p.history
+        if schedule is not None:
+            source, val_path = p.root / "schedule_fit.parquet", p.root / "schedule_validation.parquet"
+            _write_parquet(fit, source)
+            extra = ["--plan", str(p.plan)]
+            if later is not None:
+                _write_parquet(later, val_path)
+                extra += ["--validation", str(val_path)]
+        result = train_distributed(source, p.catalogue, p.model_dir, s, extra_args=extra)
+    else:
+        result = train_model(fit, catalogue, p.model_dir, s.train, progress=False, validate=validate, plan=schedule)
+    if schedule is not None and s.schedule.knowledge_base and result.best_validation is not None:
+        remember(s, plan, result)
+    return result.to_dict()
+
+
+def remember(s: Settings, plan: dict[str, Any], result) -> None:
+    """Adds a finished adaptive run to the knowledge base (profile features -> converged rates -> outcome)."""
+    from recsys_retrain.schedule.knowledge import Record, explore_rates, features
+
+    rates = explore_rates(json.loads(Path(result.trace).read_text()))
+    if rates is None:
+        return
+    record = Record(
+        features(plan.get("profile", {})), rates[0], rates[1], best_epoch=int(result.best_epoch),
+        epochs=len(result.epoch_losses), validation=float(result.best_validation), regime=Path(result.checkpoint).parent.parent.name,
+    )
+    knowledge_base(s).add(record)
+
+
+def evaluate(
+    pulled: dict[str, Any], trained: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None
+) -> dict[str, Any]:
+    """Scores challenger and current champion per user, on the same window with the same exclusions.
+
+    The per-user vectors go to a file in the cycle folder (the gate's bootstrap needs
+    them); the XCom carries the means and the champion that was judged.
+    """
+    from recsys_retrain import gate, registry
+    from recsys_retrain.train import load_checkpoint
+
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths(Path(pulled["run_dir"]))
+    history, holdout = pd.read_parquet(p.history), pd.read_parquet(p.holdout)
+    k, head = s.eval.k, s.gate.head_share
+    challenger = gate.user_metrics(load_checkpoint(Path(trained["checkpoint"])), history, holdout, k, head)
+    champion, champion_error, current = None, None, registry.champion(s)
+    if current is not None:
+        trained_until = _ts(current.window.split("/")[0])
+        if trained_until > _ts(pulled["start"]):
+            raise PipelineError(
+                f"champion v{current.version} was trained on data up to {trained_until.date()}, after this "
+                f"window's start {_ts(pulled['start']).date()}: it cannot be judged on this window"
+            )
+        model, champion_error = registry.try_load(s, current.version)
+        if model is not None:
+            champion = gate.user_metrics(model, history, holdout, k, head)
+    path = p.root / "per_user_metrics.json"
+    _write_json({"challenger": challenger.to_dict(), "champion": champion.to_dict() if champion else None}, path)
+    return {
+        "per_user": str(path),
+        "challenger": challenger.metrics,
+        "champion": champion.metrics if champion else None,
+        "champion_version": current.version if current else None,
+        "champion_error": champion_error,
+    }
+
+
+def gate(
+    pulled: dict[str, Any],
+    drift_result: dict[str, Any],
+    trained: dict[str, Any],
+    evaluated: dict[str, Any],
+    settings: Settings | None = None,
+    overrides: Overrides | None = None,
+) -> dict[str, Any]:
+    """Registers the challenger, runs the significance gate and moves the aliases; writes summary.json.
+
+    The champion is the one evaluated before registering, so a retried gate task
+    repeats the same decision instead of comparing the challenger with itself.
+    """
+    from recsys_retrain import gate as gating
+    from recsys_retrain import registry
+    from recsys_retrain.model import FEATURE_SERVICE
+    from recsys_retrain.train import load_checkpoint
+
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths(Path(pulled["run_dir"]))
+    window = f"{pulled['start']}/{pulled['end']}"
+    drift_files = (("drift.html", "html"), ("drift.json", "json"))
+    artifacts = {name: Path(drift_result[key]) for name, key in drift_files if drift_result[key]}
+    artifacts["profile.json"] = p.profile
+    for name, path in (("plan.json", p.plan), ("trace.json", Path(trained["trace"]) if trained.get("trace") else None)):
+        if path is not None and path.exists():
+            artifacts[name] = path
+    trace = json.loads(artifacts["trace.json"].read_text()) if "trace.json" in artifacts else None
+    if trace is not None:
+        from recsys_retrain.schedule.plot import curves
+
+        artifacts["curves.png"] = curves(trace, p.model_dir / "curves.png")
+    candidate = registry.log_candidate(
+        load_checkpoint(Path(trained["checkpoint"])),
+        settings=s,
+        window=window,
+        params={**s.train.model_dump(), "rows_history": pulled["rows_history"], **schedule_params(p.plan)},
+        metrics={
+            **evaluated["challenger"],
+            "train_seconds": trained["seconds"],
+            "final_loss": trained["epoch_losses"][-1],
+            "epochs_run": len(trained["epoch_losses"]),
+            **schedule_metrics(trained),
+        },
+        artifacts=artifacts,
+        tags={"drift.severity": drift_result["severity"], "window": window, "feature_service": FEATURE_SERVICE},
+    )
+    if trace is not None:
+        from recsys_retrain.schedule.plot import log_to_mlflow
+
+        log_to_mlflow(trace, candidate.run_id, s.mlflow_uri)
+    per_user = json.loads(Path(evaluated["per_user"]).read_text())
+    model, load_error = registry.try_load(s, candidate.version)  # the registered artifact, not the checkpoint
+    decision = gating.decide(
+        gating.UserEval.from_dict(per_user["challenger"]) if model is not None else None,
+        gating.UserEval.from_dict(per_user["champion"]) if per_user["champion"] else None,
+        s.gate,
+        challenger_version=candidate.version,
+        champion_version=evaluated["champion_version"],
+        window=window,
+        load_error=load_error,
+        champion_error=evaluated.get("champion_error"),
+        reverted_on=registry.reverted_on(s, candidate.version),
+    )
+    promoted = registry.apply_decision(decision, s, actor="gate")
+    summary = {
+        "window": window,
+        "rows_window": pulled["rows_window"],
+        "drift": drift_result["severity"],
+        "challenger_ndcg": decision.challenger_value,
+        "champion_ndcg": decision.champion_value,
+        "ci": [decision.ci_low, decision.ci_high],
+        "version": candidate.version,
+        "promoted": promoted,
+        "reason": decision.reason,
+    }
+    _write_json(summary, p.summary)
+    return summary
+
+
+def schedule_params(plan_path: Path) -> dict[str, Any]:
+    """The plan's values as run parameters (``schedule.*``), so runs can be compared by schedule in MLflow."""
+    if not plan_path.exists():
+        return {"schedule.policy": "static"}
+    payload = json.loads(plan_path.read_text())
+    plan = payload.get("plan") or {}
+    keep = ("dense_lr", "sparse_lr", "batch_size", "max_epochs", "warmup_steps", "decay", "decay_floor", "source")
+    return {"schedule.policy": payload.get("policy", "static"), **{f"schedule.{k}": plan[k] for k in keep if k in plan}}
+
+
+def schedule_metrics(trained: dict[str, Any]) -> dict[str, float]:
+    """Scheduler outcome of the run: events, rollbacks, best validation and its epoch."""
+    if not trained.get("trace") or not Path(trained["trace"]).exists():
+        return {}
+    trace = json.loads(Path(trained["trace"]).read_text())
+    out = {"scheduler_events": float(len(trace["events"]))}
+    out["scheduler_rollbacks"] = float(sum(e["action"] == "rollback" for e in trace["events"]))
+    if trained.get("best_validation") is not None:
+        out["best_validation_ndcg"] = float(trained["best_validation"])
+        out["best_epoch"] = float(trained["best_epoch"])
+    return out
+
+
+def should_retrain(
+    pulled: dict[str, Any],
+    drift_result: dict[str, Any],
+    retrain_on: str | None = None,
+) -> dict[str, Any]:
+    """Whether the drift verdict reaches the trigger level; records it as ``trigger.json`` in the cycle folder.
+
+    ``retrain_on`` is the lowest severity that triggers a retrain ("minor" or "major";
+    default "minor"). The verdict is written either way, so a stopped run still says why.
+    """
+    level = retrain_on or DEFAULT_RETRAIN_ON
+    if level not in SEVERITY_ORDER[1:]:
+        raise PipelineError(f"retrain_on must be one of {', '.join(SEVERITY_ORDER[1:])}, got {level!r}")
+    severity = drift_result["severity"]
+    retrain = SEVERITY_ORDER.index(severity) >= SEVERITY_ORDER.index(level)
+    verdict = {
+        "window": f"{pulled['start']}/{pulled['end']}",
+        "severity": severity,
+        "retrain_on": level,
+        "retrain": retrain,
+        "reason": f"drift {severity} {'reaches' if retrain else 'is below'} the trigger level {level}: {drift_result['reason']}",
+    }
+    _write_json(verdict, CyclePaths(Path(pulled["run_dir"])).root / "trigger.json")
+    return verdict
+
+
+def monitor(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
+    """Runs the auto-revert monitor on the cycle's window: champion vs previous, revert after enough worse windows.
+
+    Reads the history and window the pull (and validate) steps wrote; records the
+    RevertDecision as ``monitor.json`` in the cycle folder and returns it as a dict.
+    Idempotent per window (see ``recsys_retrain.monitor.check_window``).
+    """
+    from recsys_retrain.monitor import check_window
+
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths(Path(pulled["run_dir"]))
+    window_id = f"{pulled['start']}/{pulled['end']}"
+    decision = check_window(s, pd.read_parquet(p.history), pd.read_parquet(p.holdout), window_id)
+    result = {"window": window_id, **decision.to_dict()}
+    _write_json(result, p.root / "monitor.json")
+    return result

@@ -1,0 +1,401 @@
+"""Writing the Feast repository: ``bootstrap_feature_repo`` (everything, from scratch)
+and ``ingest`` (one batch: validate, de-duplicate, recompute the affected feature rows,
+append, materialize to the online store).
+
+Derived tables are written before the log partitions, each file atomically: if a run
+dies half-way, re-running the same batch finds its events not yet stored and writes
+the same tables again. One ingest at a time per repository (a file lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import os
+import shutil
+import sys
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import pandas as pd
+
+from recsys_retrain.data import features as F
+from recsys_retrain.data.features import TS
+from recsys_retrain.data.load import RawData, _normalise_items, _normalise_users, _one_line, read_log
+from recsys_retrain.data.store import LOG, PROFILES, STATS, _offline_kind, _require_repo, _store, read_events
+from recsys_retrain.data.validation import check_events, to_parquet, write_atomic, write_quarantine
+from recsys_retrain.errors import DataError, PipelineError, ValidationError
+from recsys_retrain.settings import DataSettings
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one ``ingest`` call did; ``added == 0`` means nothing was written."""
+
+    rows: int
+    added: int
+    already_stored: int
+    quarantined: int
+    quarantine_path: str | None
+    days: int
+    recomputed_from: str | None
+    materialized_to: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IngestResult:
+        return cls(**d)
+
+
+def bootstrap_feature_repo(raw: RawData, repo: Path, materialize: bool = False) -> None:
+    """Write every source under ``repo/data`` from scratch and register the definitions.
+
+    Everything is written into a staging folder first and moved into place only after
+    all of it was written, so a failure leaves the previous sources intact. Same data,
+    same files. ``materialize=True`` also fills the online store (``ingest`` always does).
+    """
+    repo = Path(repo).resolve()
+    if raw.interactions.empty:
+        raise DataError("interactions: no events to build features from")
+    inter = raw.interactions
+    origin = inter["timestamp"].min().floor("D")
+    users = _side(raw.users, ["user_id", "age", "gender", "occupation"], _normalise_users, "user")
+    items = _side(raw.items, ["item_id", "genres", "release_year"], _normalise_items, "item")
+    tables = {
+        "user_profile": F.profile_table(_ids(inter["user_id"], users["user_id"]), users, "user_id", F.USER_PROFILE, origin),
+        "item_profile": F.profile_table(_ids(inter["item_id"], items["item_id"]), items, "item_id", F.ITEM_PROFILE, origin),
+        **F.stats_tables(inter),
+    }
+    data = repo / "data"
+    staging = data / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for name, df in tables.items():
+            to_parquet(df, _mkdir(staging) / f"{name}.parquet", f"{name}.parquet")
+        _write_days(_log_frame(inter), staging / LOG)
+        for name in tables:
+            os.replace(staging / f"{name}.parquet", data / f"{name}.parquet")
+        old = data / f".{LOG}.old-{os.getpid()}"
+        if (data / LOG).exists():
+            os.replace(data / LOG, old)
+        os.replace(staging / LOG, data / LOG)
+        shutil.rmtree(old, ignore_errors=True)
+        (data / f"{LOG}.parquet").unlink(missing_ok=True)  # the single-file log of earlier versions
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _apply(repo)
+    _publish(repo, [*tables, LOG])
+    if materialize:
+        _materialize(repo, origin, tables)
+
+
+def ingest(
+    events: pd.DataFrame | Path | str,
+    repo: Path,
+    settings: DataSettings | None = None,
+    *,
+    materialize: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> IngestResult:
+    """Append a batch of events, update the affected feature rows, fill the online store.
+
+    ``events``: a dataframe or a .parquet/.csv file with user_id, item_id, timestamp
+    [, rating], values as the producer wrote them. Rows failing validation go to
+    ``data/quarantine/batch-<hash>.parquet`` with a reason; if their share exceeds
+    ``settings.max_bad_share`` the whole batch is quarantined (nothing is ingested) and
+    ValidationError says why. Events already stored (same user, item, timestamp) are
+    skipped, so re-ingesting a batch changes nothing. Feature rows stamped from the
+    batch's first day on are recomputed; earlier rows are kept as they are.
+    """
+    repo = Path(repo).resolve()
+    _require_repo(repo)
+    with _lock(repo):
+        return _ingest(events, repo, settings or DataSettings(), materialize, progress or (lambda _name: None))
+
+
+def _ingest(events, repo: Path, settings: DataSettings, materialize: bool, step) -> IngestResult:
+    raw = read_log(Path(events)) if isinstance(events, (str, Path)) else events
+    step("validate")
+    clean, bad = check_events(raw, settings, name=Path(events).name if isinstance(events, (str, Path)) else "batch")
+    qpath = repo / "data" / "quarantine" / f"batch-{_batch_id(raw)}.parquet"
+    if len(bad):
+        _quarantine_batch(raw, clean, bad, qpath, settings)
+    step("deduplicate")
+    days = sorted(clean["timestamp"].dt.strftime("%Y-%m-%d").unique().tolist())
+    stored = read_events(repo, days=days)
+    new = _anti_join(clean, stored)
+    result = dict(
+        rows=len(raw), added=len(new), already_stored=len(clean) - len(new), quarantined=len(bad),
+        quarantine_path=str(qpath) if len(bad) else None, days=len(days), recomputed_from=None, materialized_to=None,
+    )
+    if new.empty:
+        since = _online_lag(repo) if materialize else None
+        if since is not None:  # an earlier attempt stored the rows but could not fill the online store
+            step("materialize")
+            result["materialized_to"] = _materialize_with_retries(repo, since, {}, settings, 0).isoformat()
+        step("done")
+        return IngestResult(**result)
+    step("features")
+    since = new["timestamp"].min().floor("D")
+    everything = pd.concat([read_events(repo), new], ignore_index=True)
+    tables = _updated_tables(repo, everything, new, since)
+    for name, df in tables.items():
+        write_atomic(df, repo / "data" / f"{name}.parquet")
+    step("append")
+    touched = new["timestamp"].dt.floor("D").unique()
+    day_rows = everything[everything["timestamp"].dt.floor("D").isin(touched)]
+    _write_days(_log_frame(day_rows), repo / "data" / LOG)
+    if _offline_kind(repo) != "file" or not (repo / "data" / "registry.db").exists():
+        _apply(repo)
+    _publish(repo, [*tables, LOG])
+    result["recomputed_from"] = since.isoformat()
+    if materialize:
+        step("materialize")
+        result["materialized_to"] = _materialize_with_retries(repo, since, tables, settings, len(new)).isoformat()
+    step("done")
+    return IngestResult(**result)
+
+
+INGEST_STEPS = ("validate", "deduplicate", "features", "append", "materialize", "done")
+
+
+def split_batches(raw: pd.DataFrame, days: int) -> list[pd.DataFrame]:
+    """Split a raw log into consecutive batches of ``days`` days each, for ``ingest`` one by one.
+
+    Rows whose timestamp does not parse travel with the first batch (to its quarantine).
+    """
+    from recsys_retrain.data.validation import _as_ts
+
+    if raw.empty or days <= 0:
+        return [raw]
+    ts = _as_ts(raw["timestamp"].reset_index(drop=True))
+    start = ts.min().floor("D")
+    key = ((ts - start) // pd.Timedelta(days=days)).fillna(-1).clip(lower=0).astype("int64")
+    return [part for _, part in raw.reset_index(drop=True).groupby(key.to_numpy(), sort=True)]
+
+
+def quarantined(repo: Path) -> pd.DataFrame:
+    """Every row ingest has quarantined, values as written (text), with ``reason`` and ``batch``."""
+    files = sorted((Path(repo) / "data" / "quarantine").glob("batch-*.parquet"))
+    frames = [pd.read_parquet(p).assign(batch=p.stem) for p in files]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["reason", "batch"])
+
+
+def _updated_tables(repo: Path, everything: pd.DataFrame, new: pd.DataFrame, since: pd.Timestamp) -> dict:
+    """Stats rows from ``since`` on replace the stored ones; profiles gain new ids."""
+    data = repo / "data"
+    origin = everything["timestamp"].min().floor("D")
+    out = {}
+    for name, rows in F.stats_tables(everything, since=since).items():
+        path = data / f"{name}.parquet"
+        kept = pd.read_parquet(path, filters=[(TS, "<", since)]) if path.exists() else rows.iloc[:0]
+        key = STATS[name]
+        out[name] = pd.concat([kept, rows], ignore_index=True).sort_values([key, TS], kind="stable").reset_index(drop=True)
+    for name, (key, cols) in PROFILES.items():
+        path = data / f"{name}.parquet"
+        old = pd.read_parquet(path) if path.exists() else F.profile_table(pd.Series([], dtype="int64"), pd.DataFrame(columns=[key]), key, cols, origin)
+        fresh = sorted(set(new[key].tolist()) - set(old[key].tolist()))
+        if fresh or old.empty or (old[TS] != origin).any():
+            added = F.profile_table(pd.Series(fresh, dtype="int64"), pd.DataFrame(columns=[key]), key, cols, origin)
+            out[name] = pd.concat([old.assign(**{TS: origin}), added], ignore_index=True).sort_values(key).reset_index(drop=True)
+    return out
+
+
+def _materialize_with_retries(repo: Path, since: pd.Timestamp, tables: dict, settings: DataSettings, added: int):
+    """``_materialize`` with backoff; then one line saying the offline rows are safe and how to finish.
+
+    The offline tables are written before this runs, so a failure here loses nothing:
+    the next ingest of any batch (the task's retry included) finds the online store
+    behind the offline data and materializes the difference.
+    """
+    import time
+
+    delay = settings.online_backoff_s
+    for attempt in range(1, settings.online_retries + 1):
+        try:
+            return _materialize(repo, since, tables)
+        except Exception as exc:  # Redis, PostgreSQL and Feast raise many types for an unreachable store
+            if attempt == settings.online_retries:
+                raise PipelineError(
+                    f"online store: materialization failed after {attempt} attempts ({_one_line(exc)}); "
+                    f"the {added} new rows are stored offline, re-run the ingest to fill the online store"
+                ) from None
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")  # nosec B101  # the loop returns or raises
+
+
+def _online_lag(repo: Path) -> pd.Timestamp | None:
+    """The day the online store's stats views stop, when that is before the newest offline row; else None."""
+    store = _store(repo)
+    newest = max(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].max() for n in STATS)
+    ends = [store.get_feature_view(n).most_recent_end_time for n in STATS]
+    if any(e is None for e in ends):
+        return min(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].min() for n in STATS).floor("D")
+    reached = min(pd.Timestamp(e) if pd.Timestamp(e).tzinfo else pd.Timestamp(e, tz="UTC") for e in ends)
+    return reached.floor("D") if reached <= newest else None
+
+
+def _materialize(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Timestamp:
+    """Online store up to the newest feature row: incremental when the batch only adds days.
+
+    Feast's ``materialize_incremental`` starts where the last run ended (or a year
+    before now, with ttl 0, the first time). A batch reaching back before that (late
+    events, new entities' profiles) gets an explicit ``materialize`` from its first day.
+    """
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):  # Feast prints progress bars
+        return _materialize_quietly(repo, since, tables)
+
+
+def _materialize_quietly(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Timestamp:
+    store = _store(repo)
+    end = max(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].max() for n in STATS)
+    end = (end + pd.Timedelta(seconds=1)).to_pydatetime()
+    stats = list(STATS)
+    ends = [store.get_feature_view(n).most_recent_end_time for n in stats]
+    if all(e is not None and pd.Timestamp(e) <= since + F.DAY for e in ends):
+        store.materialize_incremental(end_date=end, feature_views=stats)
+    else:
+        store.materialize(since.to_pydatetime(), end, feature_views=stats)
+    profiles = [n for n in PROFILES if n in tables or store.get_feature_view(n).most_recent_end_time is None]
+    if profiles:
+        origin = min(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].min() for n in profiles)
+        store.materialize(origin.to_pydatetime(), end, feature_views=profiles)
+    return pd.Timestamp(end)
+
+
+@contextmanager
+def _lock(repo: Path) -> Iterator[None]:
+    """One writer at a time per repository (an overlapping task retry waits its turn)."""
+    import fcntl
+
+    path = _mkdir(repo / "data") / ".ingest.lock"
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _publish(repo: Path, names: Iterable[str]) -> None:
+    """Production: replace the named offline tables in PostgreSQL with the repo's local copies.
+
+    The parquet files under ``data/`` stay the source of truth that ``ingest`` updates;
+    a non-file offline store (``feature_store.prod.yaml``) receives a copy of each
+    changed table, which Feast's historical retrieval and materialization then read.
+    """
+    if _offline_kind(repo) != "postgres":
+        return
+    from feast.infra.utils.postgres.connection_utils import _df_to_create_table_sql, _get_conn
+
+    config = _store(repo).config.offline_store
+    with _get_conn(config) as conn, conn.cursor() as cur:
+        for name in names:
+            if name == LOG:
+                df = read_events(repo).rename(columns={"timestamp": TS})
+            else:
+                df = pd.read_parquet(repo / "data" / f"{name}.parquet")
+            cur.execute(f'DROP TABLE IF EXISTS "{name}"')
+            cur.execute(_df_to_create_table_sql(df, name))
+            columns = ", ".join(f'"{c}"' for c in df.columns)
+            with cur.copy(f'COPY "{name}" ({columns}) FROM STDIN') as copy:
+                for row in df.astype(object).itertuples(index=False):
+                    copy.write_row(row)
+            cur.execute(f'CREATE INDEX ON "{name}" ("{TS}")')
+
+
+def _quarantine_batch(raw, clean, bad, qpath: Path, settings: DataSettings) -> None:
+    share = len(bad) / max(len(raw), 1)
+    if share <= settings.max_bad_share:
+        write_quarantine(bad, qpath)
+        return
+    examples = "; ".join(f"row {i}: {r}" for i, r in bad["reason"].head(3).items())
+    message = (
+        f"batch: {len(bad)} of {len(raw)} rows bad ({share:.1%} > max_bad_share {settings.max_bad_share:.1%}), "
+        f"e.g. {examples}; nothing ingested, the whole batch is quarantined to {qpath}"
+    )
+    rest = raw.reset_index(drop=True).drop(index=bad.index).assign(reason="batch rejected: too many bad rows")
+    write_quarantine(pd.concat([bad, rest]).sort_index(), qpath)
+    raise ValidationError(message)
+
+
+def _batch_id(raw: pd.DataFrame) -> str:
+    digest = pd.util.hash_pandas_object(raw.astype(str), index=False).to_numpy().tobytes()
+    return hashlib.sha1(digest, usedforsecurity=False).hexdigest()[:16]  # a file name, not a secret
+
+
+def _anti_join(batch: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFrame:
+    keys = ["user_id", "item_id", "timestamp"]
+    merged = batch.merge(stored[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    return merged[merged["_merge"] == "left_only"].drop(columns="_merge").reset_index(drop=True)
+
+
+def _log_frame(inter: pd.DataFrame) -> pd.DataFrame:
+    events = inter[["user_id", "item_id", "timestamp", "rating"]].rename(columns={"timestamp": TS})
+    return events.sort_values([TS, "user_id", "item_id"], kind="stable").reset_index(drop=True)
+
+
+def _write_days(events: pd.DataFrame, root: Path) -> None:
+    """One parquet file per UTC day, each written atomically."""
+    for day, part in events.groupby(events[TS].dt.strftime("%Y-%m-%d"), sort=True):
+        path = root / f"day={day}" / "part-0.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".part-0.parquet.tmp-{os.getpid()}")
+        try:
+            to_parquet(part.reset_index(drop=True), tmp, f"{LOG}/day={day}")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _side(df: pd.DataFrame, columns: list[str], normalise, what: str) -> pd.DataFrame:
+    """A generic log has no side tables; callers may pass them empty and without columns."""
+    df = normalise(pd.DataFrame(columns=columns), "side table") if df.empty else df
+    return df.rename(columns={c: f"{what}_{c}" for c in columns[1:]})
+
+
+def _ids(*columns: pd.Series) -> pd.Series:
+    return pd.Series(sorted(set().union(*(set(c.tolist()) for c in columns))), dtype="int64")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _apply(repo: Path) -> None:
+    """Register the repo's Feast objects, as ``feast apply`` would (without deleting)."""
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+
+    kinds = (Entity, DataSource, FeatureView, FeatureService)
+    with _definitions(repo) as modules:
+        objects = {(type(o).__name__, o.name): o for m in modules for o in vars(m).values() if isinstance(o, kinds)}
+    _store(repo, check=False).apply(list(objects.values()))
+
+
+@contextmanager
+def _definitions(repo: Path) -> Iterator[list]:
+    """Import the repo's definition files the way ``feast apply`` does (repo on sys.path).
+
+    The plain module names (``entities``, ``feature_views``...) are removed again
+    afterwards, so that another copy of the repository imports its own files.
+    """
+    names = sorted(p.stem for p in repo.glob("*.py") if p.name != "__init__.py")
+    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
+    sys.path.insert(0, str(repo))
+    try:
+        yield [importlib.import_module(n) for n in names]
+    except Exception as exc:
+        raise DataError(f"{repo.name}: feature definitions do not import ({_one_line(exc)})") from None
+    finally:
+        sys.path.remove(str(repo))
+        for n in names:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)

@@ -1,0 +1,188 @@
+"""The Feast repository: its layout, and reading windows and features from it.
+
+Layout under ``<repo>/data`` (the paths ``features/data_sources.py`` names):
+``interactions/day=YYYY-MM-DD/part-0.parquet`` (the event log, one partition per UTC
+day), ``{user,item}_profile.parquet`` (static attributes) and ``{user,item}_stats.parquet``
+(the daily grid of rolling features, see ``recsys_retrain.data.features``), ``quarantine/``.
+Writing is ``recsys_retrain.data.ingest``.
+
+Reading: with the file offline store, ``pull_window`` reads the partitions of the
+window and joins the feature rows itself (an as-of join: the latest row at or before
+each event, as Feast's ``get_historical_features`` does); Feast's file store takes
+seconds and gigabytes for the same join on a full history. Any other offline store
+(PostgreSQL in production) goes through ``get_historical_features``. Both give the
+same rows; ``tests/test_data.py`` checks that.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from recsys_retrain.data import features as F
+from recsys_retrain.data.features import TS
+from recsys_retrain.errors import DataError
+
+FEATURE_SERVICE = "two_tower_v2"  # the newest service: every feature below
+FEATURE_ENV = "RETRAIN_FEATURE_ENV"  # "prod" selects feature_store.prod.yaml and its sources
+PROFILES = {"user_profile": ("user_id", F.USER_PROFILE), "item_profile": ("item_id", F.ITEM_PROFILE)}
+STATS = {"user_stats": "user_id", "item_stats": "item_id"}
+LOG = "interactions"
+
+
+def read_events(repo: Path, t0=None, t1=None, days: Iterable[str] | None = None) -> pd.DataFrame:
+    """Stored events (user_id, item_id, timestamp, rating) with t0 <= timestamp < t1 or on ``days``."""
+    import pyarrow.dataset as ds
+
+    root = Path(repo) / "data" / LOG
+    columns = {"user_id": "int64", "item_id": "int64", "timestamp": "datetime64[ns, UTC]", "rating": "float64"}
+    if not root.exists():
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
+    part = ds.partitioning(pa_schema(), flavor="hive")
+    dataset = ds.dataset(root, format="parquet", partitioning=part, exclude_invalid_files=False)
+    expr = None
+    if days is not None:
+        expr = ds.field("day").isin(list(days))
+    if t0 is not None:
+        lo, hi = _utc(t0), _utc(t1)
+        expr = (ds.field("day") >= f"{lo:%Y-%m-%d}") & (ds.field("day") <= f"{hi:%Y-%m-%d}")
+        expr = expr & (ds.field(TS) >= lo) & (ds.field(TS) < hi)
+    table = dataset.to_table(columns=["user_id", "item_id", TS, "rating"], filter=expr)
+    df = table.to_pandas().rename(columns={TS: "timestamp"})
+    return df.astype(columns).sort_values(["timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+
+
+def pa_schema():
+    import pyarrow as pa
+
+    return pa.schema([("day", pa.string())])
+
+
+def pull_window(repo: Path, t0: datetime | str, t1: datetime | str, service: str | None = None) -> pd.DataFrame:
+    """Interactions with t0 <= timestamp < t1 and the features each event could have seen.
+
+    Columns: ``WINDOW_COLUMNS`` (every feature), or only the features of the named
+    feature service (``two_tower_v1``...), in the same order.
+    """
+    repo = Path(repo).resolve()
+    _require_repo(repo, bootstrapped=True)
+    columns = _service_columns(repo, service)
+    events = read_events(repo, t0, t1)
+    if events.empty:
+        return F.typed(pd.DataFrame(columns=columns))
+    if _offline_kind(repo) == "file":
+        out = events.rename(columns={"timestamp": TS})
+        for key in ("user_id", "item_id"):
+            out = _as_of_join(repo, out, key, _utc(t1))
+    else:
+        out = events.rename(columns={"timestamp": TS})
+        for key in ("user_id", "item_id"):
+            out = out.merge(feast_point_in_time(_store(repo), out[[key, TS]], key), on=[key, TS], how="left")
+    out = out.rename(columns={TS: "timestamp"}).sort_values(["timestamp", "user_id", "item_id"], kind="stable")
+    return F.typed(out.reindex(columns=columns))
+
+
+def item_catalogue(repo: Path, as_of: datetime | str) -> pd.DataFrame:
+    """Every catalogue item with its features as of ``as_of`` (the candidates to rank)."""
+    repo = Path(repo).resolve()
+    _require_repo(repo, bootstrapped=True)
+    ids = pd.read_parquet(repo / "data" / "item_profile.parquet", columns=["item_id"])["item_id"]
+    return _as_of(repo, "item_id", ids, as_of, F.ITEM_COLUMNS)
+
+
+def user_features(repo: Path, user_ids: Iterable[int], as_of: datetime | str) -> pd.DataFrame:
+    """Features of the given users as of ``as_of``; unknown users get the defaults."""
+    repo = Path(repo).resolve()
+    _require_repo(repo, bootstrapped=True)
+    return _as_of(repo, "user_id", pd.Series(list(user_ids), dtype="int64"), as_of, F.USER_COLUMNS)
+
+
+def _as_of(repo: Path, key: str, ids: pd.Series, as_of, columns: list[str]) -> pd.DataFrame:
+    ids = pd.Series(sorted(set(ids.tolist())), dtype="int64")
+    if ids.empty:
+        return F.typed(pd.DataFrame(columns=columns))
+    rows = pd.DataFrame({key: ids, TS: _utc(as_of)})
+    if _offline_kind(repo) == "file":
+        feats = _as_of_join(repo, rows, key, _utc(as_of) + pd.Timedelta(microseconds=1))
+    else:
+        feats = rows.merge(feast_point_in_time(_store(repo), rows, key), on=[key, TS], how="left")
+    return F.typed(feats.drop(columns=[TS]).reindex(columns=columns))
+
+
+def _as_of_join(repo: Path, rows: pd.DataFrame, key: str, until: pd.Timestamp) -> pd.DataFrame:
+    """Each row gets the latest profile and stats row of its entity stamped at or before it."""
+    entity = key.removesuffix("_id")
+    rows = rows.astype({TS: "datetime64[ns, UTC]"}).sort_values(TS, kind="stable")
+    for view in (f"{entity}_profile", f"{entity}_stats"):
+        table = pd.read_parquet(repo / "data" / f"{view}.parquet", filters=[(TS, "<", until)])
+        table = table.astype({TS: "datetime64[ns, UTC]"}).sort_values(TS, kind="stable")
+        rows = pd.merge_asof(rows, table, on=TS, by=key, direction="backward", allow_exact_matches=True)
+    return rows
+
+
+def feast_point_in_time(store, rows: pd.DataFrame, key: str, service: str = FEATURE_SERVICE) -> pd.DataFrame:
+    """One entity's service features for each distinct (key, timestamp): Feast's as-of join.
+
+    Users and items are queried apart because Feast's file store keeps one result per
+    (join keys of the requested views, timestamp): in one query, two same-second events
+    of a user with different items would collapse into one row (feast-dev/feast#6787).
+    It also drops a row whose key has only later feature rows; callers merge back onto
+    their own keys, so such rows get the defaults instead of vanishing.
+    """
+    prefix = key.removesuffix("_id") + "_"
+    refs = [
+        f"{p.name_to_use()}:{f.name}"
+        for p in store.get_feature_service(service).feature_view_projections
+        for f in p.features
+        if f.name.startswith(prefix)
+    ]
+    out = store.get_historical_features(entity_df=rows.drop_duplicates(), features=refs).to_df()
+    return out.assign(**{TS: pd.to_datetime(out[TS], utc=True).astype("datetime64[ns, UTC]")})  # PostgreSQL: naive UTC
+
+
+def _service_columns(repo: Path, service: str | None) -> list[str]:
+    if service is None:
+        return F.WINDOW_COLUMNS
+    names = {f.name for p in _store(repo).get_feature_service(service).feature_view_projections for f in p.features}
+    return [c for c in F.WINDOW_COLUMNS if c in ("user_id", "item_id", "timestamp", "rating") or c in names]
+
+
+def _yaml(repo: Path) -> Path:
+    prod = os.environ.get(FEATURE_ENV, "local") == "prod"
+    return Path(repo) / ("feature_store.prod.yaml" if prod else "feature_store.yaml")
+
+
+def _offline_kind(repo: Path) -> str:
+    import yaml
+
+    config = yaml.safe_load(_yaml(repo).read_text()) or {}
+    offline = config.get("offline_store", "file")
+    return offline.get("type", "file") if isinstance(offline, dict) else str(offline)
+
+
+def _require_repo(repo: Path, bootstrapped: bool = False) -> None:
+    if not _yaml(repo).exists():
+        raise DataError(f"{repo}: not a Feast repository (no {_yaml(repo).name})")
+    if (repo / "data" / f"{LOG}.parquet").exists():
+        raise DataError(f"{repo.name}: data/ was written by an older version (data/{LOG}.parquet); bootstrap it again")
+    if bootstrapped and _offline_kind(repo) == "file":
+        if not (repo / "data" / "item_profile.parquet").exists():
+            raise DataError(f"{repo.name}: feature repository not bootstrapped (run bootstrap_feature_repo or ingest)")
+
+
+def _store(repo: Path, check: bool = True):
+    from feast import FeatureStore
+
+    repo = Path(repo).resolve()
+    if check:
+        _require_repo(repo)
+    return FeatureStore(repo_path=str(repo), fs_yaml_file=_yaml(repo))
+
+
+def _utc(value: datetime | str) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

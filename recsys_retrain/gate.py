@@ -1,0 +1,260 @@
+"""The promotion gate: per-user metrics, a paired bootstrap, guardrails, one decision.
+
+Two models are judged on the same holdout users, so their per-user NDCG@K values
+are paired: the gate resamples users (with replacement, seeded) and looks at the
+distribution of the mean difference, which removes the between-user noise that
+makes single-number gates promote lucky models. A challenger is promoted only when
+
+* its artifact loads and its metrics are finite, and its mean NDCG@K clears an
+  absolute floor (``min_ndcg``);
+* the mean gain is at least ``min_delta`` and the lower bound of the bootstrap
+  interval is at least ``-tolerance`` (non-inferiority);
+* no guardrail breaks: Recall@K, catalogue coverage of the top-K lists, and the
+  NDCG@K of cold users and of long-tail items each drop by no more than their own
+  tolerance;
+* it was not reverted before, unless the evidence comes from a later window.
+
+Everything here is a pure function of arrays and settings; the registry adapter
+(:mod:`recsys_retrain.registry`) records the decision and moves the aliases.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recsys_retrain.evaluate import UserEval, long_tail_items, user_metrics  # noqa: F401  (re-exported: the gate's inputs)
+from recsys_retrain.records import lenient_from_dict  # noqa: F401  (re-exported: the registry's records use it too)
+from recsys_retrain.settings import GateSettings
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of a paired difference and its bootstrap confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int, confidence: float) -> Interval:
+    """Percentile interval of ``mean(a - b)`` over users resampled with replacement.
+
+    Example:
+        >>> iv = paired_bootstrap(np.array([0.5, 0.6, 0.7]), np.array([0.4, 0.5, 0.6]), 1000, 0, 0.95)
+        >>> round(iv.mean, 6), round(iv.low, 6), round(iv.high, 6)
+        (0.1, 0.1, 0.1)
+    """
+    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if len(diff) == 0:
+        return Interval(math.nan, math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    chunk = max(1, 2_000_000 // len(diff))  # bounded memory for large holdouts
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
+        means[start:stop] = diff[rng.integers(0, len(diff), size=(stop - start, len(diff)))].mean(axis=1)
+    alpha = 1.0 - confidence
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return Interval(float(diff.mean()), float(low), float(high))
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule of the gate: the value it looked at, the threshold, and the verdict."""
+
+    name: str
+    passed: bool
+    value: float | None
+    threshold: float | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> Check:
+        return lenient_from_dict(cls, payload)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether the challenger replaces the champion, with every number that decided it.
+
+    The first eight fields are the skeleton's scalar decision and keep their meaning;
+    the rest are filled by the significance gate (:func:`decide`). ``reason`` is one
+    line: the failed checks, or a summary of the passed ones.
+    """
+
+    metric: str
+    challenger_value: float
+    champion_value: float | None
+    min_delta: float
+    promote: bool
+    reason: str
+    challenger_version: int | None = None
+    champion_version: int | None = None
+    window: str | None = None
+    mean_delta: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    tolerance: float | None = None
+    confidence: float | None = None
+    n_resamples: int | None = None
+    seed: int | None = None
+    n_users: int | None = None
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["checks"] = [c.to_dict() for c in self.checks]
+        return d
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> GateDecision:
+        payload = {**payload, "checks": tuple(Check.from_dict(c) for c in payload.get("checks", ()))}
+        return lenient_from_dict(cls, payload)
+
+
+def _window_end(window: str | None) -> pd.Timestamp | None:
+    if not window:
+        return None
+    ts = pd.Timestamp(window.split("/")[-1])
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def decide(
+    challenger: UserEval | None,
+    champion: UserEval | None,
+    settings: GateSettings,
+    *,
+    challenger_version: int | None = None,
+    champion_version: int | None = None,
+    window: str | None = None,
+    load_error: str | None = None,
+    champion_error: str | None = None,
+    reverted_on: str | None = None,
+) -> GateDecision:
+    """The significance gate on two models' per-user metrics from the same holdout.
+
+    Args:
+        challenger: per-user metrics of the candidate; None when it could not be scored.
+        champion: the current champion's on the same holdout; None when there is none.
+        window: ``start/end`` of the holdout, the evidence this decision rests on.
+        load_error: why the challenger's artifact could not be loaded, if it could not.
+        champion_error: why the champion's artifact could not be loaded; the challenger
+            is then judged on the floor alone, and the reason says so.
+        reverted_on: the window on which the challenger was reverted before, if it was;
+            it may return only on evidence from a window that ends later.
+
+    Returns:
+        A GateDecision whose ``checks`` list every rule, passed or not.
+    """
+    s = settings
+    base = dict(
+        metric=s.metric,
+        min_delta=s.min_delta,
+        challenger_version=challenger_version,
+        champion_version=champion_version,
+        window=window,
+        tolerance=s.tolerance,
+        confidence=s.confidence,
+        n_resamples=s.n_resamples,
+        seed=s.seed,
+    )
+    checks: list[Check] = []
+    value = challenger.mean_ndcg if challenger is not None else math.nan
+    champ_value = champion.mean_ndcg if champion is not None else None
+
+    def done(promote: bool, summary: str, **numbers: Any) -> GateDecision:
+        failed = [c.detail for c in checks if not c.passed]
+        reason = "; ".join(failed) if failed else summary
+        return GateDecision(
+            challenger_value=float(value), champion_value=champ_value, promote=promote and not failed,
+            reason=reason, checks=tuple(checks), n_users=challenger.n_users if challenger else 0, **base, **numbers,
+        )
+
+    if load_error is not None or challenger is None:
+        checks.append(Check("loadable", False, None, None, f"challenger artifact cannot be loaded: {load_error}"))
+        return done(False, "")
+    if reverted_on is not None:
+        end, reverted_end = _window_end(window), _window_end(reverted_on)
+        fresh = end is not None and reverted_end is not None and end > reverted_end
+        checks.append(Check(
+            "not_reverted", fresh, None, None,
+            f"was reverted on window {reverted_on}; evidence from window {window} is "
+            + ("newer" if fresh else "not newer, so it cannot return"),
+        ))
+    finite = challenger.n_users > 0 and math.isfinite(value)
+    checks.append(Check("finite", finite, value, None, f"challenger {s.metric} is {value} on {challenger.n_users} users"))
+    if not finite:
+        return done(False, "")
+    checks.append(Check(
+        "floor", value >= s.min_ndcg, value, s.min_ndcg,
+        f"challenger {s.metric} {value:.4f} {'>=' if value >= s.min_ndcg else '<'} floor {s.min_ndcg:.4f}",
+    ))
+    if champion is None:
+        if champion_error is not None:
+            return done(True, f"champion v{champion_version} cannot be loaded ({champion_error}); judged on the floor "
+                        f"only: challenger {s.metric} {value:.4f} clears {s.min_ndcg:.4f}")
+        return done(True, f"no champion yet: challenger {s.metric} {value:.4f} clears the floor {s.min_ndcg:.4f}")
+    if not np.array_equal(challenger.user_ids, champion.user_ids):
+        raise ValueError("challenger and champion were scored on different holdout users; the gate needs the same holdout")
+    iv = paired_bootstrap(challenger.ndcg, champion.ndcg, s.n_resamples, s.seed, s.confidence)
+    pct = f"{s.confidence:.0%}"
+    checks.append(Check(
+        "mean_gain", iv.mean >= s.min_delta, iv.mean, s.min_delta,
+        f"mean {s.metric} gain {iv.mean:+.4f} {'>=' if iv.mean >= s.min_delta else '<'} min_delta {s.min_delta:.4f}",
+    ))
+    checks.append(Check(
+        "non_inferior", iv.low >= -s.tolerance, iv.low, -s.tolerance,
+        f"{pct} lower bound of the gain {iv.low:+.4f} {'>=' if iv.low >= -s.tolerance else '<'} "
+        f"-tolerance {-s.tolerance:.4f} ({s.n_resamples} paired resamples of {challenger.n_users} users)",
+    ))
+    checks.extend(guardrails(challenger, champion, s))
+    numbers = dict(mean_delta=iv.mean, ci_low=iv.low, ci_high=iv.high)
+    return done(
+        True,
+        f"{s.metric} {value:.4f} vs {champ_value:.4f}: gain {iv.mean:+.4f}, {pct} CI [{iv.low:+.4f}, {iv.high:+.4f}]; "
+        "all guardrails hold",
+        **numbers,
+    )
+
+
+def guardrails(challenger: UserEval, champion: UserEval, s: GateSettings) -> list[Check]:
+    """Recall, coverage, cold-user and long-tail NDCG: each may drop by at most its tolerance."""
+    checks = []
+
+    def drop_check(name: str, new: float, old: float, tolerance: float, label: str) -> Check:
+        delta = new - old
+        ok = math.isfinite(delta) and delta >= -tolerance
+        op = ">=" if ok else "<"
+        return Check(name, ok, delta, -tolerance, f"{label} change {delta:+.4f} ({old:.4f} -> {new:.4f}) {op} -{tolerance:.4f}")
+
+    k = challenger.k
+    checks.append(drop_check("recall", float(challenger.recall.mean()), float(champion.recall.mean()),
+                             s.recall_tolerance, f"Recall@{k}"))
+    checks.append(drop_check("coverage", challenger.coverage, champion.coverage, s.coverage_tolerance,
+                             f"coverage@{k}"))
+    cold = challenger.is_cold
+    tail = ~np.isnan(challenger.longtail_ndcg) & ~np.isnan(champion.longtail_ndcg)
+    for name, mask, new, old, tol, label in (
+        ("cold_users", cold, challenger.ndcg, champion.ndcg, s.cold_tolerance, f"cold-user NDCG@{k}"),
+        ("long_tail", tail, challenger.longtail_ndcg, champion.longtail_ndcg, s.longtail_tolerance,
+         f"long-tail NDCG@{k}"),
+    ):
+        n = int(mask.sum())
+        if n < s.min_segment_users:
+            checks.append(Check(name, True, None, -tol, f"{label}: {n} users < {s.min_segment_users}, not checked"))
+        else:
+            checks.append(drop_check(name, float(new[mask].mean()), float(old[mask].mean()), tol,
+                                     f"{label} ({n} users)"))
+    return checks

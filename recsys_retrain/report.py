@@ -1,0 +1,345 @@
+"""The pipeline's visual report: one self-contained HTML page plus its figures as PNG files.
+
+It reads what the cycles left in their folders (``<runs_dir>/<start>-<end>/``:
+``profile.json``, ``drift/drift.json``, ``summary.json``, ``monitor.json``,
+``served.json``, ``model/trace.json``) and the registry's alias history, and draws
+
+* ``training.png``: the training curves of every trained model (loss per step, both
+  learning rates) with each scheduler event as a dashed line labelled with its
+  action and the values it changed (old -> new);
+* ``drift.png``: every drift signal per window against its calibrated threshold,
+  drifted windows in red, and the verdict's severity;
+* ``quality.png``: NDCG@10 of the serving champion and of each challenger over time,
+  promotions, reverts and injected events marked;
+* ``profile.png``: the data profile over time (volume, popularity skew, churn, ratings).
+
+The page embeds the PNGs as data URIs, so it opens offline from anywhere (no
+scripts, no network). ``log_report`` logs page, PNGs and extras to an MLflow run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+MAX_TRAINING_RUNS = 12
+PROFILE_FIELDS = (
+    ("interactions", "interactions"), ("users", "active users"), ("items", "active items"),
+    ("gini", "popularity Gini"), ("long_tail_share", "long-tail share"), ("new_user_rate", "new-user rate"),
+    ("new_item_rate", "new-item rate"), ("rating_mean", "mean rating"),
+)
+SEVERITY = {"none": 0, "minor": 1, "major": 2}
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where the report went: the HTML page and its PNG figures."""
+
+    html: Path
+    figures: tuple[Path, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"html": str(self.html), "figures": [str(p) for p in self.figures]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Report:
+        return cls(Path(d["html"]), tuple(Path(p) for p in d["figures"]))
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect(runs_dir: Path) -> list[dict[str, Any]]:
+    """One record per cycle folder, oldest window first: its start and every JSON file the cycle wrote."""
+    cycles = []
+    for folder in sorted(p for p in Path(runs_dir).glob("*-*") if p.is_dir()):
+        try:
+            start = pd.Timestamp(folder.name.split("-")[0], tz="UTC")
+        except ValueError:
+            continue
+        drift = _read(folder / "drift" / "drift.json") or {}
+        cycles.append({
+            "name": folder.name,
+            "start": start,
+            "profile": _read(folder / "profile.json"),
+            "drift": drift.get("verdict"),
+            "summary": _read(folder / "summary.json"),
+            "monitor": _read(folder / "monitor.json"),
+            "served": _read(folder / "served.json"),
+            "trace": _read(folder / "model" / "trace.json"),
+        })
+    return cycles
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _dates(axes) -> None:
+    """Few, short date ticks (a 30-week x axis would print every week otherwise)."""
+    import matplotlib.dates as mdates
+
+    for ax in axes:
+        locator = mdates.AutoDateLocator(maxticks=6)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=90)
+    _plt().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def event_label(event: dict[str, Any]) -> str:
+    """``"lr_down (plateau): dense_lr 0.01->0.005"``: the action, its trigger and each changed value."""
+    changes = ", ".join(
+        f"{name} {old:.3g}->{new:.3g}" if isinstance(old, (int, float)) and isinstance(new, (int, float))
+        else f"{name} {old}->{new}"
+        for name, (old, new) in (event.get("changes") or {}).items()
+    )
+    head = event.get("action", "event") if event.get("action") != "stage" else f"stage {event.get('stage')}"
+    trigger = f" ({event['trigger']})" if event.get("trigger") else ""
+    return head + trigger + (f": {changes}" if changes else "")
+
+
+def training_figure(cycles: list[dict[str, Any]], path: Path) -> Path:
+    """Loss per step and the two learning rates of each trained model, every scheduler event marked and annotated."""
+    plt = _plt()
+    runs = [c for c in cycles if c["trace"] and c["trace"]["steps"]["step"]][-MAX_TRAINING_RUNS:]
+    fig, axes = plt.subplots(max(len(runs), 1), 1, figsize=(10, 2.6 * max(len(runs), 1)), squeeze=False)
+    if not runs:
+        axes[0, 0].text(0.5, 0.5, "no trained models in these cycles", ha="center", va="center")
+        axes[0, 0].set_axis_off()
+    for ax, c in zip(axes[:, 0], runs):
+        steps = c["trace"]["steps"]
+        ax.plot(steps["step"], steps["loss"], lw=0.6, color="tab:grey", label="loss")
+        ax.set_ylabel("loss")
+        lr = ax.twinx()
+        lr.plot(steps["step"], steps["dense_lr"], color="tab:blue", lw=1, label="dense lr")
+        lr.plot(steps["step"], steps["sparse_lr"], color="tab:orange", lw=1, label="sparse lr")
+        lr.set_yscale("log")
+        lr.set_ylabel("learning rate", fontsize=8)
+        for event in c["trace"]["events"]:
+            ax.axvline(event["step"], color="tab:red", lw=0.8, ls="--")
+            ax.annotate(event_label(event), (event["step"], 0.97), xycoords=("data", "axes fraction"), rotation=90,
+                        fontsize=6, va="top", ha="right", color="tab:red")
+        ax.set_title(f"model of window {c['start']:%Y-%m-%d}: {len(c['trace']['events'])} scheduler events", fontsize=9)
+        lr.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def drift_figure(cycles: list[dict[str, Any]], path: Path) -> Path:
+    """Each signal's value per window against its threshold (drifted in red), and the severity per window."""
+    plt = _plt()
+    checked = [c for c in cycles if c["drift"]]
+    names = list(dict.fromkeys(s["name"] for c in checked for s in c["drift"]["signals"]))
+    cols = 4
+    rows = (len(names) + 1 + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.4 * rows), squeeze=False, sharex=True)
+    flat = list(axes.flat)
+    for ax, name in zip(flat, names):
+        points = [(c["start"], s) for c in checked for s in c["drift"]["signals"] if s["name"] == name and s["tested"]]
+        if points:
+            x = [p[0] for p in points]
+            ax.plot(x, [p[1]["value"] for p in points], "o-", ms=3, lw=1, color="tab:blue", label="value")
+            ax.plot(x, [p[1]["threshold"] for p in points], "--", lw=1, color="tab:grey", label="threshold")
+            hot = [p for p in points if p[1]["drifted"]]
+            ax.plot([p[0] for p in hot], [p[1]["value"] for p in hot], "o", color="tab:red", ms=6, label="drifted")
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    sev = flat[len(names)]
+    sev.bar([c["start"] for c in checked], [SEVERITY.get(c["drift"]["severity"], 0) for c in checked], width=5,
+            color=["tab:red" if c["drift"]["severity"] == "major" else "tab:orange" for c in checked])
+    sev.set_yticks([0, 1, 2], ["none", "minor", "major"], fontsize=7)
+    sev.set_title("severity", fontsize=9)
+    for ax in flat[len(names) + 1:]:
+        ax.set_axis_off()
+    if names:
+        flat[0].legend(fontsize=6)
+    _dates(flat)
+    fig.suptitle("drift signals per window against their calibrated thresholds", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def quality_figure(cycles: list[dict[str, Any]], weeks: list[dict[str, Any]] | None, path: Path) -> Path:
+    """NDCG@10 of the serving champion and of each challenger per window, with promotions, reverts and injections."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    served = [(c["start"], c["served"]["ndcg"]) for c in cycles if c["served"] and c["served"].get("ndcg") is not None]
+    gated = [(c["start"], c["summary"]) for c in cycles if c["summary"]]
+    if served:
+        ax.plot(*zip(*served), "-o", ms=3, color="tab:blue", label="champion (serving) NDCG@10")
+    if gated:
+        ax.plot([g[0] for g in gated], [g[1]["challenger_ndcg"] for g in gated], "s", color="tab:orange",
+                label="challenger NDCG@10")
+    for start, summary in gated:
+        if summary["promoted"]:
+            ax.axvline(start, color="tab:green", lw=1.2)
+            ax.annotate(f"promote v{summary['version']}", (start, 0.98), xycoords=("data", "axes fraction"),
+                        rotation=90, fontsize=7, va="top", ha="right", color="tab:green")
+    for c in cycles:
+        if c["monitor"] and c["monitor"].get("reverted"):
+            ax.axvline(c["start"], color="tab:red", lw=1.5)
+            ax.annotate(f"revert v{c['monitor']['champion_version']}", (c["start"], 0.02), xycoords=("data", "axes fraction"),
+                        rotation=90, fontsize=7, va="bottom", ha="right", color="tab:red")
+    for w in weeks or []:
+        for what in w.get("injected", ()):
+            start = pd.Timestamp(w["window"].split("/")[0])
+            ax.axvline(start, color="tab:purple", lw=1, ls=":")
+            ax.annotate(f"injected {what}", (start, 0.5), xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
+                        va="center", ha="left", color="tab:purple")
+    ax.set_ylabel("NDCG@10 on the window")
+    ax.set_title("serving champion and challengers over time", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    _dates([ax])
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def profile_figure(cycles: list[dict[str, Any]], path: Path) -> Path:
+    """The window's data profile over time, one panel per field."""
+    plt = _plt()
+    profiled = [c for c in cycles if c["profile"]]
+    fig, axes = plt.subplots(2, 4, figsize=(12, 4.8), sharex=True)
+    for ax, (key, label) in zip(axes.flat, PROFILE_FIELDS):
+        points = [(c["start"], c["profile"].get(key)) for c in profiled if c["profile"].get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), "o-", ms=3, lw=1)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(labelsize=7)
+    _dates(axes.flat)
+    fig.suptitle("data profile of each window", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(x: Any) -> str:
+    return "—" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def cycle_rows(cycles: list[dict[str, Any]]) -> list[list[Any]]:
+    """One table row per window: rows, drift, served NDCG, the gate's decision, the monitor's."""
+    rows = []
+    for c in cycles:
+        summary, monitor, served = c["summary"] or {}, c["monitor"] or {}, c["served"] or {}
+        decision = ("promote" if summary.get("promoted") else "reject") + f" v{summary['version']}" if summary else ""
+        rows.append([
+            f"{c['start']:%Y-%m-%d}", (c["drift"] or {}).get("current_rows"), (c["drift"] or {}).get("severity"),
+            _fmt(served.get("ndcg")), _fmt(summary.get("challenger_ndcg")), decision,
+            "revert" if monitor.get("reverted") else "",
+        ])
+    return rows
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}img{max-width:100%;border:1px solid #ddd}
+figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}table{border-collapse:collapse;font-size:.85em}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"""
+
+
+def html_page(title: str, figures: list[tuple[Path, str]], cycles: list[dict[str, Any]], moves: list[dict[str, Any]]) -> str:
+    """The whole page as one string: figures as data URIs, the per-window table and the alias history."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts += [_img(path, caption) for path, caption in figures]
+    parts.append("<h2>Windows</h2>")
+    parts.append(_table(["window", "rows", "drift", "served NDCG@10", "challenger NDCG@10", "gate", "monitor"], cycle_rows(cycles)))
+    parts.append("<h2>Alias history</h2>")
+    parts.append(_table(["#", "alias", "from", "to", "by", "why"],
+                        [[m["seq"], m["alias"], m["from_version"], m["to_version"], m["actor"], m["reason"]] for m in moves]))
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def build_report(
+    runs_dir: Path,
+    out_dir: Path,
+    alias_moves: list[dict[str, Any]] = (),
+    weeks: list[dict[str, Any]] | None = None,
+    title: str = "Drift-aware retraining: timeline report",
+) -> Report:
+    """Draws the four figures from the cycle folders and writes ``report.html`` beside them.
+
+    Args:
+        runs_dir: the folder of cycle folders (``settings.runs_dir``).
+        out_dir: where ``report.html`` and the PNGs go (created).
+        alias_moves: ``AliasMove.to_dict()`` of the registry's history, for the table.
+        weeks: ``WeekResult.to_dict()`` of a replay, to mark injected events.
+
+    Returns:
+        The Report (paths of the page and the figures).
+
+    Example:
+        >>> report = build_report(settings.runs_dir, settings.home / "report")  # doctest: +SKIP
+        >>> report.html.name
+        'report.html'
+    """
+    cycles = collect(runs_dir)
+    out_dir = Path(out_dir)
+    figures = [
+        (training_figure(cycles, out_dir / "training.png"), "Training curves: loss and learning rates per step; "
+         "dashed lines are scheduler events, labelled with the values they changed (old->new)."),
+        (drift_figure(cycles, out_dir / "drift.png"), "Drift signals per window against their calibrated thresholds."),
+        (quality_figure(cycles, weeks, out_dir / "quality.png"), "NDCG@10 of the serving champion and of the "
+         "challengers; green: promotions, red: reverts, purple: injected events."),
+        (profile_figure(cycles, out_dir / "profile.png"), "Data profile of each window."),
+    ]
+    page = out_dir / "report.html"
+    tmp = page.with_name(f".report.html.tmp-{os.getpid()}")
+    tmp.write_text(html_page(title, figures, cycles, list(alias_moves)), encoding="utf-8")
+    os.replace(tmp, page)
+    return Report(page, tuple(p for p, _ in figures))
+
+
+def log_report(settings, report: Report, extra: dict[str, Path] | None = None, metrics: dict[str, float] | None = None,
+               run_name: str = "timeline report") -> str:
+    """Logs the page, its PNGs and ``extra`` files to a new run in the model's MLflow experiment; returns the run id.
+
+    The run sits beside the candidates' runs (same experiment, same artifact store),
+    tagged ``report=timeline``.
+    """
+    import mlflow
+
+    from recsys_retrain import registry
+
+    experiment_id = registry.configure(settings)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={"report": "timeline"}) as run:
+        mlflow.log_artifact(str(report.html), "report")
+        for fig in report.figures:
+            mlflow.log_artifact(str(fig), "report")
+        for name, path in (extra or {}).items():
+            mlflow.log_artifact(str(path))
+        if metrics:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    return run.info.run_id

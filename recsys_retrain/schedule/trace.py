@@ -1,0 +1,61 @@
+"""TrainingTrace: the curves of one run (per step and per epoch), its scheduler events and plan.
+
+Written as ``trace.json`` next to the checkpoint and logged to MLflow with the run; the
+report draws the convergence curves from it and marks every event on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from recsys_retrain.records import json_float
+
+STEP_FIELDS = ("step", "epoch", "loss", "dense_grad_norm", "embedding_grad_norm", "dense_lr", "sparse_lr")
+
+
+class Trace:
+    """Accumulates a run's curves; ``to_dict()`` is the trace.json schema.
+
+    Schema: ``{"steps": {field: [...] for field in STEP_FIELDS}, "epochs": [{"epoch",
+    "loss", "validation", "dense_lr", "sparse_lr", "batch_size"}], "events":
+    [ScheduleEvent.to_dict()], "plan": SchedulePlan.to_dict() | None, "controller":
+    AdaptiveScheduler.summary() | None}``.
+    """
+
+    def __init__(self, plan: dict[str, Any] | None = None) -> None:
+        self.steps: dict[str, list[float]] = {f: [] for f in STEP_FIELDS}
+        self.epochs: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.plan = plan
+        self.controller: dict[str, Any] | None = None
+
+    def add_step(self, signals: Any) -> None:
+        """Appends one step's signals (any object with the STEP_FIELDS as attributes)."""
+        for f in STEP_FIELDS:
+            self.steps[f].append(json_float(getattr(signals, f)))
+
+    def add_epoch(self, epoch: int, loss: float, validation: float | None, optimizer: Any, batch_size: int) -> None:
+        lrs = {name: float(opt.param_groups[0]["lr"]) for name, opt in getattr(optimizer, "optimizers", [])}
+        self.epochs.append(
+            {"epoch": epoch, "loss": json_float(loss), "validation": json_float(validation),
+             "dense_lr": lrs.get("dense"), "sparse_lr": lrs.get("sparse"), "batch_size": batch_size}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "epochs": self.epochs, "events": self.events, "plan": self.plan,
+                "controller": self.controller}
+
+    def load(self, d: dict[str, Any]) -> None:
+        self.steps, self.epochs, self.events, self.plan = d["steps"], d["epochs"], d["events"], d["plan"]
+        self.controller = d.get("controller")
+
+    def write(self, path: Path) -> Path:
+        """Writes the trace atomically (temp file, then rename)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict()))
+        os.replace(tmp, path)
+        return path
