@@ -30,7 +30,13 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 from tests.conftest import cache_dir, copy_feature_repo  # noqa: E402
 
-from recsys_retrain import data  # noqa: E402
+from recsys_retrain.data.features import TS
+
+from recsys_retrain.data.ingest import ingest
+
+from recsys_retrain.data.load import load_movielens
+
+from recsys_retrain.data.store import feast_point_in_time, pull_window# noqa: E402
 from recsys_retrain.profile import profile  # noqa: E402
 
 GOALS = {"ingest_100k_s": 10.0, "window_20k_s": 3.0, "profile_100k_s": 1.0}
@@ -52,13 +58,13 @@ def main() -> None:
     args = parser.parse_args()
     import feast  # noqa: F401  (import cost is not the ingest's)
 
-    inter = data.load_movielens(cache_dir()).interactions
+    inter = load_movielens(cache_dir()).interactions
     work = Path(tempfile.mkdtemp(prefix="bench-data-"))
     repos = iter(range(1000))
 
     def fresh_ingest() -> None:
         repo = copy_feature_repo(work / f"repo{next(repos)}")
-        data.ingest(inter, repo)
+        ingest(inter, repo)
 
     results: dict[str, object] = {}
     results["ingest_100k_s"] = best(fresh_ingest, args.repeat)
@@ -66,19 +72,19 @@ def main() -> None:
     ordered = inter.sort_values("timestamp")
     t0 = ordered.timestamp.iloc[-20_000].floor("D")
     t1 = ordered.timestamp.iloc[-1] + pd.Timedelta(seconds=1)
-    window = data.pull_window(repo, t0, t1)
+    window = pull_window(repo, t0, t1)
     results["window_rows"] = len(window)
-    results["window_20k_s"] = best(lambda: data.pull_window(repo, t0, t1), args.repeat)
+    results["window_20k_s"] = best(lambda: pull_window(repo, t0, t1), args.repeat)
     results["profile_100k_s"] = best(lambda: profile(inter), args.repeat)
     if args.feast:
-        from recsys_retrain.data.store import _store
+        from recsys_retrain.data.store import feature_store
 
-        store = _store(repo)
-        rows = window[["user_id", "item_id", "timestamp"]].rename(columns={"timestamp": data.TS})
+        store = feature_store(repo)
+        rows = window[["user_id", "item_id", "timestamp"]].rename(columns={"timestamp": TS})
 
         def via_feast() -> None:
             for key in ("user_id", "item_id"):
-                data.feast_point_in_time(store, rows[[key, data.TS]], key)
+                feast_point_in_time(store, rows[[key, TS]], key)
 
         results["window_20k_feast_s"] = best(via_feast, 1)
     results["goals"] = GOALS

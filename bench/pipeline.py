@@ -80,8 +80,9 @@ def cycle_seconds(root: Path) -> dict[str, float]:
     import pandas as pd
 
     from recsys_retrain import cycle
-    from recsys_retrain.cli import quiet_libraries
-    from recsys_retrain.data import RawData, bootstrap_feature_repo, load_movielens
+    from recsys_retrain.airflow_local import quiet_libraries
+    from recsys_retrain.data.ingest import bootstrap_feature_repo
+    from recsys_retrain.data.load import RawData, load_movielens
     from recsys_retrain.settings import Settings
 
     quiet_libraries()

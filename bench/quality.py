@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from recsys_retrain.baselines import EASE, MostPopular
-from recsys_retrain.data import load_movielens
+from recsys_retrain.data.load import load_movielens
 from recsys_retrain.evaluate import evaluate
 from recsys_retrain.settings import Settings, TrainSettings
 from recsys_retrain.train import train

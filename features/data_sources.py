@@ -2,15 +2,16 @@
 
 Locally (default) they are parquet files under ``data/``; paths are relative and Feast
 resolves them against the repository folder (``FileSource.get_uri_for_file_path``), so
-a copy of this folder is self-contained. With ``RETRAIN_FEATURE_ENV=prod`` the same
-sources are PostgreSQL tables of the same names (``feature_store.prod.yaml``).
+a copy of this folder is self-contained. Under ``Settings.deployment = "production"``
+(``RETRAIN_DEPLOYMENT=production``) the same sources are PostgreSQL tables of the same names
+(``feature_store.prod.yaml``); Feast evaluates this file when it applies the definitions.
 """
-
-import os
 
 from feast import FileSource
 
-PROD = os.environ.get("RETRAIN_FEATURE_ENV", "local") == "prod"
+from recsys_retrain.settings import Settings
+
+PROD = Settings().deployment == "production"
 
 
 def _source(table: str, path: str, description: str, kind: str):

@@ -78,7 +78,8 @@ def bootstrap_features(stack: Stack, env: dict[str, str], window_end: str) -> in
     os.environ.update(env)  # Feast reads the FEAST_* variables when it loads feature_store.prod.yaml
     import pandas as pd
 
-    from recsys_retrain.data import RawData, bootstrap_feature_repo, load_movielens
+    from recsys_retrain.data.ingest import bootstrap_feature_repo
+    from recsys_retrain.data.load import RawData, load_movielens
 
     raw = load_movielens(REPO / ".retrain" / "cache")
     inter = raw.interactions[raw.interactions["timestamp"] < pd.Timestamp(window_end, tz="UTC")]

@@ -157,7 +157,7 @@ class Stack:
             "RETRAIN_FEATURE_REPO": str(self.feature_repo),
             "RETRAIN_TRACKING_URI": self.tracking_uri,
             "MLFLOW_TRACKING_URI": self.tracking_uri,
-            "RETRAIN_FEATURE_ENV": "prod",
+            "RETRAIN_DEPLOYMENT": "production",
             "FEAST_PG_HOST": s.pg_host, "FEAST_PG_PORT": str(s.pg_port), "FEAST_PG_DB": self.db("feast"),
             "FEAST_PG_USER": s.pg_user, "FEAST_PG_SSLMODE": _env("FEAST_PG_SSLMODE", "disable"),
             "FEAST_PG_PASSWORD": s.pg_password,

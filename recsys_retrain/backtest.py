@@ -25,7 +25,6 @@ backtest compares policies, it does not deploy.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -38,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_retrain.errors import PipelineError
+from recsys_retrain.io import write_json, write_with
 from recsys_retrain.settings import Settings
 
 POLICIES = ("never", "weekly", "drift", "drift_adaptive")
@@ -245,9 +245,7 @@ def write(result: BacktestResult, root: Path) -> BacktestResult:
     root.mkdir(parents=True, exist_ok=True)
     plot = plot_policies(result, root / "backtest.png")
     out = BacktestResult(**{**result.__dict__, "json_path": str(root / "backtest.json"), "plot_path": str(plot)})
-    tmp = root / f".backtest.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(out.to_dict(), indent=2))
-    os.replace(tmp, root / "backtest.json")
+    write_json(out.to_dict(), root / "backtest.json")
     return out
 
 
@@ -273,9 +271,7 @@ def plot_policies(result: BacktestResult, path: Path) -> Path:
     time_ax.legend(fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return write_with(path, lambda tmp: fig.savefig(tmp, dpi=90))
+    finally:
+        plt.close(fig)

@@ -7,12 +7,8 @@ one line and exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import shutil
-import subprocess  # nosec B404  # runs this venv's airflow with an argument list, no shell
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,54 +17,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from recsys_retrain.airflow_local import migrate_airflow_db, quiet_libraries
 from recsys_retrain.errors import PipelineError
 from recsys_retrain.settings import Settings, get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(width=None if sys.stdout.isatty() else 110)
-DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags"
-
-
-def quiet_libraries() -> None:
-    """Keeps library chatter (planner hints, deprecations) out of the user's terminal."""
-    warnings.filterwarnings("ignore")
-    logging.captureWarnings(False)
-    for name in ("torchrec", "torch", "mlflow", "feast", "evidently", "alembic", "airflow", "py.warnings"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-
-
-def airflow_env(settings: Settings) -> None:
-    """Points Airflow at a home under the pipeline's home, with this repo's dags folder."""
-    home = (settings.home / "airflow").resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["AIRFLOW_HOME"] = str(home)
-    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_FOLDER)
-    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-
-
-def migrate_airflow_db(settings: Settings) -> None:
-    """``airflow db migrate`` once per Airflow home (it is idempotent, but takes seconds)."""
-    airflow_env(settings)
-    marker = Path(os.environ["AIRFLOW_HOME"]) / ".migrated"
-    if marker.exists():
-        return
-    airflow = Path(sys.executable).with_name("airflow")
-    done = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True)  # nosec B603  # fixed args
-    if done.returncode != 0:
-        raise PipelineError(f"airflow db migrate failed: {done.stderr.strip().splitlines()[-1:]}")
-    marker.touch()
-
-
-def load_dag(name: str = "retrain"):
-    """Imports a DAG file from the dags folder (it is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"dags.{name}", DAGS_FOLDER / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
 
 
 def checked_path(path: Path | None, settings: Settings, option: str) -> Path | None:
@@ -80,14 +34,15 @@ def checked_path(path: Path | None, settings: Settings, option: str) -> Path | N
 
 def ingest_source(settings: Settings, source: Path | None) -> tuple[pd.Timestamp, pd.Timestamp]:
     """Loads the interaction data and writes it into the Feast repository; returns its time span."""
-    from recsys_retrain import data
+    from recsys_retrain.data.ingest import bootstrap_feature_repo
+    from recsys_retrain.data.load import RawData, load_interactions, load_movielens
 
     source = source or settings.data.source
     if source is None or source.is_dir():
-        raw = data.load_movielens(settings.cache_dir, source)
+        raw = load_movielens(settings.cache_dir, source)
     else:
-        raw = data.RawData(data.load_interactions(source), pd.DataFrame(), pd.DataFrame())
-    data.bootstrap_feature_repo(raw, settings.feature_repo)
+        raw = RawData(load_interactions(source), pd.DataFrame(), pd.DataFrame())
+    bootstrap_feature_repo(raw, settings.feature_repo)
     return raw.interactions["timestamp"].min(), raw.interactions["timestamp"].max()
 
 
@@ -106,12 +61,12 @@ def reset_state(settings: Settings) -> None:
 
 def load_source(settings: Settings, source: Path | None):
     """The interaction data as RawData: MovieLens-100K (or a GroupLens folder), or a plain log file."""
-    from recsys_retrain import data
+    from recsys_retrain.data.load import RawData, load_interactions, load_movielens
 
     source = source or settings.data.source
     if source is None or source.is_dir():
-        return data.load_movielens(settings.cache_dir, source)
-    return data.RawData(data.load_interactions(source), pd.DataFrame(), pd.DataFrame())
+        return load_movielens(settings.cache_dir, source)
+    return RawData(load_interactions(source), pd.DataFrame(), pd.DataFrame())
 
 
 def timeline_table(weeks: list) -> Table:
@@ -134,15 +89,17 @@ def ingest_events(settings: Settings, events: Path, batch_days: int = 0) -> dict
     """Appends a batch log to the Feast repository with a progress bar; returns the totals."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from recsys_retrain import data
+    from recsys_retrain.data.ingest import ingest as ingest_batch, split_batches
 
-    raw = data.read_log(events)
+    from recsys_retrain.data.load import read_log
+
+    raw = read_log(events)
     totals = {"rows": 0, "added": 0, "already_stored": 0, "quarantined": 0}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("ingest", total=len(raw))
-        for batch in data.split_batches(raw, batch_days):
-            result = data.ingest(
+        for batch in split_batches(raw, batch_days):
+            result = ingest_batch(
                 batch, settings.feature_repo, settings.data,
                 progress=lambda step: bar.update(task, description=f"ingest: {step}"),
             )
@@ -282,7 +239,7 @@ def backtest(
     """Replay a timeline under four retraining policies; print mean NDCG@10 against training compute."""
     from recsys_retrain.backtest import WEEK
     from recsys_retrain.backtest import backtest as run_backtest
-    from recsys_retrain.data import bootstrap_feature_repo
+    from recsys_retrain.data.ingest import bootstrap_feature_repo
 
     quiet_libraries()
     settings = get_settings()
@@ -337,7 +294,7 @@ def drift(
     A reference at least twice as long as the current window (four weeks for one) is
     needed for the new-item and new-user signals.
     """
-    from recsys_retrain.data import pull_window
+    from recsys_retrain.data.store import pull_window
     from recsys_retrain.drift import champion_scorer, check_drift
 
     quiet_libraries()

@@ -12,15 +12,15 @@ same window rewrites the same files and, in the registry, reuses the same versio
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from recsys_retrain.errors import PipelineError
+from recsys_retrain.io import utc, write_json, write_parquet
 from recsys_retrain.settings import Settings, get_settings
 
 SEVERITY_ORDER = ("none", "minor", "major")
@@ -38,7 +38,7 @@ class CyclePaths:
 
     @classmethod
     def of(cls, settings: Settings, start: str, end: str) -> CyclePaths:
-        name = f"{_ts(start):%Y%m%d}-{_ts(end):%Y%m%d}"
+        name = f"{utc(start):%Y%m%d}-{utc(end):%Y%m%d}"
         return cls(settings.runs_dir / name)
 
     history = property(lambda self: self.root / "history.parquet")
@@ -50,25 +50,6 @@ class CyclePaths:
     summary = property(lambda self: self.root / "summary.json")
     profile = property(lambda self: self.root / "profile.json")
     plan = property(lambda self: self.root / "plan.json")
-
-
-def _ts(value: str | datetime) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _write_json(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def with_overrides(settings: Settings, overrides: Overrides | None) -> Settings:
@@ -110,19 +91,19 @@ def window(
     ``days`` of interactions in the feature store (``end`` is the midnight after the
     newest event, so the folder name is stable for a re-run on the same data).
     """
-    from recsys_retrain import data
+    from recsys_retrain.data.store import read_events
 
     s = with_overrides(settings or get_settings(), overrides)
     if days < 1:
         raise PipelineError(f"window: days must be >= 1, got {days}")
     if end is None:
-        events = data.read_events(s.feature_repo)
+        events = read_events(s.feature_repo)
         if events.empty:
             raise PipelineError(f"window: no interactions stored in {s.feature_repo}; ingest some first")
         t1 = events["timestamp"].max().floor("D") + timedelta(days=1)
     else:
         try:
-            t1 = _ts(end)
+            t1 = utc(end)
         except (ValueError, TypeError):
             raise PipelineError(f"window: end {end!r} is not a date or datetime") from None
     return {"start": (t1 - timedelta(days=days)).isoformat(), "end": t1.isoformat()}
@@ -133,30 +114,30 @@ def ingest(events: str, settings: Settings | None = None, overrides: Overrides |
 
     Re-ingesting the same batch adds nothing (``added`` is 0), so a retried task is harmless.
     """
-    from recsys_retrain import data
+    from recsys_retrain.data.ingest import ingest as ingest_batch
     from recsys_retrain.paths import user_path
 
     s = with_overrides(settings or get_settings(), overrides)
-    result = data.ingest(user_path(events, s, "events"), s.feature_repo, s.data)
+    result = ingest_batch(user_path(events, s, "events"), s.feature_repo, s.data)
     return {**result.to_dict(), **{f"window_{k}": v for k, v in window(settings=s).items()}}
 
 
 def pull(start: str, end: str, settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
     """Pulls the training history, the window and the catalogue from the feature store."""
-    from recsys_retrain import data
+    from recsys_retrain.data.store import item_catalogue, pull_window
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths.of(s, start, end)
-    t0, t1 = _ts(start), _ts(end)
-    history = data.pull_window(s.feature_repo, HISTORY_START, t0)
-    holdout = data.pull_window(s.feature_repo, t0, t1)
+    t0, t1 = utc(start), utc(end)
+    history = pull_window(s.feature_repo, HISTORY_START, t0)
+    holdout = pull_window(s.feature_repo, t0, t1)
     if holdout.empty:
         raise PipelineError(f"window {start}..{end} holds no interactions in the feature store: nothing to evaluate or train on")
     reference = history[history["timestamp"] >= t0 - timedelta(days=s.drift.reference_days)]
-    _write_parquet(history, p.history)
-    _write_parquet(holdout, p.holdout)
-    _write_parquet(reference, p.reference)
-    _write_parquet(data.item_catalogue(s.feature_repo, t0), p.catalogue)
+    write_parquet(history, p.history)
+    write_parquet(holdout, p.holdout)
+    write_parquet(reference, p.reference)
+    write_parquet(item_catalogue(s.feature_repo, t0), p.catalogue)
     return {
         "run_dir": str(p.root),
         "start": t0.isoformat(),
@@ -169,7 +150,7 @@ def pull(start: str, end: str, settings: Settings | None = None, overrides: Over
 
 def validate(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
     """Validates history and window (bad rows go to quarantine files beside them) and profiles the window."""
-    from recsys_retrain import data
+    from recsys_retrain.data.validation import validate as validate_window
     from recsys_retrain.profile import profile
 
     s = with_overrides(settings or get_settings(), overrides)
@@ -177,11 +158,11 @@ def validate(pulled: dict[str, Any], settings: Settings | None = None, overrides
     counts = {}
     for name, path in (("history", p.history), ("window", p.holdout), ("reference", p.reference)):
         frame = pd.read_parquet(path)
-        clean = data.validate(frame, s.data, p.root / f"quarantine_{name}.parquet")
-        _write_parquet(clean, path)
+        clean = validate_window(frame, s.data, p.root / f"quarantine_{name}.parquet")
+        write_parquet(clean, path)
         counts[f"bad_{name}"] = len(frame) - len(clean)
     prof = profile(pd.read_parquet(p.holdout), pd.read_parquet(p.reference), pulled["start"], pulled["end"])
-    _write_json(prof.to_dict(), p.profile)
+    write_json(prof.to_dict(), p.profile)
     return {**pulled, **counts, "profile": str(p.profile)}
 
 
@@ -228,14 +209,14 @@ def calibrate(
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
     if s.schedule.policy == "static":
-        _write_json({"policy": "static", "plan": None}, p.plan)
+        write_json({"policy": "static", "plan": None}, p.plan)
         return {"policy": "static", "plan": None, "path": str(p.plan)}
     fit, _ = schedule_split(pd.read_parquet(p.history), s.schedule.validation_share)
     prof = profile(fit).to_dict()
     kb = knowledge_base(s) if s.schedule.knowledge_base else None
     plan = make_plan(prof, drift_result, kb, s.schedule, s.train)
     payload = {"policy": "adaptive", "plan": plan.to_dict(), "profile": prof, "kb_records": len(kb) if kb else 0}
-    _write_json(payload, p.plan)
+    write_json(payload, p.plan)
     return {**payload, "path": str(p.plan)}
 
 
@@ -294,10 +275,10 @@ def train(
         extra, source = [], p.history
         if schedule is not None:
             source, val_path = p.root / "schedule_fit.parquet", p.root / "schedule_validation.parquet"
-            _write_parquet(fit, source)
+            write_parquet(fit, source)
             extra = ["--plan", str(p.plan)]
             if later is not None:
-                _write_parquet(later, val_path)
+                write_parquet(later, val_path)
                 extra += ["--validation", str(val_path)]
         result = train_distributed(source, p.catalogue, p.model_dir, s, extra_args=extra)
     else:
@@ -339,17 +320,17 @@ def evaluate(
     challenger = gate.user_metrics(load_checkpoint(Path(trained["checkpoint"])), history, holdout, k, head)
     champion, champion_error, current = None, None, registry.champion(s)
     if current is not None:
-        trained_until = _ts(current.window.split("/")[0])
-        if trained_until > _ts(pulled["start"]):
+        trained_until = utc(current.window.split("/")[0])
+        if trained_until > utc(pulled["start"]):
             raise PipelineError(
                 f"champion v{current.version} was trained on data up to {trained_until.date()}, after this "
-                f"window's start {_ts(pulled['start']).date()}: it cannot be judged on this window"
+                f"window's start {utc(pulled['start']).date()}: it cannot be judged on this window"
             )
         model, champion_error = registry.try_load(s, current.version)
         if model is not None:
             champion = gate.user_metrics(model, history, holdout, k, head)
     path = p.root / "per_user_metrics.json"
-    _write_json({"challenger": challenger.to_dict(), "champion": champion.to_dict() if champion else None}, path)
+    write_json({"challenger": challenger.to_dict(), "champion": champion.to_dict() if champion else None}, path)
     return {
         "per_user": str(path),
         "challenger": challenger.metrics,
@@ -435,7 +416,7 @@ def gate(
         "promoted": promoted,
         "reason": decision.reason,
     }
-    _write_json(summary, p.summary)
+    write_json(summary, p.summary)
     return summary
 
 
@@ -484,7 +465,7 @@ def should_retrain(
         "retrain": retrain,
         "reason": f"drift {severity} {'reaches' if retrain else 'is below'} the trigger level {level}: {drift_result['reason']}",
     }
-    _write_json(verdict, CyclePaths(Path(pulled["run_dir"])).root / "trigger.json")
+    write_json(verdict, CyclePaths(Path(pulled["run_dir"])).root / "trigger.json")
     return verdict
 
 
@@ -502,5 +483,5 @@ def monitor(pulled: dict[str, Any], settings: Settings | None = None, overrides:
     window_id = f"{pulled['start']}/{pulled['end']}"
     decision = check_window(s, pd.read_parquet(p.history), pd.read_parquet(p.holdout), window_id)
     result = {"window": window_id, **decision.to_dict()}
-    _write_json(result, p.root / "monitor.json")
+    write_json(result, p.root / "monitor.json")
     return result

@@ -27,6 +27,7 @@ import pandas as pd
 
 from recsys_retrain.evaluate import UserEval, user_metrics
 from recsys_retrain.gate import paired_bootstrap
+from recsys_retrain.io import utc
 from recsys_retrain.settings import MonitorSettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -136,8 +137,7 @@ def decide_revert(checks: list[WindowCheck], settings: MonitorSettings) -> Rever
 
 
 def _window_key(window: str) -> str:
-    end = pd.Timestamp(window.split("/")[-1])
-    end = end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
+    end = utc(window.split("/")[-1])
     return TAG_PREFIX + end.strftime("%Y%m%dT%H%M%S")
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys_retrain.io import utc
+
 QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.99)
 HEAD_SHARE = 0.8
 
@@ -120,7 +122,7 @@ def profile(
 
 def profile_window(repo: Path, t0: datetime | str, t1: datetime | str, reference_days: int = 7) -> DataProfile:
     """Profile the stored events of [t0, t1) against the ``reference_days`` before t0."""
-    from recsys_retrain.data import read_events
+    from recsys_retrain.data.store import read_events
 
     lo, hi = _ts(t0), _ts(t1)
     window = read_events(repo, lo, hi)
@@ -142,10 +144,7 @@ def _top(n: int, share: float) -> int:
 
 
 def _ts(value) -> pd.Timestamp | None:
-    if value is None:
-        return None
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return None if value is None else utc(value)
 
 
 def _iso(ts: pd.Timestamp | None) -> str | None:

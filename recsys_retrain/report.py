@@ -22,12 +22,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from recsys_retrain.io import write_text, write_with
 
 MAX_TRAINING_RUNS = 12
 PROFILE_FIELDS = (
@@ -99,12 +100,10 @@ def _dates(axes) -> None:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=90)
-    _plt().close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return write_with(path, lambda tmp: fig.savefig(tmp, dpi=90))
+    finally:
+        _plt().close(fig)
 
 
 def event_label(event: dict[str, Any]) -> str:
@@ -316,9 +315,7 @@ def build_report(
         (profile_figure(cycles, out_dir / "profile.png"), "Data profile of each window."),
     ]
     page = out_dir / "report.html"
-    tmp = page.with_name(f".report.html.tmp-{os.getpid()}")
-    tmp.write_text(html_page(title, figures, cycles, list(alias_moves)), encoding="utf-8")
-    os.replace(tmp, page)
+    write_text(html_page(title, figures, cycles, list(alias_moves)), page)
     return Report(page, tuple(p for p, _ in figures))
 
 

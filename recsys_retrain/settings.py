@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -243,8 +244,20 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
+    deployment: Literal["local", "production"] = Field(
+        "local",
+        description="Which resources the pipeline uses. 'local': MLflow on SQLite under home, the Feast repository's "
+        "feature_store.yaml (parquet offline store, SQLite online store), an Airflow home under home (SQLite). "
+        "'production': MLflow at tracking_uri (required), feature_store.prod.yaml (PostgreSQL + Redis), and the "
+        "Airflow configuration of the environment.",
+    )
     home: Path = Field(Path(".retrain"), description="Root of everything the pipeline writes.")
-    feature_repo: Path = Field(Path("features"), description="Feast repository (feature_store.yaml + definitions).")
+    feature_repo: Path = Field(
+        Path("features"),
+        description="Feast repository (feature_store.yaml + definitions); seeded from the shipped definitions when "
+        "it has none.",
+    )
+    dags_folder: Path | None = Field(None, description="Airflow DAG folder; None: the DAGs shipped with the package.")
     model_name: str = Field("two_tower", description="Registered model name in MLflow.")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under home.")
     data_root: Path | None = Field(
@@ -276,6 +289,17 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
 
+    @model_validator(mode="after")
+    def _production_names_its_servers(self) -> Settings:
+        if self.deployment == "production" and not self.tracking_uri:
+            raise ValueError("deployment 'production' needs tracking_uri (RETRAIN_TRACKING_URI): the MLflow server")
+        return self
+
+    @property
+    def feature_store_yaml(self) -> Path:
+        """The Feast configuration of this deployment: one ``feature_store*.yaml`` per environment."""
+        return feature_store_yaml(self.feature_repo, self.deployment)
+
     @property
     def cache_dir(self) -> Path:
         """Downloaded public data (the recbole wheel); safe to delete."""
@@ -301,3 +325,13 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Settings from the environment, read once per process."""
     return Settings()
+
+
+def feature_store_yaml(repo: Path, deployment: str) -> Path:
+    """``repo``'s Feast configuration for ``deployment``: ``feature_store.yaml`` locally, ``feature_store.prod.yaml`` in production.
+
+    Example:
+        >>> feature_store_yaml(Path("features"), "production").name
+        'feature_store.prod.yaml'
+    """
+    return Path(repo) / ("feature_store.prod.yaml" if deployment == "production" else "feature_store.yaml")

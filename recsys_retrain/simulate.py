@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from recsys_retrain.data import RawData
+from recsys_retrain.data.load import RawData
 
 BASE_COLUMNS = [
     "user_id", "item_id", "timestamp", "rating", "user_age", "user_gender", "user_occupation",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -35,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from recsys_retrain.io import utc, write_json, write_parquet
 from recsys_retrain.errors import PipelineError
 from recsys_retrain.settings import Settings
 
@@ -126,20 +126,16 @@ class TimelineResult:
                       "weeks": tuple(WeekResult.from_dict(w) for w in d["weeks"])})
 
 
-def _utc(value: str | pd.Timestamp) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
 
 def window_starts(first: pd.Timestamp, last: pd.Timestamp, config: TimelineConfig) -> list[pd.Timestamp]:
     """The replayed weeks' starts: from ``config.start``, ``config.weeks`` of them or up to the last event.
 
     Example:
         >>> c = TimelineConfig(start="1998-04-06")
-        >>> [str(s.date()) for s in window_starts(_utc("1997-09-20"), _utc("1998-04-22 23:00"), c)]
+        >>> [str(s.date()) for s in window_starts(utc("1997-09-20"), utc("1998-04-22 23:00"), c)]
         ['1998-04-06', '1998-04-13', '1998-04-20']
     """
-    begin = _utc(config.start)
+    begin = utc(config.start)
     if begin <= first:
         raise PipelineError(f"timeline start {begin.date()} leaves no history before it (data begins {first.date()})")
     if begin > last:
@@ -164,7 +160,7 @@ def drift_event(week: pd.DataFrame, raw, seed: int) -> pd.DataFrame:
     the core event columns (one row per user, item and second, as ingest requires).
     """
     from recsys_retrain import simulate
-    from recsys_retrain.data import RawData
+    from recsys_retrain.data.load import RawData
 
     joined = simulate.base_log(RawData(week, raw.users, raw.items))
     items = simulate.catalogue(simulate.base_log(raw))
@@ -218,7 +214,6 @@ def inject_bad_model(settings: Settings, start: pd.Timestamp, seed: int) -> int 
 def score_served(settings: Settings, run_dir: Path, window: str) -> dict[str, Any]:
     """NDCG@K of the serving champion on the week (what users got); written to ``served.json``."""
     from recsys_retrain import registry
-    from recsys_retrain.cycle import _write_json
     from recsys_retrain.gate import user_metrics
 
     current = registry.champion(settings)
@@ -229,7 +224,7 @@ def score_served(settings: Settings, run_dir: Path, window: str) -> dict[str, An
             history, holdout = pd.read_parquet(run_dir / "history.parquet"), pd.read_parquet(run_dir / "holdout.parquet")
             metrics = user_metrics(model, history, holdout, settings.eval.k, settings.gate.head_share).metrics
             out = {"window": window, "version": current.version, "ndcg": metrics[f"ndcg_at_{settings.eval.k}"]}
-    _write_json(out, run_dir / "served.json")
+    write_json(out, run_dir / "served.json")
     return out
 
 
@@ -289,8 +284,10 @@ def replay(settings: Settings, raw, config: TimelineConfig, progress: bool = Tru
     """
     from tqdm import tqdm
 
-    from recsys_retrain.cli import load_dag, quiet_libraries
-    from recsys_retrain.data import RawData, bootstrap_feature_repo, read_events
+    from recsys_retrain.airflow_local import load_dag, quiet_libraries
+    from recsys_retrain.data.ingest import bootstrap_feature_repo
+    from recsys_retrain.data.load import RawData
+    from recsys_retrain.data.store import read_events
 
     started = time.perf_counter()
     inter = raw.interactions
@@ -298,7 +295,7 @@ def replay(settings: Settings, raw, config: TimelineConfig, progress: bool = Tru
     stored = read_events(settings.feature_repo)
     if stored.empty or stored["timestamp"].max() >= starts[0]:  # rebuild unless it holds exactly the prefix
         bootstrap_feature_repo(RawData(inter[inter["timestamp"] < starts[0]], raw.users, raw.items), settings.feature_repo)
-    dags = {name: load_dag(name) for name in ("ingest", "champion_monitor", "drift_watch", "retrain")}
+    dags = {name: load_dag(name, settings) for name in ("ingest", "champion_monitor", "drift_watch", "retrain")}
     quiet_libraries()  # again: importing Airflow installs its own handlers
     events_dir = settings.home / "timeline" / "events"
     events_dir.mkdir(parents=True, exist_ok=True)
@@ -312,13 +309,11 @@ def replay(settings: Settings, raw, config: TimelineConfig, progress: bool = Tru
         run_dir = settings.runs_dir / f"{begin:%Y%m%d}-{end:%Y%m%d}"
         injected: list[str] = []
         events = inter[(inter["timestamp"] >= begin) & (inter["timestamp"] < end)]
-        if config.drift_at and _utc(config.drift_at) == begin:
+        if config.drift_at and utc(config.drift_at) == begin:
             events = drift_event(events, raw, config.seed)
             injected.append("drift")
         path = events_dir / f"{begin:%Y%m%d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        events.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        write_parquet(events, path)
         bar.set_postfix_str(f"{begin.date()} ingest")
         _run(dags["ingest"], "ingest", timings, run_conf={"events": str(path)})
         bar.set_postfix_str(f"{begin.date()} monitor")
@@ -334,7 +329,7 @@ def replay(settings: Settings, raw, config: TimelineConfig, progress: bool = Tru
                  run_conf={"window_start": begin.isoformat(), "window_end": end.isoformat(), **cycle_params})
             trained_by = "schedule"
         trains += trained_by is not None
-        if config.bad_model_at and _utc(config.bad_model_at) == begin:
+        if config.bad_model_at and utc(config.bad_model_at) == begin:
             version = _timed(timings, "inject", inject_bad_model, settings, begin, config.seed)
             if version is not None:
                 injected.append(f"bad model v{version}")
@@ -346,16 +341,15 @@ def replay(settings: Settings, raw, config: TimelineConfig, progress: bool = Tru
 def finish(settings: Settings, config: TimelineConfig, weeks: list[WeekResult], trains: int, seconds: float) -> TimelineResult:
     """Writes ``timeline.json`` and the report, and logs both to an MLflow run of the ``timeline`` experiment."""
     from recsys_retrain import registry
-    from recsys_retrain.cycle import _write_json
     from recsys_retrain.report import build_report, log_report
 
     out = settings.home / "timeline"
     moves = [m.to_dict() for m in registry.history(settings)]
     partial = TimelineResult(config, tuple(weeks), "", "", round(seconds, 1), trains)
-    _write_json(partial.to_dict(), out / "timeline.json")
+    write_json(partial.to_dict(), out / "timeline.json")
     report = build_report(settings.runs_dir, out / "report", alias_moves=moves, weeks=[w.to_dict() for w in weeks])
     run_id = log_report(settings, report, extra={"timeline.json": out / "timeline.json"},
                         metrics={"weeks": len(weeks), "trains": trains, "seconds": seconds})
     result = TimelineResult(config, tuple(weeks), str(report.html), run_id, round(seconds, 1), trains)
-    _write_json(result.to_dict(), out / "timeline.json")
+    write_json(result.to_dict(), out / "timeline.json")
     return result

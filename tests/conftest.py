@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys_retrain.data import RawData, load_movielens
+from recsys_retrain.data.load import RawData, load_movielens
 from recsys_retrain.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

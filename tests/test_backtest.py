@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from recsys_retrain import backtest
-from recsys_retrain.data import RawData, bootstrap_feature_repo
+from recsys_retrain.data.ingest import bootstrap_feature_repo
+from recsys_retrain.data.load import RawData
 from recsys_retrain.errors import PipelineError
 from recsys_retrain.settings import Settings
 from tests.conftest import copy_feature_repo

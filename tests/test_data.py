@@ -14,22 +14,11 @@ import pandas as pd
 import pytest
 from tests.conftest import copy_feature_repo
 
-from recsys_retrain.data import (
-    WINDOW_COLUMNS,
-    feast_point_in_time,
-    ingest,
-    quarantined,
-    read_events,
-    RawData,
-    bootstrap_feature_repo,
-    item_catalogue,
-    load_interactions,
-    load_movielens,
-    load_raw,
-    pull_window,
-    user_features,
-    validate,
-)
+from recsys_retrain.data.features import WINDOW_COLUMNS
+from recsys_retrain.data.ingest import ingest, quarantined, bootstrap_feature_repo
+from recsys_retrain.data.load import RawData, load_interactions, load_movielens, load_raw
+from recsys_retrain.data.store import feast_point_in_time, read_events, item_catalogue, pull_window, user_features
+from recsys_retrain.data.validation import validate
 from recsys_retrain.data.features import V1_ITEM, V1_USER
 from recsys_retrain.errors import DataError, ValidationError
 from recsys_retrain.settings import DataSettings
@@ -472,7 +461,7 @@ class TestIngest:
         assert ingest(events((1, 11, "2024-03-02 10:00")), feature_repo, materialize=False).added == 1
 
     def test_split_batches_keeps_every_row(self) -> None:
-        from recsys_retrain.data import split_batches
+        from recsys_retrain.data.ingest import split_batches
 
         log = pd.DataFrame({"user_id": [1, 2, 3, 4], "item_id": 1, "timestamp": [0, 86400 * 8, "garbage", 86400 * 15]})
         parts = split_batches(log, 7)

@@ -391,7 +391,8 @@ class TestCli:
         import subprocess
         import sys
 
-        from recsys_retrain.data import RawData, bootstrap_feature_repo
+        from recsys_retrain.data.ingest import bootstrap_feature_repo
+        from recsys_retrain.data.load import RawData
         from tests.conftest import copy_feature_repo
 
         ts = movielens.interactions["timestamp"]

@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 from tests.conftest import copy_feature_repo
 
-from recsys_retrain import data
-from recsys_retrain.data import RawData
+from recsys_retrain.data.ingest import bootstrap_feature_repo, ingest
+
+from recsys_retrain.data.store import pull_window
+from recsys_retrain.data.load import RawData
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 # Redis db index of the prod_env fixture, one per pytest-xdist worker: each test flushes its index
@@ -85,7 +87,7 @@ def prod_env(monkeypatch: pytest.MonkeyPatch):
     with psycopg.connect(dbname="postgres", autocommit=True, **PG) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
     env = {
-        "RETRAIN_FEATURE_ENV": "prod", "FEAST_PG_HOST": PG["host"], "FEAST_PG_PORT": str(PG["port"]),
+        "RETRAIN_DEPLOYMENT": "production", "RETRAIN_TRACKING_URI": "http://127.0.0.1:1", "FEAST_PG_HOST": PG["host"], "FEAST_PG_PORT": str(PG["port"]),
         "FEAST_PG_DB": db, "FEAST_PG_USER": PG["user"], "FEAST_PG_PASSWORD": "", "FEAST_PG_SSLMODE": "disable",
         "FEAST_REDIS": f"127.0.0.1:6379,db={redis_db()}",
     }
@@ -112,8 +114,8 @@ def test_postgres_offline_and_registry_redis_online(prod_env: str, tmp_path: Pat
     users = pd.DataFrame({"user_id": [1, 2], "age": [30, 40], "gender": ["F", "M"], "occupation": ["writer", "other"]})
     items = pd.DataFrame({"item_id": [10, 11, 12], "genres": ["Drama", "Comedy", ""], "release_year": [1999, 2001, 0]})
     repo = copy_feature_repo(tmp_path / "prod")
-    data.bootstrap_feature_repo(RawData(_events(FIRST), users, items), repo)
-    result = data.ingest(_events(SECOND), repo)
+    bootstrap_feature_repo(RawData(_events(FIRST), users, items), repo)
+    result = ingest(_events(SECOND), repo)
     assert result.added == 3 and not (repo / "data" / "registry.db").exists()  # the registry is in PostgreSQL
 
     store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / "feature_store.prod.yaml")
@@ -125,8 +127,8 @@ def test_postgres_offline_and_registry_redis_online(prod_env: str, tmp_path: Pat
     assert online["user_age"] == [30] and online["item_genres"] == ["Drama"]
     assert online["user_n_interactions"] == [3] and online["item_n_interactions"] == [3]
 
-    prod_window = data.pull_window(repo, "2024-03-01", "2024-03-07")  # Feast historical retrieval on PostgreSQL
-    monkeypatch.setenv("RETRAIN_FEATURE_ENV", "local")
+    prod_window = pull_window(repo, "2024-03-01", "2024-03-07")  # Feast historical retrieval on PostgreSQL
+    monkeypatch.setenv("RETRAIN_DEPLOYMENT", "local")
     local = copy_feature_repo(tmp_path / "local")
-    data.bootstrap_feature_repo(RawData(_events(FIRST + SECOND), users, items), local)
-    pd.testing.assert_frame_equal(prod_window, data.pull_window(local, "2024-03-01", "2024-03-07"))
+    bootstrap_feature_repo(RawData(_events(FIRST + SECOND), users, items), local)
+    pd.testing.assert_frame_equal(prod_window, pull_window(local, "2024-03-01", "2024-03-07"))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_retrain.data import RawData
+from recsys_retrain.data.load import RawData
 from recsys_retrain.profile import DataProfile, profile
 
 

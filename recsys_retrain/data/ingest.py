@@ -24,9 +24,11 @@ import pandas as pd
 
 from recsys_retrain.data import features as F
 from recsys_retrain.data.features import TS
-from recsys_retrain.data.load import RawData, _normalise_items, _normalise_users, _one_line, read_log
-from recsys_retrain.data.store import LOG, PROFILES, STATS, _offline_kind, _require_repo, _store, read_events
+from recsys_retrain.data.load import RawData, normalise_items, normalise_users, one_line, read_log
+from recsys_retrain.data.store import LOG, PROFILES, STATS, offline_kind, require_repo, feature_store, read_events
 from recsys_retrain.data.validation import check_events, to_parquet, write_atomic, write_quarantine
+from recsys_retrain.io import write_with
+from recsys_retrain.resources import seed_feature_repo
 from recsys_retrain.errors import DataError, PipelineError, ValidationError
 from recsys_retrain.settings import DataSettings
 
@@ -58,14 +60,16 @@ def bootstrap_feature_repo(raw: RawData, repo: Path, materialize: bool = False) 
     Everything is written into a staging folder first and moved into place only after
     all of it was written, so a failure leaves the previous sources intact. Same data,
     same files. ``materialize=True`` also fills the online store (``ingest`` always does).
+    A folder without Feast definitions first gets the ones shipped with the package.
     """
     repo = Path(repo).resolve()
     if raw.interactions.empty:
         raise DataError("interactions: no events to build features from")
+    seed_feature_repo(repo)
     inter = raw.interactions
     origin = inter["timestamp"].min().floor("D")
-    users = _side(raw.users, ["user_id", "age", "gender", "occupation"], _normalise_users, "user")
-    items = _side(raw.items, ["item_id", "genres", "release_year"], _normalise_items, "item")
+    users = _side(raw.users, ["user_id", "age", "gender", "occupation"], normalise_users, "user")
+    items = _side(raw.items, ["item_id", "genres", "release_year"], normalise_items, "item")
     tables = {
         "user_profile": F.profile_table(_ids(inter["user_id"], users["user_id"]), users, "user_id", F.USER_PROFILE, origin),
         "item_profile": F.profile_table(_ids(inter["item_id"], items["item_id"]), items, "item_id", F.ITEM_PROFILE, origin),
@@ -113,7 +117,7 @@ def ingest(
     batch's first day on are recomputed; earlier rows are kept as they are.
     """
     repo = Path(repo).resolve()
-    _require_repo(repo)
+    require_repo(repo)
     with _lock(repo):
         return _ingest(events, repo, settings or DataSettings(), materialize, progress or (lambda _name: None))
 
@@ -150,7 +154,7 @@ def _ingest(events, repo: Path, settings: DataSettings, materialize: bool, step)
     touched = new["timestamp"].dt.floor("D").unique()
     day_rows = everything[everything["timestamp"].dt.floor("D").isin(touched)]
     _write_days(_log_frame(day_rows), repo / "data" / LOG)
-    if _offline_kind(repo) != "file" or not (repo / "data" / "registry.db").exists():
+    if offline_kind(repo) != "file" or not (repo / "data" / "registry.db").exists():
         _apply(repo)
     _publish(repo, [*tables, LOG])
     result["recomputed_from"] = since.isoformat()
@@ -169,11 +173,11 @@ def split_batches(raw: pd.DataFrame, days: int) -> list[pd.DataFrame]:
 
     Rows whose timestamp does not parse travel with the first batch (to its quarantine).
     """
-    from recsys_retrain.data.validation import _as_ts
+    from recsys_retrain.data.validation import as_ts
 
     if raw.empty or days <= 0:
         return [raw]
-    ts = _as_ts(raw["timestamp"].reset_index(drop=True))
+    ts = as_ts(raw["timestamp"].reset_index(drop=True))
     start = ts.min().floor("D")
     key = ((ts - start) // pd.Timedelta(days=days)).fillna(-1).clip(lower=0).astype("int64")
     return [part for _, part in raw.reset_index(drop=True).groupby(key.to_numpy(), sort=True)]
@@ -222,7 +226,7 @@ def _materialize_with_retries(repo: Path, since: pd.Timestamp, tables: dict, set
         except Exception as exc:  # Redis, PostgreSQL and Feast raise many types for an unreachable store
             if attempt == settings.online_retries:
                 raise PipelineError(
-                    f"online store: materialization failed after {attempt} attempts ({_one_line(exc)}); "
+                    f"online store: materialization failed after {attempt} attempts ({one_line(exc)}); "
                     f"the {added} new rows are stored offline, re-run the ingest to fill the online store"
                 ) from None
             time.sleep(delay)
@@ -232,7 +236,7 @@ def _materialize_with_retries(repo: Path, since: pd.Timestamp, tables: dict, set
 
 def _online_lag(repo: Path) -> pd.Timestamp | None:
     """The day the online store's stats views stop, when that is before the newest offline row; else None."""
-    store = _store(repo)
+    store = feature_store(repo)
     newest = max(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].max() for n in STATS)
     ends = [store.get_feature_view(n).most_recent_end_time for n in STATS]
     if any(e is None for e in ends):
@@ -253,7 +257,7 @@ def _materialize(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Timestamp:
 
 
 def _materialize_quietly(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Timestamp:
-    store = _store(repo)
+    store = feature_store(repo)
     end = max(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].max() for n in STATS)
     end = (end + pd.Timedelta(seconds=1)).to_pydatetime()
     stats = list(STATS)
@@ -290,11 +294,11 @@ def _publish(repo: Path, names: Iterable[str]) -> None:
     a non-file offline store (``feature_store.prod.yaml``) receives a copy of each
     changed table, which Feast's historical retrieval and materialization then read.
     """
-    if _offline_kind(repo) != "postgres":
+    if offline_kind(repo) != "postgres":
         return
     from feast.infra.utils.postgres.connection_utils import _df_to_create_table_sql, _get_conn
 
-    config = _store(repo).config.offline_store
+    config = feature_store(repo).config.offline_store
     with _get_conn(config) as conn, conn.cursor() as cur:
         for name in names:
             if name == LOG:
@@ -344,14 +348,8 @@ def _log_frame(inter: pd.DataFrame) -> pd.DataFrame:
 def _write_days(events: pd.DataFrame, root: Path) -> None:
     """One parquet file per UTC day, each written atomically."""
     for day, part in events.groupby(events[TS].dt.strftime("%Y-%m-%d"), sort=True):
-        path = root / f"day={day}" / "part-0.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".part-0.parquet.tmp-{os.getpid()}")
-        try:
-            to_parquet(part.reset_index(drop=True), tmp, f"{LOG}/day={day}")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        frame = part.reset_index(drop=True)
+        write_with(root / f"day={day}" / "part-0.parquet", lambda tmp: to_parquet(frame, tmp, f"{LOG}/day={day}"))
 
 
 def _side(df: pd.DataFrame, columns: list[str], normalise, what: str) -> pd.DataFrame:
@@ -377,7 +375,7 @@ def _apply(repo: Path) -> None:
     kinds = (Entity, DataSource, FeatureView, FeatureService)
     with _definitions(repo) as modules:
         objects = {(type(o).__name__, o.name): o for m in modules for o in vars(m).values() if isinstance(o, kinds)}
-    _store(repo, check=False).apply(list(objects.values()))
+    feature_store(repo, check=False).apply(list(objects.values()))
 
 
 @contextmanager
@@ -393,7 +391,7 @@ def _definitions(repo: Path) -> Iterator[list]:
     try:
         yield [importlib.import_module(n) for n in names]
     except Exception as exc:
-        raise DataError(f"{repo.name}: feature definitions do not import ({_one_line(exc)})") from None
+        raise DataError(f"{repo.name}: feature definitions do not import ({one_line(exc)})") from None
     finally:
         sys.path.remove(str(repo))
         for n in names:

@@ -76,7 +76,7 @@ def read_log(path: Path) -> pd.DataFrame:
     try:
         df = readers[path.suffix.lower()](path)
     except Exception as exc:  # pyarrow and the csv parser raise many types
-        raise DataError(f"{path.name}: unreadable ({_one_line(exc)})") from None
+        raise DataError(f"{path.name}: unreadable ({one_line(exc)})") from None
     return df
 
 
@@ -94,7 +94,7 @@ def _fetch_wheel(cache_dir: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)  # nosec B603  # fixed args: pip download of a pinned wheel
         fetched = Path(tmp) / _WHEEL_FILE
         if proc.returncode != 0 or not fetched.exists():
-            raise DataError(f"{RECBOLE_WHEEL}: pip download failed ({_one_line(proc.stderr or 'no wheel')})")
+            raise DataError(f"{RECBOLE_WHEEL}: pip download failed ({one_line(proc.stderr or 'no wheel')})")
         os.replace(fetched, wheel)
     return wheel
 
@@ -104,12 +104,12 @@ def _from_wheel(wheel: Path) -> RawData:
         with zipfile.ZipFile(wheel) as zf:
             inter, items, users = (_read_atomic_file(zf, ext) for ext in ("inter", "item", "user"))
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
-        raise DataError(f"{wheel.name}: unreadable MovieLens data ({_one_line(exc)})") from None
+        raise DataError(f"{wheel.name}: unreadable MovieLens data ({one_line(exc)})") from None
     items["genres"] = items["class"].fillna("").map(lambda s: _genres(s.split()))
     return RawData(
         _normalise_interactions(inter, "ml-100k.inter"),
-        _normalise_users(users, "ml-100k.user"),
-        _normalise_items(items, "ml-100k.item"),
+        normalise_users(users, "ml-100k.user"),
+        normalise_items(items, "ml-100k.item"),
     )
 
 
@@ -130,7 +130,7 @@ def _from_grouplens(folder: Path) -> RawData:
     items["genres"] = [_genres(g for g, on in zip(GENRES, row) if on) for row in flagged]
     items["release_year"] = items["release"].str[-4:]  # "01-Jan-1995"
     return RawData(
-        _normalise_interactions(inter, "u.data"), _normalise_users(users, "u.user"), _normalise_items(items, "u.item")
+        _normalise_interactions(inter, "u.data"), normalise_users(users, "u.user"), normalise_items(items, "u.item")
     )
 
 
@@ -140,7 +140,7 @@ def _read_table(path: Path, sep: str, names: list[str]) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, sep=sep, header=None, dtype=str, encoding="latin-1", quoting=csv.QUOTE_NONE)
     except Exception as exc:
-        raise DataError(f"{path.name}: unreadable ({_one_line(exc)})") from None
+        raise DataError(f"{path.name}: unreadable ({one_line(exc)})") from None
     if df.shape[1] != len(names):
         raise DataError(f"{path.name}: expected {len(names)} '{sep}'-separated columns, found {df.shape[1]}")
     df.columns = names
@@ -197,7 +197,7 @@ def _timestamps(s: pd.Series, name: str) -> pd.Series:
     return ts.astype("datetime64[ns, UTC]")
 
 
-def _normalise_users(users: pd.DataFrame, name: str) -> pd.DataFrame:
+def normalise_users(users: pd.DataFrame, name: str) -> pd.DataFrame:
     out = pd.DataFrame({"user_id": _integers(users["user_id"], name, "user_id")})
     out["age"] = _years(users["age"])
     for col in ("gender", "occupation"):
@@ -205,14 +205,14 @@ def _normalise_users(users: pd.DataFrame, name: str) -> pd.DataFrame:
     return out
 
 
-def _normalise_items(items: pd.DataFrame, name: str) -> pd.DataFrame:
+def normalise_items(items: pd.DataFrame, name: str) -> pd.DataFrame:
     out = pd.DataFrame({"item_id": _integers(items["item_id"], name, "item_id")})
     out["genres"] = items["genres"].astype(str)
     out["release_year"] = _years(items["release_year"])
     return out
 
 
-def _one_line(exc: object) -> str:
+def one_line(exc: object) -> str:
     """The last non-empty line of an error text (pip and pyarrow put the gist there)."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     return lines[-1] if lines else type(exc).__name__

@@ -16,7 +16,6 @@ same rows; ``tests/test_data.py`` checks that.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable
@@ -26,9 +25,10 @@ import pandas as pd
 from recsys_retrain.data import features as F
 from recsys_retrain.data.features import TS
 from recsys_retrain.errors import DataError
+from recsys_retrain.io import utc
+from recsys_retrain.settings import Settings, feature_store_yaml
 
-FEATURE_SERVICE = "two_tower_v2"  # the newest service: every feature below
-FEATURE_ENV = "RETRAIN_FEATURE_ENV"  # "prod" selects feature_store.prod.yaml and its sources
+WINDOW_SERVICE = "two_tower_v2"  # the service a pulled window reads: every feature below (the model reads model.FEATURE_SERVICE)
 PROFILES = {"user_profile": ("user_id", F.USER_PROFILE), "item_profile": ("item_id", F.ITEM_PROFILE)}
 STATS = {"user_stats": "user_id", "item_stats": "item_id"}
 LOG = "interactions"
@@ -48,7 +48,7 @@ def read_events(repo: Path, t0=None, t1=None, days: Iterable[str] | None = None)
     if days is not None:
         expr = ds.field("day").isin(list(days))
     if t0 is not None:
-        lo, hi = _utc(t0), _utc(t1)
+        lo, hi = utc(t0), utc(t1)
         expr = (ds.field("day") >= f"{lo:%Y-%m-%d}") & (ds.field("day") <= f"{hi:%Y-%m-%d}")
         expr = expr & (ds.field(TS) >= lo) & (ds.field(TS) < hi)
     table = dataset.to_table(columns=["user_id", "item_id", TS, "rating"], filter=expr)
@@ -69,19 +69,19 @@ def pull_window(repo: Path, t0: datetime | str, t1: datetime | str, service: str
     feature service (``two_tower_v1``...), in the same order.
     """
     repo = Path(repo).resolve()
-    _require_repo(repo, bootstrapped=True)
+    require_repo(repo, bootstrapped=True)
     columns = _service_columns(repo, service)
     events = read_events(repo, t0, t1)
     if events.empty:
         return F.typed(pd.DataFrame(columns=columns))
-    if _offline_kind(repo) == "file":
+    if offline_kind(repo) == "file":
         out = events.rename(columns={"timestamp": TS})
         for key in ("user_id", "item_id"):
-            out = _as_of_join(repo, out, key, _utc(t1))
+            out = _as_of_join(repo, out, key, utc(t1))
     else:
         out = events.rename(columns={"timestamp": TS})
         for key in ("user_id", "item_id"):
-            out = out.merge(feast_point_in_time(_store(repo), out[[key, TS]], key), on=[key, TS], how="left")
+            out = out.merge(feast_point_in_time(feature_store(repo), out[[key, TS]], key), on=[key, TS], how="left")
     out = out.rename(columns={TS: "timestamp"}).sort_values(["timestamp", "user_id", "item_id"], kind="stable")
     return F.typed(out.reindex(columns=columns))
 
@@ -89,7 +89,7 @@ def pull_window(repo: Path, t0: datetime | str, t1: datetime | str, service: str
 def item_catalogue(repo: Path, as_of: datetime | str) -> pd.DataFrame:
     """Every catalogue item with its features as of ``as_of`` (the candidates to rank)."""
     repo = Path(repo).resolve()
-    _require_repo(repo, bootstrapped=True)
+    require_repo(repo, bootstrapped=True)
     ids = pd.read_parquet(repo / "data" / "item_profile.parquet", columns=["item_id"])["item_id"]
     return _as_of(repo, "item_id", ids, as_of, F.ITEM_COLUMNS)
 
@@ -97,7 +97,7 @@ def item_catalogue(repo: Path, as_of: datetime | str) -> pd.DataFrame:
 def user_features(repo: Path, user_ids: Iterable[int], as_of: datetime | str) -> pd.DataFrame:
     """Features of the given users as of ``as_of``; unknown users get the defaults."""
     repo = Path(repo).resolve()
-    _require_repo(repo, bootstrapped=True)
+    require_repo(repo, bootstrapped=True)
     return _as_of(repo, "user_id", pd.Series(list(user_ids), dtype="int64"), as_of, F.USER_COLUMNS)
 
 
@@ -105,11 +105,11 @@ def _as_of(repo: Path, key: str, ids: pd.Series, as_of, columns: list[str]) -> p
     ids = pd.Series(sorted(set(ids.tolist())), dtype="int64")
     if ids.empty:
         return F.typed(pd.DataFrame(columns=columns))
-    rows = pd.DataFrame({key: ids, TS: _utc(as_of)})
-    if _offline_kind(repo) == "file":
-        feats = _as_of_join(repo, rows, key, _utc(as_of) + pd.Timedelta(microseconds=1))
+    rows = pd.DataFrame({key: ids, TS: utc(as_of)})
+    if offline_kind(repo) == "file":
+        feats = _as_of_join(repo, rows, key, utc(as_of) + pd.Timedelta(microseconds=1))
     else:
-        feats = rows.merge(feast_point_in_time(_store(repo), rows, key), on=[key, TS], how="left")
+        feats = rows.merge(feast_point_in_time(feature_store(repo), rows, key), on=[key, TS], how="left")
     return F.typed(feats.drop(columns=[TS]).reindex(columns=columns))
 
 
@@ -124,7 +124,7 @@ def _as_of_join(repo: Path, rows: pd.DataFrame, key: str, until: pd.Timestamp) -
     return rows
 
 
-def feast_point_in_time(store, rows: pd.DataFrame, key: str, service: str = FEATURE_SERVICE) -> pd.DataFrame:
+def feast_point_in_time(store, rows: pd.DataFrame, key: str, service: str = WINDOW_SERVICE) -> pd.DataFrame:
     """One entity's service features for each distinct (key, timestamp): Feast's as-of join.
 
     Users and items are queried apart because Feast's file store keeps one result per
@@ -147,16 +147,16 @@ def feast_point_in_time(store, rows: pd.DataFrame, key: str, service: str = FEAT
 def _service_columns(repo: Path, service: str | None) -> list[str]:
     if service is None:
         return F.WINDOW_COLUMNS
-    names = {f.name for p in _store(repo).get_feature_service(service).feature_view_projections for f in p.features}
+    names = {f.name for p in feature_store(repo).get_feature_service(service).feature_view_projections for f in p.features}
     return [c for c in F.WINDOW_COLUMNS if c in ("user_id", "item_id", "timestamp", "rating") or c in names]
 
 
 def _yaml(repo: Path) -> Path:
-    prod = os.environ.get(FEATURE_ENV, "local") == "prod"
-    return Path(repo) / ("feature_store.prod.yaml" if prod else "feature_store.yaml")
+    """The repository's configuration for the configured deployment (``Settings.deployment``), read when called."""
+    return feature_store_yaml(repo, Settings().deployment)
 
 
-def _offline_kind(repo: Path) -> str:
+def offline_kind(repo: Path) -> str:
     import yaml
 
     config = yaml.safe_load(_yaml(repo).read_text()) or {}
@@ -164,25 +164,21 @@ def _offline_kind(repo: Path) -> str:
     return offline.get("type", "file") if isinstance(offline, dict) else str(offline)
 
 
-def _require_repo(repo: Path, bootstrapped: bool = False) -> None:
+def require_repo(repo: Path, bootstrapped: bool = False) -> None:
     if not _yaml(repo).exists():
         raise DataError(f"{repo}: not a Feast repository (no {_yaml(repo).name})")
     if (repo / "data" / f"{LOG}.parquet").exists():
         raise DataError(f"{repo.name}: data/ was written by an older version (data/{LOG}.parquet); bootstrap it again")
-    if bootstrapped and _offline_kind(repo) == "file":
+    if bootstrapped and offline_kind(repo) == "file":
         if not (repo / "data" / "item_profile.parquet").exists():
             raise DataError(f"{repo.name}: feature repository not bootstrapped (run bootstrap_feature_repo or ingest)")
 
 
-def _store(repo: Path, check: bool = True):
+def feature_store(repo: Path, check: bool = True):
     from feast import FeatureStore
 
     repo = Path(repo).resolve()
     if check:
-        _require_repo(repo)
+        require_repo(repo)
     return FeatureStore(repo_path=str(repo), fs_yaml_file=_yaml(repo))
 
-
-def _utc(value: datetime | str) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

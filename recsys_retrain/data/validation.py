@@ -10,13 +10,13 @@ failing several checks lists them all.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from recsys_retrain.data.load import _one_line
+from recsys_retrain.data.load import one_line
+from recsys_retrain.io import write_with
 from recsys_retrain.errors import DataError, ValidationError
 from recsys_retrain.settings import DataSettings
 
@@ -62,7 +62,7 @@ def check_events(raw: pd.DataFrame, settings: DataSettings, name: str = "batch")
         {
             "user_id": _as_int(good["user_id"]).astype("int64"),
             "item_id": _as_int(good["item_id"]).astype("int64"),
-            "timestamp": _as_ts(good["timestamp"]),
+            "timestamp": as_ts(good["timestamp"]),
             "rating": pd.to_numeric(good["rating"], errors="coerce").astype("float64"),
         }
     ).reset_index(drop=True)
@@ -90,8 +90,8 @@ def bad_rows(frame: pd.DataFrame, settings: DataSettings) -> pd.Series:
             "timestamp": pa.Column(
                 nullable=False,
                 checks=[
-                    pa.Check(lambda s: _as_ts(s).notna(), error="timestamp unparseable"),
-                    pa.Check(lambda s: ~(_as_ts(s) > latest), error="timestamp in the future"),
+                    pa.Check(lambda s: as_ts(s).notna(), error="timestamp unparseable"),
+                    pa.Check(lambda s: ~(as_ts(s) > latest), error="timestamp in the future"),
                 ],
             ),
             "rating": pa.Column(
@@ -119,7 +119,7 @@ def bad_rows(frame: pd.DataFrame, settings: DataSettings) -> pd.Series:
 
 def _first_of_each_event(df: pd.DataFrame) -> pd.Series:
     """False for the second and later copies of a (user, item, timestamp) event."""
-    keys = pd.DataFrame({"u": _as_int(df["user_id"]), "i": _as_int(df["item_id"]), "t": _as_ts(df["timestamp"])})
+    keys = pd.DataFrame({"u": _as_int(df["user_id"]), "i": _as_int(df["item_id"]), "t": as_ts(df["timestamp"])})
     return ~(keys.duplicated(keep="first") & keys.notna().all(axis=1))
 
 
@@ -132,7 +132,7 @@ def _as_int(s: pd.Series) -> pd.Series:
     return num.where(num % 1 == 0)
 
 
-def _as_ts(s: pd.Series) -> pd.Series:
+def as_ts(s: pd.Series) -> pd.Series:
     """Unix seconds (numbers or numeric text) or datetimes/ISO text, as UTC; NaT if neither."""
     if pd.api.types.is_datetime64_any_dtype(s):
         return pd.to_datetime(s, utc=True).astype("datetime64[ns, UTC]")
@@ -170,17 +170,11 @@ def write_quarantine(bad: pd.DataFrame, path: Path) -> None:
 
 def write_atomic(df: pd.DataFrame, path: Path) -> None:
     """Write parquet under a temporary name, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        to_parquet(df, tmp, path.name)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_with(path, lambda tmp: to_parquet(df, tmp, path.name))
 
 
 def to_parquet(df: pd.DataFrame, path: Path, name: str) -> None:
     try:
         df.to_parquet(path, index=False)
     except Exception as exc:  # pyarrow type and IO errors
-        raise DataError(f"{name}: could not write ({_one_line(exc)})") from None
+        raise DataError(f"{name}: could not write ({one_line(exc)})") from None

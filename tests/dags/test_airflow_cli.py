@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from recsys_retrain.data import RawData, bootstrap_feature_repo
+from recsys_retrain.data.ingest import bootstrap_feature_repo
+from recsys_retrain.data.load import RawData
 from tests.conftest import copy_feature_repo
 
 ROOT = Path(__file__).resolve().parents[2]

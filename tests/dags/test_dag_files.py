@@ -147,7 +147,8 @@ RUN_DRIFT_WATCH = """
 import json, os, subprocess, sys
 from pathlib import Path
 import pandas as pd
-from recsys_retrain.data import RawData, bootstrap_feature_repo, load_movielens
+from recsys_retrain.data.ingest import bootstrap_feature_repo
+from recsys_retrain.data.load import RawData, load_movielens
 from tests.conftest import cache_dir, copy_feature_repo
 root = Path(sys.argv[1])
 raw = load_movielens(cache_dir())

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recsys_retrain.data import RawData, bootstrap_feature_repo
+from recsys_retrain.data.ingest import bootstrap_feature_repo
+from recsys_retrain.data.load import RawData
 from recsys_retrain.settings import Settings
 from tests.conftest import copy_feature_repo
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from recsys_retrain import cycle, data
+from recsys_retrain import cycle
+
+from recsys_retrain.data.ingest import quarantined
+
+from recsys_retrain.data.store import read_events
 from recsys_retrain.errors import DataError, ValidationError
 from tests.faults.conftest import SLICE_END, report, tiny_settings, write_slice
 
@@ -22,7 +26,7 @@ def world(movielens, tmp_path):
 
 
 def stored(settings) -> int:
-    return len(data.read_events(settings.feature_repo))
+    return len(read_events(settings.feature_repo))
 
 
 def test_corrupted_and_partial_batches_are_quarantined_and_never_trained_on(world, tmp_path, record_property):
@@ -44,7 +48,7 @@ def test_corrupted_and_partial_batches_are_quarantined_and_never_trained_on(worl
     with pytest.raises(ValidationError, match="nothing ingested, the whole batch is quarantined") as err:
         cycle.ingest(str(garbled_csv), settings)
     assert "\n" not in str(err.value) and stored(settings) == before
-    quarantine = data.quarantined(settings.feature_repo)
+    quarantine = quarantined(settings.feature_repo)
     assert len(quarantine) == len(batch)  # every row kept, each with its reason
 
     partial = tmp_path / "partial.csv"  # the last line cut off mid-row
@@ -53,7 +57,7 @@ def test_corrupted_and_partial_batches_are_quarantined_and_never_trained_on(worl
     result = cycle.ingest(str(partial), settings)
     assert result["quarantined"] == 1 and result["added"] == len(batch) - 1
 
-    window = data.read_events(settings.feature_repo, *NEXT_WEEK)
+    window = read_events(settings.feature_repo, *NEXT_WEEK)
     good = batch.iloc[:-1]  # what the training step may pull: the partial batch's complete rows, nothing garbled
     assert sorted(zip(window["user_id"], window["item_id"])) == sorted(zip(good["user_id"], good["item_id"]))
     lost = len(batch) - len(window) - result["quarantined"]  # every row is stored or quarantined, none vanished
