@@ -9,7 +9,7 @@ REQS := pyproject.toml requirements/constraints.txt requirements/torchrec.txt
 TORCH_PAIR ?= cpu
 STAMP := $(VENV)/.installed-$(TORCH_PAIR)
 
-.PHONY: setup setup-gpu demo test bench lint clean
+.PHONY: setup setup-gpu demo test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): $(REQS) requirements/torch-$(TORCH_PAIR).txt
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@echo "installing the stack into $(VENV) (first time: a few minutes)"
 	$(PIP) install -r requirements/torch-$(TORCH_PAIR).txt -r requirements/torchrec.txt -c requirements/constraints.txt
-	$(PIP) install -e '.[test,prod]' -c requirements/constraints.txt
+	$(PIP) install -e '.[$(TORCH_PAIR),test,prod]' -c requirements/constraints.txt
 	@# last, so no later pip run reports its undeclared-on-CPU `fbgemm-gpu` requirement
 	$(PIP) install --no-deps torchrec==1.8.0
 	@rm -f $(VENV)/.installed-*
@@ -36,6 +36,10 @@ demo: setup
 TEST_WORKERS ?= 2
 test: setup chromium
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+
+# The inner loop: every test not marked `slow` (each slow one takes over 10 s); make test runs them all.
+test-fast: setup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
 
 # The report test opens the page in headless Chromium (Debian's chromium + chromium-driver);
 # as root they are installed when missing, otherwise the target says what to run.
