@@ -35,7 +35,7 @@ import pandas as pd  # noqa: E402
 
 from recsys_retrain import simulate as sim  # noqa: E402
 from recsys_retrain.data.load import load_movielens  # noqa: E402
-from recsys_retrain.drift import check_drift  # noqa: E402
+from recsys_retrain.drift.check import check_drift  # noqa: E402
 from recsys_retrain.settings import DriftSettings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

@@ -295,7 +295,7 @@ def drift(
     needed for the new-item and new-user signals.
     """
     from recsys_retrain.data.store import pull_window
-    from recsys_retrain.drift import champion_scorer, check_drift
+    from recsys_retrain.drift.check import champion_scorer, check_drift
 
     quiet_libraries()
     settings = get_settings()

@@ -173,7 +173,7 @@ def drift(pulled: dict[str, Any], settings: Settings | None = None, overrides: O
     signal (prediction drift); without one the data signals decide alone.
     """
     from recsys_retrain import registry
-    from recsys_retrain.drift import champion_scorer, check_drift
+    from recsys_retrain.drift.check import champion_scorer, check_drift
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))

@@ -16,7 +16,7 @@ import mlflow
 import pytest
 
 from recsys_retrain import report
-from recsys_retrain.drift import DriftReport, SignalResult
+from recsys_retrain.drift.verdict import DriftReport, SignalResult
 from recsys_retrain.profile import DataProfile
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
