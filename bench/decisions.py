@@ -5,10 +5,10 @@ window ``[start, start + 7 d)`` at a time; a window's history is every
 interaction before its start. Every model is the real two-tower model
 (``recsys_retrain.train.train`` with ``TrainSettings(epochs=4)``), every version lives
 in a real MLflow registry on SQLite in a temporary folder (models are logged
-with ``registry.log_candidate`` and loaded back from the registry), every
+with ``registry.candidates.log_candidate`` and loaded back from the registry), every
 promotion decision is ``recsys_retrain.gate.decide`` on ``recsys_retrain.evaluate.user_metrics``
 of challenger and champion on the same window, applied with
-``registry.apply_decision``, and every revert decision is ``recsys_retrain.monitor.check_window``.
+``registry.promotion.apply_decision``, and every revert decision is ``recsys_retrain.monitor.check_window``.
 Models are trained once and reused across the scenarios:
 
 ``good[w]``  trained on the history of window ``w`` (what the pipeline would train).
@@ -56,9 +56,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from recsys_retrain import monitor, registry
+from recsys_retrain import monitor
 from recsys_retrain.evaluate import UserEval, user_metrics
 from recsys_retrain.gate import GateDecision, decide
+from recsys_retrain.registry import candidates, promotion
 from recsys_retrain.settings import Settings, TrainSettings
 from recsys_retrain.train import load_checkpoint, train
 
@@ -187,7 +188,7 @@ class Models:
 
 
 def register(s: Settings, model: nn.Module, window: str, kind: str) -> int:
-    return registry.log_candidate(model, settings=s, window=window, params={"kind": kind}, metrics={}).version
+    return candidates.log_candidate(model, settings=s, window=window, params={"kind": kind}, metrics={}).version
 
 
 def gate_step(s: Settings, version: int, history: pd.DataFrame, window_df: pd.DataFrame,
@@ -195,11 +196,11 @@ def gate_step(s: Settings, version: int, history: pd.DataFrame, window_df: pd.Da
     """One gate step as the pipeline runs it, timed: both models from the registry, scored, decided, applied."""
     started = time.perf_counter()
     k, head = s.eval.k, s.gate.head_share
-    challenger_model, load_error = registry.try_load(s, version)
-    champ = registry.champion(s)
+    challenger_model, load_error = candidates.try_load(s, version)
+    champ = candidates.champion(s)
     champion_eval: UserEval | None = None
     if champ is not None:
-        champion_model, _ = registry.try_load(s, champ.version)
+        champion_model, _ = candidates.try_load(s, champ.version)
         if champion_model is not None:
             champion_eval = user_metrics(champion_model, history, window_df, k, head)
     challenger_eval = user_metrics(challenger_model, history, window_df, k, head) if challenger_model else None
@@ -207,10 +208,10 @@ def gate_step(s: Settings, version: int, history: pd.DataFrame, window_df: pd.Da
     decision = decide(
         challenger_eval, champion_eval, s.gate, challenger_version=version,
         champion_version=champ.version if champ else None, window=window, load_error=load_error,
-        reverted_on=registry.reverted_on(s, version),
+        reverted_on=promotion.reverted_on(s, version),
     )
     decide_s = time.perf_counter() - t_decide
-    promoted = registry.apply_decision(decision, s, actor="bench gate")
+    promoted = promotion.apply_decision(decision, s, actor="bench gate")
     return decision, promoted, time.perf_counter() - started, {"decide_s": decide_s}
 
 
@@ -253,8 +254,8 @@ def monitor_row(d: monitor.RevertDecision) -> dict[str, Any]:
 def clean_replay(s: Settings, models: Models, inter: pd.DataFrame, wins: list, seeds: dict) -> dict[str, Any]:
     old = register(s, seeds["seed_old"], seeds["old_window"], "seed_old")
     mid = register(s, seeds["seed_mid"], seeds["mid_window"], "seed_mid")
-    registry.promote(s, old, reason="benchmark seed: first champion", actor="bench")
-    registry.promote(s, mid, reason="benchmark seed: sound successor", actor="bench")
+    promotion.promote(s, old, reason="benchmark seed: first champion", actor="bench")
+    promotion.promote(s, mid, reason="benchmark seed: sound successor", actor="bench")
     rows, false_reverts, false_promotions, times = [], 0, 0, []
     for i, (start, end) in enumerate(wins):
         history, window_df = split(inter, start, end)
@@ -320,7 +321,7 @@ def bad_challengers(home: Path, models: Models, inter: pd.DataFrame, wins: list)
         for kind, model in bad.items():
             s = Settings(home=home, model_name=f"bad_{kind}_w{i}")
             champ = register(s, champion_model, window_name(*wins[i - 1]), "good")
-            registry.promote(s, champ, reason="benchmark: champion before the injection", actor="bench")
+            promotion.promote(s, champ, reason="benchmark: champion before the injection", actor="bench")
             version = register(s, model, name, kind)
             d, promoted, secs, extra = gate_step(s, version, history, window_df, name)
             times.append(secs)
@@ -338,8 +339,8 @@ def degrading_champion(s: Settings, inter: pd.DataFrame, wins: list, seeds: dict
     wrapped = DegradingModel(seeds["seed_mid"], active_from=onset_start - WEEK, noise=NOISE)
     old = register(s, seeds["seed_old"], seeds["old_window"], "seed_old")
     mid = register(s, wrapped, seeds["mid_window"], "seed_mid_degrading")
-    registry.promote(s, old, reason="benchmark seed: first champion", actor="bench")
-    registry.promote(s, mid, reason="benchmark seed: the champion that will degrade", actor="bench")
+    promotion.promote(s, old, reason="benchmark seed: first champion", actor="bench")
+    promotion.promote(s, mid, reason="benchmark seed: the champion that will degrade", actor="bench")
     rows, reverted_at, false_reverts = [], None, 0
     for i, (start, end) in enumerate(wins):
         history, window_df = split(inter, start, end)
@@ -353,7 +354,7 @@ def degrading_champion(s: Settings, inter: pd.DataFrame, wins: list, seeds: dict
                 false_reverts += 1
             elif reverted_at is None:
                 reverted_at = i
-    champion_after = registry.champion(s)
+    champion_after = candidates.champion(s)
     delay = None if reverted_at is None else reverted_at - DEGRADE_FROM + 1
     return {"windows": rows, "onset_window": window_name(*wins[DEGRADE_FROM]), "noise": NOISE,
             "reverted_window": None if reverted_at is None else window_name(*wins[reverted_at]),

@@ -158,7 +158,7 @@ class Trainer:
 
 
 def _score(model, pulled: dict[str, Any], settings: Settings):
-    from recsys_retrain.gate import user_metrics
+    from recsys_retrain.evaluate import user_metrics
 
     run = Path(pulled["run_dir"])
     history, holdout = pd.read_parquet(run / "history.parquet"), pd.read_parquet(run / "holdout.parquet")

@@ -302,12 +302,12 @@ def drift(
     out = checked_path(out, settings, "--out")
     scorer = None
     if champion:
-        from recsys_retrain import registry
+        from recsys_retrain.registry import candidates
 
-        current_version = registry.champion(settings)
+        current_version = candidates.champion(settings)
         if current_version is None:
             raise PipelineError("--champion: the registry has no champion yet")
-        model, why = registry.try_load(settings, current_version.version)
+        model, why = candidates.try_load(settings, current_version.version)
         if model is None:
             raise PipelineError(f"--champion: version {current_version.version} cannot be loaded: {why}")
         scorer = champion_scorer(model)
@@ -336,9 +336,9 @@ def promote(
     reason: Annotated[str, typer.Option(help="Why, kept in the alias history.")] = "manual promotion",
 ) -> None:
     """Promote a version by hand (refused for a reverted version)."""
-    from recsys_retrain import registry
+    from recsys_retrain.registry import promotion
 
-    moves = registry.promote(get_settings(), candidate, reason=reason, actor="cli promote")
+    moves = promotion.promote(get_settings(), candidate, reason=reason, actor="cli promote")
     console.print(f"v{candidate} is champion" + ("" if moves else " already"))
 
 
@@ -347,21 +347,21 @@ def revert(
     reason: Annotated[str, typer.Option(help="Why, tagged on the reverted version.")] = "manual revert",
 ) -> None:
     """Roll champion back to previous; the reverted version cannot return without new evidence."""
-    from recsys_retrain import registry
+    from recsys_retrain.registry import promotion
 
-    moves = registry.revert(get_settings(), reason=reason, actor="cli revert")
+    moves = promotion.revert(get_settings(), reason=reason, actor="cli revert")
     console.print("; ".join(f"{m.alias}: v{m.from_version} -> v{m.to_version}" for m in moves) or "nothing to revert")
 
 
 @app.command()
 def history() -> None:
     """Show every alias move: when, who, from which version to which, why."""
-    from recsys_retrain import registry
+    from recsys_retrain.registry import aliases
 
     table = Table(title="Alias history")
     for col in ("#", "when", "alias", "from", "to", "by", "why"):
         table.add_column(col, overflow="fold")
-    for m in registry.history(get_settings()):
+    for m in aliases.history(get_settings()):
         table.add_row(
             str(m.seq), m.at, m.alias, f"v{m.from_version}" if m.from_version else "—",
             f"v{m.to_version}" if m.to_version else "—", m.actor, m.reason,

@@ -172,14 +172,14 @@ def drift(pulled: dict[str, Any], settings: Settings | None = None, overrides: O
     With a loadable champion, its score distribution on both windows is one more
     signal (prediction drift); without one the data signals decide alone.
     """
-    from recsys_retrain import registry
     from recsys_retrain.drift.check import champion_scorer, check_drift
+    from recsys_retrain.registry import candidates
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
-    scorer, current = None, registry.champion(s)
+    scorer, current = None, candidates.champion(s)
     if current is not None:
-        model, _ = registry.try_load(s, current.version)
+        model, _ = candidates.try_load(s, current.version)
         scorer = champion_scorer(model) if model is not None else None
     report = check_drift(pd.read_parquet(p.reference), pd.read_parquet(p.holdout), p.drift_dir, s.drift, scorer)
     return {
@@ -310,15 +310,16 @@ def evaluate(
     The per-user vectors go to a file in the cycle folder (the gate's bootstrap needs
     them); the XCom carries the means and the champion that was judged.
     """
-    from recsys_retrain import gate, registry
+    from recsys_retrain.evaluate import user_metrics
+    from recsys_retrain.registry import candidates
     from recsys_retrain.train import load_checkpoint
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
     history, holdout = pd.read_parquet(p.history), pd.read_parquet(p.holdout)
     k, head = s.eval.k, s.gate.head_share
-    challenger = gate.user_metrics(load_checkpoint(Path(trained["checkpoint"])), history, holdout, k, head)
-    champion, champion_error, current = None, None, registry.champion(s)
+    challenger = user_metrics(load_checkpoint(Path(trained["checkpoint"])), history, holdout, k, head)
+    champion, champion_error, current = None, None, candidates.champion(s)
     if current is not None:
         trained_until = utc(current.window.split("/")[0])
         if trained_until > utc(pulled["start"]):
@@ -326,9 +327,9 @@ def evaluate(
                 f"champion v{current.version} was trained on data up to {trained_until.date()}, after this "
                 f"window's start {utc(pulled['start']).date()}: it cannot be judged on this window"
             )
-        model, champion_error = registry.try_load(s, current.version)
+        model, champion_error = candidates.try_load(s, current.version)
         if model is not None:
-            champion = gate.user_metrics(model, history, holdout, k, head)
+            champion = user_metrics(model, history, holdout, k, head)
     path = p.root / "per_user_metrics.json"
     write_json({"challenger": challenger.to_dict(), "champion": champion.to_dict() if champion else None}, path)
     return {
@@ -354,8 +355,9 @@ def gate(
     repeats the same decision instead of comparing the challenger with itself.
     """
     from recsys_retrain import gate as gating
-    from recsys_retrain import registry
+    from recsys_retrain.evaluate import UserEval
     from recsys_retrain.model import FEATURE_SERVICE
+    from recsys_retrain.registry import candidates, promotion
     from recsys_retrain.train import load_checkpoint
 
     s = with_overrides(settings or get_settings(), overrides)
@@ -372,7 +374,7 @@ def gate(
         from recsys_retrain.schedule.plot import curves
 
         artifacts["curves.png"] = curves(trace, p.model_dir / "curves.png")
-    candidate = registry.log_candidate(
+    candidate = candidates.log_candidate(
         load_checkpoint(Path(trained["checkpoint"])),
         settings=s,
         window=window,
@@ -392,19 +394,19 @@ def gate(
 
         log_to_mlflow(trace, candidate.run_id, s.mlflow_uri)
     per_user = json.loads(Path(evaluated["per_user"]).read_text())
-    model, load_error = registry.try_load(s, candidate.version)  # the registered artifact, not the checkpoint
+    model, load_error = candidates.try_load(s, candidate.version)  # the registered artifact, not the checkpoint
     decision = gating.decide(
-        gating.UserEval.from_dict(per_user["challenger"]) if model is not None else None,
-        gating.UserEval.from_dict(per_user["champion"]) if per_user["champion"] else None,
+        UserEval.from_dict(per_user["challenger"]) if model is not None else None,
+        UserEval.from_dict(per_user["champion"]) if per_user["champion"] else None,
         s.gate,
         challenger_version=candidate.version,
         champion_version=evaluated["champion_version"],
         window=window,
         load_error=load_error,
         champion_error=evaluated.get("champion_error"),
-        reverted_on=registry.reverted_on(s, candidate.version),
+        reverted_on=promotion.reverted_on(s, candidate.version),
     )
-    promoted = registry.apply_decision(decision, s, actor="gate")
+    promoted = promotion.apply_decision(decision, s, actor="gate")
     summary = {
         "window": window,
         "rows_window": pulled["rows_window"],

@@ -15,7 +15,7 @@ makes single-number gates promote lucky models. A challenger is promoted only wh
 * it was not reverted before, unless the evidence comes from a later window.
 
 Everything here is a pure function of arrays and settings; the registry adapter
-(:mod:`recsys_retrain.registry`) records the decision and moves the aliases.
+(:mod:`recsys_retrain.registry.promotion`) records the decision and moves the aliases.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recsys_retrain.evaluate import UserEval, long_tail_items, user_metrics  # noqa: F401  (re-exported: the gate's inputs)
-from recsys_retrain.records import lenient_from_dict  # noqa: F401  (re-exported: the registry's records use it too)
+from recsys_retrain.evaluate import UserEval
+from recsys_retrain.io import utc
+from recsys_retrain.records import lenient_from_dict
 from recsys_retrain.settings import GateSettings
 
 
@@ -124,11 +125,19 @@ class GateDecision:
         return lenient_from_dict(cls, payload)
 
 
-def _window_end(window: str | None) -> pd.Timestamp | None:
+def window_end(window: str | None) -> pd.Timestamp | None:
+    """The end of a ``start/end`` window as a UTC timestamp; None for no window.
+
+    Whether evidence is newer than a revert compares these ends, here and when the
+    registry applies a decision (:func:`recsys_retrain.registry.promotion.apply_decision`).
+
+    Example:
+        >>> window_end("2024-01-01T00:00:00+00:00/2024-01-08T00:00:00+00:00")
+        Timestamp('2024-01-08 00:00:00+0000', tz='UTC')
+    """
     if not window:
         return None
-    ts = pd.Timestamp(window.split("/")[-1])
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return utc(window.split("/")[-1])
 
 
 def decide(
@@ -186,7 +195,7 @@ def decide(
         checks.append(Check("loadable", False, None, None, f"challenger artifact cannot be loaded: {load_error}"))
         return done(False, "")
     if reverted_on is not None:
-        end, reverted_end = _window_end(window), _window_end(reverted_on)
+        end, reverted_end = window_end(window), window_end(reverted_on)
         fresh = end is not None and reverted_end is not None and end > reverted_end
         checks.append(Check(
             "not_reverted", fresh, None, None,

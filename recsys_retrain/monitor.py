@@ -12,7 +12,7 @@ counts. A window is "worse" when the champion's mean NDCG@K deficit is at least
 is what the ``champion_monitor`` DAG task calls: it scores both versions, records
 the window on the champion's model version (``monitor.<window end>`` tags, one per
 window, so a re-run overwrites rather than double-counts) and reverts through
-:func:`recsys_retrain.registry.revert`, which tags the reverted version with its reason.
+:func:`recsys_retrain.registry.promotion.revert`, which tags the reverted version with its reason.
 """
 
 from __future__ import annotations
@@ -143,9 +143,9 @@ def _window_key(window: str) -> str:
 
 def recorded_checks(settings: Settings, version: int) -> list[WindowCheck]:
     """The windows already checked while ``version`` was champion (from its version tags)."""
-    from recsys_retrain import registry
+    from recsys_retrain.registry.client import connect, model_version
 
-    tags = registry._version(registry._client(settings), settings.model_name, version).tags
+    tags = model_version(connect(settings), settings.model_name, version).tags
     return [WindowCheck.from_dict(json.loads(v)) for k, v in tags.items() if k.startswith(TAG_PREFIX)]
 
 
@@ -164,16 +164,17 @@ def check_window(settings: Settings, history: pd.DataFrame, window_df: pd.DataFr
     Returns:
         The RevertDecision; ``reverted`` is True when this call moved the aliases.
     """
-    from recsys_retrain import registry
+    from recsys_retrain.registry import aliases, candidates, promotion
+    from recsys_retrain.registry.client import connect
 
     s, m = settings, settings.monitor
-    for move in reversed(registry.history(s)):
-        if move.alias == registry.CHAMPION and move.evidence == f"window {window}" and "revert" in move.reason:
+    for move in reversed(aliases.history(s)):
+        if move.alias == aliases.CHAMPION and move.evidence == f"window {window}" and "revert" in move.reason:
             return RevertDecision(
                 False, move.to_version, None, 0, m.consecutive,
                 f"window {window} already reverted v{move.from_version} -> v{move.to_version}; nothing to do",
             )
-    champ, prev = registry.alias(s, registry.CHAMPION), registry.alias(s, registry.PREVIOUS)
+    champ, prev = candidates.alias(s, aliases.CHAMPION), candidates.alias(s, aliases.PREVIOUS)
     if champ is None or prev is None:
         return RevertDecision(
             False, champ.version if champ else None, None, 0, m.consecutive,
@@ -181,7 +182,7 @@ def check_window(settings: Settings, history: pd.DataFrame, window_df: pd.DataFr
         )
     scores = []
     for cand in (champ, prev):
-        model, error = registry.try_load(s, cand.version)
+        model, error = candidates.try_load(s, cand.version)
         if model is None:
             return RevertDecision(
                 False, champ.version, prev.version, 0, m.consecutive, f"v{cand.version} cannot be loaded: {error}"
@@ -189,12 +190,12 @@ def check_window(settings: Settings, history: pd.DataFrame, window_df: pd.DataFr
         scores.append(user_metrics(model, history, window_df, s.eval.k, s.gate.head_share))
     check = compare_window(scores[0], scores[1], m, window=window, champion_version=champ.version,
                            previous_version=prev.version)
-    client = registry._client(s)
+    client = connect(s)
     client.set_model_version_tag(s.model_name, str(champ.version), _window_key(window), json.dumps(check.to_dict()))
     decision = decide_revert(recorded_checks(s, champ.version), m)
     logger.info("monitor %s: %s", window, decision.reason)
     if not decision.revert:
         return decision
-    moved = registry.revert(s, reason=decision.reason, actor="monitor", window=window,
-                            expected_champion=champ.version)
+    moved = promotion.revert(s, reason=decision.reason, actor="monitor", window=window,
+                             expected_champion=champ.version)
     return RevertDecision(**{**decision.__dict__, "reverted": bool(moved)})

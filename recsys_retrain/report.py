@@ -328,9 +328,9 @@ def log_report(settings, report: Report, extra: dict[str, Path] | None = None, m
     """
     import mlflow
 
-    from recsys_retrain import registry
+    from recsys_retrain.registry.client import configure
 
-    experiment_id = registry.configure(settings)
+    experiment_id = configure(settings)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={"report": "timeline"}) as run:
         mlflow.log_artifact(str(report.html), "report")
         for fig in report.figures:

@@ -195,31 +195,32 @@ def inject_bad_model(settings: Settings, start: pd.Timestamp, seed: int) -> int 
     Its window tag is ``start/start`` (trained on data before ``start``, judged on
     nothing), so it never reuses the version a cycle registered for the week.
     """
-    from recsys_retrain import registry
+    from recsys_retrain.registry import candidates, promotion
+    from recsys_retrain.registry.aliases import CHAMPION
 
-    model = registry.load_model(settings, registry.CHAMPION)
+    model = candidates.load_model(settings, CHAMPION)
     if model is None:
         log.warning("no champion to corrupt on %s: no bad model injected", start.date())
         return None
     window = f"{start.isoformat()}/{start.isoformat()}"
-    candidate = registry.log_candidate(
+    candidate = candidates.log_candidate(
         corrupt_item_tower(model, seed), settings=settings, window=window,
         params={"injected": "item embeddings randomised"}, metrics={}, tags={"injected": "bad_model"},
     )
-    registry.promote(settings, candidate.version, reason="injected bad model: item embeddings randomised, promoted past the gate",
-                     actor=BAD_MODEL_ACTOR)
+    promotion.promote(settings, candidate.version, reason="injected bad model: item embeddings randomised, promoted past the gate",
+                      actor=BAD_MODEL_ACTOR)
     return candidate.version
 
 
 def score_served(settings: Settings, run_dir: Path, window: str) -> dict[str, Any]:
     """NDCG@K of the serving champion on the week (what users got); written to ``served.json``."""
-    from recsys_retrain import registry
-    from recsys_retrain.gate import user_metrics
+    from recsys_retrain.evaluate import user_metrics
+    from recsys_retrain.registry import candidates
 
-    current = registry.champion(settings)
+    current = candidates.champion(settings)
     out: dict[str, Any] = {"window": window, "version": None, "ndcg": None}
     if current is not None:
-        model, _ = registry.try_load(settings, current.version)
+        model, _ = candidates.try_load(settings, current.version)
         if model is not None:
             history, holdout = pd.read_parquet(run_dir / "history.parquet"), pd.read_parquet(run_dir / "holdout.parquet")
             metrics = user_metrics(model, history, holdout, settings.eval.k, settings.gate.head_share).metrics
@@ -340,11 +341,11 @@ def replay(settings: Settings, raw, config: TimelineConfig, progress: bool = Tru
 
 def finish(settings: Settings, config: TimelineConfig, weeks: list[WeekResult], trains: int, seconds: float) -> TimelineResult:
     """Writes ``timeline.json`` and the report, and logs both to an MLflow run of the ``timeline`` experiment."""
-    from recsys_retrain import registry
+    from recsys_retrain.registry.aliases import history
     from recsys_retrain.report import build_report, log_report
 
     out = settings.home / "timeline"
-    moves = [m.to_dict() for m in registry.history(settings)]
+    moves = [m.to_dict() for m in history(settings)]
     partial = TimelineResult(config, tuple(weeks), "", "", round(seconds, 1), trains)
     write_json(partial.to_dict(), out / "timeline.json")
     report = build_report(settings.runs_dir, out / "report", alias_moves=moves, weeks=[w.to_dict() for w in weeks])

@@ -13,9 +13,10 @@ import mlflow
 import pandas as pd
 import pytest
 
-from recsys_retrain import cycle, registry
+from recsys_retrain import cycle
 from recsys_retrain.data.ingest import bootstrap_feature_repo
 from recsys_retrain.data.load import RawData
+from recsys_retrain.registry import candidates, promotion
 from recsys_retrain.errors import PipelineError
 from recsys_retrain.settings import Settings
 from tests.conftest import copy_feature_repo
@@ -103,11 +104,11 @@ def test_monitor_scores_champion_against_previous_and_records_the_decision(sandb
     versions = []
     for seed in (0, 1):  # two registered versions (one registry version per window): previous and champion
         model = cycle.train(pulled, settings=s, overrides={"train": {"seed": seed}})
-        cand = registry.log_candidate(
+        cand = candidates.log_candidate(
             load_checkpoint(Path(model["checkpoint"])), settings=s, window=f"w{seed}", params={}, metrics={}
         )
         versions.append(cand.version)
-        registry.promote(s, cand.version, reason=f"test {seed}")
+        promotion.promote(s, cand.version, reason=f"test {seed}")
 
     decision = cycle.monitor(pulled, settings=s)
     assert (decision["champion_version"], decision["previous_version"]) == (versions[1], versions[0])

@@ -11,8 +11,8 @@ import pydantic
 import pytest
 import torch
 
-from recsys_retrain.evaluate import evaluate
-from recsys_retrain.gate import GateDecision, UserEval, decide, long_tail_items, paired_bootstrap, user_metrics
+from recsys_retrain.evaluate import UserEval, evaluate, long_tail_items, user_metrics
+from recsys_retrain.gate import GateDecision, decide, paired_bootstrap
 from recsys_retrain.settings import GateSettings
 
 N = 400  # holdout users
@@ -67,6 +67,12 @@ def test_min_delta_demands_a_real_gain():
     assert not d.promote and failed(d) == {"mean_gain"}
 
 
+def test_a_gain_beyond_min_delta_is_promoted():
+    d = decide(ev(BASE + 0.03), ev(), S.model_copy(update={"min_delta": 0.02}))
+    assert d.promote and not d.failed and d.mean_delta == pytest.approx(0.03)
+    assert "gain +0.0300 >= min_delta 0.0200" in next(c.detail for c in d.checks if c.name == "mean_gain")
+
+
 @pytest.mark.parametrize(
     "challenger,check",
     [
@@ -113,6 +119,18 @@ def test_an_unloadable_challenger_is_rejected_with_the_error():
 def test_non_finite_metrics_never_promote():
     d = decide(ev(np.full(N, np.nan)), ev(), S)
     assert not d.promote and failed(d) == {"finite"}
+
+
+@pytest.mark.parametrize("champion", [None, ev()], ids=["first-model", "against-a-champion"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_a_non_finite_challenger_never_promotes_not_even_as_the_first_model(value, champion):
+    d = decide(ev(np.full(N, value)), champion, S)
+    assert not d.promote and failed(d) == {"finite"} and f"is {value}" in d.reason
+
+
+def test_a_non_finite_champion_metric_never_lets_the_challenger_through():
+    d = decide(ev(BASE + 0.05), ev(np.full(N, np.nan)), S, challenger_version=2, champion_version=1)
+    assert not d.promote and {"mean_gain", "non_inferior"} <= failed(d) and math.isnan(d.champion_value)
 
 
 def test_a_reverted_version_returns_only_on_evidence_from_a_later_window():

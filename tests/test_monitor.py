@@ -10,9 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from recsys_retrain import monitor, registry
-from recsys_retrain.gate import UserEval
+from recsys_retrain import monitor
+from recsys_retrain.evaluate import UserEval
 from recsys_retrain.monitor import WindowCheck, compare_window, decide_revert
+from recsys_retrain.registry import aliases, candidates, promotion
+from recsys_retrain.registry.client import connect
 from recsys_retrain.settings import MonitorSettings, Settings
 
 M = MonitorSettings(threshold=0.01, consecutive=2)
@@ -103,30 +105,30 @@ def window_name(week: int) -> str:
 
 
 def register(s: Settings, table: torch.Tensor, window: str) -> int:
-    cand = registry.log_candidate(TableModel(table, CATALOGUE), settings=s, window=window, params={}, metrics={})
+    cand = candidates.log_candidate(TableModel(table, CATALOGUE), settings=s, window=window, params={}, metrics={})
     return cand.version
 
 
 def test_a_degrading_champion_is_reverted_after_two_windows_once(settings):
     good = register(settings, TASTE, "w0")
     bad = register(settings, torch.rand(USERS, ITEMS, generator=torch.Generator().manual_seed(3)), "w1")
-    registry.promote(settings, good, reason="first")
-    registry.promote(settings, bad, reason="test: a bad champion")
+    promotion.promote(settings, good, reason="first")
+    promotion.promote(settings, bad, reason="test: a bad champion")
     history = window_frame(0, 0)
 
     first = monitor.check_window(settings, history, window_frame(1, 1), window_name(1))
     assert not first.revert and first.consecutive == 1 and first.windows[-1].worse
-    assert registry.champion(settings).version == bad
+    assert candidates.champion(settings).version == bad
 
     second = monitor.check_window(settings, history, window_frame(2, 2), window_name(2))
     assert second.revert and second.reverted and second.consecutive == 2
-    assert registry.champion(settings).version == good and registry.alias(settings, "previous") is None
-    assert registry.reverted_on(settings, bad) == window_name(2)
+    assert candidates.champion(settings).version == good and candidates.alias(settings, "previous") is None
+    assert promotion.reverted_on(settings, bad) == window_name(2)
 
     again = monitor.check_window(settings, history, window_frame(2, 2), window_name(2))  # a retried task
     assert not again.revert and "already reverted" in again.reason
-    assert registry.champion(settings).version == good
-    revert_moves = [m for m in registry.history(settings) if "revert" in m.reason]
+    assert candidates.champion(settings).version == good
+    revert_moves = [m for m in aliases.history(settings) if "revert" in m.reason]
     assert {(m.alias, m.from_version, m.to_version) for m in revert_moves} == {
         ("champion", bad, good), ("previous", good, None),
     }
@@ -136,24 +138,24 @@ def test_a_degrading_champion_is_reverted_after_two_windows_once(settings):
 def test_a_sound_champion_is_never_reverted(settings):
     v1 = register(settings, TASTE, "w0")
     v2 = register(settings, TASTE + 0.01 * torch.rand(USERS, ITEMS, generator=torch.Generator().manual_seed(4)), "w1")
-    registry.promote(settings, v1, reason="first")
-    registry.promote(settings, v2, reason="second")
+    promotion.promote(settings, v1, reason="first")
+    promotion.promote(settings, v2, reason="second")
     for week in (1, 2, 3):
         d = monitor.check_window(settings, window_frame(0, 0), window_frame(week, week), window_name(week))
         assert not d.revert
-    assert registry.champion(settings).version == v2
+    assert candidates.champion(settings).version == v2
     assert len(monitor.recorded_checks(settings, v2)) == 3
 
 
 def test_an_unloadable_previous_version_gives_a_clean_no_revert(settings):
     good = register(settings, TASTE, "w0")
     bad = register(settings, torch.rand(USERS, ITEMS, generator=torch.Generator().manual_seed(3)), "w1")
-    registry.promote(settings, good, reason="first")
-    registry.promote(settings, bad, reason="second")
-    uri = registry._client(settings).get_model_version_download_uri(settings.model_name, str(good))
+    promotion.promote(settings, good, reason="first")
+    promotion.promote(settings, bad, reason="second")
+    uri = connect(settings).get_model_version_download_uri(settings.model_name, str(good))
     for path in Path(uri.removeprefix("file://")).rglob("*.pth"):
         path.write_bytes(b"not a pickle")
 
     decision = monitor.check_window(settings, window_frame(0, 0), window_frame(1, 1), window_name(1))
     assert not decision.revert and f"v{good} cannot be loaded" in decision.reason
-    assert registry.champion(settings).version == bad
+    assert candidates.champion(settings).version == bad

@@ -93,7 +93,7 @@ def champion_scorer(model: Any) -> Scorer:
     the champion's catalogue score NaN.
 
     Example:
-        >>> model, _ = registry.try_load(settings, registry.champion(settings).version)
+        >>> model, _ = candidates.try_load(settings, candidates.champion(settings).version)
         >>> check_drift(reference, current, out_dir, settings.drift, scorer=champion_scorer(model))
     """
 

@@ -12,8 +12,11 @@ import uuid
 
 import pytest
 
-from recsys_retrain import cycle, registry
+from recsys_retrain import cycle
 from recsys_retrain.errors import RegistryError
+from recsys_retrain.registry.aliases import history
+from recsys_retrain.registry.candidates import log_candidate
+from recsys_retrain.registry.promotion import promote
 from recsys_retrain.train import load_checkpoint
 from tests.faults.conftest import aliases, copy_cycle, report, tiny_settings, versions
 
@@ -48,12 +51,12 @@ def test_mlflow_down_during_the_gate_retries_then_fails_cleanly_with_aliases_unc
                              gate={"registry_retries": 3, "registry_backoff_s": 0.2})
     pulled = copy_cycle(pulled_template, tmp_path / "run")
     trained = cycle.train(pulled, settings)
-    champion = registry.log_candidate(load_checkpoint(trained["checkpoint"]), settings=settings, window=EARLIER,
-                                      params={}, metrics={})
-    registry.promote(settings, champion.version, reason="the serving model before this window")
+    champion = log_candidate(load_checkpoint(trained["checkpoint"]), settings=settings, window=EARLIER,
+                             params={}, metrics={})
+    promote(settings, champion.version, reason="the serving model before this window")
     evaluated = cycle.evaluate(pulled, trained, settings)
     assert evaluated["champion_version"] == 1 and evaluated["champion"] is not None
-    before = (aliases(settings), versions(settings), len(registry.history(settings)))
+    before = (aliases(settings), versions(settings), len(history(settings)))
 
     server.stop()  # the tracking server goes down between evaluate and gate
     started = time.monotonic()
@@ -64,7 +67,7 @@ def test_mlflow_down_during_the_gate_retries_then_fails_cleanly_with_aliases_unc
     assert not (tmp_path / "run" / "summary.json").exists()  # no decision recorded
 
     server.start()  # back, on the same PostgreSQL database
-    after = (aliases(settings), versions(settings), len(registry.history(settings)))
+    after = (aliases(settings), versions(settings), len(history(settings)))
     assert after == before == ({"challenger": 1, "champion": 1}, [1], before[2])
 
     summary = cycle.gate(pulled, NO_DRIFT, trained, evaluated, settings)  # the task's retry

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from recsys_retrain import cycle, registry
+from recsys_retrain import cycle
+from recsys_retrain.registry.aliases import history
 from tests.faults.conftest import aliases, copy_cycle, read_json, report, tiny_settings, versions
 
 NO_DRIFT = {"severity": "none", "html": None, "json": None}
@@ -29,7 +30,7 @@ def test_a_run_executed_twice_for_one_window_gives_one_version_and_one_decision(
     assert first["promoted"] and first["version"] == second["version"] == 1
     assert versions(settings) == [1]
     assert aliases(settings) == state == {"challenger": 1, "champion": 1}
-    champion_moves = [m for m in registry.history(settings) if m.alias == "champion"]
+    champion_moves = [m for m in history(settings) if m.alias == "champion"]
     assert [(m.from_version, m.to_version) for m in champion_moves] == [(None, 1)]  # one promotion, one decision
     assert not second["promoted"] and read_json(tmp_path / "run" / "summary.json") == second
     report(record_property, data_lost_rows=0, bad_promotions=len(versions(settings)) - 1 + len(champion_moves) - 1)

@@ -1,0 +1,212 @@
+"""Candidates: a trained model logged as an MLflow run, registered as a version, loaded back.
+
+:func:`log_candidate` is what the gate task calls once per window (idempotent per
+window); :func:`champion`, :func:`alias` and :func:`try_load` are how every stage
+reads a version back.
+
+Models are stored in MLflow's pickle format (``serialization_format="pickle"``):
+the default ``pt2`` format traces ``forward`` with a tensor input example, which a
+TorchRec model taking KeyedJaggedTensors cannot provide. The pickle refers to
+classes by module (``recsys_retrain.model.Recommender``), so the loading process must be
+able to import ``recsys_retrain``, as every stage of this project can. No ``code_paths``
+snapshot is logged: MLflow would prepend it to ``sys.path`` on every load and a
+process that has not yet imported ``recsys_retrain`` would then run the snapshot instead
+of the installed package.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from recsys_retrain.errors import RegistryError
+from recsys_retrain.records import lenient_from_dict
+from recsys_retrain.registry.aliases import CHALLENGER, CHAMPION, move, read_aliases
+from recsys_retrain.registry.client import RetryingClient, configure, connect, model_version, one_line, quiet
+from recsys_retrain.settings import Settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from torch import nn
+
+WINDOW_TAG = "window"
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One registered model version and the window it was trained for."""
+
+    run_id: str
+    version: int
+    model_uri: str
+    window: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> Candidate:
+        return lenient_from_dict(cls, {**payload, "version": int(payload["version"])})
+
+
+def _candidate(client: MlflowClient, name: str, version: int) -> Candidate:
+    mv = model_version(client, name, version)
+    return Candidate(mv.run_id or "", int(mv.version), f"models:/{name}/{mv.version}", mv.tags.get(WINDOW_TAG, ""))
+
+
+def find_candidate(settings: Settings, window: str) -> Candidate | None:
+    """The version already registered for ``window``, if any (the lowest one)."""
+    client = connect(settings)
+    name = settings.model_name
+    if "'" in window:
+        raise RegistryError(f"window {window!r} must not contain a quote")
+    with quiet():
+        found = client.search_model_versions(f"name='{name}' and tag.{WINDOW_TAG}='{window}'")
+    return _candidate(client, name, min(int(mv.version) for mv in found)) if found else None
+
+
+def log_candidate(
+    model: nn.Module,
+    *,
+    settings: Settings,
+    window: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    artifacts: dict[str, Path] | None = None,
+    tags: dict[str, Any] | None = None,
+) -> Candidate:
+    """Logs one training run, registers its model and points ``challenger`` at it.
+
+    Idempotent per window: when a version tagged with ``window`` exists, it is
+    returned untouched (no new run, no alias move), so an Airflow retry of the same
+    window cannot register a duplicate. The window tag is written in the same call
+    that creates the version, so a crash cannot leave an untagged version behind.
+
+    Args:
+        model: any CPU ``nn.Module`` whose classes the loading process can import.
+        artifacts: file or folder to log under a name, e.g. ``{"drift.html": path}``.
+        tags: set on the run and on the model version.
+    """
+    existing = find_candidate(settings, window)
+    if existing is not None:
+        return existing
+    artifacts = artifacts or {}
+    missing = [str(p) for p in artifacts.values() if not Path(p).exists()]
+    if missing:
+        raise RegistryError(f"artifacts to log do not exist: {', '.join(missing)}")
+    tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    return _register(model, settings, window, params, metrics, artifacts, tags)
+
+
+def _register(
+    model: nn.Module,
+    settings: Settings,
+    window: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    artifacts: dict[str, Path],
+    tags: dict[str, str],
+) -> Candidate:
+    import mlflow
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    experiment_id = configure(settings)
+    client = RetryingClient(MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri), settings)
+    name, tags = settings.model_name, {**tags, WINDOW_TAG: window}
+    with quiet(), mlflow.start_run(experiment_id=experiment_id, run_name=window, tags=tags) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        for artifact_name, path in artifacts.items():
+            _log_artifact(artifact_name, Path(path))
+        info = mlflow.pytorch.log_model(
+            model,
+            name=MODEL_ARTIFACT,
+            serialization_format="pickle",
+            # Skip requirement inference: it reloads the model in a subprocess (seconds).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        mv = client.create_model_version(
+            name, source=info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
+        )
+    move(client, settings, {CHALLENGER: int(mv.version)}, actor="log_candidate",
+         reason=f"new candidate for window {window}", evidence=run.info.run_id)
+    return Candidate(run.info.run_id, int(mv.version), f"models:/{name}/{mv.version}", window)
+
+
+def _log_artifact(artifact_name: str, path: Path) -> None:
+    """Logs ``path`` under ``artifact_name`` (which may differ from the file's own name)."""
+    import mlflow
+
+    target = PurePosixPath(artifact_name)
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path=str(target))
+        return
+    folder = str(target.parent) if str(target.parent) != "." else None
+    if path.name == target.name:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        renamed = Path(tmp) / target.name
+        shutil.copyfile(path, renamed)
+        mlflow.log_artifact(str(renamed), artifact_path=folder)
+
+
+def load_model(settings: Settings, alias_or_version: str | int) -> nn.Module | None:
+    """The registered module on CPU in eval mode; None when the alias is not set.
+
+    A missing alias is a normal state (no champion before the first promotion); a
+    missing version number is not, and raises ``RegistryError``.
+    """
+    import mlflow
+
+    client = connect(settings)
+    name = settings.model_name
+    version: int | None
+    if str(alias_or_version).isdigit():
+        version = int(model_version(client, name, alias_or_version).version)
+    else:
+        version = read_aliases(client, name, effective=True).get(str(alias_or_version))
+    if version is None:
+        return None
+    with quiet():  # the version's own artifact URI: no global registry URI involved
+        return mlflow.pytorch.load_model(client.get_model_version_download_uri(name, str(version)), map_location="cpu")
+
+
+def champion(settings: Settings) -> Candidate | None:
+    """The version behind the ``champion`` alias, or None before the first promotion."""
+    return alias(settings, CHAMPION)
+
+
+def alias(settings: Settings, name: str) -> Candidate | None:
+    """The version behind any alias (``challenger``, ``champion``, ``previous``), or None."""
+    client = connect(settings)
+    version = read_aliases(client, settings.model_name, effective=True).get(name)
+    return None if version is None else _candidate(client, settings.model_name, version)
+
+
+def try_load(settings: Settings, version: int) -> tuple[nn.Module | None, str | None]:
+    """The registered model, or ``(None, why)`` when its artifact cannot be loaded.
+
+    The gate turns ``why`` into a rejection; registry outages still raise, since
+    they say nothing about the artifact.
+    """
+    try:
+        model = load_model(settings, version)
+    except RegistryError:
+        raise
+    except Exception as exc:  # a corrupt pickle, a missing file, a class that moved
+        return None, f"{type(exc).__name__}: {one_line(exc)}"
+    if model is None:
+        return None, f"version {version} has no model"
+    return model, None
