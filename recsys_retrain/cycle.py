@@ -273,7 +273,7 @@ def train(
     """
     from recsys_retrain.evaluate import user_metrics
     from recsys_retrain.schedule import SchedulePlan
-    from recsys_retrain.train import train as train_model
+    from recsys_retrain.train.loop import train as train_model
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
@@ -289,7 +289,7 @@ def train(
         # per-user values: the rate probe compares candidates user by user; the metric is their mean
         validate = (lambda model: user_metrics(model, fit, later, k).ndcg) if later is not None else None
     if s.train.processes > 1:
-        from recsys_retrain.launch import train_distributed
+        from recsys_retrain.train.launch import train_distributed
 
         extra, source = [], p.history
         if schedule is not None:
@@ -330,7 +330,7 @@ def evaluate(
     them); the XCom carries the means and the champion that was judged.
     """
     from recsys_retrain import gate, registry
-    from recsys_retrain.train import load_checkpoint
+    from recsys_retrain.train.checkpoints import load_checkpoint
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
@@ -375,7 +375,7 @@ def gate(
     from recsys_retrain import gate as gating
     from recsys_retrain import registry
     from recsys_retrain.model import FEATURE_SERVICE
-    from recsys_retrain.train import load_checkpoint
+    from recsys_retrain.train.checkpoints import load_checkpoint
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recsys_retrain.train import init_process_group
+from recsys_retrain.train.distributed import init_process_group
 from tests.faults.conftest import copy_cycle, finish, report, tiny_settings, train_task, wait_for
 
 

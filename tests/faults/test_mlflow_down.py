@@ -14,7 +14,7 @@ import pytest
 
 from recsys_retrain import cycle, registry
 from recsys_retrain.errors import RegistryError
-from recsys_retrain.train import load_checkpoint
+from recsys_retrain.train.checkpoints import load_checkpoint
 from tests.faults.conftest import aliases, copy_cycle, report, tiny_settings, versions
 
 NO_DRIFT = {"severity": "none", "html": None, "json": None}
