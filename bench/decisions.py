@@ -3,7 +3,7 @@
 Protocol. The last ``N_WINDOWS`` full weeks of MovieLens-100K are replayed, one
 window ``[start, start + 7 d)`` at a time; a window's history is every
 interaction before its start. Every model is the real two-tower model
-(``recsys_retrain.train.train`` with ``TrainSettings(epochs=4)``), every version lives
+(``recsys_retrain.train.loop.train`` with ``TrainSettings(epochs=4)``), every version lives
 in a real MLflow registry on SQLite in a temporary folder (models are logged
 with ``registry.candidates.log_candidate`` and loaded back from the registry), every
 promotion decision is ``recsys_retrain.gate.decide`` on ``recsys_retrain.evaluate.user_metrics``
@@ -61,7 +61,8 @@ from recsys_retrain.evaluate import UserEval, user_metrics
 from recsys_retrain.gate import GateDecision, decide
 from recsys_retrain.registry import candidates, promotion
 from recsys_retrain.settings import Settings, TrainSettings
-from recsys_retrain.train import load_checkpoint, train
+from recsys_retrain.train.checkpoints import load_checkpoint
+from recsys_retrain.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import frames  # noqa: E402  (bench/ is not a package)

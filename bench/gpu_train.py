@@ -22,7 +22,8 @@ import torch
 
 from recsys_retrain.evaluate import evaluate
 from recsys_retrain.settings import TrainSettings
-from recsys_retrain.train import load_checkpoint, train
+from recsys_retrain.train.checkpoints import load_checkpoint
+from recsys_retrain.train.loop import train
 
 ML = "recbole/dataset_example/ml-100k/ml-100k"
 

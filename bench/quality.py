@@ -23,7 +23,7 @@ from recsys_retrain.baselines import EASE, MostPopular
 from recsys_retrain.data.load import load_movielens
 from recsys_retrain.evaluate import evaluate
 from recsys_retrain.settings import Settings, TrainSettings
-from recsys_retrain.train import train
+from recsys_retrain.train.loop import train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality.json"
 EASE_LAMBDAS = (50.0, 100.0, 200.0, 400.0, 800.0, 1600.0)
@@ -60,7 +60,7 @@ def main(epochs: list[int]) -> dict:
         val_by_epochs = {}
         for n in epochs:
             r = train(fit, catalogue, Path(tmp) / f"val{n}", TrainSettings(epochs=n), progress=False)
-            from recsys_retrain.train import load_checkpoint
+            from recsys_retrain.train.checkpoints import load_checkpoint
 
             val_by_epochs[n] = evaluate(load_checkpoint(Path(r.checkpoint)), fit, val).ndcg
         best_epochs = max(val_by_epochs, key=val_by_epochs.get)
@@ -69,7 +69,7 @@ def main(epochs: list[int]) -> dict:
         runs, seconds = [], []
         for seed in SEEDS:
             r = train(train_all, catalogue, Path(tmp) / f"s{seed}", TrainSettings(epochs=best_epochs, seed=seed), progress=False)
-            from recsys_retrain.train import load_checkpoint
+            from recsys_retrain.train.checkpoints import load_checkpoint
 
             runs.append(evaluate(load_checkpoint(Path(r.checkpoint)), train_all, test))
             seconds.append(r.seconds)

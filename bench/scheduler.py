@@ -189,7 +189,8 @@ def run(task: dict) -> dict:
     from recsys_retrain.schedule.plan import SchedulePlan
     from recsys_retrain.schedule.resource import ResourceController
     from recsys_retrain.settings import ScheduleSettings, TrainSettings
-    from recsys_retrain.train import load_checkpoint, train
+    from recsys_retrain.train.checkpoints import load_checkpoint
+    from recsys_retrain.train.loop import train
 
     fit, val, test, catalogue = regime_data(task["regime"])
     base = TrainSettings(seed=task["seed"], epochs=EPOCHS)

@@ -22,15 +22,10 @@ from quality import frames  # noqa: E402
 
 from recsys_retrain.model import FeatureEncoder, TwoTowerTrainTask, build_two_tower  # noqa: E402
 from recsys_retrain.settings import TrainSettings  # noqa: E402
-from recsys_retrain.train import (  # noqa: E402
-    catalogue_snapshots,
-    init_process_group,
-    load_checkpoint,
-    optimizer,
-    shard,
-    train,
-    training_examples,
-)
+from recsys_retrain.train.checkpoints import load_checkpoint  # noqa: E402
+from recsys_retrain.train.distributed import init_process_group, optimizer, shard  # noqa: E402
+from recsys_retrain.train.examples import catalogue_snapshots, training_examples  # noqa: E402
+from recsys_retrain.train.loop import train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 

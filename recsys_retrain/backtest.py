@@ -141,7 +141,7 @@ class Trainer:
     def train(self, kind: str, pulled: dict[str, Any], drift_result: dict[str, Any]) -> tuple[str, str]:
         """A model of schedule ``kind`` ("static" or "adaptive") on the history before the window; returns its key."""
         from recsys_retrain import cycle
-        from recsys_retrain.train import load_checkpoint
+        from recsys_retrain.train.checkpoints import load_checkpoint
 
         key = (kind, pulled["start"])
         if key in self.models:

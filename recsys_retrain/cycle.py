@@ -254,7 +254,7 @@ def train(
     """
     from recsys_retrain.evaluate import user_metrics
     from recsys_retrain.schedule import SchedulePlan
-    from recsys_retrain.train import train as train_model
+    from recsys_retrain.train.loop import train as train_model
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
@@ -270,7 +270,7 @@ def train(
         # per-user values: the rate probe compares candidates user by user; the metric is their mean
         validate = (lambda model: user_metrics(model, fit, later, k).ndcg) if later is not None else None
     if s.train.processes > 1:
-        from recsys_retrain.launch import train_distributed
+        from recsys_retrain.train.launch import train_distributed
 
         extra, source = [], p.history
         if schedule is not None:
@@ -312,7 +312,7 @@ def evaluate(
     """
     from recsys_retrain.evaluate import user_metrics
     from recsys_retrain.registry import candidates
-    from recsys_retrain.train import load_checkpoint
+    from recsys_retrain.train.checkpoints import load_checkpoint
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
@@ -358,7 +358,7 @@ def gate(
     from recsys_retrain.evaluate import UserEval
     from recsys_retrain.model import FEATURE_SERVICE
     from recsys_retrain.registry import candidates, promotion
-    from recsys_retrain.train import load_checkpoint
+    from recsys_retrain.train.checkpoints import load_checkpoint
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))

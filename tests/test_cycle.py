@@ -99,7 +99,7 @@ def test_monitor_scores_champion_against_previous_and_records_the_decision(sandb
     first = cycle.monitor(pulled, settings=s)  # nothing registered yet
     assert not first["revert"] and "no champion and previous pair" in first["reason"]
 
-    from recsys_retrain.train import load_checkpoint
+    from recsys_retrain.train.checkpoints import load_checkpoint
 
     versions = []
     for seed in (0, 1):  # two registered versions (one registry version per window): previous and champion

@@ -3,7 +3,7 @@
 The pod cannot be scheduled here (no cluster, no GPU), so the test takes the
 container's command and arguments from the template, points ``/cycles/RUN`` at a cycle
 folder on this machine, swaps ``--nproc_per_node=gpu`` for one CPU process and runs it:
-a renamed option or module in either the template or ``recsys_retrain.train`` fails here.
+a renamed option or module in either the template or ``recsys_retrain.train.worker`` fails here.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from recsys_retrain import launch
+from recsys_retrain.train import launch
 from recsys_retrain.settings import Settings
-from tests.test_launch import TINY, cycle_folder
+from tests.train.test_launch import TINY, cycle_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "infra" / "k8s" / "train-pod.yaml"

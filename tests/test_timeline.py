@@ -16,7 +16,8 @@ import torch
 from recsys_retrain import timeline
 from recsys_retrain.errors import PipelineError
 from recsys_retrain.settings import TrainSettings
-from recsys_retrain.train import load_checkpoint, train
+from recsys_retrain.train.checkpoints import load_checkpoint
+from recsys_retrain.train.loop import train
 
 FIRST, LAST = pd.Timestamp("1997-09-20 03:05", tz="UTC"), pd.Timestamp("1998-04-22 23:10", tz="UTC")
 
@@ -71,7 +72,7 @@ def test_the_drift_event_rewrites_a_week_into_events_ingest_accepts(movielens):
 
 
 def test_the_bad_model_is_the_model_with_its_item_embeddings_randomised(tmp_path):
-    from tests.test_train import synthetic_world
+    from tests.train.worlds import synthetic_world
 
     history, items = synthetic_world()
     result = train(history, items, tmp_path / "m", TrainSettings(epochs=1, embedding_dim=8), progress=False)

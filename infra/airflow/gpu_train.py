@@ -3,8 +3,8 @@
 Use it in place of the ``train`` task of ``dags/recsys_common/cycle_group.py`` on a
 deployment with the ``apache-airflow-providers-cncf-kubernetes`` package (not part of
 this project's local install): the pod runs ``torchrun --nproc_per_node=gpu -m
-recsys_retrain.train`` on the cycle folder that ``pull``/``validate`` wrote to the shared
-volume, and the next task reads ``train_result.json`` from it, as ``recsys_retrain.launch``
+recsys_retrain.train.worker`` on the cycle folder that ``pull``/``validate`` wrote to the shared
+volume, and the next task reads ``train_result.json`` from it, as ``recsys_retrain.train.launch``
 does on one machine. A retried task resumes from the epoch checkpoints in the same
 folder (one per rank: keep the GPU count the same between tries).
 
@@ -24,7 +24,7 @@ CYCLES_MOUNT = "/cycles"
 def gpu_train(task_id: str = "train", namespace: str = "recsys"):
     """A KubernetesPodOperator on the pod template, training in the cycle folder ``validate`` returned.
 
-    The train settings JSON must be in ``<run_dir>/model`` first (``recsys_retrain.launch.write_train_settings``);
+    The train settings JSON must be in ``<run_dir>/model`` first (``recsys_retrain.train.launch.write_train_settings``);
     rank 0 writes ``train_result.json`` beside the model.
 
     Args:

@@ -36,7 +36,8 @@ class TestPredictionDrift:
     @pytest.mark.slow
     def test_the_champion_scores_what_each_row_consumed(self, world, reference, tmp_path):
         from recsys_retrain.settings import TrainSettings
-        from recsys_retrain.train import load_checkpoint, train
+        from recsys_retrain.train.checkpoints import load_checkpoint
+        from recsys_retrain.train.loop import train
 
         catalogue = world["items"][["item_id", "item_genres", "item_release_year"]]
         train(reference, catalogue, tmp_path, TrainSettings(embedding_dim=8, epochs=1, batch_size=1024), progress=False)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from recsys_retrain.train import init_process_group, load_checkpoint
+from recsys_retrain.train.checkpoints import load_checkpoint
+from recsys_retrain.train.distributed import init_process_group
 from tests.faults.conftest import copy_cycle, finish, report, tiny_settings, train_task, wait_for
 
 EPOCHS = 3

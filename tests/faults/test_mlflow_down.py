@@ -17,7 +17,7 @@ from recsys_retrain.errors import RegistryError
 from recsys_retrain.registry.aliases import history
 from recsys_retrain.registry.candidates import log_candidate
 from recsys_retrain.registry.promotion import promote
-from recsys_retrain.train import load_checkpoint
+from recsys_retrain.train.checkpoints import load_checkpoint
 from tests.faults.conftest import aliases, copy_cycle, report, tiny_settings, versions
 
 NO_DRIFT = {"severity": "none", "html": None, "json": None}

@@ -18,7 +18,9 @@ from recsys_retrain.errors import PipelineError
 from recsys_retrain.evaluate import evaluate
 from recsys_retrain.schedule import SchedulePlan
 from recsys_retrain.settings import TrainSettings
-from recsys_retrain.train import Callback, load_checkpoint, train
+from recsys_retrain.train.checkpoints import load_checkpoint
+from recsys_retrain.train.hooks import Callback
+from recsys_retrain.train.loop import train
 from tests.faults.conftest import copy_cycle, report
 
 SETTINGS = TrainSettings(embedding_dim=8, batch_size=256, epochs=3, seed=0)

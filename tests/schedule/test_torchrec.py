@@ -16,8 +16,12 @@ from recsys_retrain.model import FeatureEncoder
 from recsys_retrain.schedule import AdaptiveScheduler, Components, SchedulePlan
 from recsys_retrain.schedule.resource import ResourceController
 from recsys_retrain.settings import TrainSettings
-from recsys_retrain.train import Callback, load_checkpoint, train
-from tests.test_train import CrashAfter, item_table, one_step, sharded_task, synthetic_world
+from recsys_retrain.train.checkpoints import load_checkpoint
+from recsys_retrain.train.hooks import Callback
+from recsys_retrain.train.loop import train
+from tests.train.test_checkpoints import CrashAfter
+from tests.train.test_distributed import item_table, one_step, sharded_task
+from tests.train.worlds import synthetic_world
 
 SETTINGS = TrainSettings(embedding_dim=8, batch_size=64, seed=0)
 PLAN = SchedulePlan(dense_lr=0.01, sparse_lr=0.1, batch_size=64, warmup_steps=4, max_epochs=6, patience=1,

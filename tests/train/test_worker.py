@@ -1,4 +1,4 @@
-"""The trainer under ``torchrun`` with two CPU processes (gloo) matches one process."""
+"""The torchrun worker with two CPU processes (gloo) learns what one process learns."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from recsys_retrain.evaluate import evaluate
-from recsys_retrain.train import load_checkpoint
-from tests.test_train import synthetic_world
+from recsys_retrain.train.checkpoints import load_checkpoint
+from tests.train.worlds import synthetic_world
 
 
 def launch(tmp_path: Path, nproc: int, history: Path, catalogue: Path) -> dict:
@@ -20,7 +20,7 @@ def launch(tmp_path: Path, nproc: int, history: Path, catalogue: Path) -> dict:
     env = {**os.environ, "RETRAIN_TRAIN__EPOCHS": "8", "RETRAIN_TRAIN__EMBEDDING_DIM": "8",
            "RETRAIN_TRAIN__BATCH_SIZE": "32", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "recsys_retrain.train", "--history", str(history), "--catalogue", str(catalogue), "--out", str(out)]
+           "-m", "recsys_retrain.train.worker", "--history", str(history), "--catalogue", str(catalogue), "--out", str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"result": json.loads((out / "train_result.json").read_text()), "model": out / "model.pt"}

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from recsys_retrain import cycle, launch
+from recsys_retrain import cycle
 from recsys_retrain.errors import PipelineError
 from recsys_retrain.evaluate import evaluate
 from recsys_retrain.settings import Settings
-from recsys_retrain.train import TrainResult, load_checkpoint
-from tests.test_train import synthetic_world
+from recsys_retrain.train import launch
+from recsys_retrain.train.checkpoints import load_checkpoint
+from recsys_retrain.train.loop import TrainResult
+from tests.train.worlds import synthetic_world
 
 TINY = {"epochs": 3, "embedding_dim": 8, "batch_size": 32}
 
@@ -26,6 +28,7 @@ def cycle_folder(root: Path) -> dict:
     return {"run_dir": str(root)}
 
 
+@pytest.mark.slow  # two torchrun runs: about 10 s
 def test_two_processes_through_the_train_task(tmp_path):
     """The DAG's train step with ``train.processes=2``: torchrun, two gloo processes, one model."""
     static = {"policy": "static"}

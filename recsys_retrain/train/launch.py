@@ -2,7 +2,7 @@
 
 With ``settings.train.processes > 1`` the train step does not train in its own
 process: it writes the train settings next to the run's files and starts
-``python -m torch.distributed.run --standalone --nproc_per_node=N -m recsys_retrain.train``
+``python -m torch.distributed.run --standalone --nproc_per_node=N -m recsys_retrain.train.worker``
 (gloo on CPU, NCCL on GPUs), whose rank 0 writes ``train_result.json``. The
 launcher streams the workers' output into this process's log (an Airflow task log),
 and turns a failed run into a one-line :class:`~recsys_retrain.errors.PipelineError`.
@@ -15,8 +15,8 @@ after the last finished epoch with the same result.
 from __future__ import annotations
 
 import collections
+import json
 import logging
-import os
 import re
 import signal
 import subprocess  # nosec B404  # starts torchrun with an argument list, never a shell
@@ -25,11 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from recsys_retrain.errors import PipelineError
+from recsys_retrain.io import write_text
 from recsys_retrain.settings import Settings
-from recsys_retrain.train import TrainResult
+from recsys_retrain.train.loop import TrainResult
 
 log = logging.getLogger(__name__)
 
+WORKER = "recsys_retrain.train.worker"  # the module each torchrun process runs
 SETTINGS_FILE = "train_settings.json"
 RESULT_FILE = "train_result.json"
 TAIL_LINES = 400  # enough to reach past torchrun's own failure summary to the workers' traceback
@@ -44,7 +46,7 @@ def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
     ``--standalone`` lets the OS pick the port (no clash between concurrent runs).
 
     Example:
-        >>> torchrun_command(2, "recsys_retrain.train", ["--out", "o"])[2:5]
+        >>> torchrun_command(2, "recsys_retrain.train.worker", ["--out", "o"])[2:5]
         ['torch.distributed.run', '--standalone', '--nproc_per_node=2']
     """
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -52,19 +54,14 @@ def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
 
 
 def train_args(history: Path, catalogue: Path, out_dir: Path, settings_file: Path) -> list[str]:
-    """The arguments of ``recsys_retrain.train.main``; a caller may append more (e.g. ``--plan plan.json``)."""
+    """The arguments of ``recsys_retrain.train.worker.main``; a caller may append more (e.g. ``--plan plan.json``)."""
     return ["--history", str(history), "--catalogue", str(catalogue), "--out", str(out_dir),
             "--train-settings", str(settings_file)]
 
 
 def write_train_settings(settings: Settings, out_dir: Path) -> Path:
     """``out_dir/train_settings.json``, written to a temp file then renamed, so every rank reads a whole file."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / SETTINGS_FILE
-    tmp = path.with_name(f".{SETTINGS_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(settings.train.model_dump_json(indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text(settings.train.model_dump_json(indent=2), out_dir / SETTINGS_FILE)
 
 
 def train_distributed(
@@ -78,7 +75,7 @@ def train_distributed(
         out_dir: the run's model folder: settings, epoch checkpoints, ``model.pt`` and
             ``train_result.json`` go here. A retry with the same folder resumes.
         settings: the cycle's settings; only the ``train`` section reaches the workers.
-        extra_args: more arguments for ``recsys_retrain.train`` (after the standard ones).
+        extra_args: more arguments for ``recsys_retrain.train.worker`` (after the standard ones).
 
     Returns:
         TrainResult read from ``out_dir/train_result.json``.
@@ -96,15 +93,13 @@ def train_distributed(
     settings_file = write_train_settings(settings, out_dir)
     result_file = out_dir / RESULT_FILE
     result_file.unlink(missing_ok=True)  # a result from an earlier attempt must not pass for this one
-    cmd = torchrun_command(nproc, "recsys_retrain.train", [*train_args(history, catalogue, out_dir, settings_file), *extra_args])
+    cmd = torchrun_command(nproc, WORKER, [*train_args(history, catalogue, out_dir, settings_file), *extra_args])
     log.info("launching %d training processes: %s", nproc, " ".join(cmd))
     code, tail = run_streaming(cmd)
     if code != 0:
         raise PipelineError(f"torchrun training ({nproc} processes) exited with code {code}: {last_error(tail)}")
     if not result_file.exists():
         raise PipelineError(f"torchrun training ({nproc} processes) succeeded but wrote no {result_file}")
-    import json
-
     return TrainResult.from_dict(json.loads(result_file.read_text()))
 
 

@@ -1,0 +1,32 @@
+"""Training examples and their batches: recency weighting keeps the epoch size and favours recent weeks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_retrain.model import FeatureEncoder
+from recsys_retrain.train.examples import recency_draws, training_examples
+from tests.train.worlds import synthetic_world
+
+
+def test_recency_draws_keep_the_epoch_size_and_favour_recent_weeks():
+    period = np.repeat([10, 11, 12, 13], 100)
+    draws = recency_draws(period, half_life_days=7.0)
+    assert recency_draws(period, None) is None
+    assert sum(draws.values()) == pytest.approx(len(period), abs=4)
+    assert draws[13] == pytest.approx(2 * draws[12], abs=1) and draws[12] == pytest.approx(2 * draws[11], abs=1)
+    assert draws[13] > 100 > draws[10] >= 1  # the newest week is drawn more than once, the oldest less
+
+
+def test_weighted_batches_draw_each_period_as_often_as_asked_and_unweighted_ones_each_example_once():
+    history, catalogue = synthetic_world()
+    history["timestamp"] += pd.to_timedelta(np.arange(len(history)) % 3 * 7, unit="D")  # three weeks
+    examples = training_examples(history, FeatureEncoder.fit(history, catalogue))
+    once = np.concatenate(examples.batches(64, np.random.default_rng(0)))
+    assert sorted(once) == list(range(len(examples)))
+    draws = recency_draws(examples.period, half_life_days=7.0)
+    drawn = np.concatenate(examples.batches(64, np.random.default_rng(0), draws))
+    weeks, counts = np.unique(examples.period[drawn], return_counts=True)
+    assert dict(zip(weeks.tolist(), counts.tolist())) == draws
