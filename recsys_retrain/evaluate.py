@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_retrain.model import USER_FEATURES
+from recsys_retrain.model import ENCODED_USER_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def recall_at_k(hits: torch.Tensor, n_relevant: torch.Tensor, k: int) -> torch.T
 
 def holdout_users(history: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
     """One row per holdout user with profile features at their first holdout event."""
-    users = holdout.sort_values("timestamp").drop_duplicates("user_id")[USER_FEATURES]
+    users = holdout.sort_values("timestamp").drop_duplicates("user_id")[ENCODED_USER_COLUMNS]
     users = users.sort_values("user_id").reset_index(drop=True)
     users["is_cold"] = ~users["user_id"].isin(history["user_id"])
     return users

@@ -29,7 +29,7 @@ POPULARITY_DAYS = 30  # recent popularity: interactions in the last 30 days befo
 POPULARITY_BUCKETS = 16  # log2 buckets of that count
 AGE_EDGES = (1, 18, 25, 35, 45, 50, 56)  # the MovieLens age groups; 0 = unknown
 FEATURE_SERVICE = "two_tower_v1"  # the Feast feature service whose features this model reads
-USER_FEATURES = ["user_id", "user_gender", "user_age", "user_occupation"]  # the user columns it reads from a window
+ENCODED_USER_COLUMNS = ["user_id", "user_gender", "user_age", "user_occupation"]  # the window columns it encodes users from
 HISTORY_CAP = 100  # most recent items pooled into the user's history bag
 
 

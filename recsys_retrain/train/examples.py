@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys_retrain.model import USER_FEATURES
+from recsys_retrain.model import ENCODED_USER_COLUMNS
 from recsys_retrain.model import HISTORY_CAP, FeatureEncoder
 
 PERIOD_DAYS = 7
@@ -108,7 +108,7 @@ def training_examples(history: pd.DataFrame, encoder: FeatureEncoder) -> Example
     length = np.minimum(position, HISTORY_CAP)
     start = np.arange(len(frame)) - length
     labels = frame["_row"].to_numpy(np.int64)
-    users = encoder.encode_users(frame[USER_FEATURES])
+    users = encoder.encode_users(frame[ENCODED_USER_COLUMNS])
     return Examples(users, labels, labels, start, length, period_of(frame["timestamp"]))
 
 
