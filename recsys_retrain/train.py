@@ -41,9 +41,12 @@ from tqdm.auto import tqdm
 from recsys_retrain.errors import DataError, PipelineError
 from recsys_retrain.evaluate import USER_COLUMNS
 from recsys_retrain.model import HISTORY_CAP, FeatureEncoder, Recommender, TwoTower, TwoTowerTrainTask, build_two_tower
-from recsys_retrain.schedule import AdaptiveScheduler, SchedulePlan, Trace
-from recsys_retrain.schedule.controller import Components, probe_rounds
+from recsys_retrain.schedule.controller import AdaptiveScheduler
+from recsys_retrain.schedule.plan import SchedulePlan
+from recsys_retrain.schedule.probe import probe_rounds
 from recsys_retrain.schedule.resource import ResourceController
+from recsys_retrain.schedule.rules import Components
+from recsys_retrain.schedule.trace import Trace
 from recsys_retrain.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -708,7 +711,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     plan, validate = None, None
     if args.plan:
-        from recsys_retrain.schedule import SchedulePlan
+        from recsys_retrain.schedule.plan import SchedulePlan
 
         payload = json.loads(args.plan.read_text())
         plan = SchedulePlan.from_dict(payload["plan"]) if payload.get("plan") else None
