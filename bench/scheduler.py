@@ -184,10 +184,11 @@ def run(task: dict) -> dict:
     logging.disable(logging.WARNING)
     from recsys_retrain.evaluate import evaluate, user_metrics
     from recsys_retrain.profile import profile
-    from recsys_retrain.schedule import Components, KnowledgeBase, Record, calibrate
-    from recsys_retrain.schedule.knowledge import features
+    from recsys_retrain.schedule.calibrate import calibrate
+    from recsys_retrain.schedule.knowledge import KnowledgeBase, Record, features
     from recsys_retrain.schedule.plan import SchedulePlan
     from recsys_retrain.schedule.resource import ResourceController
+    from recsys_retrain.schedule.rules import Components
     from recsys_retrain.settings import ScheduleSettings, TrainSettings
     from recsys_retrain.train.checkpoints import load_checkpoint
     from recsys_retrain.train.loop import train

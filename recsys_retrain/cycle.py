@@ -204,7 +204,7 @@ def calibrate(
     ``schedule.policy = "static"`` the plan is None and training uses the train section.
     """
     from recsys_retrain.profile import profile
-    from recsys_retrain.schedule import calibrate as make_plan
+    from recsys_retrain.schedule.calibrate import calibrate as make_plan
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
@@ -222,7 +222,7 @@ def calibrate(
 
 def knowledge_base(s: Settings):
     """The scheduler's knowledge base of past runs, in this pipeline's MLflow."""
-    from recsys_retrain.schedule import KnowledgeBase
+    from recsys_retrain.schedule.knowledge import KnowledgeBase
 
     return KnowledgeBase(tracking_uri=s.mlflow_uri, experiment=f"{s.model_name}-schedule-kb", k=s.schedule.kb_neighbours)
 
@@ -253,7 +253,7 @@ def train(
     is launched with torchrun.
     """
     from recsys_retrain.evaluate import user_metrics
-    from recsys_retrain.schedule import SchedulePlan
+    from recsys_retrain.schedule.plan import SchedulePlan
     from recsys_retrain.train.loop import train as train_model
 
     s = with_overrides(settings or get_settings(), overrides)

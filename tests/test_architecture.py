@@ -15,18 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "recsys_retrain"
 MAX_LINES = 500
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
-# Not yet split (issue 34): strict, so each entry fails the suite once it is fixed and must then be removed.
-TOO_LONG = {"recsys_retrain/schedule/controller.py": "the controller class and the rate-probe race share one module"}
-RE_EXPORTS = {"recsys_retrain/schedule/__init__.py": "schedule/ still re-exports its modules' names"}
-
-
-def pending(paths: list[Path], known: dict[str, str]) -> list:
-    """``paths`` as parameters, the ones in ``known`` marked strict xfail with their reason."""
-    return [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=known[str(p.relative_to(ROOT))]))
-        if str(p.relative_to(ROOT)) in known else p
-        for p in paths
-    ]
 
 
 def module_name(path: Path) -> str:
@@ -62,7 +50,7 @@ def graph() -> dict[str, set[str]]:
     }
 
 
-@pytest.mark.parametrize("path", pending(MODULES, TOO_LONG), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_module_exceeds_500_lines(path):
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines; split it by responsibility"
@@ -98,7 +86,7 @@ def test_no_private_name_is_imported_across_modules():
     assert not private
 
 
-@pytest.mark.parametrize("path", pending(sorted(PACKAGE.rglob("__init__.py")), RE_EXPORTS), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("__init__.py")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_package_init_files_re_export_nothing(path):
     body = ast.parse(path.read_text()).body
     assert not [node.lineno for node in body if isinstance(node, (ast.Import, ast.ImportFrom))]

@@ -1,28 +1,19 @@
 """The adaptive hyperparameter scheduler.
 
-``calibrate`` picks a run's starting schedule from the data's profile, its drift and
-past runs (``KnowledgeBase``); ``AdaptiveScheduler`` steers the run by convergence
-signals, rolls back its own bad changes, and records every change as a
-``ScheduleEvent``; ``ResourceController`` holds a throughput budget; ``Trace`` keeps
-the curves for the report.
+Modules, each imported from where it is defined:
+
+- ``calibrate``: ``calibrate`` picks a run's starting ``SchedulePlan`` from the data's
+  profile, its drift and past runs.
+- ``plan``: ``SchedulePlan`` (starting values and thresholds) and its ``Reason`` for each value.
+- ``knowledge``: ``KnowledgeBase`` of past runs (``Record``), kept in MLflow.
+- ``controller``: ``AdaptiveScheduler`` steers a run by convergence signals (the policy).
+- ``rollback``: ``RollbackScheduler``, its base: rates, events, and changes undone when they hurt.
+- ``rules``: the pure rules the controller decides by, its ``Limits`` and ``Components``.
+- ``convergence``: ``Convergence``, the cues folded from steps and validation cycles.
+- ``probe``: the rate probe's race of rate multipliers on the first epoch.
+- ``signals``: ``SignalTracker``, the per-step signals (loss EMAs, curvature, noise scale).
+- ``snapshot``: in-memory ``Snapshot`` of a model and its optimisers, for rollbacks.
+- ``events``: ``ScheduleEvent``, every change with the signal that caused it.
+- ``resource``: ``ResourceController`` holds a throughput and memory budget.
+- ``trace``: ``Trace`` keeps the curves for the report; ``plot`` draws them.
 """
-
-from recsys_retrain.schedule.calibrate import calibrate
-from recsys_retrain.schedule.controller import AdaptiveScheduler, Components, Limits
-from recsys_retrain.schedule.events import ScheduleEvent
-from recsys_retrain.schedule.knowledge import KnowledgeBase, Record
-from recsys_retrain.schedule.plan import Reason, SchedulePlan
-from recsys_retrain.schedule.trace import Trace
-
-__all__ = [
-    "AdaptiveScheduler",
-    "Components",
-    "KnowledgeBase",
-    "Limits",
-    "Reason",
-    "Record",
-    "ScheduleEvent",
-    "SchedulePlan",
-    "Trace",
-    "calibrate",
-]

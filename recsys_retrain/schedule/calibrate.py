@@ -36,9 +36,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from recsys_retrain.schedule.controller import probe_passes
 from recsys_retrain.schedule.knowledge import KnowledgeBase, features
 from recsys_retrain.schedule.plan import SchedulePlan
+from recsys_retrain.schedule.probe import probe_passes
 from recsys_retrain.settings import ScheduleSettings, TrainSettings
 
 SEVERITY_WEIGHT = {"none": 0.0, "minor": 0.5, "major": 1.0}

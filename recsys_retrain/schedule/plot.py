@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from recsys_retrain.io import write_with
+
 EVENT_COLOURS = {"lr_down": "tab:blue", "lr_up": "tab:green", "rollback": "tab:red", "stop": "black",
                  "weight_decay_up": "tab:purple", "momentum_down": "tab:brown", "batch_size": "tab:orange"}
 
@@ -52,8 +54,7 @@ def curves(trace: dict[str, Any], path: Path) -> Path:
                         xycoords=("data", "axes fraction"), fontsize=6, rotation=90, va="top", ha="right", color=colour)
     fig.suptitle("training curves and scheduler events", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=90))  # the temp name keeps .png: savefig's format
     plt.close(fig)
     return path
 

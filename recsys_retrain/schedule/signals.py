@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -115,11 +116,32 @@ class SignalTracker:
                 self.noise_scale = batch_size * max(self._grad_sq - signal, 0.0) / signal
         self._prev_grad, self._prev_params = grad, flat
 
-    def state_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+    def state_dict(self) -> dict[str, Any]:
+        """The EMAs and the last probe's values; the previous gradient, parameters and gradient mean as tensors."""
+        return {
+            "short": self.short,
+            "long": self.long,
+            "probe_every": self.probe_every,
+            "step": self.step,
+            "loss_short": self.loss_short,
+            "loss_long": self.loss_long,
+            "grad_norm_long": self.grad_norm_long,
+            "curvature": self.curvature,
+            "consistency": self.consistency,
+            "noise_scale": self.noise_scale,
+            "_prev_grad": self._prev_grad,
+            "_prev_params": self._prev_params,
+            "_grad_mean": self._grad_mean,
+            "_grad_sq": self._grad_sq,
+        }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.short, self.long, self.probe_every = state["short"], state["long"], state["probe_every"]
+        self.step, self.loss_short, self.loss_long = state["step"], state["loss_short"], state["loss_long"]
+        self.grad_norm_long, self.curvature = state["grad_norm_long"], state["curvature"]
+        self.consistency, self.noise_scale = state["consistency"], state["noise_scale"]
+        self._prev_grad, self._prev_params = state["_prev_grad"], state["_prev_params"]
+        self._grad_mean, self._grad_sq = state["_grad_mean"], state["_grad_sq"]
 
 
 def ema(current: float | None, value: float, weight: float) -> float:

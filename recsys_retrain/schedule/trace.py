@@ -6,11 +6,10 @@ report draws the convergence curves from it and marks every event on them.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
+from recsys_retrain.io import write_json
 from recsys_retrain.records import json_float
 
 STEP_FIELDS = ("step", "epoch", "loss", "dense_grad_norm", "embedding_grad_norm", "dense_lr", "sparse_lr")
@@ -53,9 +52,5 @@ class Trace:
         self.controller = d.get("controller")
 
     def write(self, path: Path) -> Path:
-        """Writes the trace atomically (temp file, then rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict()))
-        os.replace(tmp, path)
-        return path
+        """Writes the trace atomically (``recsys_retrain.io``: a temp file, then a rename)."""
+        return write_json(self.to_dict(), path, indent=None)

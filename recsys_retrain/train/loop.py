@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 
 from recsys_retrain.errors import DataError
 from recsys_retrain.model import FeatureEncoder, Recommender, TwoTower
-from recsys_retrain.schedule.controller import AdaptiveScheduler, Components, probe_rounds
+from recsys_retrain.schedule.controller import AdaptiveScheduler
+from recsys_retrain.schedule.probe import probe_rounds
+from recsys_retrain.schedule.rules import Components
 from recsys_retrain.schedule.plan import SchedulePlan
 from recsys_retrain.schedule.resource import ResourceController
 from recsys_retrain.schedule.trace import Trace

@@ -16,7 +16,7 @@ import torch
 
 from recsys_retrain.errors import PipelineError
 from recsys_retrain.evaluate import evaluate
-from recsys_retrain.schedule import SchedulePlan
+from recsys_retrain.schedule.plan import SchedulePlan
 from recsys_retrain.settings import TrainSettings
 from recsys_retrain.train.checkpoints import load_checkpoint
 from recsys_retrain.train.hooks import Callback

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_retrain.schedule import KnowledgeBase, Record, SchedulePlan, calibrate
-from recsys_retrain.schedule.knowledge import features
+from recsys_retrain.schedule.calibrate import calibrate
+from recsys_retrain.schedule.knowledge import KnowledgeBase, Record, features
+from recsys_retrain.schedule.plan import SchedulePlan
 from recsys_retrain.settings import ScheduleSettings, TrainSettings
 
 DENSE = {"interactions": 80_000, "users": 900, "items": 1600, "density": 0.055, "gini": 0.6, "long_tail_share": 0.6}

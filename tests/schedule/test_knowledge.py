@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_retrain.schedule import KnowledgeBase, Record
+from recsys_retrain.schedule.knowledge import KnowledgeBase, Record
 
 
 def record(log_n: float, dense: float, best: int, regime: str) -> Record:

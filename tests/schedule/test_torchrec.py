@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from recsys_retrain.model import FeatureEncoder
-from recsys_retrain.schedule import AdaptiveScheduler, Components, SchedulePlan
+from recsys_retrain.schedule.controller import AdaptiveScheduler
+from recsys_retrain.schedule.plan import SchedulePlan
 from recsys_retrain.schedule.resource import ResourceController
+from recsys_retrain.schedule.rules import Components
 from recsys_retrain.settings import TrainSettings
 from recsys_retrain.train.checkpoints import load_checkpoint
 from recsys_retrain.train.hooks import Callback
