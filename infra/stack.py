@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess  # nosec B404  # starts known server binaries with argument lists
@@ -256,10 +255,9 @@ def airflow_migrate(env: dict[str, str]) -> None:
 
 def copy_feature_repo(dest: Path) -> Path:
     """The Feast definitions and both feature_store yaml files, without generated data."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for src in [*(REPO / "features").glob("feature_store*.yaml"), *(REPO / "features").glob("*.py")]:
-        shutil.copy(src, dest / src.name)
-    return dest
+    from recsys_retrain.resources import copy_definitions
+
+    return copy_definitions(REPO / "features", dest)
 
 
 class AirflowServices:

@@ -240,6 +240,7 @@ def backtest(
     from recsys_retrain.backtest import WEEK
     from recsys_retrain.backtest import backtest as run_backtest
     from recsys_retrain.data.ingest import bootstrap_feature_repo
+    from recsys_retrain.resources import copy_definitions
 
     quiet_libraries()
     settings = get_settings()
@@ -247,10 +248,7 @@ def backtest(
     root = (out or settings.home / "backtest").resolve()
     if root.exists():
         shutil.rmtree(root)
-    repo = root / "features"
-    repo.mkdir(parents=True)
-    for definition in [*settings.feature_repo.glob("feature_store*.yaml"), *settings.feature_repo.glob("*.py")]:
-        shutil.copy(definition, repo / definition.name)
+    repo = copy_definitions(settings.feature_repo, root / "features")
     raw = load_source(settings, source)
     console.print(f"feature store for the backtest at {repo} (the whole timeline; pulls are point-in-time)")
     bootstrap_feature_repo(raw, repo)

@@ -16,7 +16,7 @@ from pathlib import Path
 from recsys_retrain.errors import PipelineError
 from recsys_retrain.settings import Settings
 
-DEFINITIONS = ("*.py", "*.yaml")  # what a Feast repository holds besides its data/
+DEFINITIONS = ("feature_store*.yaml", "*.py")  # what a Feast repository holds besides its generated data/
 
 
 SOURCE_FOLDERS = {"dags": "dags", "feature_repo": "features"}  # pyproject.toml's package-dir
@@ -32,7 +32,7 @@ def shipped(package: str) -> Path:
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
     tree = Path(__file__).resolve().parents[1] / SOURCE_FOLDERS[package]
-    if (tree / "pyproject.toml").exists() or (tree.parent / "pyproject.toml").exists():
+    if tree.is_dir() and (tree.parent / "pyproject.toml").exists():
         return tree
     raise PipelineError(f"recsys_retrain.{package} is missing from this installation; reinstall the package")
 
@@ -42,18 +42,22 @@ def dags_folder(settings: Settings) -> Path:
     return Path(settings.dags_folder).resolve() if settings.dags_folder else shipped("dags")
 
 
+def copy_definitions(source: Path, dest: Path) -> Path:
+    """The Feast definitions of the repository ``source`` (never its data) copied into ``dest``; returns ``dest``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for pattern in DEFINITIONS:
+        for path in sorted(Path(source).glob(pattern)):
+            shutil.copy(path, dest / path.name)
+    return dest
+
+
 def seed_feature_repo(repo: Path) -> bool:
     """Copies the shipped Feast definitions into ``repo`` when it has no ``feature_store.yaml``; True if it did.
 
     A repository that has its own definitions is never touched.
     """
-    repo = Path(repo)
-    if (repo / "feature_store.yaml").exists():
+    if (Path(repo) / "feature_store.yaml").exists():
         return False
-    source = shipped("feature_repo")
-    repo.mkdir(parents=True, exist_ok=True)
-    for pattern in DEFINITIONS:
-        for path in sorted(source.glob(pattern)):
-            if path.name != "__init__.py":
-                shutil.copy2(path, repo / path.name)
+    copy_definitions(shipped("feature_repo"), repo)
     return True

@@ -296,11 +296,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def feature_store_yaml(self) -> Path:
-        """The Feast configuration of this deployment: one ``feature_store*.yaml`` per environment."""
-        return feature_store_yaml(self.feature_repo, self.deployment)
-
-    @property
     def cache_dir(self) -> Path:
         """Downloaded public data (the recbole wheel); safe to delete."""
         return self.home / "cache"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from recsys_retrain.data.load import RawData, load_movielens
+from recsys_retrain.resources import copy_definitions
 from recsys_retrain.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,10 +24,7 @@ def cache_dir() -> Path:
 
 def copy_feature_repo(dest: Path) -> Path:
     """Copy the Feast definitions (not generated data) so tests never write into features/."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for src in [*FEATURE_REPO.glob("feature_store*.yaml"), *FEATURE_REPO.glob("*.py")]:
-        shutil.copy(src, dest / src.name)
-    return dest
+    return copy_definitions(FEATURE_REPO, dest)
 
 
 @pytest.fixture(scope="session")

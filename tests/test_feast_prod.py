@@ -87,7 +87,9 @@ def prod_env(monkeypatch: pytest.MonkeyPatch):
     with psycopg.connect(dbname="postgres", autocommit=True, **PG) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
     env = {
-        "RETRAIN_DEPLOYMENT": "production", "RETRAIN_TRACKING_URI": "http://127.0.0.1:1", "FEAST_PG_HOST": PG["host"], "FEAST_PG_PORT": str(PG["port"]),
+        # production names its MLflow server; this test only reads Feast, so nothing listens there
+        "RETRAIN_DEPLOYMENT": "production", "RETRAIN_TRACKING_URI": "http://127.0.0.1:5000",
+        "FEAST_PG_HOST": PG["host"], "FEAST_PG_PORT": str(PG["port"]),
         "FEAST_PG_DB": db, "FEAST_PG_USER": PG["user"], "FEAST_PG_PASSWORD": "", "FEAST_PG_SSLMODE": "disable",
         "FEAST_REDIS": f"127.0.0.1:6379,db={redis_db()}",
     }

@@ -24,7 +24,7 @@ import pandas as pd
 
 from recsys_retrain.data import features as F
 from recsys_retrain.data.features import TS
-from recsys_retrain.data.load import RawData, normalise_items, normalise_users, one_line, read_log
+from recsys_retrain.data.load import RawData, normalise_items, normalise_users, last_line, read_log
 from recsys_retrain.data.store import LOG, PROFILES, STATS, offline_kind, require_repo, feature_store, read_events
 from recsys_retrain.data.validation import check_events, to_parquet, write_atomic, write_quarantine
 from recsys_retrain.io import write_with
@@ -226,7 +226,7 @@ def _materialize_with_retries(repo: Path, since: pd.Timestamp, tables: dict, set
         except Exception as exc:  # Redis, PostgreSQL and Feast raise many types for an unreachable store
             if attempt == settings.online_retries:
                 raise PipelineError(
-                    f"online store: materialization failed after {attempt} attempts ({one_line(exc)}); "
+                    f"online store: materialization failed after {attempt} attempts ({last_line(exc)}); "
                     f"the {added} new rows are stored offline, re-run the ingest to fill the online store"
                 ) from None
             time.sleep(delay)
@@ -391,7 +391,7 @@ def _definitions(repo: Path) -> Iterator[list]:
     try:
         yield [importlib.import_module(n) for n in names]
     except Exception as exc:
-        raise DataError(f"{repo.name}: feature definitions do not import ({one_line(exc)})") from None
+        raise DataError(f"{repo.name}: feature definitions do not import ({last_line(exc)})") from None
     finally:
         sys.path.remove(str(repo))
         for n in names:

@@ -76,7 +76,7 @@ def read_log(path: Path) -> pd.DataFrame:
     try:
         df = readers[path.suffix.lower()](path)
     except Exception as exc:  # pyarrow and the csv parser raise many types
-        raise DataError(f"{path.name}: unreadable ({one_line(exc)})") from None
+        raise DataError(f"{path.name}: unreadable ({last_line(exc)})") from None
     return df
 
 
@@ -94,7 +94,7 @@ def _fetch_wheel(cache_dir: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)  # nosec B603  # fixed args: pip download of a pinned wheel
         fetched = Path(tmp) / _WHEEL_FILE
         if proc.returncode != 0 or not fetched.exists():
-            raise DataError(f"{RECBOLE_WHEEL}: pip download failed ({one_line(proc.stderr or 'no wheel')})")
+            raise DataError(f"{RECBOLE_WHEEL}: pip download failed ({last_line(proc.stderr or 'no wheel')})")
         os.replace(fetched, wheel)
     return wheel
 
@@ -104,7 +104,7 @@ def _from_wheel(wheel: Path) -> RawData:
         with zipfile.ZipFile(wheel) as zf:
             inter, items, users = (_read_atomic_file(zf, ext) for ext in ("inter", "item", "user"))
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
-        raise DataError(f"{wheel.name}: unreadable MovieLens data ({one_line(exc)})") from None
+        raise DataError(f"{wheel.name}: unreadable MovieLens data ({last_line(exc)})") from None
     items["genres"] = items["class"].fillna("").map(lambda s: _genres(s.split()))
     return RawData(
         _normalise_interactions(inter, "ml-100k.inter"),
@@ -140,7 +140,7 @@ def _read_table(path: Path, sep: str, names: list[str]) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, sep=sep, header=None, dtype=str, encoding="latin-1", quoting=csv.QUOTE_NONE)
     except Exception as exc:
-        raise DataError(f"{path.name}: unreadable ({one_line(exc)})") from None
+        raise DataError(f"{path.name}: unreadable ({last_line(exc)})") from None
     if df.shape[1] != len(names):
         raise DataError(f"{path.name}: expected {len(names)} '{sep}'-separated columns, found {df.shape[1]}")
     df.columns = names
@@ -212,7 +212,7 @@ def normalise_items(items: pd.DataFrame, name: str) -> pd.DataFrame:
     return out
 
 
-def one_line(exc: object) -> str:
+def last_line(exc: object) -> str:
     """The last non-empty line of an error text (pip and pyarrow put the gist there)."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     return lines[-1] if lines else type(exc).__name__

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys_retrain.data.load import one_line
+from recsys_retrain.data.load import last_line
 from recsys_retrain.io import write_with
 from recsys_retrain.errors import DataError, ValidationError
 from recsys_retrain.settings import DataSettings
@@ -177,4 +177,4 @@ def to_parquet(df: pd.DataFrame, path: Path, name: str) -> None:
     try:
         df.to_parquet(path, index=False)
     except Exception as exc:  # pyarrow type and IO errors
-        raise DataError(f"{name}: could not write ({one_line(exc)})") from None
+        raise DataError(f"{name}: could not write ({last_line(exc)})") from None
