@@ -54,6 +54,7 @@ def replayed(tmp_path_factory, movielens) -> tuple[backtest.BacktestResult, obje
     return backtest.backtest(s, starts, root / "out", retrain_on="minor", progress=False), root
 
 
+@pytest.mark.slow
 def test_the_replay_scores_every_policy_on_the_same_windows(replayed):
     result, root = replayed
     assert [p.policy for p in result.policies] == list(backtest.POLICIES)
@@ -70,6 +71,7 @@ def test_the_replay_scores_every_policy_on_the_same_windows(replayed):
     assert by["never"].ndcg10[0] == by["weekly"].ndcg10[0] == by["drift"].ndcg10[0]  # the same first model serves week 1
 
 
+@pytest.mark.slow
 def test_the_replay_writes_its_json_and_plot(replayed):
     result, root = replayed
     saved = backtest.BacktestResult.from_dict(json.loads((root / "out" / "backtest.json").read_text()))

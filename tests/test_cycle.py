@@ -91,6 +91,7 @@ def test_an_empty_window_fails_at_pull_in_one_line(sandbox):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_monitor_scores_champion_against_previous_and_records_the_decision(sandbox):
     s = sandbox
     w = cycle.window(settings=s)
@@ -123,6 +124,7 @@ def test_monitor_scores_champion_against_previous_and_records_the_decision(sandb
     assert len(recorded_checks(s, versions[1])) == 1
 
 
+@pytest.mark.slow
 def test_adaptive_cycle_calibrates_trains_under_the_scheduler_and_fills_the_knowledge_base(sandbox):
     s = sandbox
     w = cycle.window(settings=s)
@@ -155,6 +157,7 @@ def test_static_policy_has_no_plan_and_trains_as_configured(sandbox):
     assert len(trained["epoch_losses"]) == sandbox.train.epochs and trained["best_validation"] is None
 
 
+@pytest.mark.slow
 def test_the_gate_logs_plan_trace_curves_and_metric_histories_with_the_candidate(sandbox, tmp_path):
     from mlflow import MlflowClient
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from recsys_retrain.train import launch
@@ -39,6 +40,7 @@ def test_the_pod_runs_as_an_unprivileged_user_and_holds_no_secret():
     assert [s["secretRef"]["name"] for s in base["envFrom"]] == ["recsys-retrain-env"]  # credentials from a Secret
 
 
+@pytest.mark.slow
 def test_the_pod_command_trains_a_model_from_a_cycle_folder(tmp_path):
     base = container()
     run = Path(cycle_folder(tmp_path / "cycles" / "RUN")["run_dir"])

@@ -19,6 +19,7 @@ def prodcheck_databases() -> set[str]:
         return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'prodcheck_%'")}
 
 
+@pytest.mark.slow
 def test_prod_check_runs_one_cycle_on_the_production_stack_and_cleans_up(tmp_path):
     pytest.importorskip("psycopg", reason="the prod extra (psycopg, redis) is part of make setup")
     from infra.stack import Servers

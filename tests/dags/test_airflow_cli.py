@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from recsys_retrain.data.ingest import bootstrap_feature_repo
 from recsys_retrain.data.load import RawData
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = Path(sys.executable).with_name("airflow")
 
 
+@pytest.mark.slow
 def test_champion_monitor_runs_under_the_airflow_cli(tmp_path, movielens):
     inter = movielens.interactions
     repo = copy_feature_repo(tmp_path / "features")

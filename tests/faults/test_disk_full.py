@@ -44,6 +44,7 @@ def model_dir(pulled_template, tmp_path):
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_disk_full_on_checkpoint_write_fails_cleanly_and_keeps_the_previous_checkpoint(
     model_dir, tmp_path, record_property
 ):

@@ -19,6 +19,7 @@ def weights(path: str | Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(Path(path)).model.state_dict()
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_then_retried_matches_an_uninterrupted_run(pulled_template, tmp_path, record_property):
     settings = tiny_settings(tmp_path / "home", tmp_path / "features", train={"epochs": EPOCHS, "embedding_dim": 8,
                                                                              "batch_size": 256})

@@ -43,6 +43,7 @@ def server(tmp_path, monkeypatch):
         stack.drop()
 
 
+@pytest.mark.slow
 def test_mlflow_down_during_the_gate_retries_then_fails_cleanly_with_aliases_unchanged(
     server, pulled_template, tmp_path, record_property
 ):

@@ -46,6 +46,7 @@ def frames(pulled: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
             pd.read_parquet(root / "catalogue.parquet"))
 
 
+@pytest.mark.slow
 def test_nan_loss_is_rolled_back_by_the_scheduler_and_the_saved_model_is_finite(pulled_template, tmp_path, record_property):
     pulled = copy_cycle(pulled_template, tmp_path / "cycle")
     history, window, catalogue = frames(pulled)

@@ -44,6 +44,7 @@ def online_interactions(repo, user_id: int) -> int | None:
     return row["user_n_interactions"][0]
 
 
+@pytest.mark.slow
 def test_redis_down_during_materialization_retries_then_fails_with_offline_data_intact(
     prod_env, tmp_path, monkeypatch, record_property  # noqa: F811
 ):

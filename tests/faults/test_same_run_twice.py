@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from recsys_retrain import cycle
 from recsys_retrain.registry.aliases import history
 from tests.faults.conftest import aliases, copy_cycle, read_json, report, tiny_settings, versions
@@ -16,6 +18,7 @@ def run_once(pulled: dict, settings) -> dict:
     return cycle.gate(pulled, NO_DRIFT, trained, evaluated, settings)
 
 
+@pytest.mark.slow
 def test_a_run_executed_twice_for_one_window_gives_one_version_and_one_decision(
     pulled_template, tmp_path, monkeypatch, record_property
 ):

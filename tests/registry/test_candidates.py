@@ -77,6 +77,7 @@ def test_load_model_round_trips_weights(settings):
         load_model(settings, 9)
 
 
+@pytest.mark.slow
 def test_two_tower_recommender_loads_in_a_fresh_process(settings, tmp_path):
     """The real model class pickles by reference; another process must rebuild it from `recsys_retrain`."""
     from recsys_retrain.model import FeatureEncoder, Recommender, build_two_tower

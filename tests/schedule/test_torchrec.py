@@ -57,6 +57,7 @@ class DenseGroups(Callback):
         self.groups = [dict(g) for g in dict(optimizer.optimizers)["dense"].param_groups]
 
 
+@pytest.mark.slow
 def test_the_plans_weight_decay_and_beta1_start_the_dense_adam(tmp_path):
     history, catalogue = synthetic_world()
     seen = DenseGroups()
@@ -80,6 +81,7 @@ def genre_validation(history):
     return validate
 
 
+@pytest.mark.slow
 def test_a_validate_callback_may_return_per_user_values(tmp_path):
     from recsys_retrain.evaluate import user_metrics
 
@@ -166,6 +168,7 @@ class SlowDown(Callback):
             time.sleep(self.seconds)
 
 
+@pytest.mark.slow
 def test_a_slowdown_makes_the_resource_controller_raise_the_batch_size_and_scale_the_rate(tmp_path):
     history, catalogue = synthetic_world()
     plan = SchedulePlan(dense_lr=0.01, sparse_lr=0.1, batch_size=32, warmup_steps=0, max_epochs=5, patience=5)
@@ -200,6 +203,7 @@ class DenseSteps(Callback):
         self.steps.append(max(int(st["step"]) for st in dense.state.values() if "step" in st))
 
 
+@pytest.mark.slow
 def test_memory_pressure_halves_the_micro_batch_and_accumulates_so_the_dense_step_keeps_its_batch(tmp_path):
     history, catalogue = synthetic_world()
     plan = SchedulePlan(dense_lr=0.01, sparse_lr=0.1, batch_size=64, warmup_steps=0, max_epochs=4, patience=5)
