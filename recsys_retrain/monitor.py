@@ -158,7 +158,7 @@ def check_window(settings: Settings, history: pd.DataFrame, window_df: pd.DataFr
     Args:
         settings: the pipeline settings (monitor thresholds, registry, K).
         history: interactions before the window (excluded from ranking, defines cold users).
-        window_df: the window's interactions (same columns as ``recsys_retrain.data.pull_window``).
+        window_df: the window's interactions (same columns as ``recsys_retrain.data.store.pull_window``).
         window: ``start/end`` ISO timestamps of the window.
 
     Returns:
