@@ -68,8 +68,9 @@ class Servers:
         """Read from the environment on use, never stored in a config file or printed."""
         return os.environ.get("RETRAIN_PG_PASSWORD", "")
 
-    def pg_url(self, db: str, driver: str = "postgresql") -> str:
-        secret = f":{quote(self.pg_password, safe='')}" if self.pg_password else ""
+    def pg_url(self, db: str, driver: str = "postgresql", password: bool = True) -> str:
+        """The database URL; ``password=False`` leaves the password out (libpq then reads ``PGPASSWORD``)."""
+        secret = f":{quote(self.pg_password, safe='')}" if self.pg_password and password else ""
         return f"{driver}://{quote(self.pg_user, safe='')}{secret}@{self.pg_host}:{self.pg_port}/{db}"
 
     def connect(self, db: str = "postgres"):
@@ -200,17 +201,25 @@ class MlflowServer:
         self.stack = stack
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> MlflowServer:
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        """The server's command line and environment: the PostgreSQL password travels in ``PGPASSWORD``, never
+        on the command line, where ``ps`` would show it to every user of the machine."""
         s, stack = self.stack.servers, self.stack
         artifacts = _env("RETRAIN_ARTIFACTS", (stack.home / "mlartifacts").resolve().as_uri())
         cmd = [str(BIN / "mlflow"), "server", "--host", s.bind_host, "--port", str(stack.mlflow_port),
-               "--backend-store-uri", s.pg_url(stack.db("mlflow")), "--artifacts-destination", artifacts,
+               "--backend-store-uri", s.pg_url(stack.db("mlflow"), password=False), "--artifacts-destination", artifacts,
                "--workers", "1"]
+        env = {**os.environ, **({"PGPASSWORD": s.pg_password} if s.pg_password else {})}
+        return cmd, env
+
+    def start(self, timeout: float = 120) -> MlflowServer:
+        stack = self.stack
+        cmd, env = self.command()
         log_file = stack.home / "mlflow-server.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "ab") as out:
             self.proc = subprocess.Popen(  # nosec B603  # fixed argument list
-                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
         deadline = time.monotonic() + timeout
         while not self.healthy():

@@ -197,6 +197,7 @@ def demo(
 
     Ends with a table of every week and the path of the HTML report (also logged to MLflow).
     """
+    from recsys_retrain.paths import demo_may_reset
     from recsys_retrain.timeline import TimelineConfig, replay
 
     quiet_libraries()
@@ -209,6 +210,7 @@ def demo(
     )
     if retrain_on not in ("minor", "major"):
         raise PipelineError(f"--retrain-on must be minor or major, got {retrain_on!r}")
+    demo_may_reset(settings)
     if fresh:
         reset_state(settings)
     console.print(f"[bold]1/3[/] loading interactions; the Feast repository at {settings.feature_repo} starts before {start}")
@@ -240,15 +242,16 @@ def backtest(
     from recsys_retrain.backtest import WEEK
     from recsys_retrain.backtest import backtest as run_backtest
     from recsys_retrain.data.ingest import bootstrap_feature_repo
+    from recsys_retrain.paths import mark_owned, replaceable_folder
     from recsys_retrain.resources import copy_definitions
 
     quiet_libraries()
     settings = get_settings()
     source, out = checked_path(source, settings, "--source"), checked_path(out, settings, "--out")
-    root = (out or settings.home / "backtest").resolve()
+    root = replaceable_folder(out or settings.home / "backtest", settings, "--out")
     if root.exists():
         shutil.rmtree(root)
-    repo = copy_definitions(settings.feature_repo, root / "features")
+    repo = copy_definitions(settings.feature_repo, mark_owned(root) / "features")
     raw = load_source(settings, source)
     console.print(f"feature store for the backtest at {repo} (the whole timeline; pulls are point-in-time)")
     bootstrap_feature_repo(raw, repo)

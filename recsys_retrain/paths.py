@@ -60,3 +60,56 @@ def inside_root(path: str | Path, root: Path, what: str) -> Path:
 def user_path(path: str | Path, settings: Settings, what: str) -> Path:
     """``inside_root`` against the settings' data root: the one call CLI commands and DAG tasks make."""
     return inside_root(path, data_root(settings), what)
+
+
+OWNED_MARKER = ".recsys-retrain"  # written into each folder a command creates and may later replace
+
+
+def replaceable_folder(path: Path, settings: Settings, what: str) -> Path:
+    """``path``, if a command may delete and rebuild it; else a one-line PipelineError naming ``what``.
+
+    Refused: the data root itself, a folder holding a git repository, and a non-empty
+    folder the project did not create (no ``.recsys-retrain`` marker) outside the
+    pipeline's home. So ``retrain backtest --out .`` in a checkout never removes it.
+
+    Example:
+        >>> replaceable_folder(Path("/srv/retrain"), Settings(home="/srv/retrain/home"), "--out")
+        Traceback (most recent call last):
+        ...
+        recsys_retrain.errors.PipelineError: --out /srv/retrain is the data root; choose a new folder inside it
+    """
+    path = Path(path).resolve()
+    if path == data_root(settings):
+        raise PipelineError(f"{what} {path} is the data root; choose a new folder inside it")
+    if (path / ".git").exists():
+        raise PipelineError(f"{what} {path} holds a git repository; choose a new folder")
+    own = path.is_relative_to(Path(settings.home).resolve()) or (path / OWNED_MARKER).exists()
+    if path.is_dir() and any(path.iterdir()) and not own:
+        raise PipelineError(f"{what} {path} is not empty and was not created by retrain; choose a new or empty folder")
+    return path
+
+
+def mark_owned(folder: Path) -> Path:
+    """Creates ``folder`` with the marker that lets a later run replace it; returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / OWNED_MARKER).write_text("created by retrain; a later run may delete and rebuild this folder\n")
+    return folder
+
+
+def demo_may_reset(settings: Settings) -> None:
+    """The demo resets the feature store and the registry and promotes a bad model by hand: only on its own stores.
+
+    Its own stores are the local deployment's: the Feast repository's local configuration
+    and MLflow on SQLite under the home. A production deployment or a configured
+    tracking server raises a one-line PipelineError before anything is touched.
+    """
+    if settings.deployment != "local":
+        raise PipelineError(
+            f"retrain demo resets the feature store and the registry, so it runs only on its own local stores; "
+            f"deployment is {settings.deployment!r} (unset RETRAIN_DEPLOYMENT)"
+        )
+    if settings.tracking_uri:
+        raise PipelineError(
+            f"retrain demo resets the registry, so it runs only on MLflow under its home; tracking_uri is "
+            f"{settings.tracking_uri!r} (unset RETRAIN_TRACKING_URI)"
+        )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from recsys_retrain.errors import PipelineError
-from recsys_retrain.paths import data_root, inside_root, user_path
+from recsys_retrain.paths import data_root, inside_root, mark_owned, replaceable_folder, user_path
 from recsys_retrain.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,3 +178,62 @@ def test_the_ingest_task_refuses_an_events_param_outside_the_data_root(tmp_path)
     with pytest.raises(PipelineError, match="events '/etc/passwd' resolves to /etc/passwd, outside the data root"):
         cycle.ingest("/etc/passwd", settings=settings)
     assert not (tmp_path / "features").exists()  # refused before the store was touched
+
+
+def test_a_folder_a_command_would_replace_must_be_its_own(tmp_path):
+    settings = Settings(home=tmp_path / "home")
+    checkout = tmp_path / "checkout"
+    (checkout / ".git").mkdir(parents=True)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine\n")
+    for folder, words in ((tmp_path, "is the data root"), (checkout, "holds a git repository"),
+                          (tmp_path / "notes", "not created by retrain")):
+        with pytest.raises(PipelineError, match=words) as err:
+            replaceable_folder(folder, settings, "--out")
+        assert "\n" not in str(err.value)
+    assert replaceable_folder(tmp_path / "new", settings, "--out") == (tmp_path / "new").resolve()  # need not exist
+    assert replaceable_folder(tmp_path / "home" / "backtest", settings, "--out")  # under the pipeline's home
+    mark_owned(tmp_path / "notes")
+    assert replaceable_folder(tmp_path / "notes", settings, "--out")  # created by retrain: may be replaced
+
+
+def test_backtest_out_at_the_checkout_is_refused_and_removes_nothing(tmp_path):
+    checkout = tmp_path / "checkout"
+    (checkout / ".git").mkdir(parents=True)
+    (checkout / "README.md").write_text("keep\n")
+    env = {**os.environ, "RETRAIN_HOME": str(checkout / ".retrain"), "RETRAIN_DATA_ROOT": str(tmp_path)}
+    retrain = Path(sys.executable).with_name("retrain")
+    done = subprocess.run([str(retrain), "backtest", "--out", "."], cwd=checkout, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: --out {checkout.resolve()} holds a git repository; choose a new folder"]
+    assert (checkout / ".git").is_dir() and (checkout / "README.md").read_text() == "keep\n"
+
+
+@pytest.mark.parametrize(
+    "variables,words",
+    [({"RETRAIN_DEPLOYMENT": "production", "RETRAIN_TRACKING_URI": "http://127.0.0.1:5000"}, "deployment is 'production'"),
+     ({"RETRAIN_TRACKING_URI": "http://127.0.0.1:5000"}, "tracking_uri is 'http://127.0.0.1:5000'")],
+    ids=["production", "tracking-server"],
+)
+def test_the_demo_refuses_stores_that_are_not_its_own(tmp_path, variables, words):
+    home = tmp_path / "home"
+    (home / "runs" / "keep").mkdir(parents=True)
+    env = {**os.environ, "RETRAIN_HOME": str(home), "RETRAIN_FEATURE_REPO": str(tmp_path / "features"), **variables}
+    retrain = Path(sys.executable).with_name("retrain")
+    done = subprocess.run([str(retrain), "demo", "--weeks", "2"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], done.stderr
+    assert (home / "runs" / "keep").is_dir() and not (tmp_path / "features").exists()  # nothing reset or written
+
+
+def test_the_mlflow_server_gets_the_database_password_from_its_environment_not_its_command_line(monkeypatch):
+    from infra.stack import MlflowServer, Stack
+
+    monkeypatch.setenv("RETRAIN_PG_PASSWORD", "s3cret/pw")
+    cmd, env = MlflowServer(Stack(prefix="sec", home=Path("/srv/x"))).command()
+    assert not any("s3cret" in arg for arg in cmd)
+    assert env["PGPASSWORD"] == "s3cret/pw"
+    uri = cmd[cmd.index("--backend-store-uri") + 1]
+    assert uri.startswith("postgresql://") and uri.endswith("/sec_mlflow") and ":s3cret" not in uri
