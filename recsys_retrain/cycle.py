@@ -319,7 +319,7 @@ def evaluate(
     history, holdout = pd.read_parquet(p.history), pd.read_parquet(p.holdout)
     k, head = s.eval.k, s.gate.head_share
     challenger = user_metrics(load_checkpoint(Path(trained["checkpoint"])), history, holdout, k, head)
-    champion, champion_error, current = None, None, candidates.champion(s)
+    champion, (current, model, champion_error) = None, candidates.comparator(s)
     if current is not None:
         trained_until = utc(current.window.split("/")[0])
         if trained_until > utc(pulled["start"]):
@@ -327,9 +327,7 @@ def evaluate(
                 f"champion v{current.version} was trained on data up to {trained_until.date()}, after this "
                 f"window's start {utc(pulled['start']).date()}: it cannot be judged on this window"
             )
-        model, champion_error = candidates.try_load(s, current.version)
-        if model is not None:
-            champion = user_metrics(model, history, holdout, k, head)
+        champion = user_metrics(model, history, holdout, k, head)
     path = p.root / "per_user_metrics.json"
     write_json({"challenger": challenger.to_dict(), "champion": champion.to_dict() if champion else None}, path)
     return {

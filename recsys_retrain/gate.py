@@ -159,8 +159,9 @@ def decide(
         champion: the current champion's on the same holdout; None when there is none.
         window: ``start/end`` of the holdout, the evidence this decision rests on.
         load_error: why the challenger's artifact could not be loaded, if it could not.
-        champion_error: why the champion's artifact could not be loaded; the challenger
-            is then judged on the floor alone, and the reason says so.
+        champion_error: why the champion's artifact could not be loaded. With ``champion``
+            given (the ``previous`` version standing in) the reason names it; without one
+            the challenger is rejected: an unvetted model never passes on the floor alone.
         reverted_on: the window on which the challenger was reverted before, if it was;
             it may return only on evidence from a window that ends later.
 
@@ -186,6 +187,8 @@ def decide(
     def done(promote: bool, summary: str, **numbers: Any) -> GateDecision:
         failed = [c.detail for c in checks if not c.passed]
         reason = "; ".join(failed) if failed else summary
+        if champion_error is not None and champion is not None:
+            reason = f"{champion_error}, so judged against v{champion_version}: {reason}"
         return GateDecision(
             challenger_value=float(value), champion_value=champ_value, promote=promote and not failed,
             reason=reason, checks=tuple(checks), n_users=challenger.n_users if challenger else 0, **base, **numbers,
@@ -212,8 +215,9 @@ def decide(
     ))
     if champion is None:
         if champion_error is not None:
-            return done(True, f"champion v{champion_version} cannot be loaded ({champion_error}); judged on the floor "
-                        f"only: challenger {s.metric} {value:.4f} clears {s.min_ndcg:.4f}")
+            checks.append(Check("comparable", False, None, None, f"champion v{champion_version} cannot be loaded "
+                                f"({champion_error}) and nothing stands in for it: the champion stays"))
+            return done(False, "")
         return done(True, f"no champion yet: challenger {s.metric} {value:.4f} clears the floor {s.min_ndcg:.4f}")
     if not np.array_equal(challenger.user_ids, champion.user_ids):
         raise ValueError("challenger and champion were scored on different holdout users; the gate needs the same holdout")

@@ -212,6 +212,15 @@ def test_by_default_a_retrain_that_reproduces_the_champion_does_not_replace_it()
     assert not d.promote and "< min_delta" in d.reason
 
 
-def test_an_unloadable_champion_is_named_in_the_reason():
+def test_an_unloadable_champion_with_nothing_in_its_place_keeps_the_champion():
     d = decide(ev(), None, S, champion_version=4, champion_error="truncated pickle")
-    assert d.promote and "champion v4 cannot be loaded (truncated pickle)" in d.reason
+    assert not d.promote and "champion v4 cannot be loaded (truncated pickle)" in d.reason
+    assert "the champion stays" in d.reason
+
+
+def test_a_stand_in_for_an_unloadable_champion_is_named_in_the_reason():
+    better = ev(np.full(N, 0.9))
+    d = decide(better, ev(np.full(N, 0.5)), S, champion_version=3, champion_error="champion v4 cannot be loaded (x)")
+    assert d.promote and d.reason.startswith("champion v4 cannot be loaded (x), so judged against v3: ")
+    worse = decide(ev(np.full(N, 0.1)), ev(np.full(N, 0.5)), S, champion_version=3, champion_error="champion v4 cannot be loaded (x)")
+    assert not worse.promote and "judged against v3" in worse.reason

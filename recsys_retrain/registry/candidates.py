@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from recsys_retrain.errors import RegistryError
 from recsys_retrain.records import lenient_from_dict
-from recsys_retrain.registry.aliases import CHALLENGER, CHAMPION, move, read_aliases
-from recsys_retrain.registry.client import RetryingClient, configure, connect, model_version, one_line, quiet
+from recsys_retrain.registry.aliases import CHALLENGER, CHAMPION, PREVIOUS, move, read_aliases
+from recsys_retrain.registry.client import RetryingClient, configure, connect, model_version, one_line, quiet, retry
 from recsys_retrain.settings import Settings
 
 if TYPE_CHECKING:
@@ -166,7 +166,8 @@ def load_model(settings: Settings, alias_or_version: str | int) -> nn.Module | N
     """The registered module on CPU in eval mode; None when the alias is not set.
 
     A missing alias is a normal state (no champion before the first promotion); a
-    missing version number is not, and raises ``RegistryError``.
+    missing version number is not, and raises ``RegistryError``. Reading the artifact
+    is retried like every registry call: a flaky artifact store is not a broken model.
     """
     import mlflow
 
@@ -179,8 +180,9 @@ def load_model(settings: Settings, alias_or_version: str | int) -> nn.Module | N
         version = read_aliases(client, name, effective=True).get(str(alias_or_version))
     if version is None:
         return None
+    uri = client.get_model_version_download_uri(name, str(version))
     with quiet():  # the version's own artifact URI: no global registry URI involved
-        return mlflow.pytorch.load_model(client.get_model_version_download_uri(name, str(version)), map_location="cpu")
+        return retry(settings, f"loading version {version}", lambda: mlflow.pytorch.load_model(uri, map_location="cpu"))
 
 
 def champion(settings: Settings) -> Candidate | None:
@@ -210,3 +212,33 @@ def try_load(settings: Settings, version: int) -> tuple[nn.Module | None, str | 
     if model is None:
         return None, f"version {version} has no model"
     return model, None
+
+
+def comparator(settings: Settings) -> tuple[Candidate | None, nn.Module | None, str | None]:
+    """The version a challenger is judged against, its model, and why the champion is not that version.
+
+    The champion, when its artifact loads. When it cannot be loaded (a corrupt or missing
+    artifact; a flaky store is retried first and raises instead), the ``previous``
+    version stands in, so an unvetted challenger never passes on the floor alone. When
+    neither loads, the champion stays and this raises a one-line RegistryError.
+
+    Returns:
+        ``(None, None, None)`` before the first promotion; else the version compared
+        with, its model, and None or the reason the champion could not be used.
+    """
+    current = champion(settings)
+    if current is None:
+        return None, None, None
+    model, why = try_load(settings, current.version)
+    if model is not None:
+        return current, model, None
+    fallback = alias(settings, PREVIOUS)
+    if fallback is not None and fallback.version != current.version:
+        stand_in, stand_in_why = try_load(settings, fallback.version)
+        if stand_in is not None:
+            return fallback, stand_in, f"champion v{current.version} cannot be loaded ({why})"
+        why = f"{why}; previous v{fallback.version} neither ({stand_in_why})"
+    raise RegistryError(
+        f"champion v{current.version} cannot be loaded ({why}) and no version can stand in for it: the champion "
+        "stays and no challenger is judged; repair its artifact or promote a loadable version"
+    )

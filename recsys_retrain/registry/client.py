@@ -118,7 +118,7 @@ def one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-def _retry(settings: Settings, what: str, fn: Callable[[], Any]) -> Any:
+def retry(settings: Settings, what: str, fn: Callable[[], Any]) -> Any:
     """Calls ``fn``; on a transient error waits (doubling, with jitter) and tries again.
 
     After ``settings.gate.registry_retries`` attempts it raises one ``RegistryError``
@@ -146,7 +146,7 @@ def _retry(settings: Settings, what: str, fn: Callable[[], Any]) -> Any:
 
 
 class RetryingClient:
-    """An ``MlflowClient`` whose every method call goes through :func:`_retry`."""
+    """An ``MlflowClient`` whose every method call goes through :func:`retry`."""
 
     def __init__(self, client: MlflowClient, settings: Settings) -> None:
         self._client, self._settings = client, settings
@@ -158,7 +158,7 @@ class RetryingClient:
 
         @functools.wraps(attr)
         def call(*args: Any, **kwargs: Any) -> Any:
-            return _retry(self._settings, name, lambda: attr(*args, **kwargs))
+            return retry(self._settings, name, lambda: attr(*args, **kwargs))
 
         return call
 
