@@ -332,8 +332,8 @@ def evaluate(
     write_json({"challenger": challenger.to_dict(), "champion": champion.to_dict() if champion else None}, path)
     return {
         "per_user": str(path),
-        "challenger": challenger.metrics,
-        "champion": champion.metrics if champion else None,
+        "challenger": challenger.reported(),
+        "champion": champion.reported() if champion else None,
         "champion_version": current.version if current else None,
         "champion_error": champion_error,
     }
@@ -378,14 +378,15 @@ def gate(
         window=window,
         params={**s.train.model_dump(), "rows_history": pulled["rows_history"], **schedule_params(p.plan)},
         metrics={
-            **evaluated["challenger"],
+            **{k: v for k, v in evaluated["challenger"].items() if k != "notes"},
             "train_seconds": trained["seconds"],
             "final_loss": trained["epoch_losses"][-1],
             "epochs_run": len(trained["epoch_losses"]),
             **schedule_metrics(trained),
         },
         artifacts=artifacts,
-        tags={"drift.severity": drift_result["severity"], "window": window, "feature_service": FEATURE_SERVICE},
+        tags={"drift.severity": drift_result["severity"], "window": window, "feature_service": FEATURE_SERVICE,
+              **{f"note.{k}": v for k, v in evaluated["challenger"].get("notes", {}).items()}},
     )
     if trace is not None:
         from recsys_retrain.schedule.plot import log_to_mlflow

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from recsys_retrain.model import ENCODED_USER_COLUMNS
+from recsys_retrain.records import json_float
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,23 @@ class UserEval:
             f"cold_ndcg_at_{k}": _mean(self.ndcg[self.is_cold]),
             f"longtail_ndcg_at_{k}": _mean(self.longtail_ndcg[~np.isnan(self.longtail_ndcg)]),
         }
+
+    @property
+    def segment_notes(self) -> dict[str, str]:
+        """Why a mean in ``metrics`` has no value: its segment is empty in this window."""
+        k, notes = self.k, {}
+        if not self.n_users:
+            notes.update({f"ndcg_at_{k}": "no users in the window", f"recall_at_{k}": "no users in the window"})
+        if not self.is_cold.any():
+            notes[f"cold_ndcg_at_{k}"] = "no cold users in the window (every user has history)"
+        if np.isnan(self.longtail_ndcg).all():
+            notes[f"longtail_ndcg_at_{k}"] = "no user met a long-tail item in the window"
+        return notes
+
+    def reported(self) -> dict[str, Any]:
+        """``metrics`` as they leave a task (XCom, JSON, MLflow): an empty segment's mean is null, never NaN,
+        and ``notes`` says why (``segment_notes``)."""
+        return {**{name: json_float(v) for name, v in self.metrics.items()}, "notes": self.segment_notes}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -179,3 +179,22 @@ def test_the_gate_logs_plan_trace_curves_and_metric_histories_with_the_candidate
     assert len(history) == len(trained["epoch_losses"])
     run = client.get_run(version.run_id)
     assert run.data.params["schedule.policy"] == "adaptive" and "scheduler_events" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_a_window_without_cold_users_crosses_every_task_boundary_as_valid_json(sandbox, tmp_path):
+    """Every user of the window is warm: the cold-user mean is null with a note, never NaN, through evaluate and gate."""
+    s = sandbox.model_copy(update={"home": tmp_path / "home"})
+    w = cycle.window(settings=s)
+    pulled = cycle.validate(cycle.pull(w["start"], w["end"], settings=s), settings=s)
+    run = Path(pulled["run_dir"])
+    history, holdout = pd.read_parquet(run / "history.parquet"), pd.read_parquet(run / "holdout.parquet")
+    holdout[holdout["user_id"].isin(history["user_id"])].to_parquet(run / "holdout.parquet", index=False)
+    trained = cycle.train(pulled, settings=s, overrides={"schedule": {"policy": "static"}})
+    evaluated = cycle.evaluate(pulled, trained, settings=s)
+    json.dumps(evaluated, allow_nan=False)  # what Airflow's XCom accepts
+    assert evaluated["challenger"]["cold_ndcg_at_10"] is None
+    assert "no cold users" in evaluated["challenger"]["notes"]["cold_ndcg_at_10"]
+    summary = cycle.gate(pulled, {"severity": "none", "html": None, "json": None}, trained, evaluated, settings=s)
+    json.dumps(summary, allow_nan=False)
+    assert summary["promoted"]  # the first model, judged on the floor and every non-empty guardrail

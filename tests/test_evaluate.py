@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from recsys_retrain.evaluate import (
+    UserEval,
     average_precision_at_k,
     evaluate,
     ndcg_at_k,
@@ -137,3 +140,28 @@ def test_vectorised_metrics_match_a_plain_reference_on_random_cases(seed):
     assert average_precision_at_k(hits, n_rel, k).tolist() == pytest.approx(want["ap"], abs=1e-6)
     assert reciprocal_rank_at_k(hits, k).tolist() == pytest.approx(want["rr"], abs=1e-6)
     assert (hits.sum(dim=1) > 0).float().tolist() == pytest.approx(want["hit"])
+
+
+def segment_eval(is_cold, longtail) -> UserEval:
+    n = len(is_cold)
+    return UserEval(k=10, user_ids=np.arange(n), ndcg=np.full(n, 0.5), recall=np.full(n, 0.4),
+                    is_cold=np.asarray(is_cold, bool), longtail_ndcg=np.asarray(longtail, float), coverage=0.3,
+                    n_items=100)
+
+
+@pytest.mark.parametrize(
+    "is_cold,longtail,empty",
+    [
+        ([False, False, False], [0.2, math.nan, 1.0], {"cold_ndcg_at_10"}),  # every user warm
+        ([True, True, True], [0.2, math.nan, 1.0], set()),  # every user cold: the cold mean is the overall one
+        ([True, False, False], [math.nan] * 3, {"longtail_ndcg_at_10"}),  # no long-tail item met
+        ([], [], {"ndcg_at_10", "recall_at_10", "cold_ndcg_at_10", "longtail_ndcg_at_10"}),  # nobody scored
+    ],
+    ids=["no-cold-users", "no-warm-users", "no-long-tail", "no-users"],
+)
+def test_an_empty_segment_leaves_a_task_as_null_with_a_note(is_cold, longtail, empty):
+    reported = segment_eval(is_cold, longtail).reported()
+    json.dumps(reported, allow_nan=False)  # valid JSON: what an XCom, a file or MLflow receives
+    notes = reported.pop("notes")
+    assert {name for name, value in reported.items() if value is None} == empty == set(notes)
+    assert all(notes[name] for name in empty)

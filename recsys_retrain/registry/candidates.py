@@ -121,7 +121,7 @@ def _register(
     name, tags = settings.model_name, {**tags, WINDOW_TAG: window}
     with quiet(), mlflow.start_run(experiment_id=experiment_id, run_name=window, tags=tags) as run:
         mlflow.log_params(params)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})  # null: an empty segment
         for artifact_name, path in artifacts.items():
             _log_artifact(artifact_name, Path(path))
         info = mlflow.pytorch.log_model(
