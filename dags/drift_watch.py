@@ -19,13 +19,14 @@ from airflow.sdk import Param, dag
 
 if str(Path(__file__).parent) not in sys.path:  # Airflow puts the dags folder there; plain imports may not
     sys.path.append(str(Path(__file__).parent))
-from recsys_common import CYCLE_PARAMS, INTERACTIONS, TRIGGER_PARAMS, newest_window, retrain_cycle  # noqa: E402
+from recsys_common import CYCLE_PARAMS, DEFAULT_ARGS, INTERACTIONS, TRIGGER_PARAMS, newest_window, retrain_cycle  # noqa: E402
 
 
 @dag(
     schedule=[INTERACTIONS],
     start_date=pendulum.datetime(1997, 9, 22, tz="UTC"),
     catchup=False,
+    default_args=DEFAULT_ARGS,
     max_active_runs=1,
     params={
         **TRIGGER_PARAMS,

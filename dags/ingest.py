@@ -17,13 +17,14 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 if str(Path(__file__).parent) not in sys.path:  # Airflow puts the dags folder there; plain imports may not
     sys.path.append(str(Path(__file__).parent))
-from recsys_common import INTERACTIONS, IO_RETRIES  # noqa: E402
+from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES  # noqa: E402
 
 
 @dag(
     schedule=None,
     start_date=pendulum.datetime(1997, 9, 22, tz="UTC"),
     catchup=False,
+    default_args=DEFAULT_ARGS,
     max_active_runs=1,
     params={"events": Param(type="string", minLength=1, description="Batch file (.parquet/.csv) to append.")},
     tags=["ingest"],

@@ -24,7 +24,7 @@ from airflow.sdk import CronDataIntervalTimetable, dag
 
 if str(Path(__file__).parent) not in sys.path:  # Airflow puts the dags folder there; plain imports may not
     sys.path.append(str(Path(__file__).parent))
-from recsys_common import CYCLE_PARAMS, WINDOW_PARAMS, retrain_cycle  # noqa: E402
+from recsys_common import CYCLE_PARAMS, DEFAULT_ARGS, WINDOW_PARAMS, retrain_cycle  # noqa: E402
 
 SCHEDULE = os.environ.get("RETRAIN_DAG_SCHEDULE", "0 0 * * 1")
 
@@ -34,6 +34,7 @@ SCHEDULE = os.environ.get("RETRAIN_DAG_SCHEDULE", "0 0 * * 1")
     schedule=None if SCHEDULE.strip().lower() == "none" else CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
     start_date=pendulum.datetime(1997, 9, 22, tz="UTC"),
     catchup=False,
+    default_args=DEFAULT_ARGS,
     max_active_runs=1,
     params={**CYCLE_PARAMS, **WINDOW_PARAMS},
     tags=["retrain", "scheduled"],

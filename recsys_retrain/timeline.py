@@ -270,11 +270,23 @@ def _timed(timings: dict[str, float], what: str, fn, *args, **kwargs) -> Any:
         timings[what] = timings.get(what, 0.0) + time.perf_counter() - started
 
 
-def _run(dag, what: str, timings: dict[str, float], **kwargs) -> None:
-    """One ``dag.test()`` run, timed into ``timings[what]``; a run that does not succeed stops the replay."""
+def _run(dag, what: str, timings: dict[str, float], settings: Settings, **kwargs) -> None:
+    """One ``dag.test()`` run, timed into ``timings[what]``; a run that does not succeed stops the replay.
+
+    The error names the failed task and its error line, as the tasks' failure callback
+    recorded them (``recsys_retrain.alerts``).
+    """
+    from recsys_retrain.alerts import failures
+
     run = _timed(timings, what, dag.test, **kwargs)
-    if str(run.state) != "success":
-        raise PipelineError(f"{dag.dag_id} ({what}) ended {run.state}; see the task logs above")
+    if str(run.state) == "success":
+        return
+    failed = failures(settings, dag.dag_id, run.run_id)
+    if failed:
+        last = failed[-1]
+        raise PipelineError(f"{dag.dag_id} ({what}) failed at task {last['task_id']}: {last['error']}")
+    tasks = sorted(ti.task_id for ti in run.get_task_instances() if str(ti.state) in ("failed", "upstream_failed"))
+    raise PipelineError(f"{dag.dag_id} ({what}) ended {run.state} (tasks: {', '.join(tasks) or 'none failed'})")
 
 
 def replay(settings: Settings, raw, config: TimelineConfig, progress: bool = True) -> TimelineResult:
@@ -316,17 +328,17 @@ def replay(settings: Settings, raw, config: TimelineConfig, progress: bool = Tru
         path = events_dir / f"{begin:%Y%m%d}.parquet"
         write_parquet(events, path)
         bar.set_postfix_str(f"{begin.date()} ingest")
-        _run(dags["ingest"], "ingest", timings, run_conf={"events": str(path)})
+        _run(dags["ingest"], "ingest", timings, settings, run_conf={"events": str(path)})
         bar.set_postfix_str(f"{begin.date()} monitor")
-        _run(dags["champion_monitor"], "monitor", timings, run_conf={"window_end": end.isoformat()})
+        _run(dags["champion_monitor"], "monitor", timings, settings, run_conf={"window_end": end.isoformat()})
         _timed(timings, "served", score_served, settings, run_dir, window)
         bar.set_postfix_str(f"{begin.date()} drift")
-        _run(dags["drift_watch"], "drift_watch", timings, run_conf={"window_end": end.isoformat(), "retrain_on": config.retrain_on,
+        _run(dags["drift_watch"], "drift_watch", timings, settings, run_conf={"window_end": end.isoformat(), "retrain_on": config.retrain_on,
                                                       **cycle_params})
         trained_by = "drift" if (run_dir / "summary.json").exists() else None
         if trained_by is None and scheduled(i, config.every):
             bar.set_postfix_str(f"{begin.date()} retrain")
-            _run(dags["retrain"], "retrain_scheduled", timings, logical_date=end.to_pydatetime(),
+            _run(dags["retrain"], "retrain_scheduled", timings, settings, logical_date=end.to_pydatetime(),
                  run_conf={"window_start": begin.isoformat(), "window_end": end.isoformat(), **cycle_params})
             trained_by = "schedule"
         trains += trained_by is not None

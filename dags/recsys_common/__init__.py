@@ -10,6 +10,7 @@ from __future__ import annotations
 from recsys_common.assets import INTERACTIONS
 from recsys_common.cycle_group import (
     CYCLE_PARAMS,
+    DEFAULT_ARGS,
     IO_RETRIES,
     TRIGGER_PARAMS,
     WINDOW_PARAMS,
@@ -22,6 +23,6 @@ from recsys_common.cycle_group import (
 )
 
 __all__ = [
-    "CYCLE_PARAMS", "INTERACTIONS", "IO_RETRIES", "TRIGGER_PARAMS", "WINDOW_PARAMS",
+    "CYCLE_PARAMS", "DEFAULT_ARGS", "INTERACTIONS", "IO_RETRIES", "TRIGGER_PARAMS", "WINDOW_PARAMS",
     "newest_window", "overrides", "pull", "retrain_cycle", "validate", "window_from",
 ]

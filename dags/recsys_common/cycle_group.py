@@ -17,6 +17,16 @@ from recsys_common.assets import INTERACTIONS
 
 IO_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True}
 
+
+def task_failed(context: dict[str, Any]) -> None:
+    """Every task's ``on_failure_callback``: one structured event per failure (``recsys_retrain.alerts``)."""
+    from recsys_retrain.alerts import task_failed as record
+
+    record(context)
+
+
+DEFAULT_ARGS = {"on_failure_callback": task_failed}
+
 # Per-run overrides of the settings (None: keep the configured value). Param name -> (section, field).
 OVERRIDES = {
     "epochs": ("train", "epochs"),

@@ -1,0 +1,93 @@
+"""Failed tasks leave one structured event each; a failed replay names the task and its error line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from recsys_retrain.alerts import error_line, failures, record, task_failed
+from recsys_retrain.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_error_line_is_the_type_and_the_first_line_of_the_message():
+    assert error_line(ValueError("no users\nin the window")) == "ValueError: no users"
+    assert error_line(KeyError()) == "KeyError" and error_line(None) == "unknown error"
+
+
+def test_a_failed_task_is_recorded_as_one_json_line_and_read_back_by_run(tmp_path):
+    settings = Settings(home=tmp_path / "home")
+    for run_id, task_id in (("r1", "pull"), ("r2", "gate")):
+        ti = SimpleNamespace(dag_id="retrain_scheduled", task_id=task_id, run_id=run_id, try_number=3)
+        task_failed({"ti": ti, "exception": RuntimeError(f"{task_id} broke\ntraceback")}, settings)
+    record({"event": "drift", "severity": "major"}, settings)  # other events share the file
+    lines = (tmp_path / "home" / "alerts.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["time"] for line in lines)
+    (only,) = failures(settings, "retrain_scheduled", "r2")
+    assert (only["task_id"], only["error"], only["try_number"]) == ("gate", "RuntimeError: gate broke", 3)
+    assert [f["task_id"] for f in failures(settings)] == ["pull", "gate"]
+
+
+DAG = '''
+import sys
+import pendulum
+from airflow.sdk import dag, task
+sys.path.append({dags!r})
+from recsys_common import DEFAULT_ARGS
+
+@dag(dag_id="boom", schedule=None, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), catchup=False,
+     default_args=DEFAULT_ARGS)
+def boom():
+    @task
+    def fine():
+        return 1
+
+    @task
+    def explode(x):
+        raise ValueError("cold-user mean is NaN\\nsecond line")
+
+    explode(fine())
+
+dag = boom()
+'''
+
+RUN = '''
+from recsys_retrain.airflow_local import migrate_airflow_db, quiet_libraries
+from recsys_retrain.errors import PipelineError
+from recsys_retrain.settings import Settings
+from recsys_retrain.timeline import _run
+import importlib.util, sys
+settings = Settings()
+migrate_airflow_db(settings)
+spec = importlib.util.spec_from_file_location("boom", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+quiet_libraries()
+try:
+    _run(module.dag, "boom", {{}}, settings)
+except PipelineError as err:
+    print("ERROR:", err)
+'''
+
+
+@pytest.mark.slow
+def test_a_failed_dag_run_names_the_failing_task_and_its_error_line(tmp_path):
+    from recsys_retrain.resources import shipped
+
+    dag_file = tmp_path / "dags" / "boom.py"
+    dag_file.parent.mkdir()
+    dag_file.write_text(DAG.format(dags=str(shipped("dags"))))
+    env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_DAGS_FOLDER": str(dag_file.parent)}
+    done = subprocess.run([sys.executable, "-c", RUN.format(), str(dag_file)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "ERROR: boom (boom) failed at task explode: ValueError: cold-user mean is NaN"
+    (event,) = failures(Settings(home=tmp_path / "home"), "boom")
+    assert event["task_id"] == "explode"
