@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from recsys_retrain.errors import PipelineError
-from recsys_retrain.io import utc, write_json, write_parquet
+from recsys_retrain.io import file_lock, utc, write_json, write_parquet
 from recsys_retrain.settings import Settings, get_settings
 
 SEVERITY_ORDER = ("none", "minor", "major")
@@ -251,13 +251,31 @@ def train(
     is held out to steer the AdaptiveScheduler (early stop, rollback, best weights),
     and the run is added to the knowledge base. With ``train.processes > 1`` the run
     is launched with torchrun.
+
+    One training per window at a time: ``retrain_scheduled`` and ``drift_watch`` may
+    reach the same window together, so the second waits on the window's lock and then
+    reuses the first's result (``trained.json``, marked ``reused``) when it was trained
+    with the same settings and plan, or whenever the window's cycle has already been
+    decided (``summary.json``): a re-run never trains into a registered version.
     """
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths(Path(pulled["run_dir"]))
+    done, key = p.root / "trained.json", {"train": s.train.model_dump(mode="json"), "plan": plan}
+    with file_lock(p.root / ".train.lock"):
+        if done.exists():
+            previous = json.loads(done.read_text())
+            if previous["key"] == json.loads(json.dumps(key, default=str)) or p.summary.exists():
+                return {**previous["result"], "reused": str(done)}
+        result = _train(p, s, plan)
+        write_json({"key": key, "result": result}, done)
+    return result
+
+
+def _train(p: CyclePaths, s: Settings, plan: dict[str, Any] | None) -> dict[str, Any]:
     from recsys_retrain.evaluate import user_metrics
     from recsys_retrain.schedule.plan import SchedulePlan
     from recsys_retrain.train.loop import train as train_model
 
-    s = with_overrides(settings or get_settings(), overrides)
-    p = CyclePaths(Path(pulled["run_dir"]))
     history, catalogue = pd.read_parquet(p.history), pd.read_parquet(p.catalogue)
     schedule = SchedulePlan.from_dict(plan["plan"]) if plan and plan.get("plan") else None
     if schedule is None:
@@ -356,6 +374,7 @@ def gate(
     from recsys_retrain.evaluate import UserEval
     from recsys_retrain.model import FEATURE_SERVICE
     from recsys_retrain.registry import candidates, promotion
+    from recsys_retrain.schedule.trace import run_metrics, run_params
     from recsys_retrain.train.checkpoints import load_checkpoint
 
     s = with_overrides(settings or get_settings(), overrides)
@@ -376,13 +395,13 @@ def gate(
         load_checkpoint(Path(trained["checkpoint"])),
         settings=s,
         window=window,
-        params={**s.train.model_dump(), "rows_history": pulled["rows_history"], **schedule_params(p.plan)},
+        params={**s.train.model_dump(), "rows_history": pulled["rows_history"], **run_params(p.plan)},
         metrics={
             **{k: v for k, v in evaluated["challenger"].items() if k != "notes"},
             "train_seconds": trained["seconds"],
             "final_loss": trained["epoch_losses"][-1],
             "epochs_run": len(trained["epoch_losses"]),
-            **schedule_metrics(trained),
+            **run_metrics(trained),
         },
         artifacts=artifacts,
         tags={"drift.severity": drift_result["severity"], "window": window, "feature_service": FEATURE_SERVICE,
@@ -419,29 +438,6 @@ def gate(
     }
     write_json(summary, p.summary)
     return summary
-
-
-def schedule_params(plan_path: Path) -> dict[str, Any]:
-    """The plan's values as run parameters (``schedule.*``), so runs can be compared by schedule in MLflow."""
-    if not plan_path.exists():
-        return {"schedule.policy": "static"}
-    payload = json.loads(plan_path.read_text())
-    plan = payload.get("plan") or {}
-    keep = ("dense_lr", "sparse_lr", "batch_size", "max_epochs", "warmup_steps", "decay", "decay_floor", "source")
-    return {"schedule.policy": payload.get("policy", "static"), **{f"schedule.{k}": plan[k] for k in keep if k in plan}}
-
-
-def schedule_metrics(trained: dict[str, Any]) -> dict[str, float]:
-    """Scheduler outcome of the run: events, rollbacks, best validation and its epoch."""
-    if not trained.get("trace") or not Path(trained["trace"]).exists():
-        return {}
-    trace = json.loads(Path(trained["trace"]).read_text())
-    out = {"scheduler_events": float(len(trace["events"]))}
-    out["scheduler_rollbacks"] = float(sum(e["action"] == "rollback" for e in trace["events"]))
-    if trained.get("best_validation") is not None:
-        out["best_validation_ndcg"] = float(trained["best_validation"])
-        out["best_epoch"] = float(trained["best_epoch"])
-    return out
 
 
 def should_retrain(

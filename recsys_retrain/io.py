@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -83,6 +84,24 @@ def write_json(payload: Any, path: Path, *, indent: int | None = 2) -> Path:
 def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     """``frame`` (without its index) as parquet, written to ``path`` atomically; returns ``path``."""
     return write_with(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on ``path`` (created if missing) for the block: one holder at a time, others wait.
+
+    An advisory ``flock``: every process of the pipeline on this machine (or on a shared
+    file system that supports it) takes it before the guarded work. The kernel drops it
+    when its holder dies, so a killed task never leaves a stale lock behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def utc(value: str | datetime | pd.Timestamp) -> pd.Timestamp:

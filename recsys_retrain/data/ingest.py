@@ -27,7 +27,7 @@ from recsys_retrain.data.features import TS
 from recsys_retrain.data.load import RawData, normalise_items, normalise_users, last_line, read_log
 from recsys_retrain.data.store import LOG, PROFILES, STATS, offline_kind, require_repo, feature_store, read_events
 from recsys_retrain.data.validation import check_events, to_parquet, write_atomic, write_quarantine
-from recsys_retrain.io import write_with
+from recsys_retrain.io import file_lock, write_with
 from recsys_retrain.resources import seed_feature_repo
 from recsys_retrain.errors import DataError, PipelineError, ValidationError
 from recsys_retrain.settings import DataSettings
@@ -118,7 +118,7 @@ def ingest(
     """
     repo = Path(repo).resolve()
     require_repo(repo)
-    with _lock(repo):
+    with file_lock(repo / "data" / ".ingest.lock"):  # one writer per repository: an overlapping retry waits
         return _ingest(events, repo, settings or DataSettings(), materialize, progress or (lambda _name: None))
 
 
@@ -271,20 +271,6 @@ def _materialize_quietly(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Ti
         origin = min(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].min() for n in profiles)
         store.materialize(origin.to_pydatetime(), end, feature_views=profiles)
     return pd.Timestamp(end)
-
-
-@contextmanager
-def _lock(repo: Path) -> Iterator[None]:
-    """One writer at a time per repository (an overlapping task retry waits its turn)."""
-    import fcntl
-
-    path = _mkdir(repo / "data") / ".ingest.lock"
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _publish(repo: Path, names: Iterable[str]) -> None:

@@ -6,6 +6,7 @@ report draws the convergence curves from it and marks every event on them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,26 @@ class Trace:
     def write(self, path: Path) -> Path:
         """Writes the trace atomically (``recsys_retrain.io``: a temp file, then a rename)."""
         return write_json(self.to_dict(), path, indent=None)
+
+
+def run_params(plan_path: Path) -> dict[str, Any]:
+    """The plan's values as run parameters (``schedule.*``), so runs can be compared by schedule in MLflow."""
+    if not plan_path.exists():
+        return {"schedule.policy": "static"}
+    payload = json.loads(plan_path.read_text())
+    plan = payload.get("plan") or {}
+    keep = ("dense_lr", "sparse_lr", "batch_size", "max_epochs", "warmup_steps", "decay", "decay_floor", "source")
+    return {"schedule.policy": payload.get("policy", "static"), **{f"schedule.{k}": plan[k] for k in keep if k in plan}}
+
+
+def run_metrics(trained: dict[str, Any]) -> dict[str, float]:
+    """Scheduler outcome of the run: events, rollbacks, best validation and its epoch."""
+    if not trained.get("trace") or not Path(trained["trace"]).exists():
+        return {}
+    trace = json.loads(Path(trained["trace"]).read_text())
+    out = {"scheduler_events": float(len(trace["events"]))}
+    out["scheduler_rollbacks"] = float(sum(e["action"] == "rollback" for e in trace["events"]))
+    if trained.get("best_validation") is not None:
+        out["best_validation_ndcg"] = float(trained["best_validation"])
+        out["best_epoch"] = float(trained["best_epoch"])
+    return out
