@@ -84,7 +84,12 @@ class TrainSettings(BaseModel):
     embedding_dim: int = Field(32, ge=4)
     epochs: int = Field(16, ge=1, description="Epochs over the history; 16 was best on the validation window of bench/quality.py.")
     batch_size: int = Field(512, ge=8)
-    sparse_lr: float = Field(0.05, gt=0, description="Fused row-wise Adagrad rate for embedding tables.")
+    sparse_lr: float = Field(0.05, gt=0, description="Rate of the fused Adagrad of the embedding tables.")
+    sparse_optimizer: Literal["adagrad", "rowwise_adagrad"] = Field(
+        "adagrad",
+        description="Fused optimizer of the embedding tables: 'adagrad' keeps one accumulator per element (TorchRec's "
+        "EXACT_ADAGRAD); 'rowwise_adagrad' one per row (EXACT_ROWWISE_ADAGRAD, 1/dim of the state; see bench/README.md).",
+    )
     dense_lr: float = Field(0.01, gt=0, description="Adam rate for the dense tower layers.")
     temperature: float = Field(1.0, gt=0, description="Softmax temperature on dot-product scores.")
     recency_half_life: float | None = Field(

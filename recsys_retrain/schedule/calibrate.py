@@ -3,7 +3,7 @@
 Rules first, each one a sentence in the plan's reasons:
 
 - Rows of sparse data are seen rarely: the decay is gentler (a higher floor) so late
-  epochs still move rare rows. The embedding rate itself is not raised: row-wise
+  epochs still move rare rows. The embedding rate itself is not raised:
   Adagrad already gives a rarely updated row larger steps (its accumulated squared
   gradient is small), and in ``bench/scheduler.py`` a higher embedding rate pushed the
   model from the recency-popularity signal, which ranks later weeks best, into a
@@ -89,7 +89,7 @@ def calibrate(
     plan = plan.with_reason(
         "sparse_lr", t.sparse_lr * s.rate_boost,
         f"{per_item:.0f} interactions per item vs {s.reference_per_item:.0f} in the reference: embedding rate "
-        f"x{s.rate_boost:g} (rate boost); row-wise Adagrad already gives rarely seen rows larger steps",
+        f"x{s.rate_boost:g} (rate boost); Adagrad already gives rarely seen rows larger steps",
     )
     plan = plan.with_reason(
         "validation_k", s.validation_k,

@@ -30,7 +30,7 @@ class SchedulePlan:
 
     Attributes:
         dense_lr: Adam rate of the dense layers.
-        sparse_lr: row-wise Adagrad rate of the embedding tables (fused in TorchRec).
+        sparse_lr: Adagrad rate of the embedding tables (fused in TorchRec).
         weight_decay: starting L2 on the dense layers (the controller may raise it).
         beta1: Adam's first-moment coefficient (the controller may lower it).
         batch_size: examples per step (the resource controller may change it).

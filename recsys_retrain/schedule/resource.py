@@ -14,8 +14,8 @@ Three levers, decided at each epoch's end:
 - **Gradient accumulation.** Memory over its budget halves the micro-batch and doubles
   the accumulation, so the dense optimiser still steps on the same effective batch
   and keeps its rate. The fused embedding optimiser cannot accumulate (TorchRec
-  applies its row-wise Adagrad update inside the backward pass), so embedding rows
-  take twice as many half-size updates; row-wise Adagrad normalises each row's step by
+  applies its Adagrad update inside the backward pass), so embedding rows
+  take twice as many half-size updates; Adagrad normalises each row's step by
   its own gradient history, which keeps that close to the same trajectory. Past
   ``max_accumulation`` the batch itself halves, with the rate rule downwards.
 """

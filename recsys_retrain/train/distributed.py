@@ -27,6 +27,7 @@ from torchrec.distributed.planner.types import KernelConfig, ParameterConstraint
 from torchrec.inference.state_dict_transform import state_dict_gather, state_dict_to_device
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from recsys_retrain.model import FeatureEncoder, Recommender, TwoTowerTrainTask, build_two_tower
 from recsys_retrain.schedule.plan import SchedulePlan
@@ -56,11 +57,16 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def shard(task: TwoTowerTrainTask, sparse_lr: float, dev: torch.device) -> DistributedModelParallel:
-    """Wraps the train task in DMP with row-wise Adagrad fused into the embedding backward."""
+SPARSE_OPTIMIZERS = {"adagrad": torch.optim.Adagrad, "rowwise_adagrad": RowWiseAdagrad}  # -> EXACT_(ROWWISE_)ADAGRAD
+
+
+def shard(
+    task: TwoTowerTrainTask, sparse_lr: float, dev: torch.device, sparse_optimizer: str = "adagrad"
+) -> DistributedModelParallel:
+    """Wraps the train task in DMP with the embeddings' Adagrad (element- or row-wise) fused into their backward."""
     tower = task.model
     for ebc in (tower.user_ebc, tower.item_ebc):
-        apply_optimizer_in_backward(torch.optim.Adagrad, ebc.parameters(), {"lr": sparse_lr})
+        apply_optimizer_in_backward(SPARSE_OPTIMIZERS[sparse_optimizer], ebc.parameters(), {"lr": sparse_lr})
     tables = [t.name for ebc in (tower.user_ebc, tower.item_ebc) for t in ebc.embedding_bag_configs()]
     constraints = {
         name: ParameterConstraints(sharding_types=["table_wise"], compute_kernels=["fused"]) for name in tables
@@ -82,7 +88,7 @@ def optimizer(
     """Adam on the dense tower layers, combined with DMP's fused embedding optimizer.
 
     ``weight_decay`` (L2) and ``beta1`` apply to the dense layers only: the fused
-    row-wise Adagrad of the embeddings takes neither.
+    Adagrad of the embeddings takes neither.
     """
     dense = KeyedOptimizerWrapper(
         dict(in_backward_optimizer_filter(dmp.named_parameters())),
@@ -106,7 +112,7 @@ def sharded_model(
         The sharded model, and its optimizer with the dense state materialised.
     """
     task = TwoTowerTrainTask(build_two_tower(encoder, settings.embedding_dim, "meta"), settings.temperature)
-    dmp = shard(task, settings.sparse_lr, dev)
+    dmp = shard(task, settings.sparse_lr, dev, settings.sparse_optimizer)
     dense_adam = {"weight_decay": plan.weight_decay, "beta1": plan.beta1} if plan is not None else {}
     opt = optimizer(dmp, settings.dense_lr, **dense_adam)
     opt.init_state()  # materialise the dense optimizer's state, so snapshots and checkpoints always hold it

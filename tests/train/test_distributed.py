@@ -56,3 +56,26 @@ def test_embeddings_move_and_a_larger_rate_moves_them_more():
     one_step(dmp, opt, encoder, history, catalogue)
     large = (item_table(dmp) - before).norm()
     assert large > 3 * small, f"update {large:.4g} did not grow with the rate (was {small:.4g})"
+
+
+def accumulator(dmp) -> torch.Tensor:
+    state = dmp.fused_optimizer.state_dict()["state"]
+    key = next(k for k in state if k.endswith("t_item_id.weight"))
+    (value,) = state[key].values()
+    return value.local_shards()[0].tensor if hasattr(value, "local_shards") else value
+
+
+def test_the_sparse_optimizer_setting_picks_element_or_row_wise_adagrad_and_both_train():
+    history, catalogue = synthetic_world()
+    encoder = FeatureEncoder.fit(history, catalogue)
+    init_process_group()
+    shapes = {}
+    for name in ("adagrad", "rowwise_adagrad"):
+        dmp = shard(TwoTowerTrainTask(build_two_tower(encoder, 8, "meta")), 0.1, torch.device("cpu"), name)
+        opt = optimizer(dmp, 0.01)
+        before = item_table(dmp)
+        one_step(dmp, opt, encoder, history, catalogue)
+        assert (item_table(dmp) - before).norm() > 0, f"{name}: embedding rows did not move"
+        shapes[name] = tuple(accumulator(dmp).shape)
+    rows = item_table(dmp).shape[0]
+    assert shapes == {"adagrad": (rows, 8), "rowwise_adagrad": (rows,)}  # one accumulator per element, per row
