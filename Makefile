@@ -9,7 +9,7 @@ REQS := pyproject.toml requirements/constraints.txt requirements/torchrec.txt
 TORCH_PAIR ?= cpu
 STAMP := $(VENV)/.installed-$(TORCH_PAIR)
 
-.PHONY: setup setup-gpu demo test test-fast bench lint clean
+.PHONY: setup setup-gpu demo test test-fast bench bench-smoke lint clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,13 @@ chromium:
 bench: setup
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
 	@for b in quality train_speed data drift decisions pipeline faults scheduler; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+
+# Every benchmark above on its smallest inputs (--smoke), results into a temporary folder:
+# checks that `make bench` runs end to end, leaving bench/results/ untouched (tests/test_bench_smoke.py).
+bench-smoke: setup
+	@out=$$(mktemp -d); for b in quality train_speed data drift decisions pipeline faults scheduler; do \
+	  echo "== bench/$$b.py --smoke"; $(BIN)/python bench/$$b.py --smoke --out $$out/$$b || exit 1; done; \
+	echo "smoke results in $$out"
 
 clean:
 	rm -rf .retrain features/data mlruns

@@ -6,10 +6,11 @@ imported beforehand). window_20k_s: ``pull_window`` of the newest window holding
 about 20K interactions, with every feature. profile_100k_s: ``recsys_retrain.profile.profile``
 of all 100K events. Each is the best of ``--repeat`` runs. Goals on 2 cores: 10 s, 3 s, 1 s.
 
-    .venv/bin/python bench/data.py [--repeat 3] [--feast]
+    .venv/bin/python bench/data.py [--repeat 3] [--feast] [--smoke] [--out DIR]
 
 ``--feast`` also times the same window through Feast's ``get_historical_features``
-(the file offline store), the path the fast as-of join replaces.
+(the file offline store), the path the fast as-of join replaces. ``--smoke``: each timing once, written to ``--out``
+or a temporary folder, never bench/results.
 """
 
 from __future__ import annotations
@@ -25,18 +26,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # tests.conftest (the data cache and feature-repo copies the tests use)
 
 import pandas as pd  # noqa: E402
 from tests.conftest import cache_dir, copy_feature_repo  # noqa: E402
 
-from recsys_retrain.data.features import TS
-
-from recsys_retrain.data.ingest import ingest
-
-from recsys_retrain.data.load import load_movielens
-
-from recsys_retrain.data.store import feast_point_in_time, pull_window# noqa: E402
+from recsys_retrain.data.features import TS  # noqa: E402
+from recsys_retrain.data.ingest import ingest  # noqa: E402
+from recsys_retrain.data.load import load_movielens  # noqa: E402
+from recsys_retrain.data.store import feast_point_in_time, pull_window  # noqa: E402
 from recsys_retrain.profile import profile  # noqa: E402
 
 GOALS = {"ingest_100k_s": 10.0, "window_20k_s": 3.0, "profile_100k_s": 1.0}
@@ -55,7 +53,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--feast", action="store_true", help="also time Feast's historical retrieval")
+    parser.add_argument("--smoke", action="store_true", help="each timing once; never writes bench/results")
+    parser.add_argument("--out", type=Path, default=None, help="folder for data.json (default bench/results; "
+                        "with --smoke a temporary folder)")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeat = 1
+    out_dir = args.out or (Path(tempfile.mkdtemp(prefix="bench-data-out-")) if args.smoke else ROOT / "bench" / "results")
     import feast  # noqa: F401  (import cost is not the ingest's)
 
     inter = load_movielens(cache_dir()).interactions
@@ -90,7 +94,7 @@ def main() -> None:
     results["goals"] = GOALS
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     shutil.rmtree(work, ignore_errors=True)
-    out = ROOT / "bench" / "results" / "data.json"
+    out = out_dir / "data.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -36,10 +36,14 @@ Scenarios, each in its own registry:
 ``gate_s`` is the longest wall time of one whole gate step (load the registered
 challenger and the champion from MLflow, score both on the window, bootstrap
 decision, apply it to the registry). Writes bench/results/decisions.json.
+
+``--smoke``: every scenario on ``SMOKE`` (a quarter of the users, two windows, one bad
+window, one epoch per model), written to ``--out`` or a temporary folder, never bench/results.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import logging
@@ -64,7 +68,7 @@ from recsys_retrain.settings import Settings, TrainSettings
 from recsys_retrain.train.checkpoints import load_checkpoint
 from recsys_retrain.train.loop import train
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by file (tests/test_bench_decisions.py) too
 from quality import frames  # noqa: E402  (bench/ is not a package)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "decisions.json"
@@ -77,6 +81,7 @@ OLDEST_WEEKS = 4
 DEGRADE_FROM = 4  # index of the first window on which the degrading champion is perturbed
 NOISE = 3.0  # noise std, in units of the std of the champion's own scores
 SEED = 0
+SMOKE = {"n_windows": 2, "bad_windows": (1,), "degrade_from": 1, "epochs": 1, "users_every": 4}
 GOALS = {
     "bad_rejected": "== bad_total",
     "revert_delay_windows": "<= 2",
@@ -172,15 +177,15 @@ class DegradingModel(nn.Module):
 class Models:
     """Trains each model once (into a temp folder) and keeps it in memory."""
 
-    def __init__(self, inter: pd.DataFrame, catalogue: pd.DataFrame, root: Path) -> None:
-        self.inter, self.catalogue, self.root = inter, catalogue, root
+    def __init__(self, inter: pd.DataFrame, catalogue: pd.DataFrame, root: Path, epochs: int = EPOCHS) -> None:
+        self.inter, self.catalogue, self.root, self.epochs = inter, catalogue, root, epochs
         self.cache: dict[str, nn.Module] = {}
         self.train_s: dict[str, float] = {}
 
     def get(self, key: str, history: pd.DataFrame) -> nn.Module:
         if key not in self.cache:
             started = time.perf_counter()
-            result = train(history, self.catalogue, self.root / key, TrainSettings(epochs=EPOCHS, seed=SEED),
+            result = train(history, self.catalogue, self.root / key, TrainSettings(epochs=self.epochs, seed=SEED),
                            progress=False)
             self.cache[key] = load_checkpoint(Path(result.checkpoint))
             self.train_s[key] = time.perf_counter() - started
@@ -301,12 +306,13 @@ def followups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def bad_challengers(home: Path, models: Models, inter: pd.DataFrame, wins: list) -> dict[str, Any]:
+def bad_challengers(home: Path, models: Models, inter: pd.DataFrame, wins: list,
+                    bad_windows: tuple[int, ...] = BAD_WINDOWS) -> dict[str, Any]:
     catalogue_ids = models.catalogue["item_id"].to_numpy()
     first = inter["timestamp"].min().normalize()
     oldest_history = inter[inter["timestamp"] < first + OLDEST_WEEKS * WEEK]
     rows, times = [], []
-    for i in BAD_WINDOWS:
+    for i in bad_windows:
         start, end = wins[i]
         history, window_df = split(inter, start, end)
         prev_history, _ = split(inter, *wins[i - 1])
@@ -335,8 +341,9 @@ def bad_challengers(home: Path, models: Models, inter: pd.DataFrame, wins: list)
             "gate_s": times}
 
 
-def degrading_champion(s: Settings, inter: pd.DataFrame, wins: list, seeds: dict) -> dict[str, Any]:
-    onset_start = wins[DEGRADE_FROM][0]
+def degrading_champion(s: Settings, inter: pd.DataFrame, wins: list, seeds: dict,
+                       degrade_from: int = DEGRADE_FROM) -> dict[str, Any]:
+    onset_start = wins[degrade_from][0]
     wrapped = DegradingModel(seeds["seed_mid"], active_from=onset_start - WEEK, noise=NOISE)
     old = register(s, seeds["seed_old"], seeds["old_window"], "seed_old")
     mid = register(s, wrapped, seeds["mid_window"], "seed_mid_degrading")
@@ -347,31 +354,34 @@ def degrading_champion(s: Settings, inter: pd.DataFrame, wins: list, seeds: dict
         history, window_df = split(inter, start, end)
         name = window_name(start, end)
         mon = monitor.check_window(s, history, window_df, name)
-        rows.append({"window": name, "degraded": i >= DEGRADE_FROM, **monitor_row(mon)})
+        rows.append({"window": name, "degraded": i >= degrade_from, **monitor_row(mon)})
         state = "REVERT" if mon.reverted else (f"{mon.consecutive} worse in a row" if mon.windows else mon.reason)
-        log.info("degrade %s (%s): %s", name[:10], "noisy" if i >= DEGRADE_FROM else "clean", state)
+        log.info("degrade %s (%s): %s", name[:10], "noisy" if i >= degrade_from else "clean", state)
         if mon.reverted:
-            if i < DEGRADE_FROM:
+            if i < degrade_from:
                 false_reverts += 1
             elif reverted_at is None:
                 reverted_at = i
     champion_after = candidates.champion(s)
-    delay = None if reverted_at is None else reverted_at - DEGRADE_FROM + 1
-    return {"windows": rows, "onset_window": window_name(*wins[DEGRADE_FROM]), "noise": NOISE,
+    delay = None if reverted_at is None else reverted_at - degrade_from + 1
+    return {"windows": rows, "onset_window": window_name(*wins[degrade_from]), "noise": NOISE,
             "reverted_window": None if reverted_at is None else window_name(*wins[reverted_at]),
             "revert_delay_windows": delay, "false_reverts": false_reverts,
             "champion_after": champion_after.version if champion_after else None, "reverted_version": mid,
             "restored_version": old}
 
 
-def main() -> dict[str, Any]:
+def main(n_windows: int = N_WINDOWS, bad_windows: tuple[int, ...] = BAD_WINDOWS, degrade_from: int = DEGRADE_FROM,
+         epochs: int = EPOCHS, users_every: int = 1) -> dict[str, Any]:
     inter, catalogue = frames()
-    wins = replay_windows()
+    if users_every > 1:  # a slice of the users (the smoke run)
+        inter = inter[inter["user_id"] % users_every == 0].reset_index(drop=True)
+    wins = replay_windows(n=n_windows)
     print(f"replay: {len(wins)} windows {wins[0][0].date()} .. {wins[-1][1].date()}, "
           f"rows per window {[len(split(inter, *w)[1]) for w in wins]}")
     with tempfile.TemporaryDirectory(prefix="bench-decisions-") as tmp:
         root = Path(tmp)
-        models = Models(inter, catalogue, root / "models")
+        models = Models(inter, catalogue, root / "models", epochs)
         first_start = wins[0][0]
         old_w, mid_w = (first_start - 2 * WEEK, first_start - WEEK), (first_start - WEEK, first_start)
         seeds = {
@@ -384,10 +394,10 @@ def main() -> dict[str, Any]:
         clean = clean_replay(Settings(home=root / "clean"), models, inter, wins, seeds)
         clean_s = time.perf_counter() - started
         started = time.perf_counter()
-        bad = bad_challengers(root / "bad", models, inter, wins)
+        bad = bad_challengers(root / "bad", models, inter, wins, bad_windows)
         bad_s = time.perf_counter() - started
         started = time.perf_counter()
-        degrade = degrading_champion(Settings(home=root / "degrade"), inter, wins, seeds)
+        degrade = degrading_champion(Settings(home=root / "degrade"), inter, wins, seeds, degrade_from)
         degrade_s = time.perf_counter() - started
         import mlflow
 
@@ -405,8 +415,8 @@ def main() -> dict[str, Any]:
         "protocol": {
             "data": "MovieLens-100K, every rating an interaction",
             "windows": [window_name(*w) for w in wins],
-            "train": f"TrainSettings(epochs={EPOCHS}, seed={SEED})",
-            "bad_windows": [window_name(*wins[i]) for i in BAD_WINDOWS],
+            "train": f"TrainSettings(epochs={epochs}, seed={SEED})",
+            "bad_windows": [window_name(*wins[i]) for i in bad_windows],
             "oldest_weeks": OLDEST_WEEKS,
             "gate": Settings().gate.model_dump(exclude={"registry_retries", "registry_backoff_s", "lock_timeout_s",
                                                         "lock_lease_s"}),
@@ -445,18 +455,25 @@ def goals_met(out: dict[str, Any]) -> dict[str, bool]:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="every scenario on a slice of the data, two windows, one epoch; "
+                        "never writes bench/results")
+    parser.add_argument("--out", type=Path, default=None, help="folder for decisions.json (default bench/results; "
+                        "with --smoke a temporary folder)")
+    args = parser.parse_args()
+    out_dir = args.out or (Path(tempfile.mkdtemp(prefix="bench-decisions-out-")) if args.smoke else RESULTS.parent)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
     for name in ("recsys_retrain", "mlflow", "alembic", "torchrec", "torch", "fbgemm_gpu"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
-    out = main()
+    out = main(**SMOKE) if args.smoke else main()
     out["bench_s"] = time.perf_counter() - started
     met = goals_met(out)
     out["goals"] = {k: {"goal": GOALS[k], "met": v} for k, v in met.items()}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(plain(out), indent=2, allow_nan=False))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RESULTS.name).write_text(json.dumps(plain(out), indent=2, allow_nan=False))
     print()
     for key in ("bad_rejected", "bad_total", "revert_delay_windows", "false_reverts", "false_promotions", "gate_s",
                 "gate_s_median", "bench_s"):

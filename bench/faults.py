@@ -12,10 +12,14 @@ Keys of ``bench/results/faults.json``: ``scenarios`` (test cases run), ``survive
 (passed), ``data_lost_rows`` and ``bad_promotions`` (sums over the scenarios), and one
 entry per scenario with its outcome, its measured values and its seconds. Goals: every
 scenario survived, 0 rows lost, 0 bad promotions. Exit status 1 if a goal is missed.
+
+``--smoke`` runs only ``SMOKE_SCENARIOS`` (the quickest file) and writes to ``--out`` or a
+temporary folder, never bench/results.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess  # nosec B404  # runs this interpreter's pytest with an argument list
@@ -27,13 +31,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "faults.json"
+SUITE = "tests/faults"
+SMOKE_SCENARIOS = "tests/faults/test_nan_rollback.py"
 
 
-def run_suite(report: Path) -> tuple[int, float]:
+def run_suite(report: Path, suite: str = SUITE) -> tuple[int, float]:
     """``pytest tests/faults`` with a JUnit report; returns pytest's exit code and the wall seconds."""
     started = time.perf_counter()
     done = subprocess.run(  # nosec B603  # fixed argument list
-        [sys.executable, "-m", "pytest", "tests/faults", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+        [sys.executable, "-m", "pytest", suite, "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
          "-o", "junit_family=xunit1"],  # xunit1 keeps the recorded properties
         cwd=ROOT, env={**os.environ}, text=True,
     )
@@ -72,17 +78,23 @@ def summarise(cases: list[dict], seconds: float) -> dict:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help=f"run only {SMOKE_SCENARIOS}; never writes bench/results")
+    parser.add_argument("--out", type=Path, default=None, help="folder for faults.json (default bench/results; "
+                        "with --smoke a temporary folder)")
+    args = parser.parse_args()
+    out = (args.out or (Path(tempfile.mkdtemp(prefix="bench-faults-")) if args.smoke else OUT.parent)) / OUT.name
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "faults.xml"
-        code, seconds = run_suite(report)
+        code, seconds = run_suite(report, SMOKE_SCENARIOS if args.smoke else SUITE)
         if not report.exists():
             print(f"pytest wrote no report (exit code {code})", file=sys.stderr)
             return 1
         result = summarise(scenarios(report), seconds)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = OUT.with_suffix(".json.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, OUT)
+    os.replace(tmp_out, out)
     print(json.dumps({k: v for k, v in result.items() if k != "per_scenario"}))
     met = result["scenarios"] > 0 and result["survived"] == result["scenarios"]
     met = met and result["data_lost_rows"] == 0 and result["bad_promotions"] == 0

@@ -14,6 +14,10 @@ Keys written to bench/results/pipeline.json:
 
 Each part can run alone (``--only cycle,demo``); the others keep their values from the
 previous results file. Goals are checked on whatever the file then holds.
+
+``--smoke``: every part on the least it takes (one parse per DAG file, one training epoch,
+a one-week demo, a two-week backtest), written to ``--out`` or a temporary folder, never
+bench/results (nor merged with the results file there).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "pipeline.json"
 CYCLE_WINDOW = ("1998-04-13", "1998-04-20")
 PARTS = ("parse", "cycle", "demo", "backtest")
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # tests.conftest, imported by sandbox()
 
 PROBE = """
 import importlib.util, sys, time
@@ -50,12 +54,12 @@ print(time.perf_counter() - start)
 """
 
 
-def dag_parse() -> dict[str, float]:
-    """Seconds to import each DAG file, best of three fresh interpreters."""
+def dag_parse(repeat: int = 3) -> dict[str, float]:
+    """Seconds to import each DAG file, best of ``repeat`` fresh interpreters."""
     out = {}
     for path in sorted((ROOT / "dags").glob("*.py")):
         runs = [float(subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True,
-                                     check=True, timeout=120).stdout.strip().splitlines()[-1]) for _ in range(3)]
+                                     check=True, timeout=120).stdout.strip().splitlines()[-1]) for _ in range(repeat)]
         out[path.name] = round(min(runs), 4)
     return out
 
@@ -75,7 +79,7 @@ def sandbox(root: Path) -> tuple[Path, Path]:
     return home, copy_feature_repo(root / "features")
 
 
-def cycle_seconds(root: Path) -> dict[str, float]:
+def cycle_seconds(root: Path, smoke: bool = False) -> dict[str, float]:
     """One full cycle in this process on ``CYCLE_WINDOW``; seconds per step and in total."""
     import pandas as pd
 
@@ -91,6 +95,8 @@ def cycle_seconds(root: Path) -> dict[str, float]:
     inter = raw.interactions[raw.interactions["timestamp"] < pd.Timestamp(CYCLE_WINDOW[1], tz="UTC")]
     bootstrap_feature_repo(RawData(inter, raw.users, raw.items), repo)
     s = Settings(home=home, feature_repo=repo)
+    if smoke:
+        s = s.model_copy(update={"train": s.train.model_copy(update={"epochs": 1})})
     steps: dict[str, float] = {}
 
     def timed(name, fn, *args, **kwargs):
@@ -109,11 +115,12 @@ def cycle_seconds(root: Path) -> dict[str, float]:
     return {"cycle_s": round(sum(steps.values()), 1), "cycle_steps_s": steps, "cycle_epochs": len(trained["epoch_losses"])}
 
 
-def demo_seconds(root: Path) -> dict:
+def demo_seconds(root: Path, smoke: bool = False) -> dict:
     """``retrain demo`` with its defaults in a fresh home; wall time and what it did."""
     home, repo = sandbox(root)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "recsys_retrain.cli", "demo"], env=env_for(home, repo), cwd=ROOT,
+    extra = ["--weeks", "1", "--epochs", "1"] if smoke else []
+    done = subprocess.run([sys.executable, "-m", "recsys_retrain.cli", "demo", *extra], env=env_for(home, repo), cwd=ROOT,
                           capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
@@ -133,17 +140,18 @@ def demo_seconds(root: Path) -> dict:
     }
 
 
-def backtest_summary(root: Path) -> dict:
+def backtest_summary(root: Path, smoke: bool = False, plot_dir: Path = RESULTS.parent) -> dict:
     """``retrain backtest`` with its defaults; the per-policy summary and the severities that drove it."""
     home, repo = sandbox(root)
-    done = subprocess.run([sys.executable, "-m", "recsys_retrain.cli", "backtest", "--out", str(root / "bt")],
+    extra = ["--weeks", "2", "--epochs", "1"] if smoke else []
+    done = subprocess.run([sys.executable, "-m", "recsys_retrain.cli", "backtest", "--out", str(root / "bt"), *extra],
                           env=env_for(home, repo), cwd=ROOT, capture_output=True, text=True, timeout=7200)
     if done.returncode != 0:
         raise SystemExit(f"backtest failed: {done.stderr[-2000:]}")
     from recsys_retrain.backtest import BacktestResult
 
     result = BacktestResult.from_dict(json.loads((root / "bt" / "backtest.json").read_text()))
-    plot = ROOT / "bench" / "results" / "pipeline_backtest.png"
+    plot = plot_dir / "pipeline_backtest.png"
     shutil.copy(result.plot_path, plot)
     detail = {p.policy: {"trains": p.trains, "promotions": p.promotions, "ndcg10": list(p.ndcg10)} for p in result.policies}
     return {"backtest": result.summary(), "backtest_detail": detail,
@@ -169,26 +177,35 @@ def goals(r: dict) -> dict[str, bool | None]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run ({', '.join(PARTS)})")
-    parts = [p for p in parser.parse_args(argv).only.split(",") if p]
+    parser.add_argument("--smoke", action="store_true", help="every part on the least it takes; never writes bench/results")
+    parser.add_argument("--out", type=Path, default=None, help="folder for pipeline.json and pipeline_backtest.png "
+                        "(default bench/results; with --smoke a temporary folder)")
+    args = parser.parse_args(argv)
+    parts = [p for p in args.only.split(",") if p]
+    out_dir = args.out or (Path(tempfile.mkdtemp(prefix="bench-pipeline-out-")) if args.smoke else RESULTS.parent)
+    results = out_dir / RESULTS.name
+    out_dir.mkdir(parents=True, exist_ok=True)
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise SystemExit(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
     result: dict = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         if "parse" in parts:
-            result["dag_parse_s"] = dag_parse()
+            result["dag_parse_s"] = dag_parse(1 if args.smoke else 3)
             result["dag_parse_s_max"] = max(result["dag_parse_s"].values())
-        for part, fn in (("cycle", cycle_seconds), ("demo", demo_seconds), ("backtest", backtest_summary)):
+        runs = {"cycle": lambda root: cycle_seconds(root, args.smoke), "demo": lambda root: demo_seconds(root, args.smoke),
+                "backtest": lambda root: backtest_summary(root, args.smoke, out_dir)}
+        for part, fn in runs.items():
             if part in parts:
                 result.update(fn(Path(tmp) / part))
                 print(f"{part} done", flush=True)
-    latest = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # read late: another part may have finished
+    latest = json.loads(results.read_text()) if results.exists() else {}  # read late: another part may have finished
     result = {**latest, **result}
     result["goals"] = goals(result)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = RESULTS.with_name(f".{RESULTS.name}.tmp-{os.getpid()}")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file = results.with_name(f".{results.name}.tmp-{os.getpid()}")
     tmp_file.write_text(json.dumps(result, indent=2))
-    os.replace(tmp_file, RESULTS)
+    os.replace(tmp_file, results)
     print(json.dumps({k: result[k] for k in result if k not in ("dag_parse_s",)}, indent=2))
 
 

@@ -5,14 +5,19 @@ puts timestamps up to the 80% quantile in training and later interactions of use
 and items seen in training in the test set; a validation window is carved from the
 end of the training period (to tune EASE's lambda and the model's epoch budget);
 full ranking over the whole catalogue with each user's training items excluded.
-Writes bench/results/quality.json.
+Writes bench/results/quality.json (``--out`` for another folder).
+
+    .venv/bin/python bench/quality.py [EPOCHS ...] [--smoke] [--out DIR]
+
+``--smoke``: the same path on one epoch budget, two EASE lambdas and one seed (the
+numbers mean nothing; it checks the script runs end to end).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,9 +30,10 @@ from recsys_retrain.evaluate import evaluate
 from recsys_retrain.settings import Settings, TrainSettings
 from recsys_retrain.train.loop import train
 
-RESULTS = Path(__file__).resolve().parent / "results" / "quality.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 EASE_LAMBDAS = (50.0, 100.0, 200.0, 400.0, 800.0, 1600.0)
 SEEDS = (0, 1, 2)
+SMOKE = {"epochs": [1], "lambdas": (100.0, 400.0), "seeds": (0,)}
 
 
 def frames() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -46,13 +52,13 @@ def temporal_split(inter: pd.DataFrame, quantile: float) -> tuple[pd.DataFrame, 
     return train_part, later
 
 
-def main(epochs: list[int]) -> dict:
+def main(epochs: list[int], lambdas: tuple[float, ...] = EASE_LAMBDAS, seeds: tuple[int, ...] = SEEDS) -> dict:
     inter, catalogue = frames()
     train_all, test = temporal_split(inter, 0.8)
     fit, val = temporal_split(train_all, 0.875)
     print(f"train {len(train_all)}  test {len(test)}  fit {len(fit)}  val {len(val)}")
 
-    ease_val = {lam: evaluate(EASE(fit, catalogue, lam), fit, val).ndcg for lam in EASE_LAMBDAS}
+    ease_val = {lam: evaluate(EASE(fit, catalogue, lam), fit, val).ndcg for lam in lambdas}
     lam = max(ease_val, key=ease_val.get)
     print("EASE validation NDCG@10 by lambda:", {k: round(v, 4) for k, v in ease_val.items()}, "->", lam)
 
@@ -67,7 +73,7 @@ def main(epochs: list[int]) -> dict:
         print("model validation NDCG@10 by epochs:", {k: round(v, 4) for k, v in val_by_epochs.items()}, "->", best_epochs)
 
         runs, seconds = [], []
-        for seed in SEEDS:
+        for seed in seeds:
             r = train(train_all, catalogue, Path(tmp) / f"s{seed}", TrainSettings(epochs=best_epochs, seed=seed), progress=False)
             from recsys_retrain.train.checkpoints import load_checkpoint
 
@@ -95,10 +101,20 @@ def main(epochs: list[int]) -> dict:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("epochs", type=int, nargs="*", default=[4, 8, 16], help="epoch budgets to validate")
+    parser.add_argument("--smoke", action="store_true", help="smallest run of the same path; never writes bench/results")
+    parser.add_argument("--out", type=Path, default=None, help="folder for quality.json (default bench/results; "
+                        "with --smoke a temporary folder)")
+    args = parser.parse_args()
+    out_dir = args.out or (Path(tempfile.mkdtemp(prefix="bench-quality-")) if args.smoke else RESULTS)
     started = time.perf_counter()
-    out = main([int(e) for e in sys.argv[1:]] or [4, 8, 16])
+    if args.smoke:
+        out = main(SMOKE["epochs"], SMOKE["lambdas"], SMOKE["seeds"])
+    else:
+        out = main(args.epochs)
     out["bench_s"] = time.perf_counter() - started
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "quality.json").write_text(json.dumps(out, indent=2))
     for key, value in out.items():
         print(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")

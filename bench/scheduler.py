@@ -70,6 +70,10 @@ batch size (and the rates with it), so another process's load changes their resu
 summary lists every run where that happened (``resource_changes``; empty on a quiet machine).
 
 Writes bench/results/scheduler.json and bench/results/scheduler.png.
+
+``--smoke``: ``smoke_tasks`` only (one regime, one seed, ``SMOKE_EPOCHS`` epochs: adaptive,
+one library default and one grid configuration), no ablations or held-out seeds; its runs
+file, summary and plot go to ``--out`` or a temporary folder, never bench/results.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # bench.quality, imported by the worker processes
 
 RESULTS = ROOT / "bench" / "results"
 RUNS = RESULTS / "scheduler_runs.jsonl"
@@ -101,6 +105,7 @@ ABLATIONS = ("calibration", "probe", "curvature", "weight_decay", "rollback", "k
 SEEDS = (0, 1, 2, 3, 4)
 ABLATION_REGIME = "movielens"
 EPOCHS = 10
+SMOKE_EPOCHS = 2
 POWER_DRAWS = 20_000
 POWER_UPLIFTS = tuple(round(1 + i / 100, 2) for i in range(21))  # x1.00 .. x1.20
 
@@ -194,7 +199,8 @@ def run(task: dict) -> dict:
     from recsys_retrain.train.loop import train
 
     fit, val, test, catalogue = regime_data(task["regime"])
-    base = TrainSettings(seed=task["seed"], epochs=EPOCHS)
+    epochs = task.get("max_epochs", EPOCHS)  # only smoke tasks carry it: a normal run's key stays as it was
+    base = TrainSettings(seed=task["seed"], epochs=epochs)
     curve: list[tuple[float, float]] = []
 
     steer_k = ScheduleSettings().validation_k  # the signal every schedule that reads validation gets
@@ -217,7 +223,7 @@ def run(task: dict) -> dict:
         plan = calibrate(prof, drift, kb, ScheduleSettings(), base)
         if off == "calibration":
             plan = SchedulePlan(dense_lr=base.dense_lr, sparse_lr=base.sparse_lr, batch_size=base.batch_size,
-                                max_epochs=EPOCHS, smoothing=ScheduleSettings().smoothing, patience=ScheduleSettings().patience)
+                                max_epochs=epochs, smoothing=ScheduleSettings().smoothing, patience=ScheduleSettings().patience)
         if off == "probe":
             plan = replace(plan, probe_rates=())
         if off in ("curvature", "weight_decay", "rollback"):
@@ -229,7 +235,7 @@ def run(task: dict) -> dict:
         rate = task.get("rate", 1.0)
         settings = base.model_copy(update={"dense_lr": base.dense_lr * rate, "sparse_lr": base.sparse_lr * rate})
         steps = math.ceil(len(fit) / base.batch_size)
-        callbacks = [TorchSchedule(task["schedule"], steps)]
+        callbacks = [TorchSchedule(task["schedule"], steps, epochs)]
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         result = train(fit, catalogue, Path(tmp), settings, progress=False, callbacks=callbacks,
@@ -284,6 +290,14 @@ def tasks_main(seeds: tuple[int, ...] = SEEDS) -> list[dict]:
         if off != "knowledge_base":
             tasks.append({"regime": ABLATION_REGIME, "method": "ablation", "off": off, "seed": 0})
     return tasks
+
+
+def smoke_tasks() -> list[dict]:
+    """The smoke run: adaptive, plateau and the grid's constant x1 on seed 0 of ``movielens``, ``SMOKE_EPOCHS`` each."""
+    keep = ({"method": "adaptive"}, {"method": "default", "schedule": "plateau"},
+            {"method": "grid", "schedule": "constant", "rate": 1.0})
+    return [{**t, "max_epochs": SMOKE_EPOCHS} for t in tasks_main((0,))
+            if t["regime"] == "movielens" and any(all(t.get(k) == v for k, v in want.items()) for want in keep)]
 
 
 def best_config(runs: list[dict], regime: str) -> tuple[str, float] | None:
@@ -568,6 +582,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help=f"seeds 0..N-1 (default {len(SEEDS)})")
     parser.add_argument("--heldout", type=int, default=5,
                         help="held-out seeds after the main ones for adaptive and the picked grid configuration (0: none)")
+    parser.add_argument("--smoke", action="store_true", help="a few short runs of the same path; never writes bench/results")
+    parser.add_argument("--out", type=Path, default=None, help="folder for scheduler.json, scheduler.png and the runs "
+                        "file (default bench/results; with --smoke a temporary folder)")
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
@@ -575,6 +592,12 @@ def main() -> None:
         parser.error(f"--heldout must be 0 or more, got {args.heldout}")
     seeds = tuple(range(args.seeds))
     heldout = tuple(range(args.seeds, args.seeds + args.heldout))
+    if args.smoke:
+        seeds, heldout = (0,), ()
+    global RESULTS, RUNS  # execute() and finish() write where these point (the tests point them elsewhere too)
+    if args.out or args.smoke:
+        RESULTS = args.out or Path(tempfile.mkdtemp(prefix="bench-scheduler-"))
+        RUNS = RESULTS / RUNS.name
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         RUNS.unlink(missing_ok=True)
@@ -584,9 +607,12 @@ def main() -> None:
             r = json.loads(line)
             into = done if r["seed"] in seeds else held if r["seed"] in heldout else None
             if into is not None:
-                into[key({k: v for k, v in r.items() if k in ("regime", "method", "schedule", "rate", "seed", "off")})] = r
+                fields = ("regime", "method", "schedule", "rate", "seed", "off", "max_epochs")
+                into[key({k: v for k, v in r.items() if k in fields})] = r
     started = time.perf_counter()
-    if not args.summarise_only:
+    if args.smoke and not args.summarise_only:
+        execute(smoke_tasks(), args.workers, done)
+    elif not args.summarise_only:
         run_all(args.workers, done, args.regimes, not args.no_ablations, seeds)
         execute(tasks_heldout(done, args.regimes, heldout), args.workers, held)
     finish(done, started, held, ran=not args.summarise_only)

@@ -3,13 +3,15 @@
 The bare loop feeds pre-built batches straight into the sharded model, so the ratio
 shows what the pipeline's own batching (history gathering, KJT building, catalogue
 snapshots) costs. Also times a full retrain and scoring every user against every item.
-Writes bench/results/train_speed.json.
+Writes bench/results/train_speed.json (``--out`` for another folder). ``--smoke``: the same
+path on the oldest ``SMOKE_ROWS`` interactions, one epoch and a few bare-loop batches, written
+to ``--out`` or a temporary folder.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,17 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import frames  # noqa: E402
+from quality import frames  # bench/quality.py: run as a script, this file's folder is on sys.path
 
-from recsys_retrain.model import FeatureEncoder, TwoTowerTrainTask, build_two_tower  # noqa: E402
-from recsys_retrain.settings import TrainSettings  # noqa: E402
-from recsys_retrain.train.checkpoints import load_checkpoint  # noqa: E402
-from recsys_retrain.train.distributed import init_process_group, optimizer, shard  # noqa: E402
-from recsys_retrain.train.examples import catalogue_snapshots, training_examples  # noqa: E402
-from recsys_retrain.train.loop import train  # noqa: E402
+from recsys_retrain.model import FeatureEncoder, TwoTowerTrainTask, build_two_tower
+from recsys_retrain.settings import TrainSettings
+from recsys_retrain.train.checkpoints import load_checkpoint
+from recsys_retrain.train.distributed import init_process_group, optimizer, shard
+from recsys_retrain.train.examples import catalogue_snapshots, training_examples
+from recsys_retrain.train.loop import train
 
-RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
+RESULTS = Path(__file__).resolve().parent / "results"
+SMOKE_ROWS = 20_000
 
 
 def bare_loop_samples_per_s(inter, catalogue, settings: TrainSettings, n_batches: int = 60) -> float:
@@ -53,10 +55,12 @@ def bare_loop_samples_per_s(inter, catalogue, settings: TrainSettings, n_batches
     return samples / (time.perf_counter() - started)
 
 
-def main() -> dict:
+def main(smoke: bool = False) -> dict:
     inter, catalogue = frames()
-    settings = TrainSettings()
-    bare = bare_loop_samples_per_s(inter, catalogue, settings)
+    if smoke:
+        inter = inter.iloc[:SMOKE_ROWS]  # the oldest interactions: every user and item id still known to the catalogue
+    settings = TrainSettings(epochs=1) if smoke else TrainSettings()
+    bare = bare_loop_samples_per_s(inter, catalogue, settings, n_batches=5 if smoke else 60)
     with tempfile.TemporaryDirectory() as tmp:
         result = train(inter, catalogue, Path(tmp), settings, progress=False)
         recommender = load_checkpoint(Path(result.checkpoint))
@@ -77,8 +81,14 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    out = main()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="smallest run of the same path; never writes bench/results")
+    parser.add_argument("--out", type=Path, default=None, help="folder for train_speed.json (default bench/results; "
+                        "with --smoke a temporary folder)")
+    args = parser.parse_args()
+    out_dir = args.out or (Path(tempfile.mkdtemp(prefix="bench-train-speed-")) if args.smoke else RESULTS)
+    out = main(args.smoke)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "train_speed.json").write_text(json.dumps(out, indent=2))
     for key, value in out.items():
         print(f"{key:>28}: {value:.3f}" if isinstance(value, float) else f"{key:>28}: {value}")
