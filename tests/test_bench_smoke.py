@@ -32,6 +32,8 @@ EXPECTED = {
     "faults": ("faults.json", ("scenarios", "survived", "data_lost_rows", "bad_promotions", "per_scenario"), ()),
     "scheduler": ("scheduler.json", ("regimes", "heldout", "goal_power", "bench_s", "machine"),
                   ("scheduler.png", "scheduler_runs.jsonl")),
+    "sparse_optimizer": ("sparse_optimizer.json", ("ndcg10_adagrad", "ndcg10_rowwise_adagrad", "rowwise_minus_exact",
+                                                   "ci95"), ()),
 }
 
 
@@ -64,7 +66,7 @@ def test_benchmark_smoke(name: str, tmp_path: Path):
     for other in beside:
         assert (tmp_path / other).is_file(), f"bench/{name}.py --smoke wrote no {other}"
     goals = result["regimes"]["movielens"].get("goals") if name == "scheduler" else result.get("goals")
-    if name not in ("quality", "train_speed", "faults"):  # the benchmarks that write a goals block
+    if name not in ("quality", "train_speed", "faults", "sparse_optimizer"):  # the ones with a goals block
         assert isinstance(goals, dict) and goals, f"{filename} has no goals block"
     assert snapshot(RESULTS) == before, f"bench/{name}.py --smoke changed bench/results/"
 
