@@ -12,8 +12,10 @@ scheduler = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(scheduler)
 
 
-def grid(regime: str, schedule: str, rate: float, seed: int, ndcg: float) -> dict:
-    return {"regime": regime, "method": "grid", "schedule": schedule, "rate": rate, "seed": seed, "ndcg10": ndcg}
+def grid(regime: str, schedule: str, rate: float, seed: int, ndcg: float, val: float | None = None) -> dict:
+    """A grid run scored ``ndcg`` on test; its best validation is ``val`` (default: its test score)."""
+    return {"regime": regime, "method": "grid", "schedule": schedule, "rate": rate, "seed": seed, "ndcg10": ndcg,
+            "val_curve": [(ndcg if val is None else val) / 2, ndcg if val is None else val]}
 
 
 def adaptive(regime: str, seed: int, ndcg: float, events: list[dict] | None = None) -> dict:
@@ -25,13 +27,27 @@ def by_key(runs: list[dict]) -> dict[str, dict]:
 
 
 MAIN = by_key([
-    grid("sparse", "step", 4.0, 0, 0.15), grid("sparse", "step", 4.0, 1, 0.13),  # mean 0.14: picked
-    grid("sparse", "constant", 4.0, 0, 0.16), grid("sparse", "constant", 4.0, 1, 0.10),  # best single run, mean 0.13
+    # best on test (mean 0.14), second by validation (mean 0.15)
+    grid("sparse", "cosine", 8.0, 0, 0.15, 0.16), grid("sparse", "cosine", 8.0, 1, 0.13, 0.14),
+    # best mean validation (0.155): picked by a grid search that may not see test
+    grid("sparse", "step", 4.0, 0, 0.14, 0.15), grid("sparse", "step", 4.0, 1, 0.12, 0.16),
     adaptive("sparse", 0, 0.12), adaptive("sparse", 1, 0.13),
 ])
 
 
-def test_the_held_out_seeds_rerun_adaptive_and_the_configuration_picked_on_the_main_seeds():
+def test_every_run_is_scored_at_its_best_validated_epoch():
+    curve = [(0.10, 0.11), (0.30, 0.14), (0.25, 0.18), (0.30, 0.20)]  # (validation, test) per epoch
+    assert scheduler.best_validated(curve) == 0.14  # not the last epoch's 0.20, nor the best test 0.20; first on ties
+
+
+def test_the_grid_spans_the_rates_the_probe_races_and_plateau_can_act_within_the_budget():
+    from recsys_retrain.settings import ScheduleSettings
+
+    assert set(ScheduleSettings().probe_rates) <= set(scheduler.GRID_RATES)
+    assert scheduler.PLATEAU_PATIENCE + 1 < scheduler.EPOCHS // 2  # can cut the rate at least twice
+
+
+def test_the_held_out_seeds_rerun_adaptive_and_the_configuration_picked_by_validation_on_the_main_seeds():
     tasks = scheduler.tasks_heldout(MAIN, ["sparse", "drifted"], (5, 6))
     assert tasks == [
         {"regime": "sparse", "method": "adaptive", "seed": 5},
@@ -46,22 +62,35 @@ def test_the_held_out_ratio_compares_the_same_seeds_only():
         adaptive("sparse", 5, 0.15), grid("sparse", "step", 4.0, 5, 0.12),
         adaptive("sparse", 6, 0.11), grid("sparse", "step", 4.0, 6, 0.14),
         adaptive("sparse", 7, 0.20),  # its grid run is missing (stopped benchmark): left out
-        grid("sparse", "constant", 4.0, 5, 0.30),  # not the picked configuration
+        grid("sparse", "cosine", 8.0, 5, 0.30),  # not the picked configuration
     ])
     out = scheduler.summarise_heldout(MAIN, held)["sparse"]
     assert out["seeds"] == [5, 6] and out["grid_config"] == ["step", 4.0]
     assert round(out["adaptive_ndcg10"], 6) == 0.13 and round(out["grid_config_ndcg10"], 6) == 0.13
-    assert round(out["ratio"], 6) == 1.0
+    assert round(out["ratio"], 6) == 1.0 and out["passed"]
+    assert out["ci95"] is None  # two seeds: no interval
     assert scheduler.summarise_heldout(MAIN, {}) == {}
 
 
-def test_runs_whose_batch_size_moved_on_a_throughput_cue_are_listed():
-    runs = [
-        adaptive("drifted", 1, 0.15, [{"trigger": "throughput"}]),
-        adaptive("movielens", 0, 0.19, [{"trigger": "rate_probe"}, {"trigger": "validation_plateau"}]),
-        {**adaptive("movielens", 0, 0.19, [{"trigger": "memory"}]), "method": "ablation", "off": "curvature"},
-    ]
-    assert scheduler.resource_changes(runs) == ["drifted adaptive seed 1", "movielens ablation curvature seed 0"]
+def held_out(adaptive_scores: list[float], grid_scores: list[float]) -> dict:
+    runs = []
+    for seed, (a, g) in enumerate(zip(adaptive_scores, grid_scores), start=10):
+        runs += [adaptive("sparse", seed, a), grid("sparse", "step", 4.0, seed, g)]
+    return scheduler.summarise_heldout(MAIN, by_key(runs))["sparse"]
+
+
+def test_the_held_out_goal_is_read_with_a_paired_interval_and_can_fail():
+    base = [0.10, 0.12, 0.14, 0.16, 0.18, 0.11, 0.13, 0.15, 0.17, 0.19]
+    worse = held_out([g * 0.95 for g in base], base)  # adaptive 5% worse on every seed
+    assert round(worse["ratio"], 6) == 0.95 and not worse["passed"] and worse["adaptive_wins"] == 0
+    assert worse["ci95"][1] < 0.99 and not worse["within_noise"]  # paired: a steady 5% loss is not noise
+
+    noisy = held_out([g * (0.93 if i % 2 else 1.04) for i, g in enumerate(base)], base)  # misses, seeds disagree
+    assert noisy["ratio"] < 0.99 and not noisy["passed"]
+    assert noisy["ci95"][0] < noisy["ratio"] < noisy["ci95"][1] and noisy["within_noise"]
+
+    better = held_out([g * 1.02 for g in base], base)
+    assert better["passed"] and better["ci95"][0] > 1.0 and better["diff"] > 0
 
 
 def test_warm_starts_run_again_when_an_adaptive_record_they_were_built_from_changed(monkeypatch):
@@ -78,7 +107,7 @@ def test_warm_starts_run_again_when_an_adaptive_record_they_were_built_from_chan
     scheduler.run_all(1, done, ["sparse"], seeds=(0,))
     assert to_run[-1] == ["drifted", "movielens"]  # sparse's warm start matches its knowledge base: resumed
 
-    rerun = adaptive("drifted", 0, 0.15)  # e.g. re-run alone after a resource change
+    rerun = adaptive("drifted", 0, 0.15)  # e.g. re-run alone
     done[scheduler.key(rerun)] = {**rerun, "record": {**record, "dense_lr": 0.04}}
     scheduler.run_all(1, done, ["sparse"], seeds=(0,))
     assert to_run[-1] == ["drifted", "movielens", "sparse"]  # built from the old record: run again
@@ -91,7 +120,7 @@ def test_the_grid_search_picked_by_validation_is_reported_beside_the_grid_best()
 
     runs = by_key([
         run("constant", 0, 0.16, 0.19), run("constant", 1, 0.16, 0.20),  # best on test
-        run("cosine", 0, 0.14, 0.21), run("cosine", 1, 0.15, 0.21),  # best by the last epoch's validation
+        run("cosine", 0, 0.14, 0.21), run("cosine", 1, 0.15, 0.21),  # best by validation
         {**adaptive("drifted", 0, 0.15), "epochs": 8, "val_curve": [0.2], "test_curve": [0.15], "step_s": 1.0,
          "scheduler_s": 0.01, "train_s": 1.0},
     ])
@@ -102,21 +131,6 @@ def test_the_grid_search_picked_by_validation_is_reported_beside_the_grid_best()
     assert round(reg["goals"]["grid_val_picked_vs_grid_best"], 6) == round(0.145 / 0.16, 6)
     assert round(reg["goals"]["ndcg_vs_grid_val_picked"], 6) == round(0.15 / 0.145, 6)
     assert reg["validation_test_corr"]["grid"] < 0  # cosine reads higher on validation, lower on test
-    assert round(reg["grid_best_config_val_epoch_ndcg10"], 6) == 0.16  # one epoch each: the last
-
-
-def test_the_grid_best_is_also_scored_at_each_runs_best_validated_epoch():
-    def run(seed: int, val: list[float], test: list[float]) -> dict:
-        return {**grid("sparse", "step", 4.0, seed, test[-1]), "epochs": 3, "val_curve": val, "test_curve": test}
-
-    runs = by_key([
-        run(0, [0.1, 0.3, 0.2], [0.1, 0.12, 0.15]),  # best validated at epoch 2: 0.12
-        run(1, [0.3, 0.1, 0.2], [0.2, 0.1, 0.13]),  # at epoch 1: 0.20
-        {**adaptive("sparse", 0, 0.12), "epochs": 3, "val_curve": [0.2], "test_curve": [0.12], "step_s": 1.0,
-         "scheduler_s": 0.01, "train_s": 1.0},
-    ])
-    reg = scheduler.summarise(runs)["regimes"]["sparse"]
-    assert round(reg["grid_best_ndcg10"], 6) == 0.14 and round(reg["grid_best_config_val_epoch_ndcg10"], 6) == 0.16
 
 
 def test_validation_test_agreement_is_the_correlation_over_every_epoch():
@@ -154,26 +168,3 @@ def test_the_machine_names_the_cpu_generation_and_the_kernels_torch_dispatches_t
     assert cpu["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     if Path("/proc/cpuinfo").exists():  # Linux: the generation is read, not left blank
         assert cpu["family"] and cpu["model"]
-
-
-def test_goal_power_is_certain_for_an_equal_method_against_a_noiseless_grid():
-    runs = by_key([grid("movielens", "constant", 4.0, s, 0.18) for s in range(5)]
-                  + [grid("movielens", "cosine", 4.0, s, 0.15) for s in range(5)])
-    power = scheduler.goal_power(runs, {}, draws=2000)["movielens"]
-    assert power["grid_config"] == ["constant", 4.0] and power["seeds"] == 5 and power["equal_runs"] == 5
-    assert power["pass_rate"] == 1.0 and power["uplift_for_90"] == 1.0
-
-
-def test_goal_power_counts_the_grid_bests_selection_among_noisy_configurations():
-    values = [0.13, 0.17, 0.15, 0.12, 0.18]
-    runs = by_key([grid("drifted", "constant", 4.0, s, v) for s, v in enumerate(values)]
-                  + [grid("drifted", "step", 4.0, s, v) for s, v in enumerate(reversed(values))])
-    power = scheduler.goal_power(runs, {}, draws=4000)["drifted"]
-    assert 0.2 < power["pass_rate"] < 0.8  # equal in quality, yet the picked best of two noisy means is higher
-    assert power["uplift_for_90"] is not None and power["uplift_for_90"] > 1.0
-
-    # held-out runs of the picked configuration join the equal method's pool: here they are worse, so it passes less
-    held = by_key([grid("drifted", "constant", 4.0, s, 0.12) for s in range(5, 10)])
-    worse = scheduler.goal_power(runs, held, draws=4000)["drifted"]
-    assert worse["equal_runs"] == 10 and worse["pass_rate"] < power["pass_rate"]
-    assert scheduler.goal_power(by_key([grid("sparse", "step", 4.0, 0, 0.1)]), {}) == {}  # one seed: no estimate

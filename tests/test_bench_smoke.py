@@ -30,7 +30,7 @@ EXPECTED = {
     "pipeline": ("pipeline.json", ("dag_parse_s_max", "cycle_s", "demo_s", "backtest", "goals"),
                  ("pipeline_backtest.png",)),
     "faults": ("faults.json", ("scenarios", "survived", "data_lost_rows", "bad_promotions", "per_scenario"), ()),
-    "scheduler": ("scheduler.json", ("regimes", "heldout", "goal_power", "bench_s", "machine"),
+    "scheduler": ("scheduler.json", ("regimes", "heldout", "goals", "bench_s", "machine"),
                   ("scheduler.png", "scheduler_runs.jsonl")),
     "sparse_optimizer": ("sparse_optimizer.json", ("ndcg10_adagrad", "ndcg10_rowwise_adagrad", "rowwise_minus_exact",
                                                    "ci95"), ()),
