@@ -114,7 +114,7 @@ class ScheduleSettings(BaseModel):
     kb_neighbours: int = Field(3, ge=1, description="Past runs a knowledge-base suggestion averages.")
     kb_probe_rates: list[float] = Field(
         [1.0, 2.0],
-        description="Multipliers of the knowledge base's suggested rate that the first epoch of a warm-started run "
+        description="Multipliers of the knowledge base's suggested rate that the first epoch of a run started from it "
         "races ([]: start at the suggestion, no probe). Past runs narrow the rate to a factor of two or so, but one "
         "start at their averaged rate is one draw: in bench/scheduler.py 3 of 5 MovieLens warm starts at x5 of the "
         "rules' rates settled in the worse, personalised fit.",
@@ -176,6 +176,31 @@ class ScheduleSettings(BaseModel):
     )
     validation_share: float = Field(
         0.1, gt=0, lt=0.5, description="Latest share of the training history held out to steer the controller."
+    )
+    warm_start: bool = Field(
+        False,
+        description="Let calibrate continue from the champion's weights (a short update at a lower rate on recent "
+        "days) when drift is at most minor and the catalogue and users barely changed (recsys_retrain.schedule.start); "
+        "false: every run trains from scratch. Off until a backtest of warm against scratch updates decides.",
+    )
+    warm_max_new_users: float = Field(
+        0.2, ge=0, le=1,
+        description="Share of the training span's users without a champion row above which a run trains from scratch.",
+    )
+    warm_max_new_items: float = Field(
+        0.1, ge=0, le=1,
+        description="Share of the catalogue added since the champion plus the share of the champion's items removed, "
+        "above which a run trains from scratch (a changed catalogue).",
+    )
+    warm_rate_scale: float = Field(
+        0.25, gt=0, le=1,
+        description="A warm update's starting rates over the calibrated ones, without drift (minor drift: x1.5): "
+        "the champion is near a minimum, and its optimizer state is not kept, so Adagrad's first steps are large.",
+    )
+    warm_epochs: int = Field(2, ge=1, description="A warm update's epoch budget without drift (minor drift: x1.5, rounded up).")
+    warm_span_days: float = Field(
+        28.0, gt=0,
+        description="Days of recent history a warm update trains on; longer when the champion has not seen more days.",
     )
 
 

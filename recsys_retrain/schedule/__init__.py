@@ -4,6 +4,8 @@ Modules, each imported from where it is defined:
 
 - ``calibrate``: ``calibrate`` picks a run's starting ``SchedulePlan`` from the data's
   profile, its drift and past runs.
+- ``start``: ``warm_or_scratch`` decides whether a run continues from the champion
+  (``StartDecision``, from ``ChampionInfo``) and with which rate, epochs and data span.
 - ``plan``: ``SchedulePlan`` (starting values and thresholds) and its ``Reason`` for each value.
 - ``knowledge``: ``KnowledgeBase`` of past runs (``Record``), kept in MLflow.
 - ``controller``: ``AdaptiveScheduler`` steers a run by convergence signals (the policy).

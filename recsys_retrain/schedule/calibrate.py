@@ -29,6 +29,10 @@ Then the knowledge base: when similar past runs exist, their converged rates rep
 the rules' rates and their best epochs size the budget (``source = "knowledge_base"``);
 a narrower probe (``kb_probe_rates``: the suggestion and twice it) replaces the rules'
 one, since one start at an averaged rate is a single draw of a bimodal outcome.
+
+Last, with a champion given, where the run starts (``recsys_retrain.schedule.start``):
+a short warm update of the champion at a lower rate on recent days for little drift and
+a stable catalogue, from scratch otherwise (and always while ``warm_start`` is off).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Any
 from recsys_retrain.schedule.knowledge import KnowledgeBase, features
 from recsys_retrain.schedule.plan import SchedulePlan
 from recsys_retrain.schedule.probe import probe_passes
+from recsys_retrain.schedule.start import ChampionInfo, warm_or_scratch
 from recsys_retrain.settings import ScheduleSettings, TrainSettings
 
 SEVERITY_WEIGHT = {"none": 0.0, "minor": 0.5, "major": 1.0}
@@ -50,6 +55,7 @@ def calibrate(
     history: KnowledgeBase | None = None,
     settings: ScheduleSettings | None = None,
     train: TrainSettings | None = None,
+    champion: ChampionInfo | None = None,
 ) -> SchedulePlan:
     """A SchedulePlan for data with this profile and drift verdict.
 
@@ -59,6 +65,9 @@ def calibrate(
         history: knowledge base of past runs (None or empty: rules only).
         settings: the schedule section (reference values of the rules).
         train: the train section (base rates, batch size, epoch budget).
+        champion: the champion measured against this data; given, the plan records warm start
+            or from scratch (``warm_or_scratch``) and a warm start rescales its rates and budget.
+            None: no start decision (from scratch, as before).
 
     Returns:
         The plan, each data-dependent field with its reason.
@@ -149,7 +158,7 @@ def calibrate(
 
     suggestion = history.suggest(features(profile, drift_share)) if history is not None else None
     if suggestion is None:
-        return plan
+        return starting_point(plan, profile, drift, champion, s, t)
     from_kb = f"{len(suggestion.neighbours)} similar past runs ({', '.join(suggestion.neighbours)}; distance {suggestion.distance:.2f})"
     plan = plan.with_reason("dense_lr", suggestion.dense_lr, f"rate those runs converged to: {from_kb}")
     plan = plan.with_reason("sparse_lr", suggestion.sparse_lr, f"embedding rate those runs converged to: {from_kb}")
@@ -171,7 +180,19 @@ def calibrate(
         plan = plan.with_reason("probe_rates", (), f"rates from {from_kb}: no probe")
     from dataclasses import replace
 
-    return replace(plan, source="knowledge_base")
+    return starting_point(replace(plan, source="knowledge_base"), profile, drift, champion, s, t)
+
+
+def starting_point(
+    plan: SchedulePlan,
+    profile: dict[str, Any],
+    drift: dict[str, Any] | None,
+    champion: ChampionInfo | None,
+    s: ScheduleSettings,
+    t: TrainSettings,
+) -> SchedulePlan:
+    """``plan`` with the warm-or-scratch decision applied; unchanged without a champion."""
+    return plan if champion is None else warm_or_scratch(drift, profile, champion, s, t).apply(plan)
 
 
 def span_days(profile: dict[str, Any]) -> float | None:

@@ -61,6 +61,11 @@ class SchedulePlan:
         recency_half_life: days after which an interaction counts half in an epoch's
             draw of examples (None: every interaction once); set under drift, when old
             interactions describe tastes that no longer hold.
+        warm_start: continue from the champion's weights (``recsys_retrain.schedule.start``)
+            rather than from a fresh initialisation. The trainer does not read it: the caller
+            passes the champion to ``train(init=...)``.
+        history_days: days of the most recent history the run trains on (None: all of it);
+            set for a warm start, whose caller trims the history to it.
         source: "rules" or "knowledge_base".
         reasons: one Reason per field that was set from the data or past runs.
     """
@@ -87,6 +92,8 @@ class SchedulePlan:
     probe_z: float | None = None
     validation_k: int = 50
     recency_half_life: float | None = None
+    warm_start: bool = False
+    history_days: float | None = None
     source: str = "rules"
     reasons: tuple[Reason, ...] = ()
 
@@ -103,6 +110,8 @@ class SchedulePlan:
             raise ValueError(f"validation_k must be >= 1, got {self.validation_k}")
         if self.recency_half_life is not None and not self.recency_half_life > 0:
             raise ValueError(f"recency_half_life must be > 0 or None, got {self.recency_half_life}")
+        if self.history_days is not None and not self.history_days > 0:
+            raise ValueError(f"history_days must be > 0 or None, got {self.history_days}")
         if self.probe_z is not None and self.probe_z < 0:
             raise ValueError(f"probe_z must be >= 0 or None, got {self.probe_z}")
         if any(not m > 0 for m in self.probe_rates):

@@ -10,6 +10,8 @@ Modules:
     hooks: the per-step and per-epoch signals and the ``Callback`` hook points.
     checkpoints: the per-rank epoch checkpoint a killed run resumes from, and the
         one-dict ``model.pt`` (``load_checkpoint``).
+    warm_start: a model for a grown encoder that starts from the champion's weights, its
+        rows carried over by raw id (``warm_start``, ``union_encoder``).
     worker: ``main(argv)``, what each ``torchrun`` process runs
         (``python -m recsys_retrain.train.worker``).
     launch: starts ``torchrun`` for multi-process training from the train task and

@@ -29,7 +29,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from recsys_retrain.model import FeatureEncoder, Recommender, TwoTowerTrainTask, build_two_tower
+from recsys_retrain.model import FeatureEncoder, Recommender, TwoTower, TwoTowerTrainTask, build_two_tower
 from recsys_retrain.schedule.plan import SchedulePlan
 from recsys_retrain.settings import TrainSettings
 
@@ -153,6 +153,24 @@ def unsharded(
     state_dict_gather(state, target)
     plain.load_state_dict(target)
     return Recommender(plain.model, encoder, catalogue, recent)
+
+
+@torch.no_grad()
+def load_tower(dmp: DistributedModelParallel, tower: TwoTower) -> None:
+    """Copies a plain TwoTower's weights into the sharded train task, each rank its own shards.
+
+    Every rank must pass the same weights. A sharded table takes the rows and columns of
+    its local shards (the shard metadata's offsets); the dense layers are copied whole.
+    """
+    plain = {f"model.{name}": value for name, value in tower.state_dict().items()}
+    for name, value in dmp.state_dict().items():
+        full = plain[name]
+        if not hasattr(value, "local_shards"):
+            value.copy_(full)
+            continue
+        for shard in value.local_shards():
+            (row, col), (rows, cols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+            shard.tensor.copy_(full[row : row + rows, col : col + cols])
 
 
 def all_finite(module: torch.nn.Module) -> bool:

@@ -47,6 +47,7 @@ from recsys_retrain.train.distributed import (
     dense_parameters,
     device,
     init_process_group,
+    load_tower,
     mean_across_ranks,
     rank_share,
     sharded_model,
@@ -54,6 +55,7 @@ from recsys_retrain.train.distributed import (
 )
 from recsys_retrain.train.examples import Examples, catalogue_snapshots, recency_draws, training_examples
 from recsys_retrain.train.hooks import Callback, EpochSignals, step_signals
+from recsys_retrain.train.warm_start import check_embedding_dim, union_encoder, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ def train(
     plan: SchedulePlan | None = None,
     components: Components = Components(),
     resource: ResourceController | None = None,
+    init: Recommender | None = None,
 ) -> TrainResult:
     """Trains a two-tower model on ``history`` and writes ``out_dir/model.pt`` and ``out_dir/trace.json``.
 
@@ -118,6 +121,13 @@ def train(
             rollback, best weights kept). None: the static schedule.
         components: scheduler parts to switch off (ablations).
         resource: a ResourceController that may change the batch size between epochs.
+        init: the champion to continue from (``load_checkpoint`` or the registry's model). The
+            encoder becomes the union of the champion's and this data's
+            (``recsys_retrain.train.warm_start``): the champion's rows are carried over by raw
+            id, new users and items start as in a fresh run, and the dense layers start from
+            the champion's. Its embedding size must be ``settings.embedding_dim``. The
+            optimizers start afresh (``model.pt`` keeps no optimizer state), which is why a
+            warm start wants a lower rate. None: from scratch.
 
     Returns:
         TrainResult with the checkpoint path, the mean loss of each epoch and the trace.
@@ -137,9 +147,14 @@ def train(
 
     catalogue = catalogue.sort_values("item_id").reset_index(drop=True)
     encoder = FeatureEncoder.fit(history, catalogue)
+    if init is not None:
+        check_embedding_dim(init.model, settings.embedding_dim)
+        encoder = union_encoder(init.encoder, encoder)
     examples = training_examples(history, encoder)
     draws = recency_draws(examples.period, settings.recency_half_life)
     dmp, opt = sharded_model(encoder, settings, dev, plan)
+    if init is not None:
+        load_tower(dmp, warm_start(init.model, init.encoder, encoder))
     recent = encoder.recent_counts(history, catalogue)
     snapshots = {p: kjt.to(dev) for p, kjt in catalogue_snapshots(history, catalogue, encoder, examples.period).items()}
     loop = TrainLoop(
