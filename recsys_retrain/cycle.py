@@ -12,7 +12,6 @@ same window rewrites the same files and, in the registry, reuses the same versio
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pandas as pd
 
 from recsys_retrain.errors import PipelineError
 from recsys_retrain.io import file_lock, utc, write_json, write_parquet
+from recsys_retrain.paths import CyclePaths
 from recsys_retrain.settings import Settings, get_settings
 
 SEVERITY_ORDER = ("none", "minor", "major")
@@ -28,28 +28,6 @@ DEFAULT_RETRAIN_ON = "minor"
 
 HISTORY_START = pd.Timestamp("1970-01-01", tz="UTC")
 Overrides = dict[str, dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class CyclePaths:
-    """Where one cycle's files live; the window's dates name the folder."""
-
-    root: Path
-
-    @classmethod
-    def of(cls, settings: Settings, start: str, end: str) -> CyclePaths:
-        name = f"{utc(start):%Y%m%d}-{utc(end):%Y%m%d}"
-        return cls(settings.runs_dir / name)
-
-    history = property(lambda self: self.root / "history.parquet")
-    holdout = property(lambda self: self.root / "holdout.parquet")
-    reference = property(lambda self: self.root / "reference.parquet")
-    catalogue = property(lambda self: self.root / "catalogue.parquet")
-    drift_dir = property(lambda self: self.root / "drift")
-    model_dir = property(lambda self: self.root / "model")
-    summary = property(lambda self: self.root / "summary.json")
-    profile = property(lambda self: self.root / "profile.json")
-    plan = property(lambda self: self.root / "plan.json")
 
 
 def with_overrides(settings: Settings, overrides: Overrides | None) -> Settings:
@@ -346,10 +324,14 @@ def evaluate(
                 f"window's start {utc(pulled['start']).date()}: it cannot be judged on this window"
             )
         champion = user_metrics(model, history, holdout, k, head)
-    path = p.root / "per_user_metrics.json"
-    write_json({"challenger": challenger.to_dict(), "champion": champion.to_dict() if champion else None}, path)
+    write_json({
+        "window": f"{pulled['start']}/{pulled['end']}",
+        "champion_version": current.version if current else None,  # later gates pool windows of the same champion
+        "challenger": challenger.to_dict(),
+        "champion": champion.to_dict() if champion else None,
+    }, p.per_user)
     return {
-        "per_user": str(path),
+        "per_user": str(p.per_user),
         "challenger": challenger.reported(),
         "champion": champion.reported() if champion else None,
         "champion_version": current.version if current else None,
@@ -365,79 +347,55 @@ def gate(
     settings: Settings | None = None,
     overrides: Overrides | None = None,
 ) -> dict[str, Any]:
-    """Registers the challenger, runs the significance gate and moves the aliases; writes summary.json.
+    """The whole gate in one call: :func:`judge`, then :func:`promote` or :func:`keep`; returns ``summary.json``.
+
+    What the CLI and the benchmarks run; the DAGs run the three steps as tasks, with
+    an ``@task.branch`` between them, so that the graph shows the decision.
+    """
+    s = with_overrides(settings or get_settings(), overrides)
+    judged = judge(pulled, drift_result, trained, evaluated, settings=s)
+    return promote(judged, settings=s) if judged["promote"] else keep(judged)
+
+
+def judge(
+    pulled: dict[str, Any],
+    drift_result: dict[str, Any],
+    trained: dict[str, Any],
+    evaluated: dict[str, Any],
+    settings: Settings | None = None,
+    overrides: Overrides | None = None,
+) -> dict[str, Any]:
+    """Registers the challenger, runs the gate (``gate.policy``) and records its decision; nothing moves yet.
 
     The champion is the one evaluated before registering, so a retried gate task
-    repeats the same decision instead of comparing the challenger with itself.
+    repeats the same decision instead of comparing the challenger with itself. The
+    result carries ``promote`` (what the branch follows), the reason, and the power
+    of the evidence: its minimum detectable difference (``mde``) and, when earlier
+    windows were pooled, how many (``recsys_retrain.gating``).
     """
-    from recsys_retrain import gate as gating
-    from recsys_retrain.evaluate import UserEval
-    from recsys_retrain.model import FEATURE_SERVICE
-    from recsys_retrain.registry import candidates, promotion
-    from recsys_retrain.schedule.trace import run_metrics, run_params
-    from recsys_retrain.train.checkpoints import load_checkpoint
+    from recsys_retrain import gating
 
     s = with_overrides(settings or get_settings(), overrides)
-    p = CyclePaths(Path(pulled["run_dir"]))
-    window = f"{pulled['start']}/{pulled['end']}"
-    drift_files = (("drift.html", "html"), ("drift.json", "json"))
-    artifacts = {name: Path(drift_result[key]) for name, key in drift_files if drift_result[key]}
-    artifacts["profile.json"] = p.profile
-    for name, path in (("plan.json", p.plan), ("trace.json", Path(trained["trace"]) if trained.get("trace") else None)):
-        if path is not None and path.exists():
-            artifacts[name] = path
-    trace = json.loads(artifacts["trace.json"].read_text()) if "trace.json" in artifacts else None
-    if trace is not None:
-        from recsys_retrain.schedule.plot import curves
+    return gating.judge(CyclePaths(Path(pulled["run_dir"])), pulled, drift_result, trained, evaluated, s)
 
-        artifacts["curves.png"] = curves(trace, p.model_dir / "curves.png")
-    candidate = candidates.log_candidate(
-        load_checkpoint(Path(trained["checkpoint"])),
-        settings=s,
-        window=window,
-        params={**s.train.model_dump(), "rows_history": pulled["rows_history"], **run_params(p.plan)},
-        metrics={
-            **{k: v for k, v in evaluated["challenger"].items() if k != "notes"},
-            "train_seconds": trained["seconds"],
-            "final_loss": trained["epoch_losses"][-1],
-            "epochs_run": len(trained["epoch_losses"]),
-            **run_metrics(trained),
-        },
-        artifacts=artifacts,
-        tags={"drift.severity": drift_result["severity"], "window": window, "feature_service": FEATURE_SERVICE,
-              **{f"note.{k}": v for k, v in evaluated["challenger"].get("notes", {}).items()}},
-    )
-    if trace is not None:
-        from recsys_retrain.schedule.plot import log_to_mlflow
 
-        log_to_mlflow(trace, candidate.run_id, s.mlflow_uri)
-    per_user = json.loads(Path(evaluated["per_user"]).read_text())
-    model, load_error = candidates.try_load(s, candidate.version)  # the registered artifact, not the checkpoint
-    decision = gating.decide(
-        UserEval.from_dict(per_user["challenger"]) if model is not None else None,
-        UserEval.from_dict(per_user["champion"]) if per_user["champion"] else None,
-        s.gate,
-        challenger_version=candidate.version,
-        champion_version=evaluated["champion_version"],
-        window=window,
-        load_error=load_error,
-        champion_error=evaluated.get("champion_error"),
-        reverted_on=promotion.reverted_on(s, candidate.version),
-    )
-    promoted = promotion.apply_decision(decision, s, actor="gate")
-    summary = {
-        "window": window,
-        "rows_window": pulled["rows_window"],
-        "drift": drift_result["severity"],
-        "challenger_ndcg": decision.challenger_value,
-        "champion_ndcg": decision.champion_value,
-        "ci": [decision.ci_low, decision.ci_high],
-        "version": candidate.version,
-        "promoted": promoted,
-        "reason": decision.reason,
-    }
-    write_json(summary, p.summary)
-    return summary
+def promote(judged: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
+    """The promote path: moves ``champion`` (and ``previous``) to the judged challenger; writes ``summary.json``."""
+    from recsys_retrain import gating
+
+    return gating.promote(judged, with_overrides(settings or get_settings(), overrides))
+
+
+def keep(judged: dict[str, Any]) -> dict[str, Any]:
+    """The keep path: the champion stays; writes ``summary.json``."""
+    from recsys_retrain import gating
+
+    return gating.keep(judged)
+
+
+def decided(judged: dict[str, Any]) -> dict[str, Any]:
+    """The cycle's outcome, whichever path ran: its ``summary.json``."""
+    return json.loads(CyclePaths(Path(judged["run_dir"])).summary.read_text())
 
 
 def should_retrain(

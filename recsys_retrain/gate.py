@@ -7,8 +7,12 @@ makes single-number gates promote lucky models. A challenger is promoted only wh
 
 * its artifact loads and its metrics are finite, and its mean NDCG@K clears an
   absolute floor (``min_ndcg``);
-* the mean gain is at least ``min_delta`` and the lower bound of the bootstrap
-  interval is at least ``-tolerance`` (non-inferiority);
+* the paired gain passes the decision policy (``gate.policy``, see
+  :mod:`recsys_retrain.gate_policies`); the default, non-inferiority, asks for a mean
+  gain of at least ``min_delta`` and a lower bound of the bootstrap interval of at
+  least ``-tolerance``. Every decision records the minimum detectable difference of
+  the users it rests on (:mod:`recsys_retrain.power`), and an underpowered window may
+  pool earlier windows judged against the same champion;
 * no guardrail breaks: Recall@K, catalogue coverage of the top-K lists, and the
   NDCG@K of cold users and of long-tail items each drop by no more than their own
   tolerance;
@@ -21,6 +25,7 @@ Everything here is a pure function of arrays and settings; the registry adapter
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,8 +33,10 @@ import numpy as np
 import pandas as pd
 
 from recsys_retrain.evaluate import UserEval
+from recsys_retrain.gate_policies import Check, Evidence, margin, policy_checks
 from recsys_retrain.io import utc
-from recsys_retrain.records import lenient_from_dict
+from recsys_retrain.power import PairedScores, evidence, pool, power_of
+from recsys_retrain.records import json_float, lenient_from_dict
 from recsys_retrain.settings import GateSettings
 
 
@@ -65,30 +72,18 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int, 
 
 
 @dataclass(frozen=True)
-class Check:
-    """One rule of the gate: the value it looked at, the threshold, and the verdict."""
-
-    name: str
-    passed: bool
-    value: float | None
-    threshold: float | None
-    detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> Check:
-        return lenient_from_dict(cls, payload)
-
-
-@dataclass(frozen=True)
 class GateDecision:
     """Whether the challenger replaces the champion, with every number that decided it.
 
     The first eight fields are the skeleton's scalar decision and keep their meaning;
     the rest are filled by the significance gate (:func:`decide`). ``reason`` is one
     line: the failed checks, or a summary of the passed ones.
+
+    The power fields say how much the evidence could resolve: ``mde`` is the minimum
+    detectable difference of the ``evidence_users`` paired scores the interval rests
+    on (over ``evidence_windows``, newest first), ``window_mde`` that of the newest
+    window alone, ``sd_delta`` the scatter of the paired differences. A "not promoted"
+    with a gain below ``mde`` means "could not tell", not "not better".
     """
 
     metric: str
@@ -109,6 +104,14 @@ class GateDecision:
     seed: int | None = None
     n_users: int | None = None
     checks: tuple[Check, ...] = ()
+    policy: str | None = None
+    margin: float | None = None
+    power: float | None = None
+    sd_delta: float | None = None
+    mde: float | None = None
+    window_mde: float | None = None
+    evidence_users: int | None = None
+    evidence_windows: tuple[str, ...] = ()
 
     @property
     def failed(self) -> tuple[Check, ...]:
@@ -117,11 +120,13 @@ class GateDecision:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["checks"] = [c.to_dict() for c in self.checks]
+        d["evidence_windows"] = list(self.evidence_windows)
         return d
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> GateDecision:
-        payload = {**payload, "checks": tuple(Check.from_dict(c) for c in payload.get("checks", ()))}
+        payload = {**payload, "checks": tuple(Check.from_dict(c) for c in payload.get("checks", ())),
+                   "evidence_windows": tuple(payload.get("evidence_windows", ()))}
         return lenient_from_dict(cls, payload)
 
 
@@ -151,8 +156,13 @@ def decide(
     load_error: str | None = None,
     champion_error: str | None = None,
     reverted_on: str | None = None,
+    earlier: Sequence[PairedScores] = (),
 ) -> GateDecision:
     """The significance gate on two models' per-user metrics from the same holdout.
+
+    The paired gain's interval and its minimum detectable difference are judged by
+    the policy ``settings.policy`` (:mod:`recsys_retrain.gate_policies`); the floor and
+    the guardrails (on the newest window) hold under every policy.
 
     Args:
         challenger: per-user metrics of the candidate; None when it could not be scored.
@@ -164,6 +174,10 @@ def decide(
             the challenger is rejected: an unvetted model never passes on the floor alone.
         reverted_on: the window on which the challenger was reverted before, if it was;
             it may return only on evidence from a window that ends later.
+        earlier: paired per-user scores of earlier windows, newest first, in which the
+            same champion was judged against a challenger of the same recipe. Pooled
+            with this window while its MDE is above ``pool_above_mde``, up to
+            ``pool_windows`` windows in all (:func:`recsys_retrain.power.evidence`).
 
     Returns:
         A GateDecision whose ``checks`` list every rule, passed or not.
@@ -179,6 +193,8 @@ def decide(
         confidence=s.confidence,
         n_resamples=s.n_resamples,
         seed=s.seed,
+        policy=s.policy,
+        power=s.power,
     )
     checks: list[Check] = []
     value = challenger.mean_ndcg if challenger is not None else math.nan
@@ -221,23 +237,28 @@ def decide(
         return done(True, f"no champion yet: challenger {s.metric} {value:.4f} clears the floor {s.min_ndcg:.4f}")
     if not np.array_equal(challenger.user_ids, champion.user_ids):
         raise ValueError("challenger and champion were scored on different holdout users; the gate needs the same holdout")
-    iv = paired_bootstrap(challenger.ndcg, champion.ndcg, s.n_resamples, s.seed, s.confidence)
-    pct = f"{s.confidence:.0%}"
-    checks.append(Check(
-        "mean_gain", iv.mean >= s.min_delta, iv.mean, s.min_delta,
-        f"mean {s.metric} gain {iv.mean:+.4f} {'>=' if iv.mean >= s.min_delta else '<'} min_delta {s.min_delta:.4f}",
-    ))
-    checks.append(Check(
-        "non_inferior", iv.low >= -s.tolerance, iv.low, -s.tolerance,
-        f"{pct} lower bound of the gain {iv.low:+.4f} {'>=' if iv.low >= -s.tolerance else '<'} "
-        f"-tolerance {-s.tolerance:.4f} ({s.n_resamples} paired resamples of {challenger.n_users} users)",
-    ))
+    newest = PairedScores(challenger.ndcg, champion.ndcg, window)
+    alpha = 1.0 - s.confidence
+    windows = evidence(newest, earlier, max_windows=s.pool_windows, pool_above=s.pool_above_mde, alpha=alpha,
+                       power=s.power)
+    pooled = pool(windows)
+    iv = paired_bootstrap(pooled.challenger, pooled.champion, s.n_resamples, s.seed, s.confidence)
+    pw = power_of(pooled, alpha, s.power)
+    e = Evidence(iv.mean, iv.low, iv.high, pw.n_users, pw.sd, pw.mde, len(windows))
+    checks.extend(policy_checks(e, s))
     checks.extend(guardrails(challenger, champion, s))
-    numbers = dict(mean_delta=iv.mean, ci_low=iv.low, ci_high=iv.high)
+    numbers = dict(
+        mean_delta=iv.mean, ci_low=iv.low, ci_high=iv.high, sd_delta=json_float(pw.sd), mde=json_float(pw.mde),
+        window_mde=json_float(power_of(newest, alpha, s.power).mde if len(windows) > 1 else pw.mde),
+        margin=None if s.policy == "superiority" else json_float(margin(e, s)), evidence_users=pw.n_users,
+        evidence_windows=tuple(w.window or "" for w in windows),
+    )
+    pct = f"{s.confidence:.0%}"
+    pooled_note = f" over {len(windows)} windows ({pw.n_users} users)" if len(windows) > 1 else ""
     return done(
         True,
-        f"{s.metric} {value:.4f} vs {champ_value:.4f}: gain {iv.mean:+.4f}, {pct} CI [{iv.low:+.4f}, {iv.high:+.4f}]; "
-        "all guardrails hold",
+        f"{s.metric} {value:.4f} vs {champ_value:.4f}: gain {iv.mean:+.4f}, {pct} CI [{iv.low:+.4f}, {iv.high:+.4f}]"
+        f"{pooled_note}, MDE {pw.mde:.4f}; {s.policy}; all guardrails hold",
         **numbers,
     )
 

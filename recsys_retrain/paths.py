@@ -1,4 +1,9 @@
-"""Paths from users (CLI options, DAG Params) must stay inside the data root.
+"""Where files live: one folder per cycle, and paths from users that must stay inside the data root.
+
+:class:`CyclePaths` names the files of one retraining cycle, which its steps
+(``recsys_retrain.cycle``, ``recsys_retrain.gating``) write and read.
+
+Paths from users (CLI options, DAG Params) must stay inside the data root.
 
 A path typed on a command line or passed as a DAG run's Param is resolved
 (``..`` segments and symbolic links followed) and refused unless it lands inside
@@ -10,10 +15,36 @@ folder that holds the pipeline's home (the working copy, for the default
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from recsys_retrain.errors import PipelineError
+from recsys_retrain.io import utc
 from recsys_retrain.settings import Settings
+
+
+@dataclass(frozen=True)
+class CyclePaths:
+    """Where one cycle's files live; the window's dates name the folder."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, settings: Settings, start: str, end: str) -> CyclePaths:
+        name = f"{utc(start):%Y%m%d}-{utc(end):%Y%m%d}"
+        return cls(settings.runs_dir / name)
+
+    history = property(lambda self: self.root / "history.parquet")
+    holdout = property(lambda self: self.root / "holdout.parquet")
+    reference = property(lambda self: self.root / "reference.parquet")
+    catalogue = property(lambda self: self.root / "catalogue.parquet")
+    drift_dir = property(lambda self: self.root / "drift")
+    model_dir = property(lambda self: self.root / "model")
+    summary = property(lambda self: self.root / "summary.json")
+    profile = property(lambda self: self.root / "profile.json")
+    plan = property(lambda self: self.root / "plan.json")
+    per_user = property(lambda self: self.root / "per_user_metrics.json")
+    decision = property(lambda self: self.root / "gate_decision.json")
 
 
 def data_root(settings: Settings) -> Path:

@@ -209,9 +209,22 @@ class EvalSettings(BaseModel):
 
 
 class GateSettings(BaseModel):
-    """Promotion rule: the challenger must beat the champion on the same holdout."""
+    """Promotion rule: the challenger is judged against the champion on the same holdout.
+
+    ``policy`` names the decision rule (``recsys_retrain.gate_policies``); the floor and
+    the guardrails hold under every policy. Every decision logs the minimum detectable
+    difference (MDE) of the users it rests on, and may pool earlier windows when the
+    newest one alone is underpowered (``pool_windows``).
+    """
 
     metric: str = "ndcg_at_10"
+    policy: Literal["non_inferiority", "superiority", "fresher_unless_worse"] = Field(
+        "non_inferiority",
+        description="Decision rule on the paired NDCG@K gain. 'non_inferiority': mean gain >= min_delta and the lower "
+        "bound >= -margin; 'superiority': mean gain >= min_delta and the lower bound > 0; 'fresher_unless_worse': the "
+        "newer model unless the upper bound < 0 or the mean gain < -margin. The default is the rule the pipeline has "
+        "run so far, kept until a backtest of the policies chooses one.",
+    )
     min_delta: float = Field(
         0.001,
         description="Mean per-user NDCG@K gain (challenger - champion) must be >= this; above 0 so that a "
@@ -220,9 +233,27 @@ class GateSettings(BaseModel):
     tolerance: float = Field(
         0.005, ge=0, description="Non-inferiority margin: the lower bootstrap bound of the NDCG@K gain must be >= -this."
     )
+    margin_mde_fraction: float | None = Field(
+        None, gt=0, description="When set, the margin of non-inferiority (and of 'fresher_unless_worse') is this fraction "
+        "of the evidence's MDE instead of tolerance, so that it follows the noise of the users at hand.",
+    )
+    max_margin: float = Field(
+        0.02, ge=0, description="Cap on a margin derived from the MDE: an underpowered holdout never excuses a larger "
+        "mean drop.",
+    )
     n_resamples: int = Field(1000, ge=1000, description="Paired bootstrap resamples of holdout users.")
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="Two-sided confidence level of the bootstrap interval.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Two-sided confidence level of the bootstrap interval; "
+                              "its complement is the level of the MDE.")
     seed: int = Field(0, description="Seed of the bootstrap resampling.")
+    power: float = Field(0.8, gt=0, lt=1, description="Power at which the minimum detectable difference is computed.")
+    pool_windows: int = Field(
+        1, ge=1, description="Most windows pooled into one decision's evidence (1: the newest window alone). Earlier "
+        "windows count only where the same champion was scored against a challenger on the same users.",
+    )
+    pool_above_mde: float = Field(
+        0.02, gt=0, description="Pool earlier windows while the evidence's MDE of NDCG@K is above this "
+        "(only with pool_windows > 1).",
+    )
     min_ndcg: float = Field(0.02, ge=0, description="Absolute floor: a challenger's mean NDCG@K below this never promotes.")
     recall_tolerance: float = Field(0.01, ge=0, description="Guardrail: Recall@K may drop by at most this.")
     coverage_tolerance: float = Field(

@@ -13,6 +13,7 @@ import torch
 
 from recsys_retrain.evaluate import UserEval, evaluate, long_tail_items, user_metrics
 from recsys_retrain.gate import GateDecision, decide, paired_bootstrap
+from recsys_retrain.power import PairedScores, minimum_detectable_difference
 from recsys_retrain.settings import GateSettings
 
 N = 400  # holdout users
@@ -159,6 +160,40 @@ def test_pairing_removes_between_user_noise():
     """Users differ a lot, models differ a little but consistently: the paired interval excludes 0."""
     iv = paired_bootstrap(BASE + 0.01, BASE, 1000, 0, 0.95)
     assert iv.low == pytest.approx(0.01) and iv.high == pytest.approx(0.01)
+
+
+def test_every_decision_records_the_mde_of_the_users_it_rests_on():
+    noise = RNG.normal(0, 0.1, N)
+    d = decide(ev(BASE + noise - noise.mean() + 0.05), ev(), S, window="w")
+    sd = float(np.std(noise, ddof=1))
+    assert d.sd_delta == pytest.approx(sd) and d.mde == pytest.approx(minimum_detectable_difference(N, sd))
+    assert d.window_mde == d.mde and d.evidence_users == N and d.evidence_windows == ("w",)
+    assert d.policy == "non_inferiority" and d.margin == S.tolerance and d.power == 0.8
+    assert f"MDE {d.mde:.4f}" in d.reason
+    first = decide(ev(), None, S)
+    assert first.promote and first.mde is None  # nothing to compare: no power to speak of
+
+
+def small_week(gain: float, seed: int, n: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    champion = rng.uniform(0, 0.6, n)
+    noise = rng.normal(0, 0.1, n)
+    return champion + noise - noise.mean() + gain, champion
+
+
+def test_an_underpowered_window_pools_earlier_windows_of_the_same_champion():
+    new, old = small_week(0.015, 0)
+    earlier = [PairedScores(*small_week(0.015, seed), f"w{seed}") for seed in (1, 2, 3)]
+    cold, tail = np.zeros(50, bool), np.full(50, np.nan)
+    args = (ev(new, cold=cold, longtail=tail), ev(old, cold=cold, longtail=tail))
+    alone = decide(*args, S, window="w0", earlier=earlier)  # pool_windows 1: the default never pools
+    assert alone.evidence_windows == ("w0",) and alone.evidence_users == 50 and not alone.promote
+    pooled = decide(*args, S.model_copy(update={"pool_windows": 4, "pool_above_mde": 0.02}), window="w0", earlier=earlier)
+    assert pooled.evidence_windows == ("w0", "w1", "w2", "w3") and pooled.evidence_users == 200
+    assert pooled.mde < alone.mde == pooled.window_mde
+    assert pooled.ci_high - pooled.ci_low < alone.ci_high - alone.ci_low
+    assert "over 4 windows (200 users)" in pooled.reason or "in 4 windows" in pooled.reason
+    assert pooled.promote  # +0.015 on 200 users clears a 0.005 margin; on 50 it could not
 
 
 def test_decision_and_user_eval_round_trip_through_json():

@@ -1,9 +1,12 @@
-"""The retrain body, one reusable task group: pull -> validate -> drift -> calibrate -> train -> evaluate -> gate.
+"""The retrain body, one reusable task group: pull -> validate -> drift -> calibrate -> train -> evaluate -> gate
+-> promote_or_keep -> promote | keep -> decided.
 
 Each task calls one function of ``recsys_retrain.cycle`` with the run's overrides (from
 its Params) and passes small dicts (paths, counts, decisions). ``retrain`` runs it on
 the data interval; ``drift_watch`` runs it on the newest window with a short-circuit
-after ``drift`` that stops below the trigger level.
+after ``drift`` that stops below the trigger level. The gate's decision is a branch:
+``promote`` moves the aliases, ``keep`` leaves the champion, and ``decided`` joins
+the two paths and returns the cycle's summary.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Param, get_current_context, task, task_group
+from airflow.sdk import Param, TriggerRule, get_current_context, task, task_group
 
 from recsys_common.assets import INTERACTIONS
 
+GROUP = "cycle"  # the task group's id: a branch names its paths as "<group>.<task>"
 IO_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True}
 
 
@@ -32,6 +36,7 @@ OVERRIDES = {
     "epochs": ("train", "epochs"),
     "gate_min_delta": ("gate", "min_delta"),
     "gate_tolerance": ("gate", "tolerance"),
+    "gate_policy": ("gate", "policy"),
     "drift_alpha": ("drift", "alpha"),
     "schedule_policy": ("schedule", "policy"),
 }
@@ -42,6 +47,10 @@ CYCLE_PARAMS = {
     ),
     "gate_tolerance": Param(
         None, type=["null", "number"], minimum=0, description="Non-inferiority margin of the gate (gate.tolerance)."
+    ),
+    "gate_policy": Param(
+        None, type=["null", "string"], enum=[None, "non_inferiority", "superiority", "fresher_unless_worse"],
+        description="Decision rule of the gate (gate.policy).",
     ),
     "drift_alpha": Param(
         None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
@@ -156,14 +165,44 @@ def evaluate(pulled: dict, trained: dict) -> dict:
 
 @task(**IO_RETRIES)
 def gate(pulled: dict, drift_result: dict, trained: dict, evaluated: dict) -> dict:
+    """Registers the challenger and decides (``gate.policy``); the XCom is the decision with its MDE. Nothing moves yet."""
     from recsys_retrain import cycle
 
-    return cycle.gate(pulled, drift_result, trained, evaluated, overrides=_overrides())
+    return cycle.judge(pulled, drift_result, trained, evaluated, overrides=_overrides())
 
 
-@task_group(group_id="cycle")
+@task.branch
+def promote_or_keep(judged: dict) -> str:
+    """The promote path for a promoting decision, else the keep path."""
+    print(judged["reason"])
+    return f"{GROUP}.promote" if judged["promote"] else f"{GROUP}.keep"
+
+
+@task(**IO_RETRIES)
+def promote(judged: dict) -> dict:
+    from recsys_retrain import cycle
+
+    return cycle.promote(judged, overrides=_overrides())
+
+
+@task
+def keep(judged: dict) -> dict:
+    from recsys_retrain import cycle
+
+    return cycle.keep(judged)
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+def decided(judged: dict) -> dict:
+    """Joins the two paths: the cycle's summary, whichever ran."""
+    from recsys_retrain import cycle
+
+    return cycle.decided(judged)
+
+
+@task_group(group_id=GROUP)
 def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
-    """pull -> validate -> drift -> calibrate -> train -> evaluate -> gate on one window.
+    """pull -> validate -> drift -> calibrate -> train -> evaluate -> gate -> promote | keep -> decided on one window.
 
     Args:
         window: an XComArg of ``{"start", "end"}`` (``newest_window``); None reads the
@@ -177,4 +216,7 @@ def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
     if drift_triggered:
         should_retrain(validated, drifted) >> plan
     trained = train(validated, plan)
-    gate(validated, drifted, trained, evaluate(validated, trained))
+    judged = gate(validated, drifted, trained, evaluate(validated, trained))
+    paths = [promote(judged), keep(judged)]
+    promote_or_keep(judged) >> paths
+    paths >> decided(judged)

@@ -13,6 +13,7 @@ Modules, lowest first (each imports only those above it):
   ``move``: aliases moved together under a lock with an intent log (``recover``).
 * ``candidates``: ``log_candidate`` (a training run registered as a version and made
   ``challenger``, idempotent per window), ``load_model``, ``try_load``, ``champion``, ``alias``.
-* ``promotion``: ``apply_decision`` (a :class:`recsys_retrain.gate.GateDecision`
-  recorded and carried out), ``promote`` by hand, ``revert``, ``reverted_on``.
+* ``promotion``: ``record_decision`` (a :class:`recsys_retrain.gate.GateDecision`
+  recorded: tags, artifact, ``gate.*`` metrics such as the MDE), ``apply_decision``
+  (recorded and carried out), ``promote`` by hand, ``revert``, ``reverted_on``.
 """

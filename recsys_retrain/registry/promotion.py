@@ -1,7 +1,8 @@
 """Promotion and revert: the operations that move ``champion`` and ``previous``.
 
 The gate lives in :mod:`recsys_retrain.gate` (pure functions of per-user metrics);
-:func:`apply_decision` records its decision on the challenger and carries it out.
+:func:`record_decision` records its decision on the challenger (the DAG's gate task),
+:func:`apply_decision` carries it out (the promote path of the branch after it).
 :func:`promote` and :func:`revert` are the same moves by hand (CLI) or by the
 monitor. Every move goes through :func:`recsys_retrain.registry.aliases.move`: a
 compare-and-set under the alias lock, logged in the alias history, so of two
@@ -14,6 +15,7 @@ whom) and may return only through a gate decision on a later window.
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timezone
 
 from recsys_retrain.errors import RegistryError
@@ -37,11 +39,53 @@ def reverted_on(settings: Settings, version: int) -> str | None:
     return tags.get(f"{REVERTED_TAG}.window") or tags.get(f"{REVERTED_TAG}.at") or "unknown"
 
 
-def apply_decision(decision: GateDecision, settings: Settings, *, actor: str = "gate") -> bool:
+DECISION_METRICS = ("mean_delta", "ci_low", "ci_high", "sd_delta", "mde", "window_mde", "margin", "evidence_users")
+
+
+def record_decision(decision: GateDecision, settings: Settings) -> bool:
+    """Records the decision on the challenger, nothing moves; False when there is nothing to record.
+
+    Tags on the version and its run (``gate.*``, one per field and one per check),
+    ``gate_decision.json`` on the run, and its numbers as run metrics (``gate.mde``,
+    ``gate.mean_delta``, ...) so that the MLflow UI can chart how much each decision
+    could resolve. A decision that compares a version with itself (a retried cycle
+    whose challenger was already promoted) is not recorded, so that it cannot
+    overwrite the decision that promoted it; recording the same decision twice
+    changes nothing.
+    """
+    if decision.challenger_version is None:
+        raise RegistryError("the gate decision names no challenger version; pass challenger_version to decide()")
+    if decision.champion_version is not None and int(decision.champion_version) == int(decision.challenger_version):
+        logger.info("version %s is already the champion; decision not recorded", decision.challenger_version)
+        return False
+    client = connect(settings)
+    version = int(decision.challenger_version)
+    mv = model_version(client, settings.model_name, version)
+    _record(client, settings, mv, decision)
+    return True
+
+
+def _record(client, settings: Settings, mv, decision: GateDecision) -> None:
+    d = decision.to_dict()
+    with quiet():
+        for key, value in _decision_tags(decision).items():
+            client.set_model_version_tag(settings.model_name, str(mv.version), key, value)
+            if mv.run_id:
+                client.set_tag(mv.run_id, key, value)
+        if mv.run_id:
+            client.log_dict(mv.run_id, d, DECISION_ARTIFACT)
+            for key in DECISION_METRICS:
+                value = d.get(key)
+                if value is not None and math.isfinite(value):
+                    client.log_metric(mv.run_id, f"gate.{key}", float(value))
+
+
+def apply_decision(decision: GateDecision, settings: Settings, *, actor: str = "gate", record: bool = True) -> bool:
     """Records the decision on the challenger and, if it promotes, moves the aliases; True if promoted.
 
-    The decision is tagged on the version and its run (``gate.*``) and logged as
-    ``gate_decision.json``. A promotion is a compare-and-set: ``champion`` must
+    The decision is recorded as :func:`record_decision` does, unless ``record`` is
+    False (the cycle's gate task recorded it before its branch chose the promote
+    path). A promotion is a compare-and-set: ``champion`` must
     still be the version the decision was measured against, so of two gates that
     race, the second finds the champion moved and changes nothing (it returns
     False; re-gate against the new champion). ``previous`` and ``champion`` move
@@ -70,13 +114,8 @@ def apply_decision(decision: GateDecision, settings: Settings, *, actor: str = "
     aliases_now = read_aliases(client, name)
     if decision.promote and aliases_now.get(CHAMPION) == version:
         return True  # this decision was applied before (an Airflow retry)
-    with quiet():
-        for key, value in _decision_tags(decision).items():
-            client.set_model_version_tag(name, str(version), key, value)
-            if mv.run_id:
-                client.set_tag(mv.run_id, key, value)
-        if mv.run_id:
-            client.log_dict(mv.run_id, decision.to_dict(), DECISION_ARTIFACT)
+    if record:
+        _record(client, settings, mv, decision)
     if not decision.promote:
         return False
     # previous first: if the move is cut short, champion still serves the old version

@@ -76,7 +76,11 @@ CYCLE = {
     "cycle.calibrate": ["cycle.train"],
     "cycle.train": ["cycle.evaluate", "cycle.gate"],
     "cycle.evaluate": ["cycle.gate"],
-    "cycle.gate": [],
+    "cycle.gate": ["cycle.decided", "cycle.keep", "cycle.promote", "cycle.promote_or_keep"],
+    "cycle.promote_or_keep": ["cycle.keep", "cycle.promote"],
+    "cycle.promote": ["cycle.decided"],
+    "cycle.keep": ["cycle.decided"],
+    "cycle.decided": [],
 }
 
 
@@ -124,6 +128,9 @@ for path in sys.argv[1:]:
                 "assets": sorted(a.uri.rstrip("/") for a in getattr(getattr(d.timetable, "asset_condition", None), "objects", ())),
                 "outlets": {t.task_id: sorted(o.uri.rstrip("/") for o in t.outlets) for t in d.tasks if t.outlets},
                 "short_circuits": sorted(t.task_id for t in d.tasks if type(t).__name__.startswith("_ShortCircuit")),
+                "branches": sorted(t.task_id for t in d.tasks if type(t).__name__.startswith("_Branch")),
+                "trigger_rules": {t.task_id: getattr(t.trigger_rule, "value", t.trigger_rule) for t in d.tasks
+                                  if getattr(t.trigger_rule, "value", t.trigger_rule) != "all_success"},
                 "params": sorted(d.params.keys()),
             }
 print(json.dumps(out))
@@ -139,7 +146,11 @@ def test_ingest_announces_the_asset_that_the_watchers_are_scheduled_on():
     assert dags["retrain_scheduled"]["assets"] == dags["ingest"]["assets"] == []
     assert dags["drift_watch"]["short_circuits"] == ["cycle.should_retrain"]
     for dag_id in ("retrain_scheduled", "drift_watch"):
-        assert {"epochs", "gate_min_delta", "gate_tolerance", "drift_alpha", "schedule_policy"} <= set(dags[dag_id]["params"])
+        assert {"epochs", "gate_min_delta", "gate_tolerance", "gate_policy", "drift_alpha", "schedule_policy"} <= set(
+            dags[dag_id]["params"])
+        # promote-or-keep is a branch, and the join after it runs whichever path was taken
+        assert dags[dag_id]["branches"] == ["cycle.promote_or_keep"]
+        assert dags[dag_id]["trigger_rules"] == {"cycle.decided": "none_failed_min_one_success"}
     assert "retrain_on" in dags["drift_watch"]["params"]
 
 
@@ -198,6 +209,8 @@ def test_drift_watch_runs_on_the_newest_week_and_stops_or_retrains(tmp_path):
         assert state["run"] == "success", state
         assert {t: s for t, s in state["tasks"].items() if s != "success"} == {
             "cycle.calibrate": "skipped", "cycle.train": "skipped", "cycle.evaluate": "skipped", "cycle.gate": "skipped",
+            "cycle.promote_or_keep": "skipped", "cycle.promote": "skipped", "cycle.keep": "skipped",
+            "cycle.decided": "skipped",
         }
     assert not (run_dir / "summary.json").exists()
 
@@ -209,6 +222,7 @@ def test_a_drifting_week_retrains_at_level_minor_but_not_at_major(tmp_path):
     assert json.loads((run_dir / "trigger.json").read_text())["severity"] == "minor"
     assert states["major"]["run"] == "success" and states["major"]["tasks"]["cycle.calibrate"] == "skipped"
     assert states["minor"]["run"] == "success"
-    assert all(s == "success" for s in states["minor"]["tasks"].values()), states["minor"]
+    skipped = {t: s for t, s in states["minor"]["tasks"].items() if s != "success"}
+    assert skipped == {"cycle.keep": "skipped"}, states["minor"]  # the first model is promoted; the join ran
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["version"] == 1 and summary["promoted"]  # the first model of an empty registry

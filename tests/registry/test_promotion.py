@@ -108,3 +108,31 @@ def test_manual_promotion_is_recorded_like_any_move(settings):
     assert [(m.alias, m.to_version) for m in moved] == [("previous", 1), ("champion", 2)]
     assert history(settings)[-1].reason == "hotfix approved by ana"
     assert promotion.promote(settings, 2, reason="again") == []
+
+
+def test_the_gate_task_records_the_decision_with_its_power_and_the_promote_path_only_moves(settings):
+    """As the DAG runs it: ``record_decision`` in the gate task (nothing moves), then the branch's promote path."""
+    v1 = log(settings, "w1", 0.10)
+    gate(settings, v1, 0.10, None)
+    v2 = log(settings, "w2", 0.12, seed=1)
+    decision = gate_decision(settings, 0.12, 0.10, challenger_version=2, champion_version=1, window="a/b")
+    assert promotion.record_decision(decision, settings)
+    assert aliases(settings) == {"challenger": 2, "champion": 1}
+
+    c = client(settings)
+    tags = c.get_model_version(settings.model_name, "2").tags
+    assert tags["gate.policy"] == "non_inferiority" and tags["gate.mde"] == str(decision.mde)
+    metrics = c.get_run(v2.run_id).data.metrics
+    assert metrics["gate.mde"] == decision.mde and metrics["gate.mean_delta"] == pytest.approx(0.02)
+    assert metrics["gate.evidence_users"] == decision.evidence_users
+
+    assert promotion.apply_decision(decision, settings, record=False)
+    assert aliases(settings) == {"challenger": 2, "champion": 2, "previous": 1}
+
+
+def test_a_decision_comparing_a_version_with_itself_is_not_recorded(settings):
+    v1 = log(settings, "w1", 0.10)
+    gate(settings, v1, 0.10, None)
+    same = gate_decision(settings, 0.10, 0.10, challenger_version=1, champion_version=1)
+    assert not promotion.record_decision(same, settings)
+    assert client(settings).get_model_version(settings.model_name, "1").tags["gate.promote"] == "True"
