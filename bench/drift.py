@@ -24,7 +24,9 @@ reference less its last week, and only that unseen last week scored as the
 reference (the other reference rows get NaN scores, which the signal skips), so
 both sides are rows the champion never saw. The data signals see the whole windows
 either way; ``false_positive_rate_with_champion*`` is the whole check's false-alarm
-rate with the champion's signal added.
+rate with the champion's signal added, against
+``false_positive_rate_without_champion_same_pairs`` on the same pairs.
+``prediction_score_fpr_ci95`` is the Wilson 95% interval of the rate over the pairs.
 
 Writes bench/results/drift.json and bench/results/drift.png.
 Run: .venv/bin/python bench/drift.py [--seeds 20] [--null-seeds 100] [--score-pairs 50] [--smoke] [--out DIR]
@@ -79,6 +81,7 @@ def champion_false_alarms(pairs: list[tuple[pd.DataFrame, pd.DataFrame]], items:
     heldout_from = START + pd.Timedelta(days=settings.reference_days - HELDOUT_DAYS)
     fired = {"seen": [], "heldout": []}
     alarms = {"seen": [], "heldout": []}
+    tested = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed, (reference, current) in enumerate(pairs):
             ts = dict(train_settings.model_dump(), seed=seed)
@@ -87,6 +90,7 @@ def champion_false_alarms(pairs: list[tuple[pd.DataFrame, pd.DataFrame]], items:
             report = check_drift(reference, current, None, settings, scorer)
             fired["seen"].append(score_signal(report))
             alarms["seen"].append(report.severity != "none")
+            tested.append(next(s for s in report.signals if s.name == "prediction_score").tested)
 
             unseen = (reference["timestamp"] >= heldout_from).to_numpy()
             before = train(reference[~unseen], catalogue, Path(tmp) / f"heldout{seed}", TrainSettings(**ts), progress=False)
@@ -98,8 +102,13 @@ def champion_false_alarms(pairs: list[tuple[pd.DataFrame, pd.DataFrame]], items:
             alarms["heldout"].append(report.severity != "none")
             print(f"  champion pair {seed}: prediction_score fired {fired['seen'][-1]} "
                   f"(held-out reference {fired['heldout'][-1]})", flush=True)
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(np.sum(fired["seen"])), len(pairs)).proportion_ci(0.95, method="wilson")
     return {
         "prediction_score_fpr": float(np.mean(fired["seen"])),
+        "prediction_score_fpr_ci95": [round(float(ci.low), 4), round(float(ci.high), 4)],
+        "prediction_score_tested": float(np.mean(tested)),
         "prediction_score_fpr_heldout_reference": float(np.mean(fired["heldout"])),
         "false_positive_rate_with_champion": float(np.mean(alarms["seen"])),
         "false_positive_rate_with_champion_heldout_reference": float(np.mean(alarms["heldout"])),
@@ -172,6 +181,8 @@ def main() -> None:
     t_scores = time.perf_counter()  # after the peak RSS reading: training champions is no part of a check's memory
     champion = champion_false_alarms(pairs[: args.score_pairs], items, settings, TrainSettings(epochs=1) if args.smoke else TrainSettings())
     champion["prediction_score_s"] = round(time.perf_counter() - t_scores, 1)
+    if args.score_pairs <= args.null_seeds:  # the same pairs' rate without the champion, for comparison
+        champion["false_positive_rate_without_champion_same_pairs"] = float(np.mean(false_positives[: args.score_pairs]))
     print(f"prediction_score_fpr {champion['prediction_score_fpr']:.3f} over {args.score_pairs} no-drift pairs "
           f"(held-out reference {champion['prediction_score_fpr_heldout_reference']:.3f}); whole check with the champion "
           f"{champion['false_positive_rate_with_champion']:.3f} (held-out {champion['false_positive_rate_with_champion_heldout_reference']:.3f}); "
