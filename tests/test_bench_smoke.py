@@ -22,10 +22,12 @@ TIMEOUT_S = 900
 
 # benchmark -> (the JSON it writes, keys it must hold, other files it writes beside it)
 EXPECTED = {
-    "quality": ("quality.json", ("ndcg10_model", "ndcg10_ease", "ndcg10_pop", "model_vs_ease", "bench_s"), ()),
+    "quality": ("quality.json", ("ndcg10_model", "ndcg10_ease", "ndcg10_pop", "ndcg10_recent_pop", "model_vs_ease", "ci95_vs_ease",
+                                 "ci95_vs_recent_pop", "test_users", "cold_users", "goals", "bench_s"), ()),
     "train_speed": ("train_speed.json", ("samples_per_s", "bare_torchrec_samples_per_s", "ratio", "score_matrix"), ()),
     "data": ("data.json", ("ingest_100k_s", "window_20k_s", "profile_100k_s", "goals"), ()),
-    "drift": ("drift.json", ("detection", "false_positive_rate", "drift_100k_s", "drift_1m_s", "goals"), ("drift.png",)),
+    "drift": ("drift.json", ("detection", "false_positive_rate", "prediction_score_fpr", "prediction_score_pairs", "drift_100k_s",
+                             "drift_1m_s", "goals"), ("drift.png",)),
     "decisions": ("decisions.json", ("bad_rejected", "bad_total", "revert_delay_windows", "gate_s", "goals"), ()),
     "pipeline": ("pipeline.json", ("dag_parse_s_max", "cycle_s", "demo_s", "backtest", "goals"),
                  ("pipeline_backtest.png",)),
