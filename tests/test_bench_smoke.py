@@ -23,7 +23,8 @@ TIMEOUT_S = 900
 # benchmark -> (the JSON it writes, keys it must hold, other files it writes beside it)
 EXPECTED = {
     "quality": ("quality.json", ("ndcg10_model", "ndcg10_ease", "ndcg10_pop", "model_vs_ease", "bench_s"), ()),
-    "train_speed": ("train_speed.json", ("samples_per_s", "bare_torchrec_samples_per_s", "ratio", "score_matrix"), ()),
+    "train_speed": ("train_speed.json", ("samples_per_s", "bare_torchrec_samples_per_s", "ratio", "warmup_batches",
+                                         "repeats", "score_matrix", "goals"), ()),
     "data": ("data.json", ("ingest_100k_s", "window_20k_s", "profile_100k_s", "goals"), ()),
     "drift": ("drift.json", ("detection", "false_positive_rate", "drift_100k_s", "drift_1m_s", "goals"), ("drift.png",)),
     "decisions": ("decisions.json", ("bad_rejected", "bad_total", "revert_delay_windows", "gate_s", "goals"), ()),
