@@ -24,7 +24,8 @@ TIMEOUT_S = 900
 EXPECTED = {
     "quality": ("quality.json", ("ndcg10_model", "ndcg10_ease", "ndcg10_pop", "ndcg10_recent_pop", "model_vs_ease", "ci95_vs_ease",
                                  "ci95_vs_recent_pop", "test_users", "cold_users", "goals", "bench_s"), ()),
-    "train_speed": ("train_speed.json", ("samples_per_s", "bare_torchrec_samples_per_s", "ratio", "score_matrix"), ()),
+    "train_speed": ("train_speed.json", ("samples_per_s", "bare_torchrec_samples_per_s", "ratio", "warmup_batches",
+                                         "repeats", "score_matrix", "goals"), ()),
     "data": ("data.json", ("ingest_100k_s", "window_20k_s", "profile_100k_s", "goals"), ()),
     "drift": ("drift.json", ("detection", "false_positive_rate", "prediction_score_fpr", "prediction_score_pairs", "drift_100k_s",
                              "drift_1m_s", "goals"), ("drift.png",)),
