@@ -18,12 +18,14 @@ with the run's seed) at the settings' batch size, on the device ``train()`` woul
   starts, as a prefetching data loader would hand them over.
 
 Each side first trains ``WARMUP_BATCHES`` batches untimed (the optimizers' state materialised, the
-kernels and the allocator warm). Then each of ``REPEATS`` repeats times one pass over the epoch's
-batches on both sides, alternating which side goes first, so load on the machine falls on both alike.
-``samples_per_s`` and ``bare_torchrec_samples_per_s`` are the medians of the repeats, and ``ratio``
-(pipeline / bare) says what the pipeline's per-step batching and bookkeeping cost. Goal: the pipeline
-keeps at least ``GOAL_RATIO`` of the bare loop's samples/s. Absolute numbers move with the machine's
-load; the ratio, measured side by side, is the figure to compare.
+kernels and the allocator warm). Then each of ``REPEATS`` repeats passes over the epoch's batches once
+per side, the two sides taking turns every ``CHUNK_BATCHES`` batches (who goes first flips each turn),
+each side's time summed over its turns: a change of load on the machine falls on both sides alike,
+where whole passes one after the other can land in different loads. ``samples_per_s`` and
+``bare_torchrec_samples_per_s`` are the medians of the repeats, and ``ratio`` (pipeline / bare) says
+what the pipeline's per-step batching and bookkeeping cost. Goal: the pipeline keeps at least
+``GOAL_RATIO`` of the bare loop's samples/s. Absolute numbers move with the machine's load; the ratio,
+measured side by side, is the figure to compare.
 
 Also times a full retrain end to end (``train()``: set-up, the epochs with their epoch checkpoints, the
 final model) and scoring every user against every item.
@@ -70,6 +72,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SMOKE_ROWS = 20_000
 WARMUP_BATCHES = 20
 REPEATS = 3
+CHUNK_BATCHES = 4  # the sides take turns every 4 batches (some 0.03 s each on a quiet 2-core machine)
 SMOKE = {"warmup": 2, "batches": 6}
 GOAL_RATIO = 0.9  # the pipeline's per-step batching and signals may cost at most a tenth of the bare loop's rate
 
@@ -119,12 +122,15 @@ def bare_model(
         ),
         constraints=constraints,
     )
-    dmp = DistributedModelParallel(module=model, device=dev, plan=planner.collective_plan(model, pg=dist.GroupMember.WORLD))
+    plan = planner.collective_plan(model, pg=dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(module=model, device=dev, plan=plan)
     dense = [p for _, p in in_backward_optimizer_filter(dmp.named_parameters())]
     return dmp, torch.optim.Adam(dense, lr=settings.dense_lr)
 
 
-def bare_steps(dmp: DistributedModelParallel, adam: torch.optim.Optimizer, batches: list[Batch], autocast: bool) -> None:
+def bare_steps(
+    dmp: DistributedModelParallel, adam: torch.optim.Optimizer, batches: list[Batch], autocast: bool
+) -> None:
     """The bare training loop: zero the dense gradients, forward, backward (tables updated there), Adam step."""
     for users, items, labels in batches:
         adam.zero_grad()
@@ -134,20 +140,37 @@ def bare_steps(dmp: DistributedModelParallel, adam: torch.optim.Optimizer, batch
         adam.step()
 
 
-def samples_per_s(run: Callable[[], None], samples: int, dev: torch.device) -> float:
-    """``samples`` over the wall-clock seconds of ``run()`` (the device's queue drained on both ends)."""
+def seconds(run: Callable[[], None], dev: torch.device) -> float:
+    """Wall-clock seconds of ``run()``, the device's queue drained on both ends."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     started = time.perf_counter()
     run()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return samples / (time.perf_counter() - started)
+    return time.perf_counter() - started
+
+
+def turns(n_batches: int, chunk: int) -> list[tuple[int, slice]]:
+    """One repeat's schedule: ``(side, batches)``, the two sides (0, 1) taking turns chunk by chunk.
+
+    Each side gets every chunk once; who goes first flips from chunk to chunk (0 1, 1 0, 0 1, ...),
+    so neither side always runs right after the other.
+
+    Example:
+        >>> [(side, part.start, part.stop) for side, part in turns(5, 2)]
+        [(0, 0, 2), (1, 0, 2), (1, 2, 4), (0, 2, 4), (0, 4, 5), (1, 4, 5)]
+    """
+    out = []
+    for k, start in enumerate(range(0, n_batches, chunk)):
+        part = slice(start, min(start + chunk, n_batches))
+        out += [(side, part) for side in ((0, 1) if k % 2 == 0 else (1, 0))]
+    return out
 
 
 def side_by_side(
     inter: pd.DataFrame, catalogue: pd.DataFrame, settings: TrainSettings, out_dir: Path,
-    warmup: int = WARMUP_BATCHES, n_batches: int | None = None, repeats: int = REPEATS,
+    warmup: int = WARMUP_BATCHES, n_batches: int | None = None, repeats: int = REPEATS, chunk: int = CHUNK_BATCHES,
 ) -> dict:
     """Samples/s of the pipeline's steps and of the bare loop on the same batches (see the module docstring).
 
@@ -158,6 +181,7 @@ def side_by_side(
         warmup: untimed batches each side trains first (the first of the timed ones).
         n_batches: timed batches per repeat (the epoch's first ones); None: the whole epoch.
         repeats: timed passes per side; the medians are reported.
+        chunk: batches a side trains before the other takes its turn (``turns``).
     """
     init_process_group()
     dev = device()
@@ -182,14 +206,14 @@ def side_by_side(
         users, labels = examples.batch(idx, encoder)
         prepared.append((users.to(dev), snapshots[int(examples.period[idx[0]])], labels.to(dev)))
 
-    sides = {"pipeline": lambda part: loop.run_steps(batches[part]),
-             "bare": lambda part: bare_steps(bare, adam, prepared[part], autocast)}
-    for run in sides.values():
+    sides = (lambda part: loop.run_steps(batches[part]), lambda part: bare_steps(bare, adam, prepared[part], autocast))
+    for run in sides:
         run(slice(0, warmup))
-    rates: dict[str, list[float]] = {name: [] for name in sides}
-    for r in range(repeats):
-        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            rates[name].append(samples_per_s(lambda: sides[name](slice(None)), samples, dev))
+    spent = [[0.0, 0.0] for _ in range(repeats)]  # seconds of each repeat: pipeline, bare
+    for repeat in spent:
+        for side, part in turns(len(batches), chunk):
+            repeat[side] += seconds(lambda: sides[side](part), dev)
+    rates = {"pipeline": [samples / s for s, _ in spent], "bare": [samples / s for _, s in spent]}
     pipeline, bare_rate = statistics.median(rates["pipeline"]), statistics.median(rates["bare"])
     return {
         "samples_per_s": pipeline,
@@ -197,11 +221,13 @@ def side_by_side(
         "ratio": pipeline / bare_rate,
         "warmup_batches": warmup,
         "repeats": repeats,
+        "chunk_batches": chunk,
         "timed_batches": len(batches),
         "timed_samples": samples,
         "batch_size": settings.batch_size,
         "samples_per_s_runs": rates["pipeline"],
         "bare_torchrec_samples_per_s_runs": rates["bare"],
+        "ratio_runs": [a / b for a, b in zip(rates["pipeline"], rates["bare"])],
         "device": str(dev),
     }
 

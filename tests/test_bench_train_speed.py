@@ -40,3 +40,12 @@ def test_the_goal_is_missed_below_the_goal_ratio():
     goal = f"ratio>={train_speed.GOAL_RATIO}"
     assert train_speed.goals({"ratio": train_speed.GOAL_RATIO}) == {goal: True}
     assert train_speed.goals({"ratio": train_speed.GOAL_RATIO - 0.01}) == {goal: False}
+
+
+def test_each_side_trains_every_chunk_once_and_the_first_turn_flips():
+    schedule = train_speed.turns(7, 3)
+    assert [(side, part.start, part.stop) for side, part in schedule] == [
+        (0, 0, 3), (1, 0, 3), (1, 3, 6), (0, 3, 6), (0, 6, 7), (1, 6, 7)
+    ]
+    for side in (0, 1):
+        assert [i for s, part in schedule if s == side for i in range(7)[part]] == list(range(7))
