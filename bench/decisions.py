@@ -92,10 +92,8 @@ from torch import nn
 from recsys_retrain import monitor
 from recsys_retrain.evaluate import (
     UserEval,
-    holdout_users,
-    interaction_matrix,
     ndcg_at_k,
-    new_items_per_user,
+    ranking,
     topk_hits,
     user_metrics,
 )
@@ -272,16 +270,10 @@ class ScoredWindow:
 
 def scored_window(model: Any, history: pd.DataFrame, window_df: pd.DataFrame) -> ScoredWindow:
     """The inputs of ``user_metrics`` for ``model`` on a window, kept so that noise can be re-drawn cheaply."""
-    users = holdout_users(history, window_df)
-    item_ids = pd.Index(model.catalogue["item_id"].astype(np.int64))
-    seen = interaction_matrix(history, users["user_id"], item_ids)
-    relevant = interaction_matrix(window_df, users["user_id"], item_ids) & ~seen
-    n_relevant = torch.from_numpy(new_items_per_user(history, window_df, users["user_id"]))
-    keep = n_relevant > 0
-    kept = users[keep.numpy()].reset_index(drop=True)
+    r = ranking(model, history, window_df)
     with torch.no_grad():
-        scores = model.score(kept, history).float() if len(kept) else torch.zeros(0, len(item_ids))
-    return ScoredWindow(kept["user_id"].to_numpy(np.int64), scores, seen[keep], relevant[keep], n_relevant[keep])
+        scores = model.score(r.users, history).float() if len(r.users) else torch.zeros(0, len(r.item_ids))
+    return ScoredWindow(r.users["user_id"].to_numpy(np.int64), scores, r.seen, r.relevant, r.n_relevant)
 
 
 def pooled_ndcg(pool: list[ScoredWindow], directions: list[torch.Tensor] | None, sigma: float, k: int = K) -> float:

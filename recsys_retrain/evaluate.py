@@ -300,6 +300,36 @@ def long_tail_items(history: pd.DataFrame, item_ids: pd.Index, head_share: float
     return tail
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """What full ranking of a holdout needs, for its users with at least one new item to find.
+
+    Attributes:
+        users: those users' rows of the holdout (``holdout_users``), in row order.
+        item_ids: the recommender's catalogue order, the columns of the matrices.
+        seen / relevant: users x items, items met in history / new items met in the holdout.
+        n_relevant: new items per user (the Recall denominator).
+    """
+
+    users: pd.DataFrame
+    item_ids: pd.Index
+    seen: torch.Tensor
+    relevant: torch.Tensor
+    n_relevant: torch.Tensor
+
+
+def ranking(recommender: Any, history: pd.DataFrame, holdout: pd.DataFrame) -> Ranking:
+    """The users of ``holdout`` with something new to find, and their seen / relevant item matrices."""
+    users = holdout_users(history, holdout)
+    item_ids = pd.Index(recommender.catalogue["item_id"].astype(np.int64))
+    seen = interaction_matrix(history, users["user_id"], item_ids)
+    relevant = interaction_matrix(holdout, users["user_id"], item_ids) & ~seen
+    n_relevant = torch.from_numpy(new_items_per_user(history, holdout, users["user_id"]))
+    keep = n_relevant > 0
+    kept = users[keep.numpy()].reset_index(drop=True)
+    return Ranking(kept, item_ids, seen[keep], relevant[keep], n_relevant[keep])
+
+
 def user_metrics(
     recommender: Any, history: pd.DataFrame, holdout: pd.DataFrame, k: int, head_share: float = 0.5
 ) -> UserEval:
@@ -314,18 +344,12 @@ def user_metrics(
             users and item popularity).
         holdout: the window to rank.
     """
-    users = holdout_users(history, holdout)
-    item_ids = pd.Index(recommender.catalogue["item_id"].astype(np.int64))
-    seen = interaction_matrix(history, users["user_id"], item_ids)
-    relevant = interaction_matrix(holdout, users["user_id"], item_ids) & ~seen
-    n_relevant = torch.from_numpy(new_items_per_user(history, holdout, users["user_id"]))
-    keep = n_relevant > 0
-    kept = users[keep.numpy()].reset_index(drop=True)
+    r = ranking(recommender, history, holdout)
+    kept, item_ids, seen, relevant, n_relevant = r.users, r.item_ids, r.seen, r.relevant, r.n_relevant
     if kept.empty:
         empty = np.zeros(0)
         return UserEval(k, empty.astype(np.int64), empty, empty, empty.astype(bool), empty, math.nan, len(item_ids))
     scores = recommender.score(kept, history).float()
-    seen, relevant, n_relevant = seen[keep], relevant[keep], n_relevant[keep]
     hits = topk_hits(scores, relevant, seen, k)
     tail = torch.from_numpy(long_tail_items(history, item_ids, head_share))
     tail_relevant = relevant & tail
