@@ -1,8 +1,8 @@
 """Drift-triggered retraining: runs when ingest updates the interactions asset.
 
 newest_window -> cycle.pull -> cycle.validate -> cycle.drift -> cycle.should_retrain -> cycle.calibrate
--> cycle.train -> cycle.evaluate -> cycle.gate -> cycle.promote_or_keep -> cycle.promote | cycle.keep
--> cycle.decided. The shared retrain body with a
+-> cycle.train -> cycle.evaluate -> cycle.gate -> cycle.promote_or_keep -> cycle.refit -> cycle.promote
+| cycle.keep -> cycle.decided. The shared retrain body with a
 short-circuit after the drift check: below the ``retrain_on`` severity the verdict is
 recorded (``trigger.json`` and the drift report in the cycle folder) and the run stops;
 otherwise the challenger is trained, judged and gated like a scheduled cycle.

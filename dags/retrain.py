@@ -1,13 +1,13 @@
 """Scheduled retraining: one cycle per weekly window of fresh interactions.
 
 cycle.pull -> cycle.validate -> cycle.drift -> cycle.calibrate -> cycle.train -> cycle.evaluate -> cycle.gate
--> cycle.promote_or_keep (a branch) -> cycle.promote | cycle.keep -> cycle.decided (the join)
+-> cycle.promote_or_keep (a branch) -> cycle.refit -> cycle.promote | cycle.keep -> cycle.decided (the join)
 (the shared task group in ``recsys_common``; ``validate`` also writes the window's
 data profile). Each task calls one function of ``recsys_retrain.cycle`` and passes small
 dicts (paths, counts, decisions). The window is the run's data interval, never
 ``now()``, so re-running a run redoes the same window and reuses its registry
 version; the ``window_start``/``window_end`` Params replace it, and ``epochs``,
-``gate_min_delta``, ``gate_tolerance``, ``gate_policy``, ``drift_alpha`` and ``schedule_policy``
+``gate_min_delta``, ``gate_tolerance``, ``gate_policy``, ``drift_alpha``, ``schedule_policy`` and ``refit``
 override the settings for one run. The cadence is a cron expression, weekly on
 Mondays unless ``RETRAIN_DAG_SCHEDULE`` says otherwise (read from the environment at
 parse time: no Variable, no database; ``none`` leaves only manual and triggered runs). Heavy libraries are imported inside the

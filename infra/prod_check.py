@@ -178,15 +178,25 @@ def checks(stack: Stack, run: dict, rows: int) -> dict:
 
 
 
-BRANCHES = ("cycle.promote", "cycle.keep")  # promote-or-keep: the branch not taken is skipped
+# promote-or-keep: the tasks of the path not taken are skipped
+PATHS = {"promote": ("cycle.refit", "cycle.promote"), "keep": ("cycle.keep",)}
 
 
 def tasks_ran(tasks: dict[str, str]) -> bool:
-    """Every task succeeded, but for the one path of promote-or-keep that the branch skipped."""
-    taken = [t for t in BRANCHES if tasks.get(t) == "success"]
-    return len(taken) == 1 and all(
-        state == "success" or (task in BRANCHES and state == "skipped") for task, state in tasks.items()
-    )
+    """Every task succeeded, but for the tasks of the one path of promote-or-keep that the branch skipped.
+
+    Example:
+        >>> tasks_ran({"cycle.gate": "success", "cycle.refit": "success", "cycle.promote": "success",
+        ...            "cycle.keep": "skipped"})
+        True
+        >>> tasks_ran({"cycle.refit": "skipped", "cycle.promote": "success", "cycle.keep": "skipped"})
+        False
+    """
+    taken = [name for name, path in PATHS.items() if all(tasks.get(t) == "success" for t in path)]
+    if len(taken) != 1:
+        return False
+    skipped = {t for name, path in PATHS.items() if name != taken[0] for t in path}
+    return all(state == "success" or (task in skipped and state == "skipped") for task, state in tasks.items())
 
 
 def passed(found: dict) -> list[str]:

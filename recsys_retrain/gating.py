@@ -2,9 +2,17 @@
 
 The DAG shows the decision: its ``gate`` task calls :func:`judge` (register the
 challenger, decide, record the decision on the version), an ``@task.branch``
-follows the decision's ``promote``, and the two paths call :func:`promote` (move
-the aliases) or :func:`keep` (the champion stays); both write ``summary.json``.
-``recsys_retrain.cycle.gate`` runs the same steps in one call.
+follows the decision's ``promote``, and the two paths call ``cycle.refit`` then
+:func:`promote` (refit the challenger through the window's end, then move the
+aliases to the refit, ``recsys_retrain.train.refit``) or :func:`keep` (the champion
+stays); both write ``summary.json``. ``recsys_retrain.cycle.gate`` runs the same
+steps in one call.
+
+Lineage: every version carries ``data_start``/``data_end``, the span of interactions
+it has seen (a challenger: its training data, which ends at its window's start); a
+refit also carries ``refit_of`` (the gated version) and ``refit`` (its mode), and the
+gated version ``refit.version``, so the registry tells what serves, what was judged,
+and on what data each was trained.
 
 The evidence is this window's per-user metrics (``per_user_metrics.json``, written
 by the evaluate step) and, when ``gate.pool_windows`` allows it and this window is
@@ -35,6 +43,7 @@ def register(p: CyclePaths, pulled: dict[str, Any], drift_result: dict[str, Any]
     """Logs the challenger with its drift report, profile, plan, trace and curves; registered as ``challenger``."""
     from recsys_retrain.model import FEATURE_SERVICE
     from recsys_retrain.registry import candidates
+    from recsys_retrain.registry.candidates import DATA_END_TAG, DATA_START_TAG
     from recsys_retrain.schedule.trace import run_metrics, run_params
     from recsys_retrain.train.checkpoints import load_checkpoint
 
@@ -64,6 +73,8 @@ def register(p: CyclePaths, pulled: dict[str, Any], drift_result: dict[str, Any]
         },
         artifacts=artifacts,
         tags={"drift.severity": drift_result["severity"], "window": window, "feature_service": FEATURE_SERVICE,
+              DATA_START_TAG: trained.get("data_start") or history_start(p), DATA_END_TAG: pulled["start"],
+              **({"warm_from": trained["warm_from"]} if trained.get("warm_from") else {}),
               **{f"note.{k}": v for k, v in evaluated["challenger"].get("notes", {}).items()}},
     )
     if trace is not None:
@@ -71,6 +82,14 @@ def register(p: CyclePaths, pulled: dict[str, Any], drift_result: dict[str, Any]
 
         log_to_mlflow(trace, candidate.run_id, s.mlflow_uri)
     return candidate
+
+
+def history_start(p: CyclePaths) -> str:
+    """The first interaction of the cycle's history, ISO ("" when it is empty)."""
+    import pandas as pd
+
+    first = pd.read_parquet(p.history, columns=["timestamp"])["timestamp"].min()
+    return pd.Timestamp(first).isoformat() if pd.notna(first) else ""
 
 
 def earlier_scores(s: Settings, before: str, champion_version: int | None, limit: int) -> list[PairedScores]:
@@ -139,6 +158,9 @@ def judge(p: CyclePaths, pulled: dict[str, Any], drift_result: dict[str, Any], t
     }
 
 
+REFIT_SUMMARY = ("mode", "refit_version", "ok", "reason", "refit_ndcg", "gated_ndcg", "epochs", "seconds", "data_end")
+
+
 def power_numbers(d: GateDecision) -> dict[str, Any]:
     """The decision's policy and power, as JSON-safe numbers for XCom and ``summary.json``."""
     return {
@@ -152,18 +174,22 @@ def power_numbers(d: GateDecision) -> dict[str, Any]:
     }
 
 
-def promote(judged: dict[str, Any], s: Settings) -> dict[str, Any]:
+def promote(judged: dict[str, Any], s: Settings, refitted: dict[str, Any] | None = None) -> dict[str, Any]:
     """Carries out a promoting decision (a compare-and-set on the aliases); writes and returns ``summary.json``.
 
-    ``promoted`` in the summary is False when the champion moved since the decision
-    (the registry tags the version ``gate.stale``).
+    ``champion`` moves to ``refitted["served_version"]`` (the refit step's result: the
+    refit, or the gated challenger when the refit is off or failed its sanity check);
+    without it, to the gated challenger. ``promoted`` in the summary is False when the
+    champion moved since the decision (the registry tags the version ``gate.stale``).
     """
     from recsys_retrain.registry import promotion
 
     decision = read_decision(judged)
     if not decision.promote:
         raise PipelineError(f"the gate kept the champion ({decision.reason}); the promote path must not run")
-    return summarise(judged, decision, promotion.apply_decision(decision, s, actor="gate", record=False))
+    serve = refitted.get("served_version") if refitted else None
+    promoted = promotion.apply_decision(decision, s, actor="gate", record=False, serve=serve)
+    return summarise(judged, decision, promoted, refitted)
 
 
 def keep(judged: dict[str, Any]) -> dict[str, Any]:
@@ -182,8 +208,15 @@ def read_decision(judged: dict[str, Any]) -> GateDecision:
     return GateDecision.from_dict(json.loads(path.read_text()))
 
 
-def summarise(judged: dict[str, Any], d: GateDecision, promoted: bool) -> dict[str, Any]:
-    """The cycle's outcome in one small dict, written as ``summary.json`` (the join task returns it)."""
+def summarise(
+    judged: dict[str, Any], d: GateDecision, promoted: bool, refitted: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The cycle's outcome in one small dict, written as ``summary.json`` (the join task returns it).
+
+    ``version`` is the judged challenger; ``served_version`` the version that serves
+    after a promotion (its refit, or itself), None when nothing was promoted; ``refit``
+    the refit step's mode, outcome and reason.
+    """
     summary = {
         "window": judged["window"],
         "rows_window": judged["rows_window"],
@@ -193,6 +226,8 @@ def summarise(judged: dict[str, Any], d: GateDecision, promoted: bool) -> dict[s
         "ci": [d.ci_low, d.ci_high],
         "version": d.challenger_version,
         "promoted": promoted,
+        "served_version": ((refitted or {}).get("served_version") or d.challenger_version) if promoted else None,
+        "refit": {k: (refitted or {}).get(k) for k in REFIT_SUMMARY} if refitted else None,
         "reason": d.reason,
         **power_numbers(d),
     }

@@ -45,6 +45,8 @@ class CyclePaths:
     plan = property(lambda self: self.root / "plan.json")
     per_user = property(lambda self: self.root / "per_user_metrics.json")
     decision = property(lambda self: self.root / "gate_decision.json")
+    refit_dir = property(lambda self: self.root / "refit")  # the refit's training data, model.pt and trace
+    refit = property(lambda self: self.root / "refit.json")
 
 
 def data_root(settings: Settings) -> Path:

@@ -101,6 +101,27 @@ class TrainSettings(BaseModel):
     processes: int = Field(
         1, ge=1, le=64, description="Training processes; above 1 the train task launches torchrun (gloo on CPU, NCCL on GPUs)."
     )
+    refit: Literal["warm", "scratch", "off"] = Field(
+        "warm",
+        description="What serves after a promotion (recsys_retrain.train.refit). The gated challenger was trained on data "
+        "before the window it was judged on, so it would start serving one to three weeks stale. 'warm': continue from "
+        "its weights on the window plus refit_recent_days before it, refit_epochs epochs at refit_rate_scale of its "
+        "rates (a fraction of a training's cost, and what serves stays close to what the gate judged); 'scratch': the "
+        "gated recipe (its plan's rates and batch size, its epoch count, static, no validation split) on the history "
+        "and the window; 'off': the gated challenger serves, as before. A sanity check guards both refits "
+        "(gate.refit_tolerance). 'warm' until a backtest of the three chooses.",
+    )
+    refit_epochs: int = Field(2, ge=1, description="Epochs of a warm refit (as schedule.warm_epochs: a short update).")
+    refit_rate_scale: float = Field(
+        0.25, gt=0, le=1,
+        description="A warm refit's rates over the gated plan's starting rates (the train section's without a plan): "
+        "its weights sit near a minimum and no optimizer state is kept, so Adagrad's first steps are large.",
+    )
+    refit_recent_days: float = Field(
+        21.0, ge=0,
+        description="Days of history before the window that a warm refit trains on besides the window (0: the window "
+        "alone). A week holds few users; a few epochs on them alone would pull the shared tower layers their way.",
+    )
 
 
 class ScheduleSettings(BaseModel):
@@ -270,6 +291,12 @@ class GateSettings(BaseModel):
     head_share: float = Field(
         0.5, gt=0, lt=1, description="Head items: the most popular items that make up this share of past interactions; "
         "the rest is the long tail."
+    )
+    refit_tolerance: float = Field(
+        0.05, ge=0, lt=1,
+        description="Sanity check of a refit before it serves: its mean NDCG@K on the window it was refit on may fall "
+        "short of the gated challenger's by at most this share. In-sample for the refit, so it should be higher; a "
+        "shortfall means a broken refit, and the gated challenger serves instead (the reason is recorded).",
     )
     registry_retries: int = Field(4, ge=1, description="Attempts per registry call before giving up.")
     registry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles on each retry.")

@@ -35,10 +35,13 @@ def test_prod_check_runs_one_cycle_on_the_production_stack_and_cleans_up(tmp_pat
     assert found["passed"] and found["failed"] == []
     assert found["runner"] == "scheduler (LocalExecutor)"  # Airflow's scheduler ran the tasks, not dag.test()
     assert found["dag_run_state"] == found["airflow_db_run_state"] == "success"  # recorded in PostgreSQL
-    # the first champion: promote-or-keep takes the promote path and skips keep; every other task succeeds
-    assert found["tasks"].pop("cycle.promote") == "success" and found["tasks"].pop("cycle.keep") == "skipped"
+    # the first champion: promote-or-keep takes the promote path (refit, promote) and skips keep
+    assert found["tasks"].pop("cycle.keep") == "skipped"
+    assert found["tasks"]["cycle.refit"] == found["tasks"]["cycle.promote"] == "success"
     assert set(found["tasks"].values()) == {"success"} and found["airflow_db_task_instances"] >= 6
-    assert found["mlflow_versions"] == 1 and found["mlflow_aliases"]["champion"] == "1"
+    # the gated challenger (v1) and its refit through the window's end (v2), which serves
+    assert found["mlflow_versions"] == 2 and found["mlflow_aliases"]["champion"] == "2"
+    assert found["mlflow_aliases"]["challenger"] == "1"
     assert found["feast_offline_rows"] == found["feast_rows_expected"] > 10_000
     assert found["redis_online_user_n_interactions"] > 0
     assert (found["online_store"], found["offline_store"]) == ("redis", "postgres")

@@ -1,12 +1,14 @@
 """The retrain body, one reusable task group: pull -> validate -> drift -> calibrate -> train -> evaluate -> gate
--> promote_or_keep -> promote | keep -> decided.
+-> promote_or_keep -> refit -> promote | keep -> decided.
 
 Each task calls one function of ``recsys_retrain.cycle`` with the run's overrides (from
 its Params) and passes small dicts (paths, counts, decisions). ``retrain`` runs it on
 the data interval; ``drift_watch`` runs it on the newest window with a short-circuit
 after ``drift`` that stops below the trigger level. The gate's decision is a branch:
-``promote`` moves the aliases, ``keep`` leaves the champion, and ``decided`` joins
-the two paths and returns the cycle's summary.
+on the promote path ``refit`` refits the gated challenger through the window's end
+(``train.refit``; a sanity check, the gated one serving when it fails) and ``promote``
+moves the aliases to what ``refit`` returned; ``keep`` leaves the champion, and
+``decided`` joins the two paths and returns the cycle's summary.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ OVERRIDES = {
     "gate_policy": ("gate", "policy"),
     "drift_alpha": ("drift", "alpha"),
     "schedule_policy": ("schedule", "policy"),
+    "refit": ("train", "refit"),
 }
 CYCLE_PARAMS = {
     "epochs": Param(None, type=["null", "integer"], minimum=1, description="Training epochs budget (train.epochs)."),
@@ -59,6 +62,11 @@ CYCLE_PARAMS = {
     "schedule_policy": Param(
         None, type=["null", "string"], enum=[None, "adaptive", "static"],
         description="Training schedule: 'adaptive' (calibrated, steered) or 'static' (schedule.policy).",
+    ),
+    "refit": Param(
+        None, type=["null", "string"], enum=[None, "warm", "scratch", "off"],
+        description="What serves after a promotion: the gated challenger refit through the window's end, warm or "
+        "from scratch, or 'off': the gated challenger itself (train.refit).",
     ),
 }
 TRIGGER_PARAMS = {
@@ -173,16 +181,26 @@ def gate(pulled: dict, drift_result: dict, trained: dict, evaluated: dict) -> di
 
 @task.branch
 def promote_or_keep(judged: dict) -> str:
-    """The promote path for a promoting decision, else the keep path."""
+    """The promote path (its first task, ``refit``) for a promoting decision, else the keep path."""
     print(judged["reason"])
-    return f"{GROUP}.promote" if judged["promote"] else f"{GROUP}.keep"
+    return f"{GROUP}.refit" if judged["promote"] else f"{GROUP}.keep"
 
 
 @task(**IO_RETRIES)
-def promote(judged: dict) -> dict:
+def refit(pulled: dict, trained: dict, judged: dict) -> dict:
+    """Refits the gated challenger through the window's end and registers it; the XCom names the version to serve."""
     from recsys_retrain import cycle
 
-    return cycle.promote(judged, overrides=_overrides())
+    result = cycle.refit(pulled, trained, judged, overrides=_overrides())
+    print(result["reason"])
+    return result
+
+
+@task(**IO_RETRIES)
+def promote(judged: dict, refitted: dict) -> dict:
+    from recsys_retrain import cycle
+
+    return cycle.promote(judged, refitted, overrides=_overrides())
 
 
 @task
@@ -202,7 +220,7 @@ def decided(judged: dict) -> dict:
 
 @task_group(group_id=GROUP)
 def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
-    """pull -> validate -> drift -> calibrate -> train -> evaluate -> gate -> promote | keep -> decided on one window.
+    """pull -> validate -> drift -> calibrate -> train -> evaluate -> gate -> refit -> promote | keep -> decided.
 
     Args:
         window: an XComArg of ``{"start", "end"}`` (``newest_window``); None reads the
@@ -217,6 +235,7 @@ def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
         should_retrain(validated, drifted) >> plan
     trained = train(validated, plan)
     judged = gate(validated, drifted, trained, evaluate(validated, trained))
-    paths = [promote(judged), keep(judged)]
-    promote_or_keep(judged) >> paths
-    paths >> decided(judged)
+    refitted = refit(validated, trained, judged)
+    kept = keep(judged)
+    promote_or_keep(judged) >> [refitted, kept]
+    [promote(judged, refitted), kept] >> decided(judged)

@@ -34,16 +34,31 @@ if TYPE_CHECKING:
 
 WINDOW_TAG = "window"
 MODEL_ARTIFACT = "model"
+# Lineage: the span of interactions a version has seen (ISO; data_end exclusive), and what a refit was made from.
+DATA_START_TAG, DATA_END_TAG = "data_start", "data_end"
+REFIT_OF_TAG, REFIT_TAG = "refit_of", "refit"
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One registered model version and the window it was trained for."""
+    """One registered model version, the window it was trained for, and its lineage.
+
+    ``data_end`` is the end of the data it has seen ("" on versions registered before
+    it was recorded: the window's start is then that end); ``refit_of`` is the gated
+    version a refit was made from (None for a gated challenger).
+    """
 
     run_id: str
     version: int
     model_uri: str
     window: str
+    data_end: str = ""
+    refit_of: int | None = None
+
+    @property
+    def trained_until(self) -> str:
+        """The end of the data it has seen: ``data_end``, else its window's start (a challenger sees what came before)."""
+        return self.data_end or self.window.split("/")[0]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +70,9 @@ class Candidate:
 
 def _candidate(client: MlflowClient, name: str, version: int) -> Candidate:
     mv = model_version(client, name, version)
-    return Candidate(mv.run_id or "", int(mv.version), f"models:/{name}/{mv.version}", mv.tags.get(WINDOW_TAG, ""))
+    refit_of = mv.tags.get(REFIT_OF_TAG)
+    return Candidate(mv.run_id or "", int(mv.version), f"models:/{name}/{mv.version}", mv.tags.get(WINDOW_TAG, ""),
+                     mv.tags.get(DATA_END_TAG, ""), int(refit_of) if refit_of else None)
 
 
 def find_candidate(settings: Settings, window: str) -> Candidate | None:
@@ -102,6 +119,52 @@ def log_candidate(
     return _register(model, settings, window, params, metrics, artifacts, tags)
 
 
+def find_refit(settings: Settings, gated: int) -> Candidate | None:
+    """The refit already registered for the gated version ``gated``, if any (the lowest one)."""
+    client = connect(settings)
+    name = settings.model_name
+    with quiet():
+        found = client.search_model_versions(f"name='{name}' and tag.{REFIT_OF_TAG}='{int(gated)}'")
+    return _candidate(client, name, min(int(mv.version) for mv in found)) if found else None
+
+
+def log_refit(
+    model: nn.Module,
+    *,
+    settings: Settings,
+    gated: int,
+    window: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, Any],
+) -> Candidate:
+    """Logs and registers the refit of the gated version ``gated`` as its own version; no alias moves.
+
+    Idempotent per gated version (tag ``refit_of``), as :func:`log_candidate` is per
+    window, so a retried refit task registers one version. It carries the cycle's
+    ``window`` tag too (the cycle it came from) but is never what :func:`find_candidate`
+    returns for it: the gated version, registered first, has the lower number.
+    ``challenger`` stays on the gated version: the refit was not judged, it is what
+    serves when its gated version is promoted (``promotion.apply_decision(serve=...)``).
+    """
+    existing = find_refit(settings, gated)
+    if existing is not None:
+        return existing
+    tags = {**{str(k): str(v) for k, v in tags.items()}, REFIT_OF_TAG: str(int(gated))}
+    return _register(model, settings, window, params, metrics, {}, tags, challenger=False)
+
+
+def tag_version(settings: Settings, version: int, tags: dict[str, Any]) -> None:
+    """Sets ``tags`` on a model version (and its run), e.g. the gated version's link to its refit."""
+    client = connect(settings)
+    mv = model_version(client, settings.model_name, version)
+    with quiet():
+        for key, value in tags.items():
+            client.set_model_version_tag(settings.model_name, str(version), key, str(value))
+            if mv.run_id:
+                client.set_tag(mv.run_id, key, str(value))
+
+
 def _register(
     model: nn.Module,
     settings: Settings,
@@ -110,6 +173,7 @@ def _register(
     metrics: dict[str, float],
     artifacts: dict[str, Path],
     tags: dict[str, str],
+    challenger: bool = True,
 ) -> Candidate:
     import mlflow
     import torch
@@ -139,9 +203,12 @@ def _register(
         mv = client.create_model_version(
             name, source=info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
         )
-    move(client, settings, {CHALLENGER: int(mv.version)}, actor="log_candidate",
-         reason=f"new candidate for window {window}", evidence=run.info.run_id)
-    return Candidate(run.info.run_id, int(mv.version), f"models:/{name}/{mv.version}", window)
+    if challenger:
+        move(client, settings, {CHALLENGER: int(mv.version)}, actor="log_candidate",
+             reason=f"new candidate for window {window}", evidence=run.info.run_id)
+    refit_of = tags.get(REFIT_OF_TAG)
+    return Candidate(run.info.run_id, int(mv.version), f"models:/{name}/{mv.version}", window,
+                     tags.get(DATA_END_TAG, ""), int(refit_of) if refit_of else None)
 
 
 def _log_artifact(artifact_name: str, path: Path) -> None:

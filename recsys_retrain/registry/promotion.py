@@ -80,8 +80,14 @@ def _record(client, settings: Settings, mv, decision: GateDecision) -> None:
                     client.log_metric(mv.run_id, f"gate.{key}", float(value))
 
 
-def apply_decision(decision: GateDecision, settings: Settings, *, actor: str = "gate", record: bool = True) -> bool:
+def apply_decision(
+    decision: GateDecision, settings: Settings, *, actor: str = "gate", record: bool = True, serve: int | None = None
+) -> bool:
     """Records the decision on the challenger and, if it promotes, moves the aliases; True if promoted.
+
+    ``serve`` is the version that takes ``champion`` when it is not the judged
+    challenger itself: its refit through the window's end (``recsys_retrain.train.refit``),
+    which has seen the window the decision was made on. The alias history names both.
 
     The decision is recorded as :func:`record_decision` does, unless ``record`` is
     False (the cycle's gate task recorded it before its branch chose the promote
@@ -103,16 +109,19 @@ def apply_decision(decision: GateDecision, settings: Settings, *, actor: str = "
     client = connect(settings)
     name = settings.model_name
     version = int(decision.challenger_version)
+    served = int(serve) if serve is not None else version
     mv = model_version(client, name, version)
-    if decision.promote and mv.tags.get(REVERTED_TAG) == "true":
-        was = mv.tags.get(f"{REVERTED_TAG}.window")
-        end, then = window_end(decision.window), window_end(was)
-        if end is None or then is None or end <= then:
-            raise RegistryError(
-                f"version {version} was reverted on window {was}; it needs a gate decision on a later window"
-            )
+    served_mv = mv if served == version else model_version(client, name, served)
+    for checked in {mv.version: mv, served_mv.version: served_mv}.values():
+        if decision.promote and checked.tags.get(REVERTED_TAG) == "true":
+            was = checked.tags.get(f"{REVERTED_TAG}.window")
+            end, then = window_end(decision.window), window_end(was)
+            if end is None or then is None or end <= then:
+                raise RegistryError(
+                    f"version {checked.version} was reverted on window {was}; it needs a gate decision on a later window"
+                )
     aliases_now = read_aliases(client, name)
-    if decision.promote and aliases_now.get(CHAMPION) == version:
+    if decision.promote and aliases_now.get(CHAMPION) in (version, served):
         return True  # this decision was applied before (an Airflow retry)
     if record:
         _record(client, settings, mv, decision)
@@ -122,9 +131,10 @@ def apply_decision(decision: GateDecision, settings: Settings, *, actor: str = "
     targets: dict[str, int | None] = {}
     if decision.champion_version is not None:
         targets[PREVIOUS] = int(decision.champion_version)
-    targets[CHAMPION] = version
+    targets[CHAMPION] = served
+    reason = decision.reason if served == version else f"{decision.reason}; serving v{served}, the refit of v{version}"
     moved = move(
-        client, settings, targets, actor=actor, reason=decision.reason,
+        client, settings, targets, actor=actor, reason=reason,
         evidence=f"run {mv.run_id} window {decision.window or mv.tags.get(WINDOW_TAG, '')}".strip(),
         expect={CHAMPION: decision.champion_version},
     )
@@ -135,7 +145,8 @@ def apply_decision(decision: GateDecision, settings: Settings, *, actor: str = "
             f"champion moved from v{decision.champion_version} before this promotion; re-gate against the new one",
         )
         return False
-    client.set_model_version_tag(name, str(version), "gate.applied", "True")
+    for applied in {version, served}:
+        client.set_model_version_tag(name, str(applied), "gate.applied", "True")
     return True
 
 

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--plan", type=Path, help="plan.json of the calibrate step: train under the adaptive scheduler")
     parser.add_argument("--validation", type=Path, help="validation parquet that steers the scheduler (with --plan)")
+    parser.add_argument(
+        "--init", type=Path,
+        help="a Recommender saved with torch.save (the champion a warm-start plan continues from): train(init=...)",
+    )
     args = parser.parse_args(argv)
     plan, validate = None, None
     if args.plan:
@@ -50,9 +54,15 @@ def main(argv: list[str] | None = None) -> None:
         train_settings = TrainSettings.model_validate_json(args.train_settings.read_text())
     else:
         train_settings = get_settings().train
+    init = None
+    if args.init:
+        import torch
+
+        # A whole Recommender (as the registry pickles it), written by the launching train step into its cycle folder.
+        init = torch.load(args.init, map_location="cpu", weights_only=False)  # nosec B614
     result = train(
         pd.read_parquet(args.history), pd.read_parquet(args.catalogue), args.out, train_settings, progress=False,
-        validate=validate, plan=plan,
+        validate=validate, plan=plan, init=init,
     )
     if dist.get_rank() == 0:
         write_text(json.dumps(result.to_dict(), indent=2), args.out / "train_result.json")

@@ -71,13 +71,14 @@ def dags_of(name: str) -> dict:
 
 CYCLE = {
     "cycle.pull": ["cycle.validate"],
-    "cycle.validate": ["cycle.calibrate", "cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.train"],
+    "cycle.validate": ["cycle.calibrate", "cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.refit", "cycle.train"],
     "cycle.drift": ["cycle.calibrate", "cycle.gate"],
     "cycle.calibrate": ["cycle.train"],
-    "cycle.train": ["cycle.evaluate", "cycle.gate"],
+    "cycle.train": ["cycle.evaluate", "cycle.gate", "cycle.refit"],
     "cycle.evaluate": ["cycle.gate"],
-    "cycle.gate": ["cycle.decided", "cycle.keep", "cycle.promote", "cycle.promote_or_keep"],
-    "cycle.promote_or_keep": ["cycle.keep", "cycle.promote"],
+    "cycle.gate": ["cycle.decided", "cycle.keep", "cycle.promote", "cycle.promote_or_keep", "cycle.refit"],
+    "cycle.promote_or_keep": ["cycle.keep", "cycle.refit"],  # the promote path starts with the refit
+    "cycle.refit": ["cycle.promote"],  # the champion moves only after the refit (or its fallback) is known
     "cycle.promote": ["cycle.decided"],
     "cycle.keep": ["cycle.decided"],
     "cycle.decided": [],
@@ -93,7 +94,8 @@ def test_drift_watch_runs_the_same_cycle_behind_a_short_circuit():
         **CYCLE,
         "newest_window": ["cycle.pull"],
         "cycle.validate": [
-            "cycle.calibrate", "cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.should_retrain", "cycle.train",
+            "cycle.calibrate", "cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.refit", "cycle.should_retrain",
+            "cycle.train",
         ],
         "cycle.drift": ["cycle.calibrate", "cycle.gate", "cycle.should_retrain"],
         "cycle.should_retrain": ["cycle.calibrate"],
@@ -146,8 +148,8 @@ def test_ingest_announces_the_asset_that_the_watchers_are_scheduled_on():
     assert dags["retrain_scheduled"]["assets"] == dags["ingest"]["assets"] == []
     assert dags["drift_watch"]["short_circuits"] == ["cycle.should_retrain"]
     for dag_id in ("retrain_scheduled", "drift_watch"):
-        assert {"epochs", "gate_min_delta", "gate_tolerance", "gate_policy", "drift_alpha", "schedule_policy"} <= set(
-            dags[dag_id]["params"])
+        assert {"epochs", "gate_min_delta", "gate_tolerance", "gate_policy", "drift_alpha", "schedule_policy",
+                "refit"} <= set(dags[dag_id]["params"])
         # promote-or-keep is a branch, and the join after it runs whichever path was taken
         assert dags[dag_id]["branches"] == ["cycle.promote_or_keep"]
         assert dags[dag_id]["trigger_rules"] == {"cycle.decided": "none_failed_min_one_success"}
@@ -209,7 +211,8 @@ def test_drift_watch_runs_on_the_newest_week_and_stops_or_retrains(tmp_path):
         assert state["run"] == "success", state
         assert {t: s for t, s in state["tasks"].items() if s != "success"} == {
             "cycle.calibrate": "skipped", "cycle.train": "skipped", "cycle.evaluate": "skipped", "cycle.gate": "skipped",
-            "cycle.promote_or_keep": "skipped", "cycle.promote": "skipped", "cycle.keep": "skipped",
+            "cycle.promote_or_keep": "skipped", "cycle.refit": "skipped", "cycle.promote": "skipped",
+            "cycle.keep": "skipped",
             "cycle.decided": "skipped",
         }
     assert not (run_dir / "summary.json").exists()
@@ -226,3 +229,4 @@ def test_a_drifting_week_retrains_at_level_minor_but_not_at_major(tmp_path):
     assert skipped == {"cycle.keep": "skipped"}, states["minor"]  # the first model is promoted; the join ran
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["version"] == 1 and summary["promoted"]  # the first model of an empty registry
+    assert summary["served_version"] == 2 and summary["refit"]["mode"] == "warm"  # its refit through the window serves

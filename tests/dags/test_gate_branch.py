@@ -30,7 +30,7 @@ def cycle_group():
         sys.path.remove(str(DAGS))
 
 
-@pytest.mark.parametrize("promote,path", [(True, "cycle.promote"), (False, "cycle.keep")])
+@pytest.mark.parametrize("promote,path", [(True, "cycle.refit"), (False, "cycle.keep")])
 def test_the_branch_follows_the_decision(cycle_group, promote, path):
     judged = {"promote": promote, "reason": "mean gain ... MDE 0.0300"}
     assert cycle_group.promote_or_keep.function(judged) == path
@@ -51,7 +51,7 @@ stubs = {
     "pull": run, "validate": run, "drift": {"severity": "none", "html": None, "json": None},
     "calibrate": {"policy": "static", "plan": None, "path": "plan.json"}, "train": {"checkpoint": "model.pt"},
     "evaluate": {"per_user": "per_user_metrics.json"}, "judge": judged, "decided": summary,
-    "promote": summary, "keep": summary,
+    "refit": {"served_version": 3, "reason": "stub refit"}, "promote": summary, "keep": summary,
 }
 calls = []
 for name, result in stubs.items():
@@ -68,7 +68,9 @@ print(json.dumps({"run": str(dag_run.state), "tasks": tasks, "calls": calls}))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("decision,taken,skipped", [("promote", "promote", "keep"), ("keep", "keep", "promote")])
+@pytest.mark.parametrize(
+    "decision,taken,skipped", [("promote", ["refit", "promote"], ["keep"]), ("keep", ["keep"], ["refit", "promote"])]
+)
 def test_under_dag_test_one_path_runs_the_other_is_skipped_and_the_join_runs(tmp_path, decision, taken, skipped):
     env = {
         **os.environ,
@@ -84,7 +86,7 @@ def test_under_dag_test_one_path_runs_the_other_is_skipped_and_the_join_runs(tmp
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["run"] == "success", result
-    assert result["tasks"][f"cycle.{taken}"] == "success" and result["tasks"][f"cycle.{skipped}"] == "skipped"
+    assert all(result["tasks"][f"cycle.{t}"] == "success" for t in taken)
     assert result["tasks"]["cycle.decided"] == "success"
-    assert {t: s for t, s in result["tasks"].items() if s != "success"} == {f"cycle.{skipped}": "skipped"}
-    assert result["calls"][-3:] == ["judge", taken, "decided"]
+    assert {t: s for t, s in result["tasks"].items() if s != "success"} == {f"cycle.{t}": "skipped" for t in skipped}
+    assert result["calls"][-2 - len(taken):] == ["judge", *taken, "decided"]  # refit before promote
