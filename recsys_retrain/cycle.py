@@ -12,7 +12,6 @@ same window rewrites the same files and, in the registry, reuses the same versio
 from __future__ import annotations
 
 import json
-import math
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -184,7 +183,7 @@ def calibrate(
     With ``schedule.warm_start`` on and a loadable champion that has not seen this
     window, the plan also records warm start or scratch with its reasons
     (``recsys_retrain.schedule.start``), and ``champion`` names the version a warm
-    start continues from (:func:`champion_info`).
+    start continues from (``recsys_retrain.champion.champion_info``).
     """
     from recsys_retrain.profile import profile
     from recsys_retrain.schedule.calibrate import calibrate as make_plan
@@ -197,40 +196,14 @@ def calibrate(
     fit, _ = schedule_split(pd.read_parquet(p.history), s.schedule.validation_share)
     prof = profile(fit).to_dict()
     kb = knowledge_base(s) if s.schedule.knowledge_base else None
+    from recsys_retrain.champion import champion_info
+
     champion = champion_info(s, fit, pd.read_parquet(p.catalogue), pulled["start"]) if s.schedule.warm_start else None
     plan = make_plan(prof, drift_result, kb, s.schedule, s.train, champion=champion)
     payload = {"policy": "adaptive", "plan": plan.to_dict(), "profile": prof, "kb_records": len(kb) if kb else 0,
                "champion": champion.to_dict() if champion else None}
     write_json(payload, p.plan)
     return {**payload, "path": str(p.plan)}
-
-
-def champion_info(s: Settings, fit: pd.DataFrame, catalogue: pd.DataFrame, start: str):
-    """The champion measured against this cycle's data, for the warm-or-scratch decision; None without one.
-
-    Its encoder's users against the users of the span a warm update would train on (the
-    last ``schedule.warm_span_days`` of the history, or every day the champion has not
-    seen when that is longer), its items against the catalogue, and ``days_unseen`` from
-    the end of its data (``data_end``, else its window's start) to this window's start.
-    None (from scratch) when there is no champion, its artifact does not load, or it has
-    seen data from this window on.
-    """
-    from recsys_retrain.registry import candidates
-    from recsys_retrain.schedule.start import ChampionInfo
-    from recsys_retrain.train.warm_start import embedding_dim
-
-    current = candidates.champion(s)
-    if current is None:
-        return None
-    model, _ = candidates.try_load(s, current.version)
-    days_unseen = (utc(start) - utc(current.trained_until)).total_seconds() / 86_400
-    if model is None or days_unseen < 0:
-        return None
-    span = max(s.schedule.warm_span_days, days_unseen)
-    users = fit.loc[fit["timestamp"] >= utc(start) - timedelta(days=span), "user_id"]
-    encoder = model.encoder
-    return ChampionInfo.compare(encoder.user_ids, encoder.item_ids, users, catalogue["item_id"],
-                                embedding_dim(model.model), days_unseen, str(current.version))
 
 
 def knowledge_base(s: Settings):
@@ -286,22 +259,8 @@ def train(
     return result
 
 
-def warm_init(s: Settings, plan: dict[str, Any] | None):
-    """The champion a warm-start plan continues from, and its version; ``(None, None)`` for a run from scratch."""
-    from recsys_retrain.registry import candidates
-
-    if not plan or not plan.get("plan") or not plan["plan"].get("warm_start"):
-        return None, None
-    version = int((plan.get("champion") or {}).get("version") or 0)
-    if not version:
-        raise PipelineError("the plan chose a warm start but names no champion version: run calibrate again")
-    model, why = candidates.try_load(s, version)
-    if model is None:
-        raise PipelineError(f"the plan warm-starts from champion v{version}, which cannot be loaded ({why}): run calibrate again")
-    return model, version
-
-
 def _train(p: CyclePaths, s: Settings, plan: dict[str, Any] | None, start: str) -> dict[str, Any]:
+    from recsys_retrain.champion import warm_init
     from recsys_retrain.evaluate import user_metrics
     from recsys_retrain.schedule.plan import SchedulePlan
     from recsys_retrain.train.loop import train as train_model
@@ -370,6 +329,7 @@ def evaluate(
     The per-user vectors go to a file in the cycle folder (the gate's bootstrap needs
     them); the XCom carries the means and the champion that was judged.
     """
+    from recsys_retrain.champion import judged_in_place
     from recsys_retrain.evaluate import user_metrics
     from recsys_retrain.registry import candidates
     from recsys_retrain.train.checkpoints import load_checkpoint
@@ -396,33 +356,6 @@ def evaluate(
         "champion_version": current.version if current else None,
         "champion_error": champion_error,
     }
-
-
-def judged_in_place(s: Settings, current, model, pulled: dict[str, Any]):
-    """The version (and model) a challenger of this window is compared with: ``current``, if it has not seen the window.
-
-    A champion's data ends at its ``data_end`` (a refit: its window's end), else at its
-    window's start. One that has seen this window cannot be judged on it, with one
-    exception: this window's own refit, after the window was decided and promoted (a
-    re-run of the cycle). Then its gated version stands in for it, as if the refit were
-    off: the challenger meets itself, nothing is recorded and nothing moves.
-    """
-    from recsys_retrain.registry import candidates
-
-    trained_until, window = utc(current.trained_until), f"{pulled['start']}/{pulled['end']}"
-    if trained_until <= utc(pulled["start"]):
-        return current, model
-    if current.refit_of is not None and current.window == window:
-        gated, why = candidates.try_load(s, current.refit_of)
-        if gated is not None:
-            return candidates.Candidate.from_dict({**current.to_dict(), "version": current.refit_of, "refit_of": None,
-                                                   "data_end": pulled["start"]}), gated
-        raise PipelineError(f"champion v{current.version} is this window's refit and its gated v{current.refit_of} "
-                            f"cannot be loaded ({why}): nothing to judge this window's challenger against")
-    raise PipelineError(
-        f"champion v{current.version} was trained on data up to {trained_until.date()}, after this "
-        f"window's start {utc(pulled['start']).date()}: it cannot be judged on this window"
-    )
 
 
 def gate(
@@ -477,82 +410,15 @@ def refit(
 ) -> dict[str, Any]:
     """The promote path's first step: refits the gated challenger through the window's end (``train.refit``).
 
-    Runs :func:`recsys_retrain.train.refit.refit_model` on the cycle's history, window
-    and catalogue (the refit's data and model go to the cycle's ``refit/`` folder), then
-    :func:`~recsys_retrain.train.refit.sanity_check`. A refit that passes is registered
-    as its own version (``refit_of`` = the gated version, ``data_start``/``data_end``
-    = the span it has seen, ``refit`` = the mode) and is what :func:`promote` serves. A
-    refit that fails to train or fails the check is not registered: the gated
-    challenger serves, and the reason is recorded on it (``refit.fallback``) and in the
-    result. A bad refit never blocks a promotion and never serves.
-
-    Returns the small dict the promote step needs (``served_version``) with the refit's
-    numbers; written as ``refit.json``, which a retry reuses.
+    The refit is registered as its own version and serves if it passes its sanity
+    check; otherwise the gated challenger serves and the reason is recorded
+    (``recsys_retrain.refitting``). Returns what :func:`promote` needs (``served_version``)
+    with the refit's numbers; a retry reuses ``refit.json``.
     """
-    from recsys_retrain.registry import candidates
+    from recsys_retrain import refitting
 
     s = with_overrides(settings or get_settings(), overrides)
-    p = CyclePaths(Path(pulled["run_dir"]))
-    if not judged["promote"]:
-        raise PipelineError(f"the gate kept the champion ({judged['reason']}); the refit runs on the promote path only")
-    gated, mode = int(judged["version"]), s.train.refit
-    key = {"train": s.train.model_dump(mode="json"), "tolerance": s.gate.refit_tolerance, "gated": gated}
-    with file_lock(p.root / ".refit.lock"):
-        if p.refit.exists():
-            previous = json.loads(p.refit.read_text())
-            if previous["key"] == json.loads(json.dumps(key, default=str)):
-                return {**previous["result"], "reused": str(p.refit)}
-        result = _refit(p, s, pulled, trained, judged, gated, mode)
-        if mode != "off":
-            outcome = {"refit.version": result["refit_version"]} if result["ok"] else {"refit.fallback": result["reason"]}
-            candidates.tag_version(s, gated, outcome)
-        write_json({"key": key, "result": result}, p.refit)
-    return result
-
-
-def _refit(p: CyclePaths, s: Settings, pulled: dict[str, Any], trained: dict[str, Any], judged: dict[str, Any],
-           gated: int, mode: str) -> dict[str, Any]:
-    import logging
-
-    from recsys_retrain.records import json_float
-    from recsys_retrain.registry import candidates
-    from recsys_retrain.registry.candidates import DATA_END_TAG, DATA_START_TAG, REFIT_TAG
-    from recsys_retrain.train.checkpoints import load_checkpoint
-    from recsys_retrain.train.refit import SanityResult, refit_model, sanity_check
-
-    base = {"mode": mode, "gated_version": gated, "refit_version": None, "served_version": gated, "epochs": 0,
-            "seconds": 0.0, "checkpoint": trained["checkpoint"], "refit_ndcg": None, "gated_ndcg": None,
-            "data_end": pulled["start"]}
-    if mode == "off":
-        return {**base, "ok": True, "reason": "train.refit is off: the gated challenger serves as judged"}
-    history, window, catalogue = (pd.read_parquet(path) for path in (p.history, p.holdout, p.catalogue))
-    plan = json.loads(p.plan.read_text()) if p.plan.exists() else None
-    try:
-        result = refit_model(history, window, catalogue, Path(trained["checkpoint"]), p.refit_dir, s, mode, plan)
-        model = load_checkpoint(Path(result.checkpoint))
-        check = sanity_check(model, load_checkpoint(Path(trained["checkpoint"])), history, window, s)
-    except Exception as exc:  # a refit that breaks must not block the promotion it serves: the gated one serves
-        logging.getLogger(__name__).exception("refit of v%s failed; the gated challenger serves", gated)
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        result, check = None, SanityResult(False, f"the refit failed ({type(exc).__name__}: {first}): the gated "
-                                                  "challenger serves", math.nan, math.nan)
-    numbers = {"ok": check.ok, "reason": check.reason, "refit_ndcg": json_float(check.refit_ndcg),
-               "gated_ndcg": json_float(check.gated_ndcg)}
-    if result is None:
-        return {**base, **numbers}
-    numbers.update(epochs=result.epochs, seconds=result.seconds, checkpoint=result.checkpoint)
-    if not check.ok:
-        return {**base, **numbers}
-    data_start = result.data_start if mode == "scratch" else (trained.get("data_start") or result.data_start)
-    refit_candidate = candidates.log_refit(
-        model, settings=s, gated=gated, window=judged["window"],
-        params={**s.train.model_dump(), "refit.rows": result.rows},
-        metrics={"refit.seconds": result.seconds, "refit.epochs": result.epochs,
-                 "refit.window_ndcg_in_sample": check.refit_ndcg, "refit.gated_window_ndcg": check.gated_ndcg},
-        tags={REFIT_TAG: mode, DATA_START_TAG: data_start, DATA_END_TAG: pulled["end"], "refit.sanity": check.reason},
-    )
-    return {**base, **numbers, "refit_version": refit_candidate.version, "served_version": refit_candidate.version,
-            "data_end": pulled["end"]}
+    return refitting.refit(CyclePaths(Path(pulled["run_dir"])), pulled, trained, judged, s)
 
 
 def promote(

@@ -19,6 +19,7 @@ import torch
 from mlflow import MlflowClient
 
 from recsys_retrain import cycle
+from recsys_retrain.champion import champion_info, judged_in_place
 from recsys_retrain.data.ingest import bootstrap_feature_repo
 from recsys_retrain.data.load import RawData
 from recsys_retrain.errors import PipelineError
@@ -115,10 +116,10 @@ def test_the_refit_champion_is_refused_on_its_own_span_and_judged_after_it(promo
     s, pulled, _, judged, summary = promoted
     current, model = candidates.comparator(s)[:2]
     later = {"start": W[1], "end": "1997-11-10T00:00:00+00:00"}
-    assert cycle.judged_in_place(s, current, model, later)[0] == current  # W+1: it has not seen it
+    assert judged_in_place(s, current, model, later)[0] == current  # W+1: it has not seen it
     with pytest.raises(PipelineError, match=f"champion v{current.version} was trained on data up to 1997-11-03"):
-        cycle.judged_in_place(s, current, model, {"start": BEFORE[0], "end": BEFORE[1]})
-    stand_in, _ = cycle.judged_in_place(s, current, model, {"start": W[0], "end": W[1]})
+        judged_in_place(s, current, model, {"start": BEFORE[0], "end": BEFORE[1]})
+    stand_in, _ = judged_in_place(s, current, model, {"start": W[0], "end": W[1]})
     assert stand_in.version == summary["version"]  # a re-run of W: its gated version stands in for its own refit
 
 
@@ -229,5 +230,5 @@ def test_a_champion_that_has_seen_the_window_is_no_warm_start(promoted, pulled_o
     pulled = pulled_once[BEFORE]
     fit = pd.read_parquet(Path(pulled["run_dir"]) / "history.parquet")
     catalogue = pd.read_parquet(Path(pulled["run_dir"]) / "catalogue.parquet")
-    assert cycle.champion_info(s, fit, catalogue, BEFORE[0]) is None
-    assert cycle.champion_info(s, fit, catalogue, W[1]).days_unseen == 0.0  # the next window may start from it
+    assert champion_info(s, fit, catalogue, BEFORE[0]) is None
+    assert champion_info(s, fit, catalogue, W[1]).days_unseen == 0.0  # the next window may start from it

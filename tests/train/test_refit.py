@@ -15,7 +15,13 @@ from recsys_retrain.schedule.plan import SchedulePlan
 from recsys_retrain.settings import Settings, TrainSettings
 from recsys_retrain.train.checkpoints import load_checkpoint
 from recsys_retrain.train.loop import train
-from recsys_retrain.train.refit import gated_epochs, plan_of, refit_model, refit_settings, sanity_check
+from recsys_retrain.train.refit import (
+    gated_epochs,
+    plan_of,
+    refit_model,
+    refit_settings,
+    sanity_check,
+)
 from tests.train.worlds import taste_change_world
 
 TINY = {"epochs": 3, "embedding_dim": 8, "batch_size": 64, "refit_epochs": 2, "refit_recent_days": 14.0}

@@ -42,3 +42,26 @@ def test_two_processes_learn_what_one_process_learns(tmp_path):
     assert losses[2][-1] == pytest.approx(losses[1][-1], rel=0.15)
     assert ndcg[2] == pytest.approx(ndcg[1], abs=0.1)
     assert ndcg[2] > 0.1  # random ranking scores about 0.08 here
+
+
+def test_init_continues_from_a_saved_champion(tmp_path):
+    """``--init`` (a warm-start plan under torchrun) trains from the champion: its users keep their rows."""
+    import torch
+
+    from recsys_retrain.settings import TrainSettings
+    from recsys_retrain.train.loop import train
+    from recsys_retrain.train.worker import main
+
+    history, catalogue = synthetic_world()
+    tiny = TrainSettings(epochs=1, embedding_dim=8, batch_size=32)
+    champion = load_checkpoint(Path(train(history, catalogue, tmp_path / "champion", tiny, progress=False).checkpoint))
+    torch.save(champion, tmp_path / "init.pt")
+    recent = history[history["user_id"] <= 10]  # a warm update's short span: a quarter of the users
+    recent.to_parquet(tmp_path / "recent.parquet")
+    catalogue.to_parquet(tmp_path / "catalogue.parquet")
+    (tmp_path / "train.json").write_text(tiny.model_dump_json())
+    main(["--history", str(tmp_path / "recent.parquet"), "--catalogue", str(tmp_path / "catalogue.parquet"),
+          "--out", str(tmp_path / "warm"), "--train-settings", str(tmp_path / "train.json"),
+          "--init", str(tmp_path / "init.pt")])
+    warm = load_checkpoint(tmp_path / "warm" / "model.pt")
+    assert warm.encoder.user_ids == champion.encoder.user_ids  # every champion user, not only the span's ten
