@@ -150,11 +150,14 @@ def should_retrain(pulled: dict, drift_result: dict) -> bool:
 
 @task
 def calibrate(pulled: dict, drift_result: dict) -> dict:
-    """The SchedulePlan of this cycle (``plan.json`` in the cycle folder); None under ``schedule_policy=static``."""
+    """The SchedulePlan of this cycle (``plan.json`` in the cycle folder); None under ``schedule_policy=static``.
+
+    ``champion`` names the version a warm-start plan continues from (None: from scratch).
+    """
     from recsys_retrain import cycle
 
     plan = cycle.calibrate(pulled, drift_result, overrides=_overrides())
-    return {"policy": plan["policy"], "plan": plan["plan"], "path": plan["path"]}
+    return {"policy": plan["policy"], "plan": plan["plan"], "path": plan["path"], "champion": plan.get("champion")}
 
 
 @task
