@@ -1,4 +1,4 @@
-"""Pipeline benchmark: DAG parse time, one full cycle, the timeline demo, the retraining-policy backtest.
+"""Pipeline benchmark: DAG parse time, one full cycle, the timeline demo (the backtest is bench/backtest.py).
 
 Keys written to bench/results/pipeline.json:
 
@@ -9,14 +9,12 @@ Keys written to bench/results/pipeline.json:
     default settings, store already bootstrapped, excluding process start.
 ``demo_s``  wall time of ``retrain demo`` (the whole timeline through the DAGs, fresh
     home), process start included; ``demo`` holds its week count, trainings and events.
-``backtest``  policy -> ``{mean_ndcg10, train_epochs, train_s}`` from ``retrain backtest``
-    with its defaults (9 weekly windows from 1998-02-23, drift trigger ``minor``).
 
 Each part can run alone (``--only cycle,demo``); the others keep their values from the
 previous results file. Goals are checked on whatever the file then holds.
 
 ``--smoke``: every part on the least it takes (one parse per DAG file, one training epoch,
-a one-week demo, a two-week backtest), written to ``--out`` or a temporary folder, never
+a one-week demo), written to ``--out`` or a temporary folder, never
 bench/results (nor merged with the results file there).
 """
 
@@ -35,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "pipeline.json"
 CYCLE_WINDOW = ("1998-04-13", "1998-04-20")
-PARTS = ("parse", "cycle", "demo", "backtest")
+PARTS = ("parse", "cycle", "demo")
 sys.path.insert(0, str(ROOT))  # tests.conftest, imported by sandbox()
 
 PROBE = """
@@ -140,37 +138,11 @@ def demo_seconds(root: Path, smoke: bool = False) -> dict:
     }
 
 
-def backtest_summary(root: Path, smoke: bool = False, plot_dir: Path = RESULTS.parent) -> dict:
-    """``retrain backtest`` with its defaults; the per-policy summary and the severities that drove it."""
-    home, repo = sandbox(root)
-    extra = ["--weeks", "2", "--epochs", "1"] if smoke else []
-    done = subprocess.run([sys.executable, "-m", "recsys_retrain.cli", "backtest", "--out", str(root / "bt"), *extra],
-                          env=env_for(home, repo), cwd=ROOT, capture_output=True, text=True, timeout=7200)
-    if done.returncode != 0:
-        raise SystemExit(f"backtest failed: {done.stderr[-2000:]}")
-    from recsys_retrain.backtest import BacktestResult
-
-    result = BacktestResult.from_dict(json.loads((root / "bt" / "backtest.json").read_text()))
-    plot = plot_dir / "pipeline_backtest.png"
-    shutil.copy(result.plot_path, plot)
-    detail = {p.policy: {"trains": p.trains, "promotions": p.promotions, "ndcg10": list(p.ndcg10)} for p in result.policies}
-    return {"backtest": result.summary(), "backtest_detail": detail,
-            "backtest_severities": list(result.severities), "backtest_s": result.seconds,
-            "backtest_windows": [result.windows[0][:10], result.windows[-1][:10]]}
-
-
 def goals(r: dict) -> dict[str, bool | None]:
-    bt = r.get("backtest") or {}
-    adaptive, weekly = bt.get("drift_adaptive"), bt.get("weekly")
-    policy_goal = None
-    if adaptive and weekly:
-        policy_goal = (adaptive["mean_ndcg10"] >= weekly["mean_ndcg10"]
-                       and adaptive["train_epochs"] <= weekly["train_epochs"] / 2 and adaptive["train_s"] <= weekly["train_s"] / 2)
     return {
         "dag_parse_s_max<=0.5": r["dag_parse_s_max"] <= 0.5 if "dag_parse_s_max" in r else None,
         "cycle_s<=60": r["cycle_s"] <= 60 if "cycle_s" in r else None,
         "demo_s<=600": r["demo_s"] <= 600 if "demo_s" in r else None,
-        "drift_adaptive>=weekly NDCG with <=half compute": policy_goal,
     }
 
 
@@ -178,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run ({', '.join(PARTS)})")
     parser.add_argument("--smoke", action="store_true", help="every part on the least it takes; never writes bench/results")
-    parser.add_argument("--out", type=Path, default=None, help="folder for pipeline.json and pipeline_backtest.png "
+    parser.add_argument("--out", type=Path, default=None, help="folder for pipeline.json "
                         "(default bench/results; with --smoke a temporary folder)")
     args = parser.parse_args(argv)
     parts = [p for p in args.only.split(",") if p]
@@ -193,8 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         if "parse" in parts:
             result["dag_parse_s"] = dag_parse(1 if args.smoke else 3)
             result["dag_parse_s_max"] = max(result["dag_parse_s"].values())
-        runs = {"cycle": lambda root: cycle_seconds(root, args.smoke), "demo": lambda root: demo_seconds(root, args.smoke),
-                "backtest": lambda root: backtest_summary(root, args.smoke, out_dir)}
+        runs = {"cycle": lambda root: cycle_seconds(root, args.smoke), "demo": lambda root: demo_seconds(root, args.smoke)}
         for part, fn in runs.items():
             if part in parts:
                 result.update(fn(Path(tmp) / part))

@@ -1,4 +1,4 @@
-"""Retraining-policy backtest: the same timeline under four policies, quality against training compute.
+"""Retraining-policy backtest: the same timeline under every policy, served quality against training compute.
 
 Policies (``POLICIES``):
 
@@ -6,21 +6,38 @@ Policies (``POLICIES``):
 * ``weekly``: a retrain on every window (static schedule: the train section as is);
 * ``drift``: a retrain when the window's drift severity reaches ``retrain_on`` (static schedule);
 * ``drift_adaptive``: the same trigger, trained under the adaptive scheduler
-  (``recsys_retrain.cycle.calibrate`` -> plan -> ``recsys_retrain.cycle.train``).
+  (``recsys_retrain.cycle.calibrate`` -> plan -> ``recsys_retrain.cycle.train``);
+* ``drift_warm``: the same trigger and scheduler with warm starts on
+  (``schedule.warm_start``): ``calibrate`` decides, from the drift verdict and how much
+  of the data the champion has not seen, whether the challenger continues from the
+  champion's weights or trains from scratch;
+* the reference policies ``recent_pop`` (the items most interacted with in the last
+  ``RECENT_DAYS`` days) and ``ease`` (EASE, Steck 2019), each refit on every window's
+  history: what a user compares the pipeline with first.
 
 Protocol, as the pipeline runs a cycle: window ``w`` is ``[start, start + 7 d)``; the
-serving champion is scored on it (full-ranking NDCG@10, the value a policy is judged
-by); then, if the policy retrains on ``w``, a challenger is trained on everything
-before ``start`` and gated against the champion on ``w`` (``recsys_retrain.gate.decide``, the
-production gate); a promoted challenger serves from ``w + 1``. Window 0 trains the
-first model, the same for every policy and not counted as retraining compute; no
-policy retrains on the last window (that model would serve no scored window).
+serving model is scored on it (full-ranking NDCG@10 of every user of the window with
+something new to find, the value a policy is judged by); then, if the policy retrains
+on ``w``, a challenger is trained on everything before ``start`` and gated against the
+champion on ``w`` (``recsys_retrain.gate.decide``, the production gate, under
+``gate.policy``). A promoted challenger is refit through ``w``'s end
+(``recsys_retrain.train.refit``, ``train.refit``) and, if the refit passes its sanity
+check, the refit serves from ``w + 1``: so a promoted model has seen every day before
+the first window it serves (staleness 0). Window 0 trains and refits the first model,
+the same for every pipeline policy and not counted as retraining compute; no policy
+retrains on the last window (that model would serve no scored window).
 
 Data steps (pull, validate, drift) run once per window in a shared folder; each
-policy trains in its own home (so the adaptive policy's knowledge base is its own),
-and a static model for a window is trained once and reused by both static policies
-(each is charged the seconds it took). Registry and MLflow runs are not used: the
-backtest compares policies, it does not deploy.
+policy trains in its own home (so the adaptive policy's knowledge base is its own).
+A challenger for a window is trained once per schedule kind and reused by every
+policy that needs it (each is charged the seconds it took), and so is its refit; a
+warm challenger depends on the champion it continues from, which is part of its key.
+Registry and MLflow runs are not used: the backtest compares policies, it does not
+deploy.
+
+``gate_policies`` replays the retraining policies once more under each other gate
+policy on the same models (the gate costs no training): how the default
+``gate.policy`` is chosen.
 """
 
 from __future__ import annotations
@@ -28,7 +45,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,14 +57,28 @@ from recsys_retrain.errors import PipelineError
 from recsys_retrain.io import write_json, write_with
 from recsys_retrain.settings import Settings
 
-POLICIES = ("never", "weekly", "drift", "drift_adaptive")
+PIPELINE_POLICIES = ("never", "weekly", "drift", "drift_adaptive", "drift_warm")
+REFERENCE_POLICIES = ("recent_pop", "ease")
+POLICIES = PIPELINE_POLICIES + REFERENCE_POLICIES
 SEVERITY_ORDER = ("none", "minor", "major")
 WEEK = timedelta(days=7)
+RECENT_DAYS = 28  # recent popularity's window: chosen on validation by bench/quality.py
+EASE_LAMBDA = 500.0
+KIND = {"weekly": "static", "drift": "static", "drift_adaptive": "adaptive", "drift_warm": "warm"}
+Key = tuple  # a trained model's identity: (kind, window start[, champion key])
 
 
 @dataclass(frozen=True)
 class PolicyResult:
-    """One policy over the timeline: served NDCG@10 per window and the retraining compute it spent."""
+    """One policy over the timeline: served NDCG@10 per window, what served it, and the retraining compute it spent.
+
+    Attributes:
+        staleness_days: per scored window, days between the window's start and the end
+            of the served model's data (0: it has seen every day before the window).
+        promoted_staleness_days: per promotion, days between the end of the window it
+            was gated on and the end of the data of the model that then served (0: the
+            refit has seen its gating window).
+    """
 
     policy: str
     mean_ndcg10: float
@@ -57,13 +88,18 @@ class PolicyResult:
     promotions: int
     ndcg10: tuple[float, ...]  # per scored window (1..N-1)
     retrained: tuple[bool, ...]
+    staleness_days: tuple[float, ...] = ()
+    promoted_staleness_days: tuple[float, ...] = ()
+    refits_rejected: int = 0
+    gate_policy: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PolicyResult:
-        return cls(**{**d, "ndcg10": tuple(d["ndcg10"]), "retrained": tuple(d["retrained"])})
+        tuples = ("ndcg10", "retrained", "staleness_days", "promoted_staleness_days")
+        return cls(**{**d, **{k: tuple(d.get(k, ())) for k in tuples}})
 
 
 @dataclass(frozen=True)
@@ -75,21 +111,74 @@ class BacktestResult:
     retrain_on: str
     policies: tuple[PolicyResult, ...]
     seconds: float
+    gate_policy: str = ""
+    refit: str = ""
+    by_gate_policy: dict[str, tuple[PolicyResult, ...]] = field(default_factory=dict)
     json_path: str = ""
     plot_path: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "policies": [p.to_dict() for p in self.policies]}
+        return {**asdict(self), "policies": [p.to_dict() for p in self.policies],
+                "by_gate_policy": {g: [p.to_dict() for p in ps] for g, ps in self.by_gate_policy.items()}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BacktestResult:
         return cls(**{**d, "windows": tuple(d["windows"]), "severities": tuple(d["severities"]),
-                      "policies": tuple(PolicyResult.from_dict(p) for p in d["policies"])})
+                      "policies": tuple(PolicyResult.from_dict(p) for p in d["policies"]),
+                      "by_gate_policy": {g: tuple(PolicyResult.from_dict(p) for p in ps)
+                                         for g, ps in d.get("by_gate_policy", {}).items()}})
 
-    def summary(self) -> dict[str, dict[str, float]]:
-        """``policy -> {mean_ndcg10, train_epochs, train_s}`` (the benchmark's ``backtest`` key)."""
-        return {p.policy: {"mean_ndcg10": round(p.mean_ndcg10, 5), "train_epochs": p.train_epochs,
-                           "train_s": round(p.train_s, 1)} for p in self.policies}
+    def policy(self, name: str) -> PolicyResult:
+        return next(p for p in self.policies if p.policy == name)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """``policy -> {mean_ndcg10, ci_vs_never, ci_vs_recent_pop, promotions, train_epochs, train_s, staleness_days}``.
+
+        The CIs are paired bootstrap 95% intervals of the mean per-window difference
+        (``paired_ci``); ``staleness_days`` is the mean over scored windows.
+        """
+        names = [p.policy for p in self.policies]
+        out = {}
+        for p in self.policies:
+            out[p.policy] = {
+                "mean_ndcg10": round(p.mean_ndcg10, 5),
+                "ci_vs_never": paired_ci(p.ndcg10, self.policy("never").ndcg10) if "never" in names else None,
+                "ci_vs_recent_pop": paired_ci(p.ndcg10, self.policy("recent_pop").ndcg10) if "recent_pop" in names else None,
+                "promotions": p.promotions,
+                "trains": p.trains,
+                "train_epochs": p.train_epochs,
+                "train_s": round(p.train_s, 1),
+                "staleness_days": round(float(np.mean(p.staleness_days)), 2) if p.staleness_days else 0.0,
+                "promoted_staleness_days": list(p.promoted_staleness_days),
+                "refits_rejected": p.refits_rejected,
+            }
+        return out
+
+
+def paired_ci(a: tuple[float, ...] | np.ndarray, b: tuple[float, ...] | np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Mean of ``a - b`` over windows with a paired bootstrap 95% interval (BCa, windows resampled).
+
+    The window is the unit: both policies are scored on the same users of the same
+    week, so the week's difficulty cancels in the difference, and what varies between
+    weeks (which users came, what they found) is what the interval has to cover.
+
+    Example:
+        >>> ci = paired_ci([0.3, 0.32, 0.31, 0.35], [0.3, 0.3, 0.3, 0.3])
+        >>> ci["diff"], ci["low"] > 0
+        (0.02, True)
+    """
+    from scipy.stats import bootstrap
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    mean = float(d.mean()) if len(d) else 0.0
+    if len(d) < 2 or np.allclose(d, d[0]):
+        return {"diff": round(mean, 5), "low": round(mean, 5), "high": round(mean, 5)}
+    res = bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=10_000, method="BCa", random_state=seed)
+    low, high = res.confidence_interval
+    if not (np.isfinite(low) and np.isfinite(high)):  # BCa degenerates on a few distinct values
+        res = bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=10_000, method="percentile", random_state=seed)
+        low, high = res.confidence_interval
+    return {"diff": round(mean, 5), "low": round(float(low), 5), "high": round(float(high), 5)}
 
 
 def triggers(severity: str, retrain_on: str) -> bool:
@@ -104,7 +193,7 @@ def triggers(severity: str, retrain_on: str) -> bool:
 
 def retrains(policy: str, severity: str, retrain_on: str) -> bool:
     """Whether ``policy`` retrains on a window whose drift verdict is ``severity``."""
-    if policy == "never":
+    if policy == "never" or policy in REFERENCE_POLICIES:
         return False
     if policy == "weekly":
         return True
@@ -130,31 +219,90 @@ def policy_pulled(pulled: dict[str, Any], home: Path) -> dict[str, Any]:
     return {**pulled, "run_dir": str(dst)}
 
 
+@dataclass(frozen=True)
+class Served:
+    """A model in service: its key in ``Trainer.models`` and the end of the data it has seen."""
+
+    key: Key
+    data_end: pd.Timestamp
+
+
 class Trainer:
-    """Trains (once per window and schedule kind) and scores models; remembers what each training cost."""
+    """Trains (once per window, schedule kind and champion) and refits models; remembers what each cost."""
 
     def __init__(self, root: Path, settings: Settings) -> None:
         self.root, self.settings = root, settings
-        self.cost: dict[tuple[str, str], tuple[int, float]] = {}
-        self.models: dict[tuple[str, str], Any] = {}
+        self.cost: dict[Key, tuple[int, float]] = {}
+        self.models: dict[Key, Any] = {}
+        self.checkpoints: dict[Key, Path] = {}
+        self.refits: dict[Key, tuple[Served, bool]] = {}
 
-    def train(self, kind: str, pulled: dict[str, Any], drift_result: dict[str, Any]) -> tuple[str, str]:
-        """A model of schedule ``kind`` ("static" or "adaptive") on the history before the window; returns its key."""
+    def _home(self, kind: str) -> Settings:
+        return self.settings.model_copy(update={"home": self.root / kind})
+
+    def train(self, kind: str, pulled: dict[str, Any], drift_result: dict[str, Any], champion: Served | None = None) -> Key:
+        """A challenger of ``kind`` ("static", "adaptive" or "warm") on the history before the window; returns its key.
+
+        A warm challenger continues from ``champion`` when ``calibrate`` says so (and
+        otherwise trains from scratch, as the adaptive kind does): its key holds the
+        champion's.
+        """
         from recsys_retrain import cycle
-        from recsys_retrain.train.checkpoints import load_checkpoint
 
-        key = (kind, pulled["start"])
+        key = (kind, pulled["start"], champion.key) if kind == "warm" else (kind, pulled["start"])
         if key in self.models:
             return key
-        s = self.settings.model_copy(update={"home": self.root / kind})
+        s = self._home(f"{kind}-{len(self.models)}" if kind == "warm" else kind)
         mine = policy_pulled(pulled, s.home)
-        overrides = {"schedule": {"policy": "adaptive" if kind == "adaptive" else "static"}}
-        plan = cycle.calibrate(mine, drift_result, settings=s, overrides=overrides) if kind == "adaptive" else None
+        adaptive = kind in ("adaptive", "warm")
+        overrides: dict[str, dict[str, Any]] = {"schedule": {"policy": "adaptive" if adaptive else "static"}}
+        if kind == "warm":
+            overrides["schedule"]["warm_start"] = True
+        champ = self.champion_for(champion) if kind == "warm" and champion is not None else None
         started = time.perf_counter()
-        trained = cycle.train(mine, settings=s, overrides=overrides, plan=plan)
+        plan = cycle.calibrate(mine, drift_result, settings=s, overrides=overrides, champion=champ) if adaptive else None
+        trained = cycle.train(mine, settings=s, overrides=overrides, plan=plan, champion=champ)
         self.cost[key] = (len(trained["epoch_losses"]), time.perf_counter() - started)
-        self.models[key] = load_checkpoint(Path(trained["checkpoint"]))
+        self._load(key, Path(trained["checkpoint"]))
         return key
+
+    def champion_for(self, served: Served):
+        """What ``cycle.calibrate`` / ``cycle.train`` need of a champion outside the registry."""
+        from recsys_retrain.champion import KnownChampion
+
+        return KnownChampion(self.models[served.key], served.data_end, "/".join(str(k)[:10] for k in served.key[:3]))
+
+    def _load(self, key: Key, checkpoint: Path) -> None:
+        from recsys_retrain.train.checkpoints import load_checkpoint
+
+        self.models[key], self.checkpoints[key] = load_checkpoint(checkpoint), checkpoint
+
+    def refit(self, key: Key, pulled: dict[str, Any], plan: dict[str, Any] | None = None) -> tuple[Served, bool]:
+        """The gated model ``key`` refit through the window's end (``train.refit``); ``(served, refit_ok)``.
+
+        ``refit = "off"`` or a refit that fails its sanity check serves the gated model
+        itself (data up to the window's start).
+        """
+        from recsys_retrain.train.refit import refit_model, sanity_check
+
+        if key in self.refits:
+            return self.refits[key]
+        start, end = pd.Timestamp(pulled["start"]), pd.Timestamp(pulled["end"])
+        mode = self.settings.train.refit
+        if mode == "off":
+            self.refits[key] = (Served(key, start), True)
+            return self.refits[key]
+        run = Path(pulled["run_dir"])
+        history, window = pd.read_parquet(run / "history.parquet"), pd.read_parquet(run / "holdout.parquet")
+        catalogue = pd.read_parquet(run / "catalogue.parquet")
+        out = self.root / "refits" / "-".join(str(k)[:19].replace(":", "") for k in key[:2]) / f"n{len(self.refits)}"
+        result = refit_model(history, window, catalogue, self.checkpoints[key], out, self.settings, mode, plan=plan)
+        rkey = ("refit", *key)
+        self._load(rkey, Path(result.checkpoint))
+        self.cost[rkey] = (result.epochs, result.seconds)
+        check = sanity_check(self.models[rkey], self.models[key], history, window, self.settings)
+        self.refits[key] = (Served(rkey, end), True) if check.ok else (Served(key, start), False)
+        return self.refits[key]
 
 
 def _score(model, pulled: dict[str, Any], settings: Settings):
@@ -165,12 +313,52 @@ def _score(model, pulled: dict[str, Any], settings: Settings):
     return user_metrics(model, history, holdout, settings.eval.k, settings.gate.head_share)
 
 
+def reference_model(policy: str, pulled: dict[str, Any]):
+    """``recent_pop`` or ``ease`` fit on everything before the window: refit every week, never stale."""
+    from recsys_retrain.baselines import EASE, RecentPopular
+
+    run = Path(pulled["run_dir"])
+    history, catalogue = pd.read_parquet(run / "history.parquet"), pd.read_parquet(run / "catalogue.parquet")
+    if policy == "recent_pop":
+        return RecentPopular(history, catalogue, RECENT_DAYS)
+    return EASE(history, catalogue, EASE_LAMBDA)
+
+
+@dataclass
+class Track:
+    """One policy's state through the replay."""
+
+    policy: str
+    gate_policy: str
+    champion: Served | None = None
+    served: list[float] = field(default_factory=list)
+    retrained: list[bool] = field(default_factory=list)
+    spent: list[Key] = field(default_factory=list)
+    staleness: list[float] = field(default_factory=list)
+    promoted_staleness: list[float] = field(default_factory=list)
+    promotions: int = 0
+    refits_rejected: int = 0
+
+    def result(self, trainer: Trainer) -> PolicyResult:
+        costs = [trainer.cost[k] for k in self.spent]
+        return PolicyResult(
+            self.policy, float(np.mean(self.served)), int(sum(e for e, _ in costs)), float(sum(s for _, s in costs)),
+            sum(1 for k in self.spent if k[0] != "refit"), self.promotions, tuple(self.served), tuple(self.retrained),
+            tuple(self.staleness), tuple(self.promoted_staleness), self.refits_rejected, self.gate_policy,
+        )
+
+
+def _days(a: pd.Timestamp, b: pd.Timestamp) -> float:
+    return round((pd.Timestamp(a) - pd.Timestamp(b)) / pd.Timedelta(days=1), 3)
+
+
 def backtest(
     settings: Settings,
     starts: list[pd.Timestamp],
     root: Path,
     retrain_on: str = "minor",
     policies: tuple[str, ...] = POLICIES,
+    gate_policies: tuple[str, ...] = (),
     progress: bool = True,
 ) -> BacktestResult:
     """Replays the windows starting at ``starts`` under each policy (see the module docstring).
@@ -182,9 +370,13 @@ def backtest(
         root: working folder (cycle folders of every policy); ``backtest.json`` and
             ``backtest.png`` are written there.
         retrain_on: drift severity that triggers the drift policies.
+        policies: which of ``POLICIES`` to replay.
+        gate_policies: other ``gate.policy`` values to replay the static and adaptive
+            retraining policies under, on the same models (``by_gate_policy``).
 
     Returns:
-        BacktestResult with each policy's mean served NDCG@10 and training compute.
+        BacktestResult with each policy's served NDCG@10 per window, promotions,
+        staleness and training compute.
     """
     from tqdm import tqdm
 
@@ -195,14 +387,15 @@ def backtest(
     unknown = sorted(set(policies) - set(POLICIES))
     if unknown or retrain_on not in SEVERITY_ORDER[1:]:
         raise PipelineError(f"backtest: unknown policy {unknown} or retrain_on {retrain_on!r} (policies: {', '.join(POLICIES)})")
+    known_gates = type(settings.gate).model_fields["policy"].annotation.__args__
+    if set(gate_policies) - set(known_gates):
+        raise PipelineError(f"backtest: unknown gate policy in {list(gate_policies)} (one of: {', '.join(known_gates)})")
     started = time.perf_counter()
     data = settings.model_copy(update={"home": root / "data"})
     trainer = Trainer(root, settings)
-    champion: dict[str, tuple[str, str]] = {}
-    served: dict[str, list[float]] = {p: [] for p in policies}
-    retrained: dict[str, list[bool]] = {p: [] for p in policies}
-    spent: dict[str, list[tuple[int, float]]] = {p: [] for p in policies}
-    promotions = {p: 0 for p in policies}
+    default_gate = settings.gate.policy
+    tracks = [Track(p, default_gate) for p in policies]
+    tracks += [Track(p, g) for g in gate_policies if g != default_gate for p in policies if p in ("weekly", "drift", "drift_adaptive")]
     windows, severities = [], []
     ndcg = f"ndcg_at_{settings.eval.k}"
     for i, begin in enumerate(tqdm(starts, desc="backtest", unit="window", disable=not progress)):
@@ -212,31 +405,48 @@ def backtest(
         windows.append(f"{begin.isoformat()}/{end.isoformat()}")
         severities.append(drift_result["severity"])
         if i == 0:
-            first = trainer.train("static", pulled, drift_result)
-            champion = {p: first for p in policies}
+            first, _ = trainer.refit(trainer.train("static", pulled, drift_result), pulled)
+            for t in tracks:
+                t.champion = first if t.policy not in REFERENCE_POLICIES else None
             continue
-        scores = {key: _score(trainer.models[key], pulled, settings) for key in set(champion.values())}
-        for policy in policies:
-            served[policy].append(scores[champion[policy]].metrics[ndcg])
-            go = i < len(starts) - 1 and retrains(policy, drift_result["severity"], retrain_on)  # the last model would serve nothing
-            retrained[policy].append(go)
+        scores = {t.champion.key: None for t in tracks if t.champion is not None}
+        scores = {key: _score(trainer.models[key], pulled, settings) for key in scores}
+        for t in tracks:
+            if t.champion is None:  # a reference policy: refit on this window's history, never stale
+                t.served.append(_score(reference_model(t.policy, pulled), pulled, settings).metrics[ndcg])
+                t.staleness.append(0.0)
+                t.retrained.append(False)
+                continue
+            t.served.append(scores[t.champion.key].metrics[ndcg])
+            t.staleness.append(_days(begin, t.champion.data_end))
+            go = i < len(starts) - 1 and retrains(t.policy, drift_result["severity"], retrain_on)
+            t.retrained.append(go)
             if not go:
                 continue
-            key = trainer.train("adaptive" if policy == "drift_adaptive" else "static", pulled, drift_result)
-            spent[policy].append(trainer.cost[key])
-            if key == champion[policy]:
+            key = trainer.train(KIND[t.policy], pulled, drift_result, t.champion)
+            t.spent.append(key)
+            if key == t.champion.key:
                 continue
-            decision = gate.decide(_score(trainer.models[key], pulled, settings), scores[champion[policy]], settings.gate,
-                                   window=windows[-1])
-            if decision.promote:
-                champion[policy] = key
-                promotions[policy] += 1
-    results = tuple(
-        PolicyResult(p, float(np.mean(served[p])), int(sum(e for e, _ in spent[p])), float(sum(s for _, s in spent[p])),
-                     len(spent[p]), promotions[p], tuple(served[p]), tuple(retrained[p]))
-        for p in policies
-    )
-    result = BacktestResult(tuple(windows), tuple(severities), retrain_on, results, round(time.perf_counter() - started, 1))
+            if key not in scores:
+                scores[key] = _score(trainer.models[key], pulled, settings)
+            gate_settings = settings.gate.model_copy(update={"policy": t.gate_policy})
+            decision = gate.decide(scores[key], scores[t.champion.key], gate_settings, window=windows[-1])
+            if not decision.promote:
+                continue
+            fresh, ok = trainer.refit(key, pulled)
+            if fresh.key != key:
+                t.spent.append(fresh.key)
+            t.refits_rejected += int(not ok)
+            t.champion = fresh
+            t.promotions += 1
+            t.promoted_staleness.append(_days(end, fresh.data_end))
+    main = tuple(t.result(trainer) for t in tracks if t.gate_policy == default_gate)
+    others: dict[str, tuple[PolicyResult, ...]] = {}
+    for t in tracks:
+        if t.gate_policy != default_gate:
+            others[t.gate_policy] = (*others.get(t.gate_policy, ()), t.result(trainer))
+    result = BacktestResult(tuple(windows), tuple(severities), retrain_on, main, round(time.perf_counter() - started, 1),
+                            default_gate, settings.train.refit, others)
     return write(result, root)
 
 
@@ -256,22 +466,69 @@ def plot_policies(result: BacktestResult, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (cost, time_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (cost, time_ax) = plt.subplots(1, 2, figsize=(13, 4.4))
+    x = [pd.Timestamp(w.split("/")[0]) for w in result.windows[1:]]
     for p in result.policies:
-        cost.scatter(p.train_s, p.mean_ndcg10, s=60)
-        cost.annotate(f"{p.policy}\n{p.train_epochs} epochs", (p.train_s, p.mean_ndcg10), fontsize=8,
-                      xytext=(6, 4), textcoords="offset points")
-        x = [pd.Timestamp(w.split("/")[0]) for w in result.windows[1:]]
-        time_ax.plot(x, p.ndcg10, "-o", ms=3, lw=1, label=p.policy)
+        reference = p.policy in REFERENCE_POLICIES
+        cost.scatter(p.train_s, p.mean_ndcg10, s=60, marker="s" if reference else "o")
+        label = f"{p.policy}\n(refit weekly)" if reference else f"{p.policy}\n{p.promotions} promoted"
+        cost.annotate(label, (p.train_s, p.mean_ndcg10), fontsize=8, xytext=(6, 4), textcoords="offset points")
+        time_ax.plot(x, p.ndcg10, "--" if reference else "-", marker="o", ms=3, lw=1, label=p.policy)
     cost.set_xlabel("retraining compute (training seconds)")
     cost.set_ylabel("mean served NDCG@10")
     cost.set_title("quality against compute", fontsize=10)
+    cost.margins(x=0.25, y=0.15)
     time_ax.set_ylabel("served NDCG@10")
     time_ax.set_title(f"per window (drift policies retrain at '{result.retrain_on}')", fontsize=10)
-    time_ax.legend(fontsize=8)
+    time_ax.legend(fontsize=7, ncol=2)
     fig.autofmt_xdate()
     fig.tight_layout()
     try:
         return write_with(path, lambda tmp: fig.savefig(tmp, dpi=90))
     finally:
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------- datasets
+
+DATASETS = {
+    # MovieLens-100K: 21 windows from 1997-10-06 (two weeks of history before it), 20 scored, to 1998-03-02
+    "movielens": {"start": "1997-10-06", "weeks": 21},
+    # recsys_retrain.simulate.drifting_timeline from 2000-01-03: four weeks of history, then 21 windows;
+    # the regime change lands on window 8 and the new items on window 14
+    "synthetic": {"start": "2000-01-31", "weeks": 21},
+}
+
+
+def timeline(dataset: str, raw) -> tuple[Any, dict]:
+    """The interactions a dataset's backtest replays, and its ground truth (drift events; empty for real data)."""
+    from recsys_retrain.simulate import drifting_timeline
+
+    if dataset == "movielens":
+        return raw, {}
+    if dataset == "synthetic":
+        return drifting_timeline(raw, start="2000-01-03", weeks=25, regime_week=12, influx_week=18)
+    raise PipelineError(f"backtest: unknown dataset {dataset!r} (one of: {', '.join(DATASETS)})")
+
+
+def feature_store(raw, root: Path, settings: Settings) -> Settings:
+    """A feature repository under ``root`` holding the whole timeline; the settings that point at it."""
+    from recsys_retrain.data.ingest import bootstrap_feature_repo
+    from recsys_retrain.paths import mark_owned
+    from recsys_retrain.resources import copy_definitions
+
+    repo = copy_definitions(settings.feature_repo, mark_owned(root) / "features")
+    bootstrap_feature_repo(raw, repo)
+    return settings.model_copy(update={"feature_repo": repo})
+
+
+def window_starts(start: str | pd.Timestamp, weeks: int) -> list[pd.Timestamp]:
+    """``weeks`` consecutive Monday-aligned (as given) window starts.
+
+    Example:
+        >>> [t.date().isoformat() for t in window_starts("1997-10-06", 3)]
+        ['1997-10-06', '1997-10-13', '1997-10-20']
+    """
+    first = pd.Timestamp(start)
+    first = first.tz_localize("UTC") if first.tzinfo is None else first
+    return [first + WEEK * i for i in range(weeks)]

@@ -11,6 +11,7 @@ plan names.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,21 @@ import pandas as pd
 from recsys_retrain.errors import PipelineError
 from recsys_retrain.io import utc
 from recsys_retrain.settings import Settings
+
+
+@dataclass(frozen=True)
+class KnownChampion:
+    """A champion handed over directly instead of read from the registry (the backtest replays policies without one).
+
+    Attributes:
+        model: the loaded Recommender.
+        data_end: the end of the data it has seen (ISO or Timestamp).
+        version: a name for the plan's reasons and ``warm_from``.
+    """
+
+    model: Any
+    data_end: Any
+    version: str
 
 
 def judged_in_place(s: Settings, current, model, pulled: dict[str, Any]):
@@ -48,7 +64,7 @@ def judged_in_place(s: Settings, current, model, pulled: dict[str, Any]):
     )
 
 
-def champion_info(s: Settings, fit: pd.DataFrame, catalogue: pd.DataFrame, start: str):
+def champion_info(s: Settings, fit: pd.DataFrame, catalogue: pd.DataFrame, start: str, known: KnownChampion | None = None):
     """The champion measured against this cycle's data, for the warm-or-scratch decision; None without one.
 
     Its encoder's users against the users of the span a warm update would train on (the
@@ -56,32 +72,41 @@ def champion_info(s: Settings, fit: pd.DataFrame, catalogue: pd.DataFrame, start
     seen when that is longer), its items against the catalogue, and ``days_unseen`` from
     the end of its data (``data_end``, else its window's start) to this window's start.
     None (from scratch) when there is no champion, its artifact does not load, or it has
-    seen data from this window on.
+    seen data from this window on. ``known`` stands in for the registry's champion.
     """
     from recsys_retrain.registry import candidates
     from recsys_retrain.schedule.start import ChampionInfo
     from recsys_retrain.train.warm_start import embedding_dim
 
-    current = candidates.champion(s)
-    if current is None:
-        return None
-    model, _ = candidates.try_load(s, current.version)
-    days_unseen = (utc(start) - utc(current.trained_until)).total_seconds() / 86_400
+    if known is not None:
+        model, version, data_end = known.model, known.version, known.data_end
+    else:
+        current = candidates.champion(s)
+        if current is None:
+            return None
+        model, _ = candidates.try_load(s, current.version)
+        version, data_end = current.version, current.trained_until
+    days_unseen = (utc(start) - utc(data_end)).total_seconds() / 86_400
     if model is None or days_unseen < 0:
         return None
     span = max(s.schedule.warm_span_days, days_unseen)
     users = fit.loc[fit["timestamp"] >= utc(start) - timedelta(days=span), "user_id"]
     encoder = model.encoder
     return ChampionInfo.compare(encoder.user_ids, encoder.item_ids, users, catalogue["item_id"],
-                                embedding_dim(model.model), days_unseen, str(current.version))
+                                embedding_dim(model.model), days_unseen, str(version))
 
 
-def warm_init(s: Settings, plan: dict[str, Any] | None):
-    """The champion a warm-start plan continues from, and its version; ``(None, None)`` for a run from scratch."""
+def warm_init(s: Settings, plan: dict[str, Any] | None, known: KnownChampion | None = None):
+    """The champion a warm-start plan continues from, and its version; ``(None, None)`` for a run from scratch.
+
+    ``known`` (the one ``champion_info`` measured, outside the registry) is returned as it is.
+    """
     from recsys_retrain.registry import candidates
 
     if not plan or not plan.get("plan") or not plan["plan"].get("warm_start"):
         return None, None
+    if known is not None:
+        return known.model, known.version
     version = int((plan.get("champion") or {}).get("version") or 0)
     if not version:
         raise PipelineError("the plan chose a warm start but names no champion version: run calibrate again")

@@ -230,42 +230,59 @@ def demo(
 
 @app.command()
 def backtest(
-    start: Annotated[str, typer.Option(help="First window's start (YYYY-MM-DD); it trains the first model.")] = "1998-02-23",
-    weeks: Annotated[int, typer.Option(min=2, help="Consecutive weekly windows (the first trains, the rest are scored).")] = 9,
+    dataset: Annotated[str, typer.Option(help="movielens (the data, or --source) or synthetic (resampled from it, with "
+                                         "a regime change and new items at known weeks).")] = "movielens",
+    start: Annotated[Optional[str], typer.Option(help="First window's start (YYYY-MM-DD); it trains the first model. "
+                                                 "Default: the dataset's (movielens 1997-10-06).")] = None,
+    weeks: Annotated[Optional[int], typer.Option(min=2, help="Consecutive weekly windows (the first trains, the rest "
+                                                 "are scored); default 21.")] = None,
     retrain_on: Annotated[str, typer.Option(help="Drift severity that triggers the drift policies: minor or major.")] = "minor",
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs budget of every training; default train.epochs.")] = None,
+    gate_policies: Annotated[Optional[list[str]], typer.Option("--gate-policy", help="Also replay the retraining "
+                             "policies under this gate.policy (repeatable), on the same models.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Working folder for the cycles, backtest.json and backtest.png; default HOME/backtest.")]
     = None,
     source: Annotated[Optional[Path], typer.Option(help="Interaction data; default MovieLens-100K.")] = None,
 ) -> None:
-    """Replay a timeline under four retraining policies; print mean NDCG@10 against training compute."""
-    from recsys_retrain.backtest import WEEK
-    from recsys_retrain.backtest import backtest as run_backtest
-    from recsys_retrain.data.ingest import bootstrap_feature_repo
-    from recsys_retrain.paths import mark_owned, replaceable_folder
-    from recsys_retrain.resources import copy_definitions
+    """Replay weeks under each retraining policy and the weekly-refit baselines; served NDCG@10 against training compute."""
+    from recsys_retrain import backtest as bt
+    from recsys_retrain.cycle import with_overrides
+    from recsys_retrain.paths import replaceable_folder
 
     quiet_libraries()
     settings = get_settings()
+    if dataset not in bt.DATASETS:
+        raise PipelineError(f"--dataset must be one of {', '.join(bt.DATASETS)}, got {dataset!r}")
     source, out = checked_path(source, settings, "--source"), checked_path(out, settings, "--out")
     root = replaceable_folder(out or settings.home / "backtest", settings, "--out")
     if root.exists():
         shutil.rmtree(root)
-    repo = copy_definitions(settings.feature_repo, mark_owned(root) / "features")
-    raw = load_source(settings, source)
-    console.print(f"feature store for the backtest at {repo} (the whole timeline; pulls are point-in-time)")
-    bootstrap_feature_repo(raw, repo)
-    from recsys_retrain.cycle import with_overrides
-
-    s = with_overrides(settings, {"train": {"epochs": epochs}} if epochs else None).model_copy(update={"feature_repo": repo})
-    starts = [pd.Timestamp(start, tz="UTC") + WEEK * i for i in range(weeks)]
-    result = run_backtest(s, starts, root, retrain_on=retrain_on)
-    table = Table(title=f"Retraining policies over {weeks - 1} scored weeks from {starts[1].date()} (drift trigger: {retrain_on})")
-    for col in ("policy", "mean NDCG@10", "retrains", "promotions", "train epochs", "train s"):
+    raw, truth = bt.timeline(dataset, load_source(settings, source))
+    s = with_overrides(settings, {"train": {"epochs": epochs}} if epochs else None)
+    s = bt.feature_store(raw, root, s)
+    console.print(f"feature store for the backtest at {s.feature_repo} (the whole timeline; pulls are point-in-time)")
+    for name, event in truth.items():
+        console.print(f"ground truth: {name} from {event['start'][:10]}", highlight=False)
+    defaults = bt.DATASETS[dataset]
+    starts = bt.window_starts(start or defaults["start"], weeks or defaults["weeks"])
+    result = bt.backtest(s, starts, root, retrain_on=retrain_on, gate_policies=tuple(gate_policies or ()))
+    summary = result.summary()
+    table = Table(title=f"Policies over {len(starts) - 1} scored weeks from {starts[1].date()} (drift trigger: {retrain_on}, "
+                        f"gate {result.gate_policy}, refit {result.refit})")
+    for col in ("policy", "mean NDCG@10", "vs never [95% CI]", "vs recent pop [95% CI]", "retrains", "promotions",
+                "train epochs", "train s", "staleness d"):
         table.add_column(col, no_wrap=True)
-    for p in result.policies:
-        table.add_row(p.policy, f"{p.mean_ndcg10:.4f}", str(p.trains), str(p.promotions), str(p.train_epochs), f"{p.train_s:.1f}")
+
+    def ci(c: dict | None) -> str:
+        return "—" if c is None else f"{c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
+
+    for name, row in summary.items():
+        table.add_row(name, f"{row['mean_ndcg10']:.4f}", ci(row["ci_vs_never"]), ci(row["ci_vs_recent_pop"]), str(row["trains"]),
+                      str(row["promotions"]), str(row["train_epochs"]), f"{row['train_s']:.1f}", f"{row['staleness_days']:.1f}")
     console.print(table)
+    for gate_policy, rows in result.by_gate_policy.items():
+        console.print(f"under gate {gate_policy}: " + ", ".join(f"{p.policy} {p.mean_ndcg10:.4f} ({p.promotions} promoted)"
+                                                              for p in rows), highlight=False)
     console.print(f"drift per window: {' '.join(result.severities)}")
     console.print(f"{result.json_path}\n{result.plot_path}")
 

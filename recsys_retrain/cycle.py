@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -22,6 +22,9 @@ from recsys_retrain.errors import PipelineError
 from recsys_retrain.io import file_lock, utc, write_json, write_parquet
 from recsys_retrain.paths import CyclePaths
 from recsys_retrain.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from recsys_retrain.champion import KnownChampion
 
 SEVERITY_ORDER = ("none", "minor", "major")
 DEFAULT_RETRAIN_ON = "minor"
@@ -175,6 +178,7 @@ def calibrate(
     drift_result: dict[str, Any] | None = None,
     settings: Settings | None = None,
     overrides: Overrides | None = None,
+    champion: KnownChampion | None = None,
 ) -> dict[str, Any]:
     """The training schedule of this cycle, from the history's profile, the drift verdict and past runs.
 
@@ -183,7 +187,8 @@ def calibrate(
     With ``schedule.warm_start`` on and a loadable champion that has not seen this
     window, the plan also records warm start or scratch with its reasons
     (``recsys_retrain.schedule.start``), and ``champion`` names the version a warm
-    start continues from (``recsys_retrain.champion.champion_info``).
+    start continues from (``recsys_retrain.champion.champion_info``); ``champion``, when
+    given, stands in for the registry's (the backtest).
     """
     from recsys_retrain.profile import profile
     from recsys_retrain.schedule.calibrate import calibrate as make_plan
@@ -198,10 +203,10 @@ def calibrate(
     kb = knowledge_base(s) if s.schedule.knowledge_base else None
     from recsys_retrain.champion import champion_info
 
-    champion = champion_info(s, fit, pd.read_parquet(p.catalogue), pulled["start"]) if s.schedule.warm_start else None
-    plan = make_plan(prof, drift_result, kb, s.schedule, s.train, champion=champion)
+    info = champion_info(s, fit, pd.read_parquet(p.catalogue), pulled["start"], champion) if s.schedule.warm_start else None
+    plan = make_plan(prof, drift_result, kb, s.schedule, s.train, champion=info)
     payload = {"policy": "adaptive", "plan": plan.to_dict(), "profile": prof, "kb_records": len(kb) if kb else 0,
-               "champion": champion.to_dict() if champion else None}
+               "champion": info.to_dict() if info else None}
     write_json(payload, p.plan)
     return {**payload, "path": str(p.plan)}
 
@@ -230,6 +235,7 @@ def train(
     settings: Settings | None = None,
     overrides: Overrides | None = None,
     plan: dict[str, Any] | None = None,
+    champion: KnownChampion | None = None,
 ) -> dict[str, Any]:
     """Trains the challenger on the history; returns the checkpoint path, losses and trace path.
 
@@ -238,7 +244,8 @@ def train(
     and the run is added to the knowledge base. With ``train.processes > 1`` the run
     is launched with torchrun. A plan that chose a warm start trains from the champion
     it names (``train(init=...)``) on its ``history_days`` before the window; the result
-    then names it (``warm_from``). ``data_start`` is the first interaction trained on.
+    then names it (``warm_from``); ``champion`` is the one calibrate was given, if it was.
+    ``data_start`` is the first interaction trained on.
 
     One training per window at a time: ``retrain_scheduled`` and ``drift_watch`` may
     reach the same window together, so the second waits on the window's lock and then
@@ -254,12 +261,13 @@ def train(
             previous = json.loads(done.read_text())
             if previous["key"] == json.loads(json.dumps(key, default=str)) or p.summary.exists():
                 return {**previous["result"], "reused": str(done)}
-        result = _train(p, s, plan, pulled["start"])
+        result = _train(p, s, plan, pulled["start"], champion)
         write_json({"key": key, "result": result}, done)
     return result
 
 
-def _train(p: CyclePaths, s: Settings, plan: dict[str, Any] | None, start: str) -> dict[str, Any]:
+def _train(p: CyclePaths, s: Settings, plan: dict[str, Any] | None, start: str,
+           champion: KnownChampion | None = None) -> dict[str, Any]:
     from recsys_retrain.champion import warm_init
     from recsys_retrain.evaluate import user_metrics
     from recsys_retrain.schedule.plan import SchedulePlan
@@ -267,7 +275,7 @@ def _train(p: CyclePaths, s: Settings, plan: dict[str, Any] | None, start: str) 
 
     history, catalogue = pd.read_parquet(p.history), pd.read_parquet(p.catalogue)
     schedule = SchedulePlan.from_dict(plan["plan"]) if plan and plan.get("plan") else None
-    init, warm_from = warm_init(s, plan)
+    init, warm_from = warm_init(s, plan, champion)
     if init is not None and schedule.history_days is not None:
         history = history[history["timestamp"] >= utc(start) - timedelta(days=schedule.history_days)]
     if schedule is None:

@@ -311,3 +311,83 @@ What the magnitudes mean on a week of MovieLens-100K (about 3,200 interactions):
 * regime_change s: the last ``s`` of the week (in time) has a reshuffled popularity
   order; at 0.25 the last day and a half.
 """
+
+
+# --------------------------------------------------------------------------- a drifting timeline
+
+
+def drifting_timeline(
+    raw: RawData,
+    start: pd.Timestamp | str = "2000-01-03",
+    weeks: int = 25,
+    regime_week: int = 12,
+    influx_week: int = 18,
+    influx_share: float = 0.10,
+    influx_items: int = 30,
+    seed: int = 0,
+) -> tuple[RawData, dict]:
+    """Weeks of sessions resampled from ``raw`` (stationary), with two scheduled drifts that persist.
+
+    Ground truth for a backtest: before ``regime_week`` nothing changes, so retraining
+    can only add the newest weeks' sessions; from ``regime_week`` on, every item's
+    behaviour moves to another item (one fixed permutation of the catalogue, so what
+    a model learnt of each id is wrong from then on, until it retrains); from
+    ``influx_week`` on, ``influx_share`` of the rows go to ``influx_items`` new items
+    (new ids, with the genres of existing ones), which a model trained before can
+    never rank. Both are where retraining must help.
+
+    Args:
+        raw: the source (side tables kept; new items are added to ``items``).
+        start: the first week's Monday.
+        weeks: length of the timeline.
+        regime_week / influx_week: week index (from 0) of each drift.
+
+    Returns:
+        ``(RawData, truth)``: the timeline and its drift events (``truth[name]`` has
+        ``week``, ``start`` and the magnitude).
+
+    Example:
+        >>> inter = pd.DataFrame({"user_id": [1, 2, 1, 2], "item_id": [10, 11, 11, 10], "rating": 4.0,
+        ...     "timestamp": pd.to_datetime(["1998-01-05", "1998-01-06", "1998-01-12", "1998-01-13"], utc=True)})
+        >>> items = pd.DataFrame({"item_id": [10, 11], "genres": ["Drama", "Comedy"], "release_year": [1990, 1995]})
+        >>> timeline, truth = drifting_timeline(RawData(inter, pd.DataFrame(), items), weeks=3, regime_week=1,
+        ...     influx_week=2, influx_items=2)
+        >>> sorted(truth), timeline.items["item_id"].tolist()
+        (['new_item_influx', 'regime_change'], [10, 11, 12, 13])
+    """
+    if not 0 < regime_week < weeks or not 0 < influx_week < weeks:
+        raise ValueError(f"drift weeks must fall inside the {weeks}-week timeline, got {regime_week} and {influx_week}")
+    _check_share(influx_share)
+    start = pd.Timestamp(start, tz="UTC") if pd.Timestamp(start).tzinfo is None else pd.Timestamp(start)
+    base = base_log(raw)
+    items = catalogue(base)
+    rng = np.random.default_rng(seed)
+    perm = pd.Series(items["item_id"].to_numpy()[rng.permutation(len(items))], index=items["item_id"].to_numpy())
+    first = int(max(items["item_id"].max(), raw.items["item_id"].max() if not raw.items.empty else 0)) + 1
+    fresh_ids = np.arange(first, first + influx_items, dtype="int64")
+    donors = items.iloc[rng.integers(0, len(items), influx_items)]
+    frames = []
+    for week in range(weeks):
+        w = resample_window(base, start + pd.Timedelta(days=7 * week), 7, seed * 100_003 + week)
+        ids = w["item_id"].to_numpy().copy()
+        if week >= regime_week:
+            ids = perm.reindex(ids).to_numpy().astype("int64")
+        if week >= influx_week:
+            hit = np.random.default_rng([seed, week]).random(len(ids)) < influx_share
+            ids[hit] = fresh_ids[np.random.default_rng([seed, week, 1]).integers(0, influx_items, int(hit.sum()))]
+        frames.append(w[["user_id", "timestamp", "rating"]].assign(item_id=ids))
+    inter = pd.concat(frames, ignore_index=True)[["user_id", "item_id", "timestamp", "rating"]]
+    # a session drawn twice into one week lands on the same day and times: one copy is kept (the data stage
+    # quarantines repeated events), as are the rows the influx sends to the same new item at the same time
+    inter = inter.drop_duplicates(["user_id", "item_id", "timestamp"], ignore_index=True)
+    side = raw.items if not raw.items.empty else items.rename(columns={"item_genres": "genres", "item_release_year": "release_year"})
+    new = pd.DataFrame({"item_id": fresh_ids, "genres": donors["item_genres"].to_numpy(),
+                        "release_year": np.full(influx_items, int(items["item_release_year"].max()), dtype="int64")})
+    new_items = pd.concat([side[["item_id", "genres", "release_year"]], new], ignore_index=True)
+    when = {name: start + pd.Timedelta(days=7 * wk) for name, wk in (("regime", regime_week), ("influx", influx_week))}
+    truth = {
+        "regime_change": {"week": regime_week, "start": when["regime"].isoformat(), "share_of_items_remapped": 1.0},
+        "new_item_influx": {"week": influx_week, "start": when["influx"].isoformat(), "share": influx_share,
+                            "items": influx_items},
+    }
+    return RawData(inter.sort_values("timestamp", kind="stable", ignore_index=True), raw.users, new_items), truth

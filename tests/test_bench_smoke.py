@@ -30,13 +30,13 @@ EXPECTED = {
     "drift": ("drift.json", ("detection", "false_positive_rate", "prediction_score_fpr", "prediction_score_pairs", "drift_100k_s",
                              "drift_1m_s", "goals"), ("drift.png",)),
     "decisions": ("decisions.json", ("bad_rejected", "bad_total", "revert_delay_windows", "gate_s", "goals"), ()),
-    "pipeline": ("pipeline.json", ("dag_parse_s_max", "cycle_s", "demo_s", "backtest", "goals"),
-                 ("pipeline_backtest.png",)),
+    "pipeline": ("pipeline.json", ("dag_parse_s_max", "cycle_s", "demo_s", "goals"), ()),
     "faults": ("faults.json", ("scenarios", "survived", "data_lost_rows", "bad_promotions", "per_scenario"), ()),
     "scheduler": ("scheduler.json", ("regimes", "heldout", "goals", "bench_s", "machine"),
                   ("scheduler.png", "scheduler_runs.jsonl")),
     "sparse_optimizer": ("sparse_optimizer.json", ("ndcg10_adagrad", "ndcg10_rowwise_adagrad", "rowwise_minus_exact",
                                                    "ci95"), ()),
+    "backtest": ("backtest.json", ("datasets", "goals", "protocol"), ("backtest_movielens.png", "backtest_synthetic.png")),
 }
 
 

@@ -139,3 +139,24 @@ class TestInjectors:
     def test_every_drift_type_has_three_increasing_magnitudes(self):
         for factory, magnitudes in sim.DRIFT_TYPES.values():
             assert callable(factory) and len(magnitudes) == 3 and list(magnitudes) == sorted(magnitudes)
+
+
+def test_the_drifting_timeline_holds_its_scheduled_drifts(movielens):
+    from recsys_retrain.simulate import drifting_timeline
+
+    timeline, truth = drifting_timeline(movielens, start="2000-01-03", weeks=6, regime_week=2, influx_week=4, seed=3)
+    inter = timeline.interactions
+    week = ((inter["timestamp"] - pd.Timestamp("2000-01-03", tz="UTC")) // pd.Timedelta(days=7)).to_numpy()
+    assert set(week) == set(range(6)) and inter["timestamp"].is_monotonic_increasing
+    assert not inter.duplicated(["user_id", "item_id", "timestamp"]).any()  # the data stage would quarantine repeats
+    old_items = set(movielens.items["item_id"])
+    new = ~inter["item_id"].isin(old_items)
+    assert not new[week < 4].any()  # new items only from the influx week, about the share asked for
+    assert 0.07 < new[week >= 4].mean() < 0.13
+    assert set(inter.loc[new, "item_id"]) <= set(timeline.items["item_id"]) - old_items
+    # before the regime change every week follows the same item popularity; after it, another one
+    top = [set(inter.loc[week == w, "item_id"].value_counts().index[:20]) for w in range(4)]
+    assert len(top[0] & top[1]) >= 8 and len(top[1] & top[2]) <= 3 and len(top[2] & top[3]) >= 8
+    assert truth["regime_change"]["week"] == 2 and truth["new_item_influx"]["start"].startswith("2000-01-31")
+    again, _ = drifting_timeline(movielens, start="2000-01-03", weeks=6, regime_week=2, influx_week=4, seed=3)
+    pd.testing.assert_frame_equal(again.interactions, inter)  # seeded
