@@ -205,16 +205,21 @@ def knowledge_base(s: Settings):
     return KnowledgeBase(tracking_uri=s.mlflow_uri, experiment=f"{s.model_name}-schedule-kb", k=s.schedule.kb_neighbours)
 
 
-def schedule_split(history: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def schedule_split(
+    history: pd.DataFrame, share: float, *, cold_users: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Training part and the latest ``share`` of the history (by time), which steers the scheduler.
 
-    Validation rows are kept only for users and items seen in the training part, as
-    the evaluation does for the holdout.
+    Validation rows are kept only for items seen in the training part, and for users
+    seen there too unless ``cold_users`` (the served blend is fit on every user, as the
+    gate scores a window).
     """
     cut = history["timestamp"].quantile(1 - share)
     fit, later = history[history["timestamp"] <= cut], history[history["timestamp"] > cut]
-    later = later[later["user_id"].isin(fit["user_id"]) & later["item_id"].isin(fit["item_id"])]
-    return fit, later
+    keep = later["item_id"].isin(fit["item_id"])
+    if not cold_users:
+        keep &= later["user_id"].isin(fit["user_id"])
+    return fit, later[keep]
 
 
 def train(
@@ -227,7 +232,8 @@ def train(
 
     With an adaptive plan (the calibrate step's result), the latest part of the history
     is held out to steer the AdaptiveScheduler (early stop, rollback, best weights),
-    and the run is added to the knowledge base. With ``train.processes > 1`` the run
+    and the run is added to the knowledge base. With ``train.blend_holdout`` (either
+    policy) the same latest part fits the served blend with recent popularity. With ``train.processes > 1`` the run
     is launched with torchrun.
 
     One training per window at a time: ``retrain_scheduled`` and ``drift_watch`` may
@@ -256,29 +262,39 @@ def _train(p: CyclePaths, s: Settings, plan: dict[str, Any] | None) -> dict[str,
 
     history, catalogue = pd.read_parquet(p.history), pd.read_parquet(p.catalogue)
     schedule = SchedulePlan.from_dict(plan["plan"]) if plan and plan.get("plan") else None
-    if schedule is None:
-        fit, later, validate = history, None, None
-    else:
-        fit, later = schedule_split(history, s.schedule.validation_share)
-        if later.empty:
-            fit, later = history, None
+    fit, later, tail, validate = history, None, None, None  # later steers the scheduler, tail fits the blend
+    if schedule is not None or s.train.blend_holdout:
+        head, newest = schedule_split(history, s.schedule.validation_share, cold_users=True)
+        warm = newest[newest["user_id"].isin(head["user_id"])]  # the scheduler steers on the users it trains
+        if s.train.blend_holdout and not newest.empty:
+            fit, tail = head, newest
+            later = warm if schedule is not None and not warm.empty else None
+        elif schedule is not None and not warm.empty:
+            fit, later = head, warm
+    if schedule is not None and later is not None:
         k = schedule.validation_k  # the plan's steering cut-off, deeper than the served one (see ScheduleSettings)
         # per-user values: the rate probe compares candidates user by user; the metric is their mean
-        validate = (lambda model: user_metrics(model, fit, later, k).ndcg) if later is not None else None
+        validate = lambda model: user_metrics(model, fit, later, k).ndcg  # noqa: E731
     if s.train.processes > 1:
         from recsys_retrain.train.launch import train_distributed
 
         extra, source = [], p.history
-        if schedule is not None:
-            source, val_path = p.root / "schedule_fit.parquet", p.root / "schedule_validation.parquet"
+        if fit is not history:
+            source = p.root / "schedule_fit.parquet"
             write_parquet(fit, source)
+        if schedule is not None:
             extra = ["--plan", str(p.plan)]
             if later is not None:
+                val_path = p.root / "schedule_validation.parquet"
                 write_parquet(later, val_path)
                 extra += ["--validation", str(val_path)]
+        if tail is not None:
+            write_parquet(tail, p.root / "blend_holdout.parquet")
+            extra += ["--blend-holdout", str(p.root / "blend_holdout.parquet")]
         result = train_distributed(source, p.catalogue, p.model_dir, s, extra_args=extra)
     else:
-        result = train_model(fit, catalogue, p.model_dir, s.train, progress=False, validate=validate, plan=schedule)
+        result = train_model(fit, catalogue, p.model_dir, s.train, progress=False, validate=validate, plan=schedule,
+                             blend_holdout=tail)
     if schedule is not None and s.schedule.knowledge_base and result.best_validation is not None:
         remember(s, plan, result)
     return result.to_dict()

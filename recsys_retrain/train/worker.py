@@ -37,8 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--plan", type=Path, help="plan.json of the calibrate step: train under the adaptive scheduler")
     parser.add_argument("--validation", type=Path, help="validation parquet that steers the scheduler (with --plan)")
+    parser.add_argument("--blend-holdout", type=Path,
+                        help="parquet of the interactions after the history that fit the served blend with recent popularity")
     args = parser.parse_args(argv)
     plan, validate = None, None
+    tail = pd.read_parquet(args.blend_holdout) if args.blend_holdout else None
     if args.plan:
         payload = json.loads(args.plan.read_text())
         plan = SchedulePlan.from_dict(payload["plan"]) if payload.get("plan") else None
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         train_settings = get_settings().train
     result = train(
         pd.read_parquet(args.history), pd.read_parquet(args.catalogue), args.out, train_settings, progress=False,
-        validate=validate, plan=plan,
+        validate=validate, plan=plan, blend_holdout=tail,
     )
     if dist.get_rank() == 0:
         write_text(json.dumps(result.to_dict(), indent=2), args.out / "train_result.json")
