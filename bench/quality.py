@@ -8,8 +8,12 @@ training (``test_rows_unseen_items`` counts the rest): an item without a trainin
 interaction has no count for popularity, recent popularity or EASE to rank it by (they
 all score it 0), so no baseline could ever rank it. A validation window is carved
 from the end of the training period the same way, to choose EASE's lambda, the
-recent-popularity window (``RECENT_DAYS``) and the model's epoch budget. Full ranking
-over the whole catalogue with each user's training items excluded.
+recent-popularity window (``RECENT_DAYS``), the model's epoch budget and the model's
+serving blend with recent popularity (``recsys_retrain.train.blend``, fit on the
+validation window inside ``train``, as the cycle fits it on its schedule split; the
+final models, trained on the whole training period, serve at the blend of the chosen
+epoch budget). Full ranking over the whole catalogue with each user's training items
+excluded.
 
 Per-user NDCG@10 of every method on the same test users; the model's per user is the
 mean over its seeds. ``ci95_vs_*`` is the paired bootstrap (users resampled, seeded,
@@ -127,17 +131,22 @@ def main(
     print("recent popularity validation NDCG@10 by days:", {k: round(v, 4) for k, v in recent_val.items()}, "->", days)
 
     with tempfile.TemporaryDirectory() as tmp:
-        val_by_epochs = {}
+        val_by_epochs, blend_by_epochs, blend_val = {}, {}, {}
         for n in epochs:
-            r = train(fit, catalogue, Path(tmp) / f"val{n}", TrainSettings(epochs=n), progress=False)
-            val_by_epochs[n] = val_ndcg(load_checkpoint(Path(r.checkpoint)))
+            r = train(fit, catalogue, Path(tmp) / f"val{n}", TrainSettings(epochs=n), progress=False, blend_holdout=val)
+            val_by_epochs[n] = val_ndcg(load_checkpoint(Path(r.checkpoint)))  # at the blend fit on val
+            blend_by_epochs[n], blend_val[n] = r.blend, r.blend_ndcg
         best_epochs = max(val_by_epochs, key=val_by_epochs.get)
-        print("model validation NDCG@10 by epochs:", {k: round(v, 4) for k, v in val_by_epochs.items()}, "->", best_epochs)
+        blend = blend_by_epochs[best_epochs]
+        print("model validation NDCG@10 by epochs:", {k: round(v, 4) for k, v in val_by_epochs.items()}, "->", best_epochs,
+              "at blend", blend, "; by blend:", {b: round(v, 4) for b, v in blend_val[best_epochs].items()})
 
         runs, seconds = {}, []
         for seed in seeds:
             r = train(train_all, catalogue, Path(tmp) / f"s{seed}", TrainSettings(epochs=best_epochs, seed=seed), progress=False)
-            runs[f"model_seed{seed}"] = user_metrics(load_checkpoint(Path(r.checkpoint)), train_all, test, K)
+            model = load_checkpoint(Path(r.checkpoint))
+            model.blend = blend
+            runs[f"model_seed{seed}"] = user_metrics(model, train_all, test, K)
             seconds.append(r.seconds)
 
     baselines = {
@@ -163,10 +172,13 @@ def main(
         "ease_lambda": lam,
         "recent_pop_days": days,
         "model_epochs": best_epochs,
+        "model_blend": blend,
         "validation_ndcg10": {
             "ease_by_lambda": {str(k): v for k, v in ease_val.items()},
             "recent_pop_by_days": {str(k): v for k, v in recent_val.items()},
             "model_by_epochs": {str(k): v for k, v in val_by_epochs.items()},
+            "model_blend_by_epochs": {str(k): v for k, v in blend_by_epochs.items()},
+            "model_by_blend": blend_val[best_epochs],
         },
         "train_s": statistics.mean(seconds),
         "test_users": len(users),

@@ -10,8 +10,8 @@ with the run's seed) at the settings' batch size, on the device ``train()`` woul
   rates), steps the dense Adam through the combined optimizer (which also hands the rate to the fused
   kernel) and records the step in the trace. No validation, no scheduler and no checkpoints:
   ``train()`` writes an epoch checkpoint after every epoch, which is left out here on purpose.
-- **bare TorchRec**: the same EmbeddingBagCollection tables and the same dense towers (taken from a
-  model ``build_two_tower`` builds) in a module with a plain forward and the same loss, but none of the
+- **bare TorchRec**: the same EmbeddingBagCollection tables, the same dense towers and item prior (taken
+  from a model ``build_two_tower`` builds) in a module with a plain forward and the same loss, but none of the
   pipeline's gradient hooks; wrapped in DistributedModelParallel with the same fused Adagrad applied in
   backward (planned table-wise on the fused kernel, as the pipeline plans it) and plain Adam on the
   tower layers. Its batches are the same example indices, built into KJTs on the device before the clock
@@ -58,7 +58,7 @@ from torchrec.distributed.planner.types import KernelConfig, ParameterConstraint
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys_retrain.model import FeatureEncoder, TwoTower, build_two_tower
+from recsys_retrain.model import FeatureEncoder, TwoTower, build_two_tower, item_prior
 from recsys_retrain.settings import TrainSettings
 from recsys_retrain.train.checkpoints import load_checkpoint
 from recsys_retrain.train.distributed import SPARSE_OPTIMIZERS, device, init_process_group, sharded_model
@@ -76,11 +76,12 @@ CHUNK_BATCHES = 4  # the sides take turns every 4 batches (some 0.03 s each on a
 SMOKE = {"warmup": 2, "batches": 6}
 GOAL_RATIO = 0.9  # the pipeline's per-step batching and signals may cost at most a tenth of the bare loop's rate
 
-Batch = tuple[KeyedJaggedTensor, KeyedJaggedTensor, torch.Tensor]  # users, the period's catalogue, labels
+Batch = tuple[KeyedJaggedTensor, KeyedJaggedTensor, torch.Tensor, torch.Tensor]  # users, the period's catalogue
+# and its item-prior features, labels
 
 
 class BareTwoTower(nn.Module):
-    """The pipeline model's tables and dense towers under a plain TorchRec forward and the same loss.
+    """The pipeline model's tables, dense towers and item prior under a plain TorchRec forward and the same loss.
 
     No gradient hooks (the pipeline's ``TwoTower`` watches the pooled embeddings' gradients for its
     step signals): what a hand-written TorchRec training script would train.
@@ -90,12 +91,16 @@ class BareTwoTower(nn.Module):
         super().__init__()
         self.user_ebc, self.item_ebc = tower.user_ebc, tower.item_ebc
         self.user_proj, self.item_proj = tower.user_proj, tower.item_proj
+        self.prior = tower.prior  # its weight only: the forward below is written out
         self.temperature = temperature
 
-    def forward(self, users: KeyedJaggedTensor, items: KeyedJaggedTensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, users: KeyedJaggedTensor, items: KeyedJaggedTensor, prior: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         user = self.user_proj(self.user_ebc(users).values())
         item = self.item_proj(self.item_ebc(items).values())
-        return nn.functional.cross_entropy(user @ item.T / self.temperature, labels)
+        scores = user @ item.T + (prior.float() * self.prior.weight.float()).sum(dim=-1)
+        return nn.functional.cross_entropy(scores / self.temperature, labels)
 
 
 def bare_model(
@@ -132,10 +137,10 @@ def bare_steps(
     dmp: DistributedModelParallel, adam: torch.optim.Optimizer, batches: list[Batch], autocast: bool
 ) -> None:
     """The bare training loop: zero the dense gradients, forward, backward (tables updated there), Adam step."""
-    for users, items, labels in batches:
+    for users, items, prior, labels in batches:
         adam.zero_grad()
         with torch.autocast(device_type=labels.device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = dmp(users, items, labels)
+            loss = dmp(users, items, prior, labels)
         loss.backward()
         adam.step()
 
@@ -189,14 +194,15 @@ def side_by_side(
     catalogue = catalogue.sort_values("item_id").reset_index(drop=True)
     encoder = FeatureEncoder.fit(inter, catalogue)
     examples = training_examples(inter, encoder)
-    snapshots = {p: kjt.to(dev) for p, kjt in catalogue_snapshots(inter, catalogue, encoder, examples.period).items()}
+    snapshots = {p: snap.to(dev) for p, snap in catalogue_snapshots(inter, catalogue, encoder, examples.period).items()}
     batches = examples.batches(settings.batch_size, np.random.default_rng(settings.seed))[:n_batches]
     samples = sum(len(b) for b in batches)
 
     torch.manual_seed(settings.seed)
     dmp, opt = sharded_model(encoder, settings, dev)
     loop = TrainLoop(dmp, opt, examples, encoder, catalogue, encoder.recent_counts(inter, catalogue), snapshots, dev,
-                     np.random.default_rng(settings.seed), settings, out_dir, progress=False)
+                     np.random.default_rng(settings.seed), settings, out_dir, prior=item_prior(inter, catalogue),
+                     progress=False)
     loop.autocast = autocast
 
     torch.manual_seed(settings.seed)
@@ -204,7 +210,8 @@ def side_by_side(
     prepared = []
     for idx in batches:
         users, labels = examples.batch(idx, encoder)
-        prepared.append((users.to(dev), snapshots[int(examples.period[idx[0]])], labels.to(dev)))
+        snap = snapshots[int(examples.period[idx[0]])]
+        prepared.append((users.to(dev), snap.items, snap.prior, labels.to(dev)))
 
     sides = (lambda part: loop.run_steps(batches[part]), lambda part: bare_steps(bare, adam, prepared[part], autocast))
     for run in sides:

@@ -198,6 +198,8 @@ def calibrate(
     if s.schedule.policy == "static":
         write_json({"policy": "static", "plan": None}, p.plan)
         return {"policy": "static", "plan": None, "path": str(p.plan)}
+    from recsys_retrain.challenger import knowledge_base, schedule_split
+
     fit, _ = schedule_split(pd.read_parquet(p.history), s.schedule.validation_share)
     prof = profile(fit).to_dict()
     kb = knowledge_base(s) if s.schedule.knowledge_base else None
@@ -211,25 +213,6 @@ def calibrate(
     return {**payload, "path": str(p.plan)}
 
 
-def knowledge_base(s: Settings):
-    """The scheduler's knowledge base of past runs, in this pipeline's MLflow."""
-    from recsys_retrain.schedule.knowledge import KnowledgeBase
-
-    return KnowledgeBase(tracking_uri=s.mlflow_uri, experiment=f"{s.model_name}-schedule-kb", k=s.schedule.kb_neighbours)
-
-
-def schedule_split(history: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Training part and the latest ``share`` of the history (by time), which steers the scheduler.
-
-    Validation rows are kept only for users and items seen in the training part, as
-    the evaluation does for the holdout.
-    """
-    cut = history["timestamp"].quantile(1 - share)
-    fit, later = history[history["timestamp"] <= cut], history[history["timestamp"] > cut]
-    later = later[later["user_id"].isin(fit["user_id"]) & later["item_id"].isin(fit["item_id"])]
-    return fit, later
-
-
 def train(
     pulled: dict[str, Any],
     settings: Settings | None = None,
@@ -241,11 +224,12 @@ def train(
 
     With an adaptive plan (the calibrate step's result), the latest part of the history
     is held out to steer the AdaptiveScheduler (early stop, rollback, best weights),
-    and the run is added to the knowledge base. With ``train.processes > 1`` the run
-    is launched with torchrun. A plan that chose a warm start trains from the champion
-    it names (``train(init=...)``) on its ``history_days`` before the window; the result
-    then names it (``warm_from``); ``champion`` is the one calibrate was given, if it was.
-    ``data_start`` is the first interaction trained on.
+    and the run is added to the knowledge base. With ``train.blend_holdout`` (either
+    policy) the same latest part fits the served blend with recent popularity. With
+    ``train.processes > 1`` the run is launched with torchrun. A plan that chose a warm
+    start trains from the champion it names (``train(init=...)``) on its ``history_days``
+    before the window; the result then names it (``warm_from``); ``champion`` is the one
+    calibrate was given, if it was. ``data_start`` is the first interaction trained on.
 
     One training per window at a time: ``retrain_scheduled`` and ``drift_watch`` may
     reach the same window together, so the second waits on the window's lock and then
@@ -253,6 +237,8 @@ def train(
     with the same settings and plan, or whenever the window's cycle has already been
     decided (``summary.json``): a re-run never trains into a registered version.
     """
+    from recsys_retrain.challenger import train_challenger
+
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths(Path(pulled["run_dir"]))
     done, key = p.root / "trained.json", {"train": s.train.model_dump(mode="json"), "plan": plan}
@@ -261,72 +247,9 @@ def train(
             previous = json.loads(done.read_text())
             if previous["key"] == json.loads(json.dumps(key, default=str)) or p.summary.exists():
                 return {**previous["result"], "reused": str(done)}
-        result = _train(p, s, plan, pulled["start"], champion)
+        result = train_challenger(p, s, plan, pulled["start"], champion)
         write_json({"key": key, "result": result}, done)
     return result
-
-
-def _train(p: CyclePaths, s: Settings, plan: dict[str, Any] | None, start: str,
-           champion: KnownChampion | None = None) -> dict[str, Any]:
-    from recsys_retrain.champion import warm_init
-    from recsys_retrain.evaluate import user_metrics
-    from recsys_retrain.schedule.plan import SchedulePlan
-    from recsys_retrain.train.loop import train as train_model
-
-    history, catalogue = pd.read_parquet(p.history), pd.read_parquet(p.catalogue)
-    schedule = SchedulePlan.from_dict(plan["plan"]) if plan and plan.get("plan") else None
-    init, warm_from = warm_init(s, plan, champion)
-    if init is not None and schedule.history_days is not None:
-        history = history[history["timestamp"] >= utc(start) - timedelta(days=schedule.history_days)]
-    if schedule is None:
-        fit, later, validate = history, None, None
-    else:
-        fit, later = schedule_split(history, s.schedule.validation_share)
-        if later.empty:
-            fit, later = history, None
-        k = schedule.validation_k  # the plan's steering cut-off, deeper than the served one (see ScheduleSettings)
-        # per-user values: the rate probe compares candidates user by user; the metric is their mean
-        validate = (lambda model: user_metrics(model, fit, later, k).ndcg) if later is not None else None
-    if s.train.processes > 1:
-        from recsys_retrain.train.launch import train_distributed
-
-        extra, source = [], p.history
-        if schedule is not None:
-            source, val_path = p.root / "schedule_fit.parquet", p.root / "schedule_validation.parquet"
-            write_parquet(fit, source)
-            extra = ["--plan", str(p.plan)]
-            if later is not None:
-                write_parquet(later, val_path)
-                extra += ["--validation", str(val_path)]
-        if init is not None:
-            import torch
-
-            init_path = p.root / "warm_init.pt"
-            torch.save(init, init_path)
-            extra += ["--init", str(init_path)]
-        result = train_distributed(source, p.catalogue, p.model_dir, s, extra_args=extra)
-    else:
-        result = train_model(fit, catalogue, p.model_dir, s.train, progress=False, validate=validate, plan=schedule,
-                             init=init)
-    if schedule is not None and s.schedule.knowledge_base and result.best_validation is not None:
-        remember(s, plan, result)
-    first = fit["timestamp"].min()
-    return {**result.to_dict(), "data_start": pd.Timestamp(first).isoformat() if pd.notna(first) else "",
-            **({"warm_from": warm_from} if warm_from else {})}
-
-
-def remember(s: Settings, plan: dict[str, Any], result) -> None:
-    """Adds a finished adaptive run to the knowledge base (profile features -> converged rates -> outcome)."""
-    from recsys_retrain.schedule.knowledge import Record, explore_rates, features
-
-    rates = explore_rates(json.loads(Path(result.trace).read_text()))
-    if rates is None:
-        return
-    record = Record(
-        features(plan.get("profile", {})), rates[0], rates[1], best_epoch=int(result.best_epoch),
-        epochs=len(result.epoch_losses), validation=float(result.best_validation), regime=Path(result.checkpoint).parent.parent.name,
-    )
-    knowledge_base(s).add(record)
 
 
 def evaluate(

@@ -20,7 +20,7 @@ USERS = pd.DataFrame({"user_id": [1, 2], "user_gender": ["F", "M"], "user_age": 
 ITEMS = pd.DataFrame({"item_id": [1, 2, 3], "item_genres": ["Drama", "", "Drama"], "item_release_year": [1990, 0, 1995]})
 
 
-def test_the_bare_comparator_trains_the_pipeline_models_tables_and_towers_to_the_same_loss():
+def test_the_bare_comparator_trains_the_pipeline_models_tables_towers_and_prior_to_the_same_loss():
     torch.manual_seed(0)
     tower = build_two_tower(ENCODER, dim=8)
     task, bare = TwoTowerTrainTask(tower, temperature=0.5), train_speed.BareTwoTower(tower, temperature=0.5)
@@ -28,9 +28,10 @@ def test_the_bare_comparator_trains_the_pipeline_models_tables_and_towers_to_the
         n.removeprefix("model."): p.shape for n, p in task.named_parameters()
     }
     users, items, labels = ENCODER.user_kjt(USERS), ENCODER.item_kjt(ITEMS), torch.tensor([0, 2])
-    expected, _ = task(users, items, labels)
+    prior = torch.log(torch.tensor([[0.5, 0.2, 0.1], [0.3, 0.6, 0.2], [0.2, 0.2, 0.7]]))  # [items, PRIOR_DAYS]
+    expected, _ = task(users, items, labels, prior)
     tower.pooled_grad_sq.clear()
-    loss = bare(users, items, labels)
+    loss = bare(users, items, prior, labels)
     loss.backward()
     assert torch.allclose(loss, expected)
     assert tower.pooled_grad_sq == {}  # none of the pipeline's gradient hooks on the bare side

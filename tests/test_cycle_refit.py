@@ -208,9 +208,13 @@ def test_calibrate_chooses_a_warm_start_from_the_champion_and_train_continues_fr
     served = candidates.load_model(s, champion.version)
     assert seen["init"].encoder == served.encoder  # the registered champion itself
     days = plan["plan"]["history_days"]
-    if days is not None:
-        assert seen["history"]["timestamp"].min() >= pd.Timestamp(W[0]) - pd.Timedelta(days=days)
-    assert trained["data_start"] == seen["history"]["timestamp"].min().isoformat()
+    if days is not None:  # trains on its span; the history before it still feeds the features
+        since = pd.Timestamp(W[0]) - pd.Timedelta(days=days)
+        assert seen["train_from"] == since and seen["history"]["timestamp"].min() < since
+        assert trained["data_start"] == max(since, seen["history"]["timestamp"].min()).isoformat()
+    else:
+        assert seen["train_from"] is None
+        assert trained["data_start"] == seen["history"]["timestamp"].min().isoformat()
 
     scratch = cycle.calibrate(pulled, NO_DRIFT, settings=s, overrides={**warm, "schedule": {**warm["schedule"],
                                                                                           "warm_start": False}})

@@ -132,9 +132,12 @@ def save_checkpoint(
     recent: np.ndarray,
     settings: TrainSettings,
     out_dir: Path,
+    prior: np.ndarray | None = None,
+    blend: float = 0.0,
 ) -> Path:
-    """One dict (weights, encoder, catalogue, config), written to a temp file then renamed."""
-    recommender = unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim)
+    """One dict (weights, encoder, catalogue, recent counts, prior features, serving blend, config), written to a
+    temp file then renamed."""
+    recommender = unsharded(dmp, encoder, catalogue, recent, settings.embedding_dim, prior)
     path = out_dir / "model.pt"
     if not all_finite(recommender.model):
         raise PipelineError("refusing to save model.pt: the trained model has non-finite weights")
@@ -146,6 +149,8 @@ def save_checkpoint(
         "encoder": encoder.to_dict(),
         "catalogue": recommender.catalogue.to_dict(orient="list"),
         "recent": torch.from_numpy(np.asarray(recent, dtype=np.float64)),
+        "prior": torch.from_numpy(recommender.prior_features),
+        "blend": float(blend),
         "config": settings.model_dump(),
     }
     atomic_save(state, path, "model")
@@ -176,4 +181,5 @@ def load_checkpoint(path: Path) -> Recommender:
     encoder = FeatureEncoder.from_dict(ckpt["encoder"])
     model = build_two_tower(encoder, ckpt["config"]["embedding_dim"], "cpu")
     model.load_state_dict(ckpt["model"])
-    return Recommender(model, encoder, pd.DataFrame(ckpt["catalogue"]), ckpt["recent"].numpy())
+    return Recommender(model, encoder, pd.DataFrame(ckpt["catalogue"]), ckpt["recent"].numpy(), ckpt["prior"].numpy(),
+                       ckpt["blend"])

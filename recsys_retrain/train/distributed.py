@@ -144,15 +144,24 @@ def mean_across_ranks(loss_sum: float, count: int) -> float:
 
 
 def unsharded(
-    dmp: DistributedModelParallel, encoder: FeatureEncoder, catalogue: pd.DataFrame, recent: np.ndarray, dim: int
+    dmp: DistributedModelParallel,
+    encoder: FeatureEncoder,
+    catalogue: pd.DataFrame,
+    recent: np.ndarray,
+    dim: int,
+    prior: np.ndarray | None = None,
 ) -> Recommender:
-    """Gathers the sharded weights into a plain CPU Recommender (rank 0 holds the result)."""
+    """Gathers the sharded weights into a plain CPU Recommender (rank 0 holds the result).
+
+    ``recent`` and ``prior`` (``item_prior`` features) are the catalogue's at the end of
+    training: what the Recommender scores with when it is given no history.
+    """
     plain = TwoTowerTrainTask(build_two_tower(encoder, dim, "cpu"))
     state = state_dict_to_device(dmp.state_dict(), pg=dist.GroupMember.WORLD, device=torch.device("cpu"))
     target = plain.state_dict()
     state_dict_gather(state, target)
     plain.load_state_dict(target)
-    return Recommender(plain.model, encoder, catalogue, recent)
+    return Recommender(plain.model, encoder, catalogue, recent, prior)
 
 
 @torch.no_grad()

@@ -2,20 +2,20 @@
 
 An example is one interaction with a catalogue item, with the user's earlier items as
 its history. Batches are drawn per week (a *period*), so each batch shares one
-catalogue snapshot whose popularity counts only what came before that week.
+catalogue snapshot whose popularity and item prior count only what came before that week.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys_retrain.model import ENCODED_USER_COLUMNS
-from recsys_retrain.model import HISTORY_CAP, FeatureEncoder
+from recsys_retrain.model import ENCODED_USER_COLUMNS, HISTORY_CAP, FeatureEncoder, item_prior
 
 PERIOD_DAYS = 7
 
@@ -100,16 +100,21 @@ def resample(members: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
     return np.concatenate([np.tile(members, whole), rng.choice(members, extra, replace=False)])
 
 
-def training_examples(history: pd.DataFrame, encoder: FeatureEncoder) -> Examples:
-    """One example per interaction with a catalogue item, with the user's earlier items."""
+def training_examples(history: pd.DataFrame, encoder: FeatureEncoder, since: pd.Timestamp | None = None) -> Examples:
+    """One example per interaction with a catalogue item, with the user's earlier items.
+
+    ``since``: examples only for interactions from then on (a warm update's span), while
+    their histories still reach back into everything before, as at serving time.
+    """
     frame = history.assign(_row=encoder.item_rows(history["item_id"]))
     frame = frame[frame["_row"] >= 0].sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
     position = frame.groupby("user_id").cumcount().to_numpy()
     length = np.minimum(position, HISTORY_CAP)
     start = np.arange(len(frame)) - length
     labels = frame["_row"].to_numpy(np.int64)
-    users = encoder.encode_users(frame[ENCODED_USER_COLUMNS])
-    return Examples(users, labels, labels, start, length, period_of(frame["timestamp"]))
+    keep = slice(None) if since is None else (frame["timestamp"] >= since).to_numpy()
+    users = encoder.encode_users(frame.loc[keep, ENCODED_USER_COLUMNS])
+    return Examples(users, labels[keep], labels, start[keep], length[keep], period_of(frame.loc[keep, "timestamp"]))
 
 
 def period_of(timestamps: pd.Series) -> np.ndarray:
@@ -117,17 +122,36 @@ def period_of(timestamps: pd.Series) -> np.ndarray:
     return (timestamps.astype("int64") // (PERIOD_DAYS * 86_400 * 10**9)).to_numpy()
 
 
+class Snapshot(NamedTuple):
+    """The catalogue as one period's examples see it: item features and the item prior's features.
+
+    Attributes:
+        items: the item KJT (``FeatureEncoder.item_kjt``), its popularity bucket as of the period's start.
+        prior: ``[N, len(PRIOR_DAYS)]`` ``item_prior`` features as of the period's start.
+    """
+
+    items: KeyedJaggedTensor
+    prior: torch.Tensor
+
+    def to(self, device: torch.device) -> Snapshot:
+        return Snapshot(self.items.to(device), self.prior.to(device))
+
+
 def catalogue_snapshots(
     history: pd.DataFrame, catalogue: pd.DataFrame, encoder: FeatureEncoder, periods: np.ndarray
-) -> dict[int, KeyedJaggedTensor]:
-    """Item features per period, with popularity counted strictly before the period starts.
+) -> dict[int, Snapshot]:
+    """Item features and prior per period, with popularity counted strictly before the period starts.
 
     An example from March must not see April's popularity: each period's snapshot
-    counts only earlier interactions, as serving would.
+    counts only earlier interactions, as serving would. A snapshot is small (the item
+    KJT and an ``[N, P]`` matrix), so every period keeps its own.
     """
     start = pd.to_datetime(np.unique(periods) * PERIOD_DAYS * 86_400 * 10**9, utc=True)
     snapshots = {}
     for period, begin in zip(np.unique(periods), start):
         before = history[history["timestamp"] < begin]
-        snapshots[int(period)] = encoder.item_kjt(catalogue, encoder.recent_counts(before, catalogue))
+        snapshots[int(period)] = Snapshot(
+            encoder.item_kjt(catalogue, encoder.recent_counts(before, catalogue)),
+            torch.from_numpy(item_prior(before, catalogue, end=begin)),
+        )
     return snapshots

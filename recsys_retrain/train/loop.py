@@ -24,11 +24,10 @@ import torch
 import torch.distributed as dist
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from tqdm.auto import tqdm
 
 from recsys_retrain.errors import DataError
-from recsys_retrain.model import FeatureEncoder, Recommender, TwoTower
+from recsys_retrain.model import FeatureEncoder, Recommender, TwoTower, item_prior
 from recsys_retrain.schedule.controller import AdaptiveScheduler
 from recsys_retrain.schedule.probe import probe_rounds
 from recsys_retrain.schedule.rules import Components
@@ -36,6 +35,7 @@ from recsys_retrain.schedule.plan import SchedulePlan
 from recsys_retrain.schedule.resource import ResourceController
 from recsys_retrain.schedule.trace import Trace
 from recsys_retrain.settings import TrainSettings
+from recsys_retrain.train.blend import best_blend, blend_ndcg
 from recsys_retrain.train.checkpoints import (
     epoch_checkpoint_path,
     load_epoch_checkpoint,
@@ -53,7 +53,7 @@ from recsys_retrain.train.distributed import (
     sharded_model,
     unsharded,
 )
-from recsys_retrain.train.examples import Examples, catalogue_snapshots, recency_draws, training_examples
+from recsys_retrain.train.examples import Examples, Snapshot, catalogue_snapshots, recency_draws, training_examples
 from recsys_retrain.train.hooks import Callback, EpochSignals, step_signals
 from recsys_retrain.train.warm_start import check_embedding_dim, union_encoder, warm_start
 
@@ -79,6 +79,8 @@ class TrainResult:
     # Examples processed by each epoch's end (since the start or a resume), rate-probe candidates included:
     # the compute a run spent, where epoch counts hide the probe's extra passes.
     epoch_samples: tuple[int, ...] = ()
+    blend: float = 0.0  # the served model's share of recent popularity (``recsys_retrain.train.blend``)
+    blend_ndcg: dict[str, float] = field(default_factory=dict)  # NDCG@10 on the blend holdout of each blend tried
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "epoch_losses": list(self.epoch_losses), "epoch_samples": list(self.epoch_samples)}
@@ -100,6 +102,9 @@ def train(
     components: Components = Components(),
     resource: ResourceController | None = None,
     init: Recommender | None = None,
+    blend_holdout: pd.DataFrame | None = None,
+    blend: float | None = None,
+    train_from: pd.Timestamp | None = None,
 ) -> TrainResult:
     """Trains a two-tower model on ``history`` and writes ``out_dir/model.pt`` and ``out_dir/trace.json``.
 
@@ -128,6 +133,15 @@ def train(
             the champion's. Its embedding size must be ``settings.embedding_dim``. The
             optimizers start afresh (``model.pt`` keeps no optimizer state), which is why a
             warm start wants a lower rate. None: from scratch.
+        blend_holdout: interactions after ``history`` (the validation tail): the served
+            score's blend with recent popularity is the one of ``BLEND_GRID`` that ranks
+            them best (``recsys_retrain.train.blend``). None or empty: ``blend``.
+        train_from: train on the interactions from this time on only (a warm update's
+            span); the earlier ones still feed the features, as they do at serving:
+            users' history bags and the popularity snapshots and prior. None: all.
+        blend: the served blend when there is no ``blend_holdout`` to fit it on (a
+            refit keeps its gated model's: nothing later than its data is left to
+            choose by). None: 0, the model alone.
 
     Returns:
         TrainResult with the checkpoint path, the mean loss of each epoch and the trace.
@@ -150,15 +164,18 @@ def train(
     if init is not None:
         check_embedding_dim(init.model, settings.embedding_dim)
         encoder = union_encoder(init.encoder, encoder)
-    examples = training_examples(history, encoder)
+    examples = training_examples(history, encoder, since=train_from)
+    if len(examples) == 0:
+        raise DataError(f"no interactions to train on from {train_from} (the history ends {history['timestamp'].max()})")
     draws = recency_draws(examples.period, settings.recency_half_life)
     dmp, opt = sharded_model(encoder, settings, dev, plan)
     if init is not None:
         load_tower(dmp, warm_start(init.model, init.encoder, encoder))
     recent = encoder.recent_counts(history, catalogue)
-    snapshots = {p: kjt.to(dev) for p, kjt in catalogue_snapshots(history, catalogue, encoder, examples.period).items()}
+    prior = item_prior(history, catalogue)
+    snapshots = {p: snap.to(dev) for p, snap in catalogue_snapshots(history, catalogue, encoder, examples.period).items()}
     loop = TrainLoop(
-        dmp, opt, examples, encoder, catalogue, recent, snapshots, dev, rng, settings, out_dir, draws=draws,
+        dmp, opt, examples, encoder, catalogue, recent, snapshots, dev, rng, settings, out_dir, prior=prior, draws=draws,
         sched=scheduler(plan, opt, dmp, examples, draws, components), resource=resource,
         trace=Trace(plan=plan.to_dict() if plan else None), callbacks=callbacks, validate=validate, progress=progress,
     )
@@ -174,14 +191,19 @@ def train(
     loop.finish()
     loop_seconds = time.perf_counter() - loop_started
 
-    path = save_checkpoint(dmp, encoder, catalogue, recent, settings, out_dir)
+    tried = {}
+    if blend_holdout is not None and not blend_holdout.empty:
+        # every rank gathers (a collective); rank 0 holds the whole model, and its blend is the one saved
+        tried = blend_ndcg(loop.recommender(), history, blend_holdout)
+    blend = best_blend(tried) if tried else float(blend or 0.0)
+    path = save_checkpoint(dmp, encoder, catalogue, recent, settings, out_dir, prior, blend)
     trace_path = loop.trace.write(out_dir / "trace.json") if dist.get_rank() == 0 else out_dir / "trace.json"
     epoch_checkpoint_path(out_dir).unlink(missing_ok=True)  # the final checkpoint supersedes it
     best_validation, best_epoch = loop.best()
     return TrainResult(
         str(path), len(examples), loop.steps, tuple(loop.losses), time.perf_counter() - started, loop_seconds,
         str(trace_path), best_validation, best_epoch, loop.step_seconds, loop.sched_seconds, loop.probe_validations,
-        tuple(loop.epoch_samples),
+        tuple(loop.epoch_samples), blend, {str(b): v for b, v in tried.items()},
     )
 
 
@@ -231,11 +253,12 @@ class TrainLoop:
     encoder: FeatureEncoder
     catalogue: pd.DataFrame  # sorted by item id, as the encoder's rows
     recent: np.ndarray  # the catalogue's recent popularity, for the gathered Recommender
-    snapshots: dict[int, KeyedJaggedTensor]  # item features per period, on ``dev``
+    snapshots: dict[int, Snapshot]  # item features and prior per period, on ``dev``
     dev: torch.device
     rng: np.random.Generator  # the run's generator: every epoch's batch order
     settings: TrainSettings  # after the plan's rates, batch size and epochs
     out_dir: Path
+    prior: np.ndarray | None = None  # the catalogue's ``item_prior`` features, for the gathered Recommender
     draws: dict[int, int] | None = None  # ``recency_draws`` of the run
     sched: AdaptiveScheduler | None = None
     resource: ResourceController | None = None
@@ -346,7 +369,8 @@ class TrainLoop:
         if first:
             self.opt.zero_grad()
         with torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-            loss, _ = self.dmp(user_kjt.to(self.dev), self.snapshots[int(self.examples.period[idx[0]])], target.to(self.dev))
+            snap = self.snapshots[int(self.examples.period[idx[0]])]
+            loss, _ = self.dmp(user_kjt.to(self.dev), snap.items, target.to(self.dev), snap.prior)
         (loss / self.accumulation).backward()  # the fused embedding rows are updated here, every micro-batch
         value = float(loss.detach())
         sched_started = time.perf_counter()
@@ -395,7 +419,7 @@ class TrainLoop:
 
     def recommender(self) -> Recommender:
         """The model as it stands, gathered into a plain CPU Recommender (for ``validate``)."""
-        return unsharded(self.dmp, self.encoder, self.catalogue, self.recent, self.settings.embedding_dim)
+        return unsharded(self.dmp, self.encoder, self.catalogue, self.recent, self.settings.embedding_dim, self.prior)
 
 
 def metric(value: float | Sequence[float]) -> float:

@@ -178,19 +178,25 @@ def refit_model(
     started = time.perf_counter()
     schedule = plan_of(plan)
     t = settings.train
+    gated_model = load_checkpoint(Path(gated))
+    data = pd.concat([history, window], ignore_index=True)
     if mode == "warm":
+        # trains on the window and the days before it; everything earlier still feeds the features (history bags,
+        # popularity snapshots and prior), as it does when the model serves
         since = window["timestamp"].min() - pd.Timedelta(days=t.refit_recent_days)
-        data = pd.concat([history[history["timestamp"] >= since], window], ignore_index=True)
-        train_settings, init = refit_settings(t, schedule, mode, t.refit_epochs), load_checkpoint(Path(gated))
+        train_settings, init = refit_settings(t, schedule, mode, t.refit_epochs), gated_model
     else:
-        data = pd.concat([history, window], ignore_index=True)
-        train_settings, init = refit_settings(t, schedule, mode, gated_epochs(Path(gated), schedule, t)), None
+        since, init = None, None
+        train_settings = refit_settings(t, schedule, mode, gated_epochs(Path(gated), schedule, t))
     out_dir = Path(out_dir)
-    write_parquet(data, out_dir / DATA_FILE)
-    result = train_model(data, catalogue, out_dir, train_settings, progress=False, init=init)
+    trained = data if since is None else data[data["timestamp"] >= since]
+    write_parquet(trained, out_dir / DATA_FILE)
+    # the served blend with recent popularity stays the gated model's: nothing after the window is left to fit it on
+    result = train_model(data, catalogue, out_dir, train_settings, progress=False, init=init, train_from=since,
+                         blend=float(getattr(gated_model, "blend", 0.0)))
     return RefitResult(
         result.checkpoint, len(result.epoch_losses), time.perf_counter() - started, mode,
-        _iso(window["timestamp"].max()), _iso(data["timestamp"].min()), len(data),
+        _iso(window["timestamp"].max()), _iso(trained["timestamp"].min()), len(trained),
     )
 
 

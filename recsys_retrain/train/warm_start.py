@@ -106,7 +106,7 @@ def warm_start(champion: TwoTower, champion_encoder: FeatureEncoder, encoder: Fe
 
     Builds a fresh model for ``encoder`` (under the caller's torch seed), then copies
     into it every embedding row whose id ``champion_encoder`` also holds (matched by
-    raw id), and the dense tower layers. Rows of ids new to the champion keep their
+    raw id), and the dense layers (both towers' and the item prior's weights). Rows of ids new to the champion keep their
     fresh initialisation; champion ids missing from ``encoder`` are dropped (pass
     ``union_encoder(champion_encoder, new)`` to keep every user).
 
@@ -136,6 +136,8 @@ def warm_start(champion: TwoTower, champion_encoder: FeatureEncoder, encoder: Fe
             bag.weight[torch.from_numpy(new_rows)] = old_ebc.embedding_bags[name].weight[torch.from_numpy(old_rows)]
     for proj, old_proj in ((model.user_proj, champion.user_proj), (model.item_proj, champion.item_proj)):
         proj.load_state_dict(old_proj.state_dict())
+    if hasattr(champion, "prior"):  # a champion registered before the item prior starts it afresh
+        model.prior.load_state_dict(champion.prior.state_dict())
     return model
 
 

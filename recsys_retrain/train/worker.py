@@ -41,8 +41,12 @@ def main(argv: list[str] | None = None) -> None:
         "--init", type=Path,
         help="a Recommender saved with torch.save (the champion a warm-start plan continues from): train(init=...)",
     )
+    parser.add_argument("--blend-holdout", type=Path,
+                        help="parquet of the interactions after the history that fit the served blend with recent popularity")
+    parser.add_argument("--train-from", help="ISO time: train on the interactions from then on; earlier ones feed the features")
     args = parser.parse_args(argv)
     plan, validate = None, None
+    tail = pd.read_parquet(args.blend_holdout) if args.blend_holdout else None
     if args.plan:
         payload = json.loads(args.plan.read_text())
         plan = SchedulePlan.from_dict(payload["plan"]) if payload.get("plan") else None
@@ -62,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         init = torch.load(args.init, map_location="cpu", weights_only=False)  # nosec B614
     result = train(
         pd.read_parquet(args.history), pd.read_parquet(args.catalogue), args.out, train_settings, progress=False,
-        validate=validate, plan=plan, init=init,
+        validate=validate, plan=plan, init=init, blend_holdout=tail,
+        train_from=pd.Timestamp(args.train_from) if args.train_from else None,
     )
     if dist.get_rank() == 0:
         write_text(json.dumps(result.to_dict(), indent=2), args.out / "train_result.json")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from recsys_retrain.errors import PipelineError
+from recsys_retrain.model import PRIOR_INIT, item_prior
 from recsys_retrain.settings import TrainSettings
+from recsys_retrain.train.blend import BLEND_GRID
 from recsys_retrain.train.checkpoints import atomic_save, load_checkpoint
 from recsys_retrain.train.loop import train
 from tests.train.worlds import synthetic_world
@@ -71,3 +75,21 @@ def test_a_failed_write_is_one_line_and_leaves_no_partial_file(tmp_path):
     atomic_save({"weights": torch.ones(3)}, tmp_path / "model.pt", "model")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "model.pt"]  # no temp file left beside it
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weights"], torch.ones(3))
+
+
+def test_model_pt_carries_the_trained_prior_its_features_and_the_serving_blend(tmp_path):
+    history, catalogue = synthetic_world()
+    holdout, _ = synthetic_world(seed=1)
+    later = holdout.assign(timestamp=holdout["timestamp"] + pd.Timedelta(days=1))
+    result = train(history, catalogue, tmp_path, TrainSettings(embedding_dim=8, epochs=2, batch_size=64, seed=5),
+                   progress=False, blend_holdout=later)
+    loaded = load_checkpoint(Path(result.checkpoint))
+    saved = torch.load(Path(result.checkpoint), weights_only=True)
+    assert torch.equal(loaded.model.prior.weight, saved["model"]["prior.weight"])
+    assert not torch.allclose(loaded.model.prior.weight, torch.tensor(PRIOR_INIT))  # it trained
+    assert np.array_equal(loaded.prior_features, item_prior(history, catalogue.sort_values("item_id")))
+    assert loaded.blend == result.blend and set(result.blend_ndcg) == {str(b) for b in BLEND_GRID}
+    users = later.drop_duplicates("user_id")
+    again = load_checkpoint(Path(result.checkpoint))
+    assert torch.equal(loaded.score(users, history), again.score(users, history))
+    assert torch.equal(loaded.score(users), again.score(users))

@@ -52,6 +52,19 @@ def test_a_warm_refit_continues_from_the_gated_weights_on_the_window_and_its_rec
     refit, before = load_checkpoint(tmp_path / "refit" / "model.pt"), load_checkpoint(gated.checkpoint)
     assert 999 in refit.encoder.user_ids and 999 not in before.encoder.user_ids  # the window's newcomer has a row
     assert set(before.encoder.user_ids) <= set(refit.encoder.user_ids)  # and nobody lost theirs
+    assert refit.blend == before.blend  # the served blend with recent popularity is the gated one's
+
+
+def test_a_refit_keeps_the_gated_blend_and_its_features_reach_back_before_its_span(world, tmp_path):
+    history, window, items, gated, s = world
+    blended = load_checkpoint(gated.checkpoint)
+    ckpt = torch.load(gated.checkpoint, weights_only=False)
+    ckpt["blend"] = 0.9
+    torch.save(ckpt, tmp_path / "blended.pt")
+    assert load_checkpoint(tmp_path / "blended.pt").blend == 0.9 != blended.blend
+    for mode in ("warm", "scratch"):
+        result = refit_model(history, window, items, tmp_path / "blended.pt", tmp_path / mode, s, mode)
+        assert load_checkpoint(result.checkpoint).blend == 0.9, mode
 
 
 def test_a_scratch_refit_trains_the_gated_recipe_on_history_and_window(world, tmp_path):
