@@ -27,7 +27,11 @@ estimate misses by less than its interval's half-width):
   training seconds;
 * every promoted model has seen data up to its window's end (staleness 0 at promotion).
 
-    .venv/bin/python bench/backtest.py [--only movielens|synthetic] [--smoke] [--out DIR]
+``refit_modes`` (after the datasets, or alone with ``--refit-modes``): ``drift_adaptive`` on MovieLens
+replayed once more under each other ``train.refit`` mode, against the main run's (the
+default, ``warm``) week by week: how the default refit is chosen.
+
+    .venv/bin/python bench/backtest.py [--only movielens|synthetic] [--refit-modes] [--smoke] [--out DIR]
 
 Writes bench/results/backtest.json and backtest_<dataset>.png. ``--smoke``: three windows,
 one epoch, tiny tables (the numbers mean nothing; it checks the path end to end).
@@ -129,19 +133,53 @@ def run(dataset: str, root: Path, smoke: bool, out_dir: Path) -> dict:
     }
 
 
+def refit_modes(root: Path, main: dict, smoke: bool, modes: tuple[str, ...] = ("scratch", "off")) -> dict:
+    """``drift_adaptive`` on MovieLens under each refit mode in ``modes``, against the main run's default mode."""
+    from recsys_retrain.cli import load_source
+    from recsys_retrain.cycle import with_overrides
+
+    policy, base = "drift_adaptive", main["refit"]
+    out = {"policy": policy, base: {k: main["policies"][policy][k] for k in ("mean_ndcg10", "promotions", "train_s",
+                                                                              "staleness_days")}}
+    for mode in modes:
+        settings = with_overrides(Settings(home=root / mode / "home"), {"train": {"refit": mode}})
+        if smoke:
+            settings = with_overrides(settings, {k: v for k, v in SMOKE.items() if k != "weeks"})
+        raw, _ = bt.timeline("movielens", load_source(settings, None))
+        s = bt.feature_store(raw, root / mode / "store", settings)
+        spec = bt.DATASETS["movielens"]
+        starts = bt.window_starts(spec["start"], SMOKE["weeks"] if smoke else spec["weeks"])
+        result = bt.backtest(s, starts, root / mode / "replay", policies=("never", policy))
+        row = result.summary()[policy]
+        out[mode] = {k: row[k] for k in ("mean_ndcg10", "promotions", "train_s", "staleness_days")}
+        out[mode][f"ci_vs_{base}"] = bt.paired_ci(result.policy(policy).ndcg10, main["ndcg10_per_week"][policy])
+        print(f"refit {mode}: {out[mode]}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=tuple(bt.DATASETS), action="append", help="dataset(s) to replay (default: all)")
+    parser.add_argument("--refit-modes", action="store_true", help="only the refit-mode comparison on MovieLens, "
+                        "against the results file's main run")
     parser.add_argument("--smoke", action="store_true", help="smallest run of the same path; never writes bench/results")
     parser.add_argument("--out", type=Path, default=None, help="folder for backtest.json (default bench/results)")
     args = parser.parse_args()
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="bench-backtest-")) if args.smoke else RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "backtest.json"
-    previous = json.loads(path.read_text()) if path.exists() and args.only else {}
+    previous = json.loads(path.read_text()) if path.exists() and (args.only or args.refit_modes) else {}
     datasets = dict(previous.get("datasets", {}))
     work = Path(tempfile.mkdtemp(prefix="bench-backtest-work-"))
+    out = previous
     try:
+        if args.refit_modes:
+            if "movielens" not in datasets:
+                raise SystemExit("--refit-modes compares with the main MovieLens run: run bench/backtest.py first")
+            out["refit_modes"] = refit_modes(work / "refit", datasets["movielens"], args.smoke)
+            path.write_text(json.dumps(out, indent=2) + "\n")
+            print(json.dumps(out["refit_modes"], indent=1))
+            return
         for name in args.only or tuple(bt.DATASETS):
             print(f"== {name}", flush=True)
             datasets[name] = run(name, work / name, args.smoke, out_dir)
@@ -149,10 +187,14 @@ def main() -> None:
                                                                         "promotions", "train_s", "staleness_days")}
                                                   for p, r in datasets[name]["policies"].items()},
                                      "goals": datasets[name]["goals"]}}, indent=1), flush=True)
-            out = {"datasets": datasets,
+            out = {**{k: v for k, v in previous.items() if k == "refit_modes"}, "datasets": datasets,
                    "goals": {f"{d}.{k}": v for d, r in datasets.items() for k, v in r["goals"].items()},
                    "protocol": "recsys_retrain.backtest; CIs: paired bootstrap over weeks (BCa, 10,000 resamples, seed 0)"}
             path.write_text(json.dumps(out, indent=2) + "\n")  # after each dataset: a long run keeps what it measured
+        if not args.only:  # the whole benchmark: the refit modes too
+            out["refit_modes"] = refit_modes(work / "refit", datasets["movielens"], args.smoke,
+                                             ("scratch",) if args.smoke else ("scratch", "off"))
+            path.write_text(json.dumps(out, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out["goals"], indent=1))

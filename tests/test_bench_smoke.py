@@ -36,7 +36,7 @@ EXPECTED = {
                   ("scheduler.png", "scheduler_runs.jsonl")),
     "sparse_optimizer": ("sparse_optimizer.json", ("ndcg10_adagrad", "ndcg10_rowwise_adagrad", "rowwise_minus_exact",
                                                    "ci95"), ()),
-    "backtest": ("backtest.json", ("datasets", "goals", "protocol"), ("backtest_movielens.png", "backtest_synthetic.png")),
+    "backtest": ("backtest.json", ("datasets", "goals", "protocol", "refit_modes"), ("backtest_movielens.png", "backtest_synthetic.png")),
 }
 
 
