@@ -78,6 +78,8 @@ def timeline_table(weeks: list) -> Table:
         served = "—" if w.served_ndcg is None else f"v{w.served_version} {w.served_ndcg:.4f}"
         challenger = "—" if w.challenger_ndcg is None else f"{w.challenger_ndcg:.4f}"
         decision = "" if w.version is None else f"{'promote' if w.promoted else 'reject'} v{w.version}"
+        if w.promoted and w.refit_version:
+            decision += f" (refit v{w.refit_version} serves)"
         table.add_row(
             str(pd.Timestamp(w.window.split("/")[0]).date()), str(w.rows), w.drift, w.trained_by or "", served,
             challenger, decision, "revert" if w.reverted else "", ", ".join(w.injected),

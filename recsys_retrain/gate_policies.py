@@ -21,8 +21,9 @@ the evidence's MDE (capped by ``max_margin``): a margin that follows the noise, 
 that a small holdout neither blocks every gain nor excuses any drop. Every policy
 rejects a challenger that is clearly worse beyond the noise.
 
-Which policy serves best is for the backtest to tell (``recsys_retrain.backtest``);
-the default stays the rule the pipeline has been running.
+``bench/backtest.py`` chose the default, ``non_inferiority``: on a timeline with known
+drifts ``fresher_unless_worse`` let stale retrains through, and ``superiority`` kept
+fewer fresh models; on MovieLens-100K the three serve within the noise.
 """
 
 from __future__ import annotations

@@ -211,7 +211,9 @@ class ScheduleSettings(BaseModel):
         False,
         description="Let calibrate continue from the champion's weights (a short update at a lower rate on recent "
         "days) when drift is at most minor and the catalogue and users barely changed (recsys_retrain.schedule.start); "
-        "false: every run trains from scratch. Off until a backtest of warm against scratch updates decides.",
+        "false: every run trains from scratch. Off, by bench/backtest.py: drift + warm start against drift + adaptive "
+        "from scratch is +0.002 NDCG@10 on the drifting synthetic timeline and -0.0001 on MovieLens-100K (both within "
+        "noise) for 1.07x and 1.31x the training seconds.",
     )
     warm_max_new_users: float = Field(
         0.2, ge=0, le=1,
@@ -252,8 +254,10 @@ class GateSettings(BaseModel):
         "non_inferiority",
         description="Decision rule on the paired NDCG@K gain. 'non_inferiority': mean gain >= min_delta and the lower "
         "bound >= -margin; 'superiority': mean gain >= min_delta and the lower bound > 0; 'fresher_unless_worse': the "
-        "newer model unless the upper bound < 0 or the mean gain < -margin. The default is the rule the pipeline has "
-        "run so far, kept until a backtest of the policies chooses one.",
+        "newer model unless the upper bound < 0 or the mean gain < -margin. 'non_inferiority' is the default by "
+        "bench/backtest.py: on the drifting synthetic timeline 'fresher_unless_worse' let stale retrains through and "
+        "served 0.047 NDCG@10 less (weekly and drift policies) and 'superiority' up to 0.004 less; on MovieLens-100K "
+        "the three are within 0.004.",
     )
     min_delta: float = Field(
         0.001,

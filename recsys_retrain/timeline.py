@@ -78,6 +78,12 @@ class TimelineConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+def refit_of(summary: dict[str, Any] | None) -> int | None:
+    """The version that serves after the week's promotion when it is a refit of the judged one (else None)."""
+    served, judged = (summary or {}).get("served_version"), (summary or {}).get("version")
+    return served if served is not None and served != judged else None
+
+
 @dataclass(frozen=True)
 class WeekResult:
     """What happened on one week of the replay (read back from the cycle folder)."""
@@ -97,6 +103,7 @@ class WeekResult:
     reason: str = ""
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step of the week (ingest, monitor, ...)
+    refit_version: int | None = None  # what serves after a promotion: the judged version refit through the week's end
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -259,6 +266,7 @@ def week_result(
         reason=reason,
         seconds=round(sum(timings.values()), 2),
         timings={k: round(v, 2) for k, v in timings.items()},
+        refit_version=refit_of(summary),
     )
 
 

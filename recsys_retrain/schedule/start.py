@@ -6,8 +6,8 @@ epochs, the recent days only. Large drift or a changed catalogue, a full retrain
 condition that rules the warm start out is one reason of the decision, with its
 value and threshold, and ``StartDecision.apply`` records the outcome in the plan.
 
-Off by default (``ScheduleSettings.warm_start``): a backtest of warm against scratch
-decides when the pipeline turns it on.
+Off by default (``ScheduleSettings.warm_start``): in ``bench/backtest.py`` warm starts
+served no better than from-scratch runs beyond the noise, for more training seconds.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def scratch_reasons(
 ) -> list[str]:
     """Every condition that rules a warm start out, one sentence each (empty: a warm start may go ahead)."""
     if not s.warm_start:
-        return ["warm start from the champion is off (schedule.warm_start): from scratch until a backtest chooses"]
+        return ["warm start from the champion is off (schedule.warm_start): from scratch (the default, by bench/backtest.py)"]
     if champion is None:
         return ["no champion to continue from: from scratch"]
     if drift is None:
