@@ -150,16 +150,16 @@ def plot_policies(result: BacktestResult, path: Path) -> Path:
 
     fig, (cost, time_ax) = plt.subplots(1, 2, figsize=(13, 4.4))
     x = [pd.Timestamp(w.split("/")[0]) for w in result.windows[1:]]
-    for p in result.policies:
+    for p in result.policies:  # labels in legends: points of near-equal policies would overlap their annotations
         reference = p.policy in REFERENCE_POLICIES
-        cost.scatter(p.train_s, p.mean_ndcg10, s=60, marker="s" if reference else "o")
-        label = f"{p.policy}\n(refit weekly)" if reference else f"{p.policy}\n{p.promotions} promoted"
-        cost.annotate(label, (p.train_s, p.mean_ndcg10), fontsize=8, xytext=(6, 4), textcoords="offset points")
+        label = f"{p.policy} (refit weekly)" if reference else f"{p.policy} ({p.promotions} promoted)"
+        cost.scatter(p.train_s, p.mean_ndcg10, s=60, marker="s" if reference else "o", label=label, alpha=0.8)
         time_ax.plot(x, p.ndcg10, "--" if reference else "-", marker="o", ms=3, lw=1, label=p.policy)
     cost.set_xlabel("retraining compute (training seconds)")
     cost.set_ylabel("mean served NDCG@10")
     cost.set_title("quality against compute", fontsize=10)
-    cost.margins(x=0.25, y=0.15)
+    cost.legend(fontsize=7, loc="best")
+    cost.margins(x=0.1, y=0.15)
     time_ax.set_ylabel("served NDCG@10")
     time_ax.set_title(f"per window (drift policies retrain at '{result.retrain_on}')", fontsize=10)
     time_ax.legend(fontsize=7, ncol=2)
