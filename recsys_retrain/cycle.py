@@ -247,7 +247,7 @@ def train(
             previous = json.loads(done.read_text())
             if previous["key"] == json.loads(json.dumps(key, default=str)) or p.summary.exists():
                 return {**previous["result"], "reused": str(done)}
-        result = train_challenger(p, s, plan, pulled["start"], champion)
+        result = train_challenger(p, s, plan, pulled.get("start"), champion)
         write_json({"key": key, "result": result}, done)
     return result
 

@@ -38,7 +38,8 @@ def test_two_processes_through_the_train_task(tmp_path):
 
     model_dir = tmp_path / "run2" / "model"
     assert json.loads((model_dir / "train_settings.json").read_text()) == settings.train.model_dump(mode="json")
-    assert two == json.loads((model_dir / "train_result.json").read_text())  # rank 0's result, through the launcher
+    rank0 = json.loads((model_dir / "train_result.json").read_text())  # rank 0's result, through the launcher
+    assert {k: v for k, v in two.items() if k != "data_start"} == rank0  # the cycle adds the span it trained on
     assert Path(two["checkpoint"]) == model_dir / "model.pt" and not list((model_dir / "checkpoints").glob("*.pt"))
     assert len(two["epoch_losses"]) == 3 and two["epoch_losses"][-1] < two["epoch_losses"][0]
     assert two["n_samples"] == one["n_samples"]
