@@ -34,7 +34,7 @@ default, ``warm``) week by week: how the default refit is chosen.
     .venv/bin/python bench/backtest.py [--only movielens|synthetic] [--refit-modes] [--smoke] [--out DIR]
 
 Writes bench/results/backtest.json and backtest_<dataset>.png. ``--smoke``: three windows,
-one epoch, tiny tables (the numbers mean nothing; it checks the path end to end).
+one epoch, tiny tables, no rate probe (the numbers mean nothing; it checks the path end to end).
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ from recsys_retrain.settings import Settings  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 RETRAINING = ("weekly", "drift", "drift_adaptive", "drift_warm")
 GATE_POLICIES = ("non_inferiority", "superiority", "fresher_unless_worse")
-SMOKE = {"weeks": 3, "train": {"epochs": 1, "embedding_dim": 8}, "drift": {"permutations": 100}}
+SMOKE = {"weeks": 3, "train": {"epochs": 1, "embedding_dim": 8}, "drift": {"permutations": 100},
+         "schedule": {"probe_rates": [], "kb_probe_rates": []}}  # the rate probe's passes: covered by the scheduler's smoke
 
 
 def verdict(diff: float, low: float, high: float, need: float = 0.0) -> str:
