@@ -75,15 +75,20 @@ def _candidate(client: MlflowClient, name: str, version: int) -> Candidate:
                      mv.tags.get(DATA_END_TAG, ""), int(refit_of) if refit_of else None)
 
 
-def find_candidate(settings: Settings, window: str) -> Candidate | None:
-    """The version already registered for ``window``, if any (the lowest one)."""
+def _first_tagged(settings: Settings, tag: str, value: str) -> Candidate | None:
+    """The lowest version whose ``tag`` is ``value``, if any: what a retried step registered before."""
     client = connect(settings)
     name = settings.model_name
+    with quiet():
+        found = client.search_model_versions(f"name='{name}' and tag.{tag}='{value}'")
+    return _candidate(client, name, min(int(mv.version) for mv in found)) if found else None
+
+
+def find_candidate(settings: Settings, window: str) -> Candidate | None:
+    """The version already registered for ``window``, if any (the lowest one)."""
     if "'" in window:
         raise RegistryError(f"window {window!r} must not contain a quote")
-    with quiet():
-        found = client.search_model_versions(f"name='{name}' and tag.{WINDOW_TAG}='{window}'")
-    return _candidate(client, name, min(int(mv.version) for mv in found)) if found else None
+    return _first_tagged(settings, WINDOW_TAG, window)
 
 
 def log_candidate(
@@ -121,11 +126,7 @@ def log_candidate(
 
 def find_refit(settings: Settings, gated: int) -> Candidate | None:
     """The refit already registered for the gated version ``gated``, if any (the lowest one)."""
-    client = connect(settings)
-    name = settings.model_name
-    with quiet():
-        found = client.search_model_versions(f"name='{name}' and tag.{REFIT_OF_TAG}='{int(gated)}'")
-    return _candidate(client, name, min(int(mv.version) for mv in found)) if found else None
+    return _first_tagged(settings, REFIT_OF_TAG, str(int(gated)))
 
 
 def log_refit(
