@@ -124,6 +124,7 @@ class Trainer:
         self.models: dict[Key, Any] = {}
         self.checkpoints: dict[Key, Path] = {}
         self.refits: dict[Key, tuple[Served, bool]] = {}
+        self.warm: set[Key] = set()  # challengers that continued from their champion
 
     def _home(self, kind: str) -> Settings:
         return self.settings.model_copy(update={"home": self.root / kind})
@@ -151,6 +152,8 @@ class Trainer:
         plan = cycle.calibrate(mine, drift_result, settings=s, overrides=overrides, champion=champ) if adaptive else None
         trained = cycle.train(mine, settings=s, overrides=overrides, plan=plan, champion=champ)
         self.cost[key] = (len(trained["epoch_losses"]), time.perf_counter() - started)
+        if trained.get("warm_from"):
+            self.warm.add(key)
         self._load(key, Path(trained["checkpoint"]))
         return key
 
@@ -233,6 +236,7 @@ class Track:
             self.policy, float(np.mean(self.served)), int(sum(e for e, _ in costs)), float(sum(s for _, s in costs)),
             sum(1 for k in self.spent if k[0] != "refit"), self.promotions, tuple(self.served), tuple(self.retrained),
             tuple(self.staleness), tuple(self.promoted_staleness), self.refits_rejected, self.gate_policy,
+            sum(1 for k in self.spent if k in trainer.warm),
         )
 
 

@@ -43,6 +43,7 @@ class PolicyResult:
     promoted_staleness_days: tuple[float, ...] = ()
     refits_rejected: int = 0
     gate_policy: str = ""
+    warm_starts: int = 0  # trainings that continued from the champion (calibrate's choice, drift_warm)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +103,7 @@ class BacktestResult:
                 "staleness_days": round(float(np.mean(p.staleness_days)), 2) if p.staleness_days else 0.0,
                 "promoted_staleness_days": list(p.promoted_staleness_days),
                 "refits_rejected": p.refits_rejected,
+                "warm_starts": p.warm_starts,
             }
         return out
 

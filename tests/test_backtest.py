@@ -93,6 +93,7 @@ def test_the_replay_scores_every_policy_on_the_same_windows(replayed):
     assert by["drift"].trains == by["drift_adaptive"].trains == by["drift_warm"].trains == int(drifted)
     assert by["never"].ndcg10[0] == by["weekly"].ndcg10[0] == by["drift"].ndcg10[0]  # the same first model serves week 1
     assert by["recent_pop"].trains == by["ease"].trains == 0 and by["recent_pop"].ndcg10 != by["never"].ndcg10
+    assert by["drift_warm"].warm_starts <= by["drift_warm"].trains and by["weekly"].warm_starts == 0
 
 
 @pytest.mark.slow
