@@ -1,4 +1,4 @@
-"""Command line: ``retrain demo``, ``retrain ingest``, ``retrain run``.
+"""Command line: ``retrain demo``, ``ingest``, ``profile``, ``drift``, ``backtest``, ``history``, ``promote``, ``revert``.
 
 Errors the user can act on (missing files, bad columns, too many bad rows) print
 one line and exit with status 2; anything else is a bug and keeps its traceback.
