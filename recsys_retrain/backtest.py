@@ -125,6 +125,7 @@ class Trainer:
         self.checkpoints: dict[Key, Path] = {}
         self.refits: dict[Key, tuple[Served, bool]] = {}
         self.warm: set[Key] = set()  # challengers that continued from their champion
+        self.plans: dict[Key, dict[str, Any] | None] = {}  # each challenger's plan: its refit follows it, as in the cycle
 
     def _home(self, kind: str) -> Settings:
         return self.settings.model_copy(update={"home": self.root / kind})
@@ -152,6 +153,7 @@ class Trainer:
         plan = cycle.calibrate(mine, drift_result, settings=s, overrides=overrides, champion=champ) if adaptive else None
         trained = cycle.train(mine, settings=s, overrides=overrides, plan=plan, champion=champ)
         self.cost[key] = (len(trained["epoch_losses"]), time.perf_counter() - started)
+        self.plans[key] = plan
         if trained.get("warm_from"):
             self.warm.add(key)
         self._load(key, Path(trained["checkpoint"]))
@@ -168,8 +170,8 @@ class Trainer:
 
         self.models[key], self.checkpoints[key] = load_checkpoint(checkpoint), checkpoint
 
-    def refit(self, key: Key, pulled: dict[str, Any], plan: dict[str, Any] | None = None) -> tuple[Served, bool]:
-        """The gated model ``key`` refit through the window's end (``train.refit``); ``(served, refit_ok)``.
+    def refit(self, key: Key, pulled: dict[str, Any], frames: Frames) -> tuple[Served, bool]:
+        """The gated model ``key`` refit through the window's end (``train.refit``, its plan's rates); ``(served, refit_ok)``.
 
         ``refit = "off"`` or a refit that fails its sanity check serves the gated model
         itself (data up to the window's start).
@@ -183,11 +185,10 @@ class Trainer:
         if mode == "off":
             self.refits[key] = (Served(key, start), True)
             return self.refits[key]
-        run = Path(pulled["run_dir"])
-        history, window = pd.read_parquet(run / "history.parquet"), pd.read_parquet(run / "holdout.parquet")
-        catalogue = pd.read_parquet(run / "catalogue.parquet")
+        history, window, catalogue = frames
         out = self.root / "refits" / "-".join(str(k)[:19].replace(":", "") for k in key[:2]) / f"n{len(self.refits)}"
-        result = refit_model(history, window, catalogue, self.checkpoints[key], out, self.settings, mode, plan=plan)
+        result = refit_model(history, window, catalogue, self.checkpoints[key], out, self.settings, mode,
+                             plan=self.plans.get(key))
         rkey = ("refit", *key)
         self._load(rkey, Path(result.checkpoint))
         self.cost[rkey] = (result.epochs, result.seconds)
@@ -196,20 +197,27 @@ class Trainer:
         return self.refits[key]
 
 
-def _score(model, pulled: dict[str, Any], settings: Settings):
+Frames = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]  # a window's history, holdout and catalogue
+
+
+def read_frames(pulled: dict[str, Any]) -> Frames:
+    """The window's pulled files, read once for every model scored or refit on it."""
+    run = Path(pulled["run_dir"])
+    return tuple(pd.read_parquet(run / f"{name}.parquet") for name in ("history", "holdout", "catalogue"))
+
+
+def _score(model, frames: Frames, settings: Settings):
     from recsys_retrain.evaluate import user_metrics
 
-    run = Path(pulled["run_dir"])
-    history, holdout = pd.read_parquet(run / "history.parquet"), pd.read_parquet(run / "holdout.parquet")
+    history, holdout, _ = frames
     return user_metrics(model, history, holdout, settings.eval.k, settings.gate.head_share)
 
 
-def reference_model(policy: str, pulled: dict[str, Any]):
+def reference_model(policy: str, frames: Frames):
     """``recent_pop`` or ``ease`` fit on everything before the window: refit every week, never stale."""
     from recsys_retrain.baselines import EASE, RecentPopular
 
-    run = Path(pulled["run_dir"])
-    history, catalogue = pd.read_parquet(run / "history.parquet"), pd.read_parquet(run / "catalogue.parquet")
+    history, _, catalogue = frames
     if policy == "recent_pop":
         return RecentPopular(history, catalogue, RECENT_DAYS)
     return EASE(history, catalogue, EASE_LAMBDA)
@@ -296,16 +304,17 @@ def backtest(
         drift_result = cycle.drift(pulled, settings=data)
         windows.append(f"{begin.isoformat()}/{end.isoformat()}")
         severities.append(drift_result["severity"])
+        frames = read_frames(pulled)
         if i == 0:
-            first, _ = trainer.refit(trainer.train("static", pulled, drift_result), pulled)
+            first, _ = trainer.refit(trainer.train("static", pulled, drift_result), pulled, frames)
             for t in tracks:
                 t.champion = first if t.policy not in REFERENCE_POLICIES else None
             continue
         scores = {t.champion.key: None for t in tracks if t.champion is not None}
-        scores = {key: _score(trainer.models[key], pulled, settings) for key in scores}
+        scores = {key: _score(trainer.models[key], frames, settings) for key in scores}
         for t in tracks:
             if t.champion is None:  # a reference policy: refit on this window's history, never stale
-                t.served.append(_score(reference_model(t.policy, pulled), pulled, settings).metrics[ndcg])
+                t.served.append(_score(reference_model(t.policy, frames), frames, settings).metrics[ndcg])
                 t.staleness.append(0.0)
                 t.retrained.append(False)
                 continue
@@ -320,12 +329,12 @@ def backtest(
             if key == t.champion.key:
                 continue
             if key not in scores:
-                scores[key] = _score(trainer.models[key], pulled, settings)
+                scores[key] = _score(trainer.models[key], frames, settings)
             gate_settings = settings.gate.model_copy(update={"policy": t.gate_policy})
             decision = gate.decide(scores[key], scores[t.champion.key], gate_settings, window=windows[-1])
             if not decision.promote:
                 continue
-            fresh, ok = trainer.refit(key, pulled)
+            fresh, ok = trainer.refit(key, pulled, frames)
             if fresh.key != key:
                 t.spent.append(fresh.key)
             t.refits_rejected += int(not ok)
