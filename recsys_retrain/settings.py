@@ -105,8 +105,8 @@ class TrainSettings(BaseModel):
         "warm",
         description="What serves after a promotion (recsys_retrain.train.refit). The gated challenger was trained on data "
         "before the window it was judged on, so it would start serving one to three weeks stale. 'warm': continue from "
-        "its weights on the window plus refit_recent_days before it, refit_epochs epochs at refit_rate_scale of its "
-        "rates (a fraction of a training's cost, and what serves stays close to what the gate judged); 'scratch': the "
+        "its weights on the window plus refit_recent_days before it, refit_epochs epochs at refit_rate_scale of the "
+        "train section's rates (a fraction of a training's cost, and what serves stays close to what the gate judged); 'scratch': the "
         "gated recipe (its plan's rates and batch size, its epoch count, static, no validation split) on the history "
         "and the window; 'off': the gated challenger serves, as before. A sanity check guards both refits "
         "(gate.refit_tolerance). 'warm' by bench/backtest.py (drift + adaptive on MovieLens-100K, 20 weeks): 'scratch' "
@@ -116,8 +116,9 @@ class TrainSettings(BaseModel):
     refit_epochs: int = Field(2, ge=1, description="Epochs of a warm refit (as schedule.warm_epochs: a short update).")
     refit_rate_scale: float = Field(
         0.25, gt=0, le=1,
-        description="A warm refit's rates over the gated plan's starting rates (the train section's without a plan): "
-        "its weights sit near a minimum and no optimizer state is kept, so Adagrad's first steps are large.",
+        description="A warm refit's rates over the train section's (not the plan's starting rates, which the rate probe may "
+        "have raised up to x8 for a run from scratch): its weights sit near a minimum and no optimizer state is kept, "
+        "so Adagrad's first steps are large.",
     )
     refit_recent_days: float = Field(
         21.0, ge=0,

@@ -84,11 +84,11 @@ def test_off_serves_the_gated_checkpoint_and_an_unknown_mode_is_refused(world, t
         refit_model(history, window, items, gated.checkpoint, tmp_path / "refit", s, "later")
 
 
-def test_refit_settings_take_the_plans_rates_lowered_for_a_warm_refit():
+def test_a_scratch_refit_follows_the_plan_and_a_warm_one_the_train_sections_rates_lowered():
     plan = SchedulePlan(dense_lr=0.02, sparse_lr=0.08, batch_size=256, max_epochs=9, recency_half_life=30.0)
-    t = TrainSettings(refit_rate_scale=0.5)
+    t = TrainSettings(refit_rate_scale=0.5, dense_lr=0.01, sparse_lr=0.04, batch_size=512)
     warm, scratch = refit_settings(t, plan, "warm", 2), refit_settings(t, plan, "scratch", 7)
-    assert (warm.dense_lr, warm.sparse_lr, warm.batch_size, warm.epochs) == (0.01, 0.04, 256, 2)
+    assert (warm.dense_lr, warm.sparse_lr, warm.batch_size, warm.epochs) == (0.005, 0.02, 512, 2)
     assert (scratch.dense_lr, scratch.sparse_lr, scratch.epochs, scratch.recency_half_life) == (0.02, 0.08, 7, 30.0)
     assert plan_of({"policy": "adaptive", "plan": plan.to_dict()}) == plan_of(plan.to_dict())
     assert plan_of({"policy": "static", "plan": None}) is None and plan_of(None) is None
