@@ -5,22 +5,24 @@ It reads what the cycles left in their folders (``<runs_dir>/<start>-<end>/``:
 ``served.json``, ``model/trace.json``) and the registry's alias history, and draws
 
 * ``training.png``: the training curves of every trained model (loss per step, both
-  learning rates) with each scheduler event as a dashed line labelled with its
-  action and the values it changed (old -> new);
+  learning rates) with each scheduler event as a marker on the loss curve, coloured by
+  its action (``recsys_retrain.schedule.plot.mark_events``; no text on the curves);
+* ``served.png``: NDCG@10 per week of the served model beside two baselines refit each
+  week (recent popularity, EASE), on the same users;
 * ``drift.png``: every drift signal per window against its calibrated threshold,
   drifted windows in red, and the verdict's severity;
 * ``quality.png``: NDCG@10 of the serving champion and of each challenger over time,
   promotions, reverts and injected events marked;
 * ``profile.png``: the data profile over time (volume, popularity skew, churn, ratings).
 
-The page embeds the PNGs as data URIs, so it opens offline from anywhere (no
-scripts, no network). ``log_report`` logs page, PNGs and extras to an MLflow run.
+The page (``recsys_retrain.report_page``) draws the first two as interactive plotly
+figures, each event's detail in its hover text and a table, and embeds the others as
+data URIs; plotly.js is inline, so it opens offline from anywhere. ``log_report`` logs
+page, PNGs and extras to an MLflow run.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +31,8 @@ from typing import Any
 import pandas as pd
 
 from recsys_retrain.io import write_text, write_with
+from recsys_retrain.report_page import SERVED_SERIES, html_page, served_points, training_runs
 
-MAX_TRAINING_RUNS = 12
 PROFILE_FIELDS = (
     ("interactions", "interactions"), ("users", "active users"), ("items", "active items"),
     ("gini", "popularity Gini"), ("long_tail_share", "long-tail share"), ("new_user_rate", "new-user rate"),
@@ -106,42 +108,54 @@ def _save(fig, path: Path) -> Path:
         _plt().close(fig)
 
 
-def event_label(event: dict[str, Any]) -> str:
-    """``"lr_down (plateau): dense_lr 0.01->0.005"``: the action, its trigger and each changed value."""
-    changes = ", ".join(
-        f"{name} {old:.3g}->{new:.3g}" if isinstance(old, (int, float)) and isinstance(new, (int, float))
-        else f"{name} {old}->{new}"
-        for name, (old, new) in (event.get("changes") or {}).items()
-    )
-    head = event.get("action", "event") if event.get("action") != "stage" else f"stage {event.get('stage')}"
-    trigger = f" ({event['trigger']})" if event.get("trigger") else ""
-    return head + trigger + (f": {changes}" if changes else "")
+def training_plot(cycles: list[dict[str, Any]]):
+    """The figure of :func:`training_figure`: one panel per trained model, events as markers, no text on the curves."""
+    from recsys_retrain.schedule.plot import mark_events, rate_axis
 
-
-def training_figure(cycles: list[dict[str, Any]], path: Path) -> Path:
-    """Loss per step and the two learning rates of each trained model, every scheduler event marked and annotated."""
     plt = _plt()
-    runs = [c for c in cycles if c["trace"] and c["trace"]["steps"]["step"]][-MAX_TRAINING_RUNS:]
+    runs = training_runs(cycles)
     fig, axes = plt.subplots(max(len(runs), 1), 1, figsize=(10, 2.6 * max(len(runs), 1)), squeeze=False)
     if not runs:
         axes[0, 0].text(0.5, 0.5, "no trained models in these cycles", ha="center", va="center")
         axes[0, 0].set_axis_off()
     for ax, c in zip(axes[:, 0], runs):
         steps = c["trace"]["steps"]
-        ax.plot(steps["step"], steps["loss"], lw=0.6, color="tab:grey", label="loss")
+        loss = ax.plot(steps["step"], steps["loss"], lw=0.6, color="tab:grey", label="loss")
         ax.set_ylabel("loss")
+        events = mark_events(ax, c["trace"])
         lr = ax.twinx()
-        lr.plot(steps["step"], steps["dense_lr"], color="tab:blue", lw=1, label="dense lr")
-        lr.plot(steps["step"], steps["sparse_lr"], color="tab:orange", lw=1, label="sparse lr")
-        lr.set_yscale("log")
+        dense = lr.plot(steps["step"], steps["dense_lr"], color="tab:blue", lw=1, label="dense lr")
+        sparse = lr.plot(steps["step"], steps["sparse_lr"], color="tab:orange", lw=1, label="sparse lr")
+        rate_axis(lr, steps)
         lr.set_ylabel("learning rate", fontsize=8)
-        for event in c["trace"]["events"]:
-            ax.axvline(event["step"], color="tab:red", lw=0.8, ls="--")
-            ax.annotate(event_label(event), (event["step"], 0.97), xycoords=("data", "axes fraction"), rotation=90,
-                        fontsize=6, va="top", ha="right", color="tab:red")
         ax.set_title(f"model of window {c['start']:%Y-%m-%d}: {len(c['trace']['events'])} scheduler events", fontsize=9)
-        lr.legend(fontsize=7, loc="upper right")
+        lr.legend(handles=[*loss, *dense, *sparse, *events], fontsize=6, loc="upper right", ncol=4)
     axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def training_figure(cycles: list[dict[str, Any]], path: Path) -> Path:
+    """Loss per step and the two learning rates of each trained model, every scheduler event a marker on the loss."""
+    return _save(training_plot(cycles), path)
+
+
+def served_figure(cycles: list[dict[str, Any]], path: Path) -> Path:
+    """NDCG@10 per week of the served model beside recent popularity and EASE, refit each week, on the same users."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    points = served_points(cycles)
+    for key, name, colour in SERVED_SERIES:
+        xy = [(start, s[key]) for start, s in points if s.get(key) is not None]
+        if xy:
+            ax.plot(*zip(*xy), "-o", ms=3, lw=1.2, color=colour, label=name)
+    if not points:
+        ax.text(0.5, 0.5, "no week was scored", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=8, loc="best")
+    ax.set_ylabel("NDCG@10, same users")
+    ax.set_title("served model against fresh baselines, per week", fontsize=10)
+    _dates([ax])
     fig.tight_layout()
     return _save(fig, path)
 
@@ -232,55 +246,6 @@ def profile_figure(cycles: list[dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _img(path: Path, caption: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fmt(x: Any) -> str:
-    return "—" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
-
-
-def cycle_rows(cycles: list[dict[str, Any]]) -> list[list[Any]]:
-    """One table row per window: rows, drift, served NDCG, the gate's decision, the monitor's."""
-    rows = []
-    for c in cycles:
-        summary, monitor, served = c["summary"] or {}, c["monitor"] or {}, c["served"] or {}
-        decision = ("promote" if summary.get("promoted") else "reject") + f" v{summary['version']}" if summary else ""
-        rows.append([
-            f"{c['start']:%Y-%m-%d}", (c["drift"] or {}).get("current_rows"), (c["drift"] or {}).get("severity"),
-            _fmt(served.get("ndcg")), _fmt(summary.get("challenger_ndcg")), decision,
-            "revert" if monitor.get("reverted") else "",
-        ])
-    return rows
-
-
-STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}img{max-width:100%;border:1px solid #ddd}
-figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}table{border-collapse:collapse;font-size:.85em}
-td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"""
-
-
-def html_page(title: str, figures: list[tuple[Path, str]], cycles: list[dict[str, Any]], moves: list[dict[str, Any]]) -> str:
-    """The whole page as one string: figures as data URIs, the per-window table and the alias history."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
-    parts += [_img(path, caption) for path, caption in figures]
-    parts.append("<h2>Windows</h2>")
-    parts.append(_table(["window", "rows", "drift", "served NDCG@10", "challenger NDCG@10", "gate", "monitor"], cycle_rows(cycles)))
-    parts.append("<h2>Alias history</h2>")
-    parts.append(_table(["#", "alias", "from", "to", "by", "why"],
-                        [[m["seq"], m["alias"], m["from_version"], m["to_version"], m["actor"], m["reason"]] for m in moves]))
-    parts.append("</body></html>")
-    return "".join(parts)
-
-
 def build_report(
     runs_dir: Path,
     out_dir: Path,
@@ -288,7 +253,11 @@ def build_report(
     weeks: list[dict[str, Any]] | None = None,
     title: str = "Drift-aware retraining: timeline report",
 ) -> Report:
-    """Draws the four figures from the cycle folders and writes ``report.html`` beside them.
+    """Draws the PNG figures from the cycle folders and writes ``report.html`` beside them.
+
+    The page shows the served-vs-baselines panel and the training curves as
+    interactive figures (``recsys_retrain.report_page``) and embeds the other PNGs;
+    ``training.png`` and ``served.png`` are their still versions, for MLflow.
 
     Args:
         runs_dir: the folder of cycle folders (``settings.runs_dir``).
@@ -301,22 +270,21 @@ def build_report(
 
     Example:
         >>> report = build_report(settings.runs_dir, settings.home / "report")  # doctest: +SKIP
-        >>> report.html.name
+        >>> report.html.name  # doctest: +SKIP
         'report.html'
     """
     cycles = collect(runs_dir)
     out_dir = Path(out_dir)
-    figures = [
-        (training_figure(cycles, out_dir / "training.png"), "Training curves: loss and learning rates per step; "
-         "dashed lines are scheduler events, labelled with the values they changed (old->new)."),
+    stills = [training_figure(cycles, out_dir / "training.png"), served_figure(cycles, out_dir / "served.png")]
+    embedded = [
         (drift_figure(cycles, out_dir / "drift.png"), "Drift signals per window against their calibrated thresholds."),
         (quality_figure(cycles, weeks, out_dir / "quality.png"), "NDCG@10 of the serving champion and of the "
          "challengers; green: promotions, red: reverts, purple: injected events."),
         (profile_figure(cycles, out_dir / "profile.png"), "Data profile of each window."),
     ]
     page = out_dir / "report.html"
-    write_text(html_page(title, figures, cycles, list(alias_moves)), page)
-    return Report(page, tuple(p for p, _ in figures))
+    write_text(html_page(title, embedded, cycles, list(alias_moves)), page)
+    return Report(page, (*stills, *(p for p, _ in embedded)))
 
 
 def log_report(settings, report: Report, extra: dict[str, Path] | None = None, metrics: dict[str, float] | None = None,

@@ -18,7 +18,8 @@ a drift event (the week's events are rewritten by ``recsys_retrain.simulate`` in
 before they are ingested) and a bad model (the champion with its item embedding
 tables randomised, registered and promoted by hand past the gate, as a faulty hot-fix
 would be; the monitor must revert it). Every week also scores the serving champion
-on the week (``served.json``), so the report can draw served quality over time.
+on the week, beside recent popularity and EASE refit on the week's history
+(``served.json``), so the report can draw served quality against fresh baselines.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ class WeekResult:
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step of the week (ingest, monitor, ...)
     refit_version: int | None = None  # what serves after a promotion: the judged version refit through the week's end
+    recent_pop_ndcg: float | None = None  # the fresh baselines on the week's users (served.json)
+    ease_ndcg: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,18 +223,31 @@ def inject_bad_model(settings: Settings, start: pd.Timestamp, seed: int) -> int 
 
 
 def score_served(settings: Settings, run_dir: Path, window: str) -> dict[str, Any]:
-    """NDCG@K of the serving champion on the week (what users got); written to ``served.json``."""
+    """NDCG@K on the week of the serving champion (what users got) and of two fresh baselines; written to ``served.json``.
+
+    The baselines are the backtest's reference policies (``recsys_retrain.backtest.reference_model``):
+    recent popularity and EASE, each fit on the cycle folder's history (everything before
+    the week) and scored on the same users as the champion, so the report shows whether
+    retraining pays. Keys: ``window``, ``version`` and ``ndcg`` of the champion (None
+    without one), ``recent_pop_ndcg``, ``ease_ndcg`` and ``users`` (how many were scored).
+    """
+    from recsys_retrain.backtest import read_frames, reference_model
     from recsys_retrain.evaluate import user_metrics
     from recsys_retrain.registry import candidates
 
-    current = candidates.champion(settings)
+    frames = read_frames({"run_dir": str(run_dir)})
+    history, holdout, _ = frames
+    k, key = settings.eval.k, f"ndcg_at_{settings.eval.k}"
     out: dict[str, Any] = {"window": window, "version": None, "ndcg": None}
+    current = candidates.champion(settings)
     if current is not None:
         model, _ = candidates.try_load(settings, current.version)
         if model is not None:
-            history, holdout = pd.read_parquet(run_dir / "history.parquet"), pd.read_parquet(run_dir / "holdout.parquet")
-            metrics = user_metrics(model, history, holdout, settings.eval.k, settings.gate.head_share).metrics
-            out = {"window": window, "version": current.version, "ndcg": metrics[f"ndcg_at_{settings.eval.k}"]}
+            out.update(version=current.version, ndcg=user_metrics(model, history, holdout, k, settings.gate.head_share).metrics[key])
+    for policy in ("recent_pop", "ease"):
+        scored = user_metrics(reference_model(policy, frames), history, holdout, k, settings.gate.head_share)
+        out[f"{policy}_ndcg"] = scored.metrics[key]
+    out["users"] = len(scored.user_ids)
     write_json(out, run_dir / "served.json")
     return out
 
@@ -267,6 +283,8 @@ def week_result(
         seconds=round(sum(timings.values()), 2),
         timings={k: round(v, 2) for k, v in timings.items()},
         refit_version=refit_of(summary),
+        recent_pop_ndcg=served.get("recent_pop_ndcg"),
+        ease_ndcg=served.get("ease_ndcg"),
     )
 
 

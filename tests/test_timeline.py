@@ -93,11 +93,33 @@ def test_a_week_is_read_back_from_the_files_its_runs_wrote(tmp_path):
     (run / "drift" / "drift.json").write_text(json.dumps({"verdict": verdict}))
     (run / "trigger.json").write_text(json.dumps({"severity": "major", "retrain": True, "reason": "drift major"}))
     (run / "summary.json").write_text(json.dumps({"version": 3, "promoted": True, "challenger_ndcg": 0.3, "reason": "better"}))
-    (run / "served.json").write_text(json.dumps({"version": 2, "ndcg": 0.25}))
+    (run / "served.json").write_text(json.dumps({"version": 2, "ndcg": 0.25, "recent_pop_ndcg": 0.2, "ease_ndcg": 0.22}))
     (run / "monitor.json").write_text(json.dumps({"reverted": False, "reason": "no pair"}))
     week = timeline.week_result(run, "w", "drift", ["drift"], {"ingest": 1.0, "drift_watch": 2.5})
     assert (week.drift, week.drifted, week.version, week.promoted, week.served_version) == ("major", ("genre",), 3, True, 2)
     assert week.seconds == 3.5 and week.reason == "better" and week.injected == ("drift",)
+    assert (week.served_ndcg, week.recent_pop_ndcg, week.ease_ndcg) == (0.25, 0.2, 0.22)
     assert timeline.WeekResult.from_dict(json.loads(json.dumps(week.to_dict()))) == week
     untrained = timeline.week_result(run, "w", None, [], {})
     assert untrained.version is None and not untrained.promoted and untrained.reason == "drift major"
+
+
+def test_the_served_week_is_scored_beside_recent_popularity_and_ease_on_the_same_users(movielens, settings, tmp_path):
+    from recsys_retrain.baselines import MostPopular
+    from recsys_retrain.evaluate import user_metrics
+    from recsys_retrain.simulate import base_log
+
+    log = base_log(movielens)
+    run = tmp_path / "19980112-19980119"
+    run.mkdir()
+    log[log["timestamp"] < "1998-01-12"].to_parquet(run / "history.parquet")
+    week = log[(log["timestamp"] >= "1998-01-12") & (log["timestamp"] < "1998-01-19")]
+    week.to_parquet(run / "holdout.parquet")
+    movielens.items.to_parquet(run / "catalogue.parquet")
+    served = timeline.score_served(settings, run, "w")
+    assert json.loads((run / "served.json").read_text()) == served
+    assert (served["version"], served["ndcg"]) == (None, None)  # no champion yet; the baselines are scored all the same
+    assert 0.1 < served["recent_pop_ndcg"] < 0.5 and 0.1 < served["ease_ndcg"] < 0.5
+    history = pd.read_parquet(run / "history.parquet")
+    users = user_metrics(MostPopular(history, movielens.items), history, week, 10)  # who is scored does not depend on the model
+    assert served["users"] == len(users.user_ids) > 50
