@@ -1,10 +1,12 @@
 """Champion monitor: after each new window, the auto-revert check.
 
-newest_window -> pull -> validate -> monitor. Scores the ``champion`` and the
+newest_window -> pull -> validate -> monitor -> publish. Scores the ``champion`` and the
 ``previous`` version on the same fresh window (``recsys_retrain.monitor.check_window``);
 after enough consecutive significantly-worse windows it reverts the champion. The
 RevertDecision is recorded on the champion's model version and as ``monitor.json``
-in the cycle folder; a re-run for the same window changes nothing.
+in the cycle folder; a re-run for the same window changes nothing. ``publish`` brings
+the precomputed recommendations in the online store to the champion's: after a revert
+it republishes the previous version's lists; otherwise nothing is written.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from airflow.sdk import Param, dag, task
 
 if str(Path(__file__).parent) not in sys.path:  # Airflow puts the dags folder there; plain imports may not
     sys.path.append(str(Path(__file__).parent))
-from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES, newest_window, pull, validate  # noqa: E402
+from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES, newest_window, publish, pull, validate  # noqa: E402
 
 
 @dag(
@@ -39,7 +41,7 @@ def champion_monitor():
         print(decision["reason"])
         return decision
 
-    monitor(validate(pull(newest_window())))
+    publish(monitor(validate(pull(newest_window()))))
 
 
 dag = champion_monitor()

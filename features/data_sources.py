@@ -56,3 +56,17 @@ item_stats_source = _source(
     "One row per item and day from the item's first day: activity before that day, stamped 00:00 UTC.",
     "daily_aggregate",
 )
+
+user_history_source = _source(
+    "user_history",
+    "data/user_history.parquet",
+    "One row per user and active day: the user's most recent and every seen item as of the next 00:00 UTC.",
+    "daily_aggregate",
+)
+
+recommendations_source = _source(
+    "recommendations",
+    "data/recommendations.parquet",
+    "The champion's precomputed top-K per recently active user, one row per user and publication.",
+    "served",
+)

@@ -16,12 +16,14 @@ from datetime import timedelta
 from data_sources import (
     item_profile_source,
     item_stats_source,
+    recommendations_source,
+    user_history_source,
     user_profile_source,
     user_stats_source,
 )
 from entities import item, user
 from feast import FeatureView, Field
-from feast.types import Float64, Int64, String
+from feast.types import Array, Float64, Int64, String
 
 NO_EXPIRY = timedelta(0)
 
@@ -104,4 +106,36 @@ item_stats_fv = FeatureView(
     online=True,
     source=item_stats_source,
     tags={"team": "recsys", "kind": "daily_aggregate"},
+)
+
+user_history_fv = FeatureView(
+    name="user_history",
+    entities=[user],
+    ttl=NO_EXPIRY,
+    schema=[
+        Field(
+            name="user_recent_items",
+            dtype=Array(Int64),
+            description="Item ids of the user's most recent interactions (the model's history bag), oldest first.",
+        ),
+        Field(name="user_seen_items", dtype=Array(Int64), description="Every item id the user interacted with, sorted."),
+    ],
+    online=True,
+    source=user_history_source,
+    tags={"team": "recsys", "kind": "daily_aggregate"},
+)
+
+recommendations_fv = FeatureView(
+    name="recommendations",
+    entities=[user],
+    ttl=NO_EXPIRY,
+    schema=[
+        Field(name="rec_item_ids", dtype=Array(Int64), description="The champion's top-K item ids, best first."),
+        Field(name="rec_scores", dtype=Array(Float64), description="Their scores."),
+        Field(name="rec_version", dtype=Int64, description="The registered model version that ranked them."),
+        Field(name="rec_source", dtype=String, description="'model', or 'recent_popularity' for a user it cannot rank."),
+    ],
+    online=True,
+    source=recommendations_source,
+    tags={"team": "recsys", "kind": "served"},
 )

@@ -1,4 +1,4 @@
-"""Command line: ``retrain demo``, ``ingest``, ``profile``, ``drift``, ``backtest``, ``history``, ``promote``, ``revert``.
+"""Command line: ``retrain demo``, ``ingest``, ``profile``, ``drift``, ``backtest``, ``recommend``, ``history``, ``promote``, ``revert``.
 
 Errors the user can act on (missing files, bad columns, too many bad rows) print
 one line and exit with status 2; anything else is a bug and keeps its traceback.
@@ -371,6 +371,28 @@ def revert(
 
     moves = promotion.revert(get_settings(), reason=reason, actor="cli revert")
     console.print("; ".join(f"{m.alias}: v{m.from_version} -> v{m.to_version}" for m in moves) or "nothing to revert")
+
+
+@app.command()
+def recommend(
+    user: Annotated[list[int], typer.Option(help="User id; repeat for several users.")],
+    k: Annotated[Optional[int], typer.Option(min=1, help="Items per user; default serve.k.")] = None,
+    alias: Annotated[str, typer.Option(help="Alias (champion, challenger, previous) or version number to serve.")] = "champion",
+    exclude_seen: Annotated[
+        Optional[bool], typer.Option("--exclude-seen/--include-seen", help="Leave out items the user already had; default serve.exclude_seen.")
+    ] = None,
+) -> None:
+    """Top-K items for users from a registered version, their features read from the Feast online store."""
+    from recsys_retrain.serve.recommend import recommend_table
+
+    settings = get_settings()
+    version, frame = recommend_table(settings, user, k=k, alias=alias, exclude_seen=exclude_seen)
+    table = Table(title=f"{settings.model_name} v{version} ({alias}): top-{frame['rank'].max()} per user")
+    for col in ("user", "rank", "item", "title", "score", "source"):
+        table.add_column(col, overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(str(row.user_id), str(row.rank), str(row.item_id), row.title, f"{row.score:.4f}", row.source)
+    console.print(table)
 
 
 @app.command()

@@ -419,3 +419,14 @@ def monitor(pulled: dict[str, Any], settings: Settings | None = None, overrides:
     result = {"window": window_id, **decision.to_dict()}
     write_json(result, p.root / "monitor.json")
     return result
+
+
+def publish(settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
+    """Precomputes the champion's top-K for recently active users into the online store, when it is not there yet.
+
+    Runs after a promotion and after the monitor (a revert republishes the previous
+    version's lists); a champion already published writes nothing (``recsys_retrain.serve.publish``).
+    """
+    from recsys_retrain.serve.publish import publish_champion
+
+    return publish_champion(with_overrides(settings or get_settings(), overrides)).to_dict()

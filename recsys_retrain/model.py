@@ -26,6 +26,8 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys_retrain.data.features import HISTORY_CAP
+
 Jagged = tuple[np.ndarray, np.ndarray]  # (values, lengths) of one jagged feature
 USER_FEATURES = ("user_id", "user_gender", "user_age", "user_occupation", "user_history")
 ITEM_FEATURES = ("item_id", "item_genre", "item_decade", "item_popularity")
@@ -34,7 +36,6 @@ POPULARITY_BUCKETS = 16  # log2 buckets of that count
 AGE_EDGES = (1, 18, 25, 35, 45, 50, 56)  # the MovieLens age groups; 0 = unknown
 FEATURE_SERVICE = "two_tower_v1"  # the Feast feature service whose features this model reads
 ENCODED_USER_COLUMNS = ["user_id", "user_gender", "user_age", "user_occupation"]  # the window columns it encodes users from
-HISTORY_CAP = 100  # most recent items pooled into the user's history bag
 PRIOR_DAYS = (7, 28, None)  # windows of the item prior's log shares, in days; None: all history before the time
 # The prior's starting weights: the 28-day log share (recent popularity, the strongest baseline on a temporal
 # split) at weight 1, so the softmax starts as the 28-day shares; the all-time share only breaks its ties.

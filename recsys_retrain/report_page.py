@@ -282,6 +282,26 @@ def training_section(cycles: list[dict[str, Any]], plots: Plots) -> list[str]:
     return parts
 
 
+# How to get recommendations from the champion, one copy-paste example per way (README: "Serving the champion").
+SERVING = """<h2>Serving the champion</h2>
+<p>From the repository root, after <code>make demo</code>:</p>
+<pre># in-process, from the command line (features from the Feast online store)
+.venv/bin/retrain recommend --user 42 --k 10 --alias champion
+
+# REST (uvicorn on PATH: activate the venv)
+source .venv/bin/activate
+MLFLOW_TRACKING_URI=sqlite:///.retrain/mlflow.db mlflow models serve -m models:/two_tower@champion \\
+  --env-manager local --host 127.0.0.1 --port 5001 &amp;
+curl -s -X POST 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
+  -d '{"dataframe_records": [{"user_id": 42, "k": 10}]}'
+
+# precomputed after each promotion or revert: one key lookup in the online store
+.venv/bin/python -c "from recsys_retrain.data.store import feature_store; \\
+from recsys_retrain.serve.online import read_recommendations; \\
+print(read_recommendations(feature_store('features'), [42]))"</pre>
+"""
+
+
 def html_page(title: str, figures: list[tuple[Path, str]], cycles: list[dict[str, Any]], moves: list[dict[str, Any]]) -> str:
     """The whole page as one string: interactive panels, PNG figures as data URIs, the windows and the alias history."""
     plots = Plots()
@@ -296,5 +316,6 @@ def html_page(title: str, figures: list[tuple[Path, str]], cycles: list[dict[str
     parts.append("<h2>Alias history</h2>")
     parts.append(table(["#", "alias", "from", "to", "by", "why"],
                        [[m["seq"], m["alias"], m["from_version"], m["to_version"], m["actor"], m["reason"]] for m in moves]))
+    parts.append(SERVING)
     parts.append("</body></html>")
     return "".join(parts)

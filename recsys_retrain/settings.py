@@ -239,6 +239,20 @@ class ScheduleSettings(BaseModel):
     )
 
 
+class ServeSettings(BaseModel):
+    """Serving the champion: in-process, over REST and precomputed (``recsys_retrain.serve``)."""
+
+    k: int = Field(10, ge=1, description="Items per user when a request does not say.")
+    exclude_seen: bool = Field(
+        True,
+        description="Leave out items the user already interacted with. Turn off in repeat domains (groceries, "
+        "music), where the items already bought are often the best recommendations.",
+    )
+    publish_active_days: int = Field(
+        28, ge=1, description="publish precomputes the top-K of every user active in this many days before it runs."
+    )
+
+
 class EvalSettings(BaseModel):
     k: int = Field(10, ge=1, description="Cut-off for NDCG@K and Recall@K.")
 
@@ -377,6 +391,7 @@ class Settings(BaseSettings):
     eval: EvalSettings = EvalSettings()
     gate: GateSettings = GateSettings()
     monitor: MonitorSettings = MonitorSettings()
+    serve: ServeSettings = ServeSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -37,6 +37,7 @@ EXPECTED = {
     "sparse_optimizer": ("sparse_optimizer.json", ("ndcg10_adagrad", "ndcg10_rowwise_adagrad", "rowwise_minus_exact",
                                                    "ci95"), ()),
     "backtest": ("backtest.json", ("datasets", "goals", "protocol", "refit_modes"), ("backtest_movielens.png", "backtest_synthetic.png")),
+    "serve": ("serve.json", ("movielens", "synthetic", "goals", "machine"), ()),
 }
 
 

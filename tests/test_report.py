@@ -114,6 +114,9 @@ def test_report_writes_the_pngs_and_a_page_with_plotly_inline_once(built):
     served, events, windows, moves = 1 + 4, 2 * (1 + 4), 1 + 4, 1 + 1
     assert page.count("<tr>") == served + events + windows + moves
     assert "beat recent popularity on 1 of 3 and EASE on 2 of 3 weeks" in page
+    serving = page.split("<h2>Serving the champion</h2>", 1)[1]  # one example per way, the README's commands
+    assert "retrain recommend --user" in serving and "mlflow models serve -m models:/two_tower@champion" in serving
+    assert "read_recommendations(" in serving
 
 
 def test_collect_reads_every_cycle_file_in_window_order(built, tmp_path):

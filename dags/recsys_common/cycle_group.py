@@ -1,13 +1,14 @@
 """The retrain body, one reusable task group: pull -> validate -> drift -> calibrate -> train -> evaluate -> gate
--> promote_or_keep -> refit -> promote | keep -> decided.
+-> promote_or_keep -> refit -> promote -> publish | keep -> decided.
 
 Each task calls one function of ``recsys_retrain.cycle`` with the run's overrides (from
 its Params) and passes small dicts (paths, counts, decisions). ``retrain`` runs it on
 the data interval; ``drift_watch`` runs it on the newest window with a short-circuit
 after ``drift`` that stops below the trigger level. The gate's decision is a branch:
 on the promote path ``refit`` refits the gated challenger through the window's end
-(``train.refit``; a sanity check, the gated one serving when it fails) and ``promote``
-moves the aliases to what ``refit`` returned; ``keep`` leaves the champion, and
+(``train.refit``; a sanity check, the gated one serving when it fails), ``promote``
+moves the aliases to what ``refit`` returned and ``publish`` writes the new champion's
+top-K of recently active users to the online store; ``keep`` leaves the champion, and
 ``decided`` joins the two paths and returns the cycle's summary.
 """
 
@@ -206,6 +207,16 @@ def promote(judged: dict, refitted: dict) -> dict:
     return cycle.promote(judged, refitted, overrides=_overrides())
 
 
+@task(**IO_RETRIES)
+def publish(promoted: dict | None = None) -> dict:
+    """Writes the champion's top-K of every recently active user to the online store (one key lookup per user)."""
+    from recsys_retrain import cycle
+
+    result = cycle.publish(overrides=_overrides())
+    print(result["reason"])
+    return result
+
+
 @task
 def keep(judged: dict) -> dict:
     from recsys_retrain import cycle
@@ -223,7 +234,7 @@ def decided(judged: dict) -> dict:
 
 @task_group(group_id=GROUP)
 def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
-    """pull -> validate -> drift -> calibrate -> train -> evaluate -> gate -> refit -> promote | keep -> decided.
+    """pull -> validate -> drift -> calibrate -> train -> evaluate -> gate -> refit -> promote -> publish | keep -> decided.
 
     Args:
         window: an XComArg of ``{"start", "end"}`` (``newest_window``); None reads the
@@ -241,4 +252,4 @@ def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
     refitted = refit(validated, trained, judged)
     kept = keep(judged)
     promote_or_keep(judged) >> [refitted, kept]
-    [promote(judged, refitted), kept] >> decided(judged)
+    [publish(promote(judged, refitted)), kept] >> decided(judged)

@@ -168,3 +168,62 @@ def _rank_desc(values: np.ndarray, first_day: np.ndarray) -> np.ndarray:
         ordered = np.sort(col)
         ranks[:, s] = len(col) - np.searchsorted(ordered, col, side="right") + 1
     return ranks
+
+
+HISTORY_COLUMNS = ["user_recent_items", "user_seen_items"]
+HISTORY_CAP = 100  # most recent interactions in a user's history bag (the model pools them; recsys_retrain.model)
+
+
+def history_table(log: pd.DataFrame, cap: int, since: pd.Timestamp | None = None) -> pd.DataFrame:
+    """``user_history`` rows: what the served model reads of a user's past, stamped like the stats.
+
+    For every user and every day ``d`` with one of their events, one row stamped ``d + 1``
+    (00:00 UTC) describing the user as of that midnight: ``user_recent_items``, the item
+    ids of the ``cap`` most recent interactions (oldest first; events of one second in
+    item-id order, as the log is stored), and ``user_seen_items``, every distinct item
+    id, sorted. A user's row stays true until their next active day, so the table is
+    sparse (no dense grid): its size follows the events, not users x days. Only rows
+    stamped ``since`` or later when given (a batch from ``since`` changes no earlier row).
+
+    Example:
+        >>> t = pd.to_datetime(["2000-01-01 10:00", "2000-01-01 11:00", "2000-01-03 09:00"], utc=True)
+        >>> log = pd.DataFrame({"user_id": [7, 7, 7], "item_id": [5, 3, 5], "timestamp": t})
+        >>> history_table(log, cap=2)[["event_timestamp", "user_recent_items", "user_seen_items"]].values.tolist()
+        [[Timestamp('2000-01-02 00:00:00+0000', tz='UTC'), [5, 3], [3, 5]], [Timestamp('2000-01-04 00:00:00+0000', tz='UTC'), [3, 5], [3, 5]]]
+    """
+    ordered = log.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    users = ordered["user_id"].to_numpy(np.int64)
+    items = ordered["item_id"].to_numpy(np.int64)
+    stamps = (ordered["timestamp"].dt.floor("D") + DAY).dt.tz_convert(None).to_numpy("datetime64[ns]")  # UTC, naive
+    first = None if since is None else pd.Timestamp(since).tz_convert(None).to_datetime64()
+    rows_user, rows_ts, rows_recent, rows_seen = [], [], [], []
+    bounds = np.flatnonzero(np.diff(users)) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(users)]):
+        user_stamps = stamps[lo:hi]
+        ends = np.flatnonzero(np.r_[user_stamps[1:] != user_stamps[:-1], True]) + 1  # one past each day's last event
+        for end in ends:
+            stamp = user_stamps[end - 1]
+            if first is not None and stamp < first:
+                continue
+            past = items[lo : lo + end]
+            rows_user.append(users[lo])
+            rows_ts.append(stamp)
+            rows_recent.append(past[-cap:].tolist())
+            rows_seen.append(np.unique(past).tolist())
+    return pd.DataFrame({
+        "user_id": np.asarray(rows_user, np.int64),
+        "user_recent_items": rows_recent,
+        "user_seen_items": rows_seen,
+        TS: pd.to_datetime(np.asarray(rows_ts, "datetime64[ns]")).tz_localize("UTC"),
+    })
+
+
+def empty_recommendations():
+    """The ``recommendations`` source with no rows, typed (a pyarrow table): what a repository holds before the
+    first publication (``recsys_retrain.serve.publish``), so that materializing every view finds the file."""
+    import pyarrow as pa
+
+    schema = pa.schema([("user_id", pa.int64()), ("rec_item_ids", pa.list_(pa.int64())),
+                        ("rec_scores", pa.list_(pa.float64())), ("rec_version", pa.int64()), ("rec_source", pa.string()),
+                        (TS, pa.timestamp("ns", tz="UTC"))])
+    return schema.empty_table()

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from recsys_retrain.data import features as F
 from recsys_retrain.data.features import TS
 from recsys_retrain.data.load import RawData, normalise_items, normalise_users, last_line, read_log
-from recsys_retrain.data.store import LOG, PROFILES, STATS, offline_kind, require_repo, feature_store, read_events
+from recsys_retrain.data.store import HISTORY, LOG, PROFILES, STATS, offline_kind, require_repo, feature_store, read_events
 from recsys_retrain.data.validation import check_events, to_parquet, write_atomic, write_quarantine
 from recsys_retrain.io import file_lock, write_with
 from recsys_retrain.resources import seed_feature_repo
@@ -74,6 +75,7 @@ def bootstrap_feature_repo(raw: RawData, repo: Path, materialize: bool = False) 
         "user_profile": F.profile_table(_ids(inter["user_id"], users["user_id"]), users, "user_id", F.USER_PROFILE, origin),
         "item_profile": F.profile_table(_ids(inter["item_id"], items["item_id"]), items, "item_id", F.ITEM_PROFILE, origin),
         **F.stats_tables(inter),
+        HISTORY: F.history_table(inter, F.HISTORY_CAP),
     }
     data = repo / "data"
     staging = data / f".staging-{os.getpid()}"
@@ -92,6 +94,9 @@ def bootstrap_feature_repo(raw: RawData, repo: Path, materialize: bool = False) 
         (data / f"{LOG}.parquet").unlink(missing_ok=True)  # the single-file log of earlier versions
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    published = data / "recommendations.parquet"  # the champion's top-K, written by each publication
+    if not published.exists():
+        write_with(published, lambda tmp: pq.write_table(F.empty_recommendations(), tmp))
     _apply(repo)
     _publish(repo, [*tables, LOG])
     if materialize:
@@ -154,7 +159,7 @@ def _ingest(events, repo: Path, settings: DataSettings, materialize: bool, step)
     touched = new["timestamp"].dt.floor("D").unique()
     day_rows = everything[everything["timestamp"].dt.floor("D").isin(touched)]
     _write_days(_log_frame(day_rows), repo / "data" / LOG)
-    if offline_kind(repo) != "file" or not (repo / "data" / "registry.db").exists():
+    if offline_kind(repo) != "file" or not (repo / "data" / "registry.db").exists() or not _registered(repo, HISTORY):
         _apply(repo)
     _publish(repo, [*tables, LOG])
     result["recomputed_from"] = since.isoformat()
@@ -200,6 +205,10 @@ def _updated_tables(repo: Path, everything: pd.DataFrame, new: pd.DataFrame, sin
         kept = pd.read_parquet(path, filters=[(TS, "<", since)]) if path.exists() else rows.iloc[:0]
         key = STATS[name]
         out[name] = pd.concat([kept, rows], ignore_index=True).sort_values([key, TS], kind="stable").reset_index(drop=True)
+    path = data / f"{HISTORY}.parquet"
+    kept = pd.read_parquet(path, filters=[(TS, "<", since)]) if path.exists() else None
+    rows = F.history_table(everything, F.HISTORY_CAP, since=since)
+    out[HISTORY] = pd.concat([kept, rows], ignore_index=True) if kept is not None else rows
     for name, (key, cols) in PROFILES.items():
         path = data / f"{name}.parquet"
         old = pd.read_parquet(path) if path.exists() else F.profile_table(pd.Series([], dtype="int64"), pd.DataFrame(columns=[key]), key, cols, origin)
@@ -266,11 +275,28 @@ def _materialize_quietly(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Ti
         store.materialize_incremental(end_date=end, feature_views=stats)
     else:
         store.materialize(since.to_pydatetime(), end, feature_views=stats)
+    # The history is sparse (a row per active day, not a dense grid): the first time, from its first row, so
+    # that users idle since then are in the online store too; afterwards from the batch's first day.
+    history_from = since if store.get_feature_view(HISTORY).most_recent_end_time is not None else None
+    if history_from is None:
+        history_from = pd.read_parquet(repo / "data" / f"{HISTORY}.parquet", columns=[TS])[TS].min()
+    store.materialize(pd.Timestamp(history_from).to_pydatetime(), end, feature_views=[HISTORY])
     profiles = [n for n in PROFILES if n in tables or store.get_feature_view(n).most_recent_end_time is None]
     if profiles:
         origin = min(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].min() for n in profiles)
         store.materialize(origin.to_pydatetime(), end, feature_views=profiles)
     return pd.Timestamp(end)
+
+
+def _registered(repo: Path, view: str) -> bool:
+    """Whether the repository's registry has ``view`` (a repository written by an earlier version may not)."""
+    from feast.errors import FeatureViewNotFoundException
+
+    try:
+        feature_store(repo).get_feature_view(view)
+    except FeatureViewNotFoundException:
+        return False
+    return True
 
 
 def _publish(repo: Path, names: Iterable[str]) -> None:
@@ -294,6 +320,8 @@ def _publish(repo: Path, names: Iterable[str]) -> None:
             cur.execute(f'DROP TABLE IF EXISTS "{name}"')
             cur.execute(_df_to_create_table_sql(df, name))
             columns = ", ".join(f'"{c}"' for c in df.columns)
+            lists = [c for c in df.columns if df[c].dtype == object and len(df) and hasattr(df[c].iloc[0], "tolist")]
+            df = df.assign(**{c: df[c].map(lambda a: a.tolist()) for c in lists})  # parquet lists -> PostgreSQL arrays
             with cur.copy(f'COPY "{name}" ({columns}) FROM STDIN') as copy:
                 for row in df.astype(object).itertuples(index=False):
                     copy.write_row(row)

@@ -113,6 +113,25 @@ def _from_wheel(wheel: Path) -> RawData:
     )
 
 
+def item_titles(cache_dir: Path, path: Path | None = None) -> pd.Series:
+    """Item titles by item id from MovieLens-100K (the wheel, or a GroupLens folder); empty for other data.
+
+    The pipeline ranks ids; titles are only for people reading a recommendation
+    (``retrain recommend``), so they stay out of the feature store.
+    """
+    try:
+        if path is None:
+            with zipfile.ZipFile(_fetch_wheel(Path(cache_dir))) as zf:
+                items = _read_atomic_file(zf, "item").rename(columns={"movie_title": "title"})
+        elif Path(path).is_dir() and (Path(path) / "u.item").exists():
+            items = _read_table(Path(path) / "u.item", "|", ["item_id", "title", "release", "video", "url"] + [f"g{i}" for i in range(len(GENRES))])
+        else:
+            return pd.Series(dtype=str)
+    except (DataError, zipfile.BadZipFile, KeyError, OSError):
+        return pd.Series(dtype=str)
+    return pd.Series(items["title"].astype(str).to_numpy(), index=pd.to_numeric(items["item_id"]).astype("int64"))
+
+
 def _read_atomic_file(zf: zipfile.ZipFile, ext: str) -> pd.DataFrame:
     """Read a RecBole 'atomic file': tab-separated, headers typed like ``rating:float``."""
     with zf.open(f"{_WHEEL_DIR}.{ext}") as fh:

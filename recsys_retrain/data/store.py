@@ -32,6 +32,7 @@ WINDOW_SERVICE = "two_tower_v2"  # the service a pulled window reads: every feat
 PROFILES = {"user_profile": ("user_id", F.USER_PROFILE), "item_profile": ("item_id", F.ITEM_PROFILE)}
 STATS = {"user_stats": "user_id", "item_stats": "item_id"}
 LOG = "interactions"
+HISTORY = "user_history"  # the served model's per-user history (features.history_table): sparse, daily stamps
 
 
 def read_events(repo: Path, t0=None, t1=None, days: Iterable[str] | None = None) -> pd.DataFrame:

@@ -4,14 +4,12 @@
 window); :func:`champion`, :func:`alias` and :func:`try_load` are how every stage
 reads a version back.
 
-Models are stored in MLflow's pickle format (``serialization_format="pickle"``):
-the default ``pt2`` format traces ``forward`` with a tensor input example, which a
-TorchRec model taking KeyedJaggedTensors cannot provide. The pickle refers to
-classes by module (``recsys_retrain.model.Recommender``), so the loading process must be
-able to import ``recsys_retrain``, as every stage of this project can. No ``code_paths``
-snapshot is logged: MLflow would prepend it to ``sys.path`` on every load and a
-process that has not yet imported ``recsys_retrain`` would then run the snapshot instead
-of the installed package.
+Each version is an MLflow pyfunc (``recsys_retrain.serve.pyfunc.TopK``: user ids in,
+top-K item ids out, with a signature, an input example, its requirements and the
+package's code), so ``mlflow.pyfunc.load_model("models:/<name>@champion")`` serves it
+anywhere. The pipeline's stages read the trained ``Recommender`` inside it directly
+(:func:`read_model`: a torch pickle that refers to ``recsys_retrain.model``); versions
+logged before the pyfunc, in MLflow's pytorch flavour, still load.
 """
 
 from __future__ import annotations
@@ -177,9 +175,10 @@ def _register(
     challenger: bool = True,
 ) -> Candidate:
     import mlflow
-    import torch
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    from recsys_retrain.serve.pyfunc import log_served_model
 
     experiment_id = configure(settings)
     client = RetryingClient(MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri), settings)
@@ -189,13 +188,8 @@ def _register(
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})  # null: an empty segment
         for artifact_name, path in artifacts.items():
             _log_artifact(artifact_name, Path(path))
-        info = mlflow.pytorch.log_model(
-            model,
-            name=MODEL_ARTIFACT,
-            serialization_format="pickle",
-            # Skip requirement inference: it reloads the model in a subprocess (seconds).
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        )
+        info = log_served_model(model, feature_repo=settings.feature_repo, k=settings.serve.k,
+                                exclude_seen=settings.serve.exclude_seen)
         try:
             client.create_registered_model(name)
         except MlflowException as exc:
@@ -237,8 +231,6 @@ def load_model(settings: Settings, alias_or_version: str | int) -> nn.Module | N
     missing version number is not, and raises ``RegistryError``. Reading the artifact
     is retried like every registry call: a flaky artifact store is not a broken model.
     """
-    import mlflow
-
     client = connect(settings)
     name = settings.model_name
     version: int | None
@@ -250,7 +242,21 @@ def load_model(settings: Settings, alias_or_version: str | int) -> nn.Module | N
         return None
     uri = client.get_model_version_download_uri(name, str(version))
     with quiet():  # the version's own artifact URI: no global registry URI involved
-        return retry(settings, f"loading version {version}", lambda: mlflow.pytorch.load_model(uri, map_location="cpu"))
+        return retry(settings, f"loading version {version}", lambda: read_model(uri))
+
+
+def read_model(uri: str) -> nn.Module:
+    """The ``Recommender`` of a logged model: the served pyfunc's artifact, or (versions logged before it) the pytorch flavour."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from recsys_retrain.serve.pyfunc import ARTIFACT_FILE, read_recommender_file
+
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/artifacts/{ARTIFACT_FILE}")
+    except (MlflowException, OSError):
+        return mlflow.pytorch.load_model(uri, map_location="cpu")
+    return read_recommender_file(path)
 
 
 def champion(settings: Settings) -> Candidate | None:

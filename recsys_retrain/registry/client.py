@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -41,15 +42,23 @@ def quiet() -> Iterator[None]:
     """Silences MLflow's INFO lines (table creation) and the pickle warning we chose to accept."""
     mlflow_logger = logging.getLogger("mlflow")
     level = mlflow_logger.level
-    drop_pickle_warning = _DropMessage("Pickle or CloudPickle")
-    pytorch_logger = logging.getLogger("mlflow.pytorch")
+    drop_pickle_warning = _DropMessage("CloudPickle")  # both flavours name it in their pickle warning
+    flavour_loggers = [logging.getLogger("mlflow.pytorch"), logging.getLogger("mlflow.pyfunc")]
     mlflow_logger.setLevel(max(level, logging.WARNING))
-    pytorch_logger.addFilter(drop_pickle_warning)
+    progress = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # the bar of each artifact download, on stderr
+    for logger in flavour_loggers:
+        logger.addFilter(drop_pickle_warning)
     try:
         yield
     finally:
-        pytorch_logger.removeFilter(drop_pickle_warning)
+        for logger in flavour_loggers:
+            logger.removeFilter(drop_pickle_warning)
         mlflow_logger.setLevel(level)
+        if progress is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = progress
 
 
 class _DropMessage(logging.Filter):

@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys_retrain.model import ENCODED_USER_COLUMNS, HISTORY_CAP, FeatureEncoder, item_prior
+from recsys_retrain.data.features import HISTORY_CAP
+from recsys_retrain.model import ENCODED_USER_COLUMNS, FeatureEncoder, item_prior
 
 PERIOD_DAYS = 7
 

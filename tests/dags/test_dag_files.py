@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +80,8 @@ CYCLE = {
     "cycle.gate": ["cycle.decided", "cycle.keep", "cycle.promote", "cycle.promote_or_keep", "cycle.refit"],
     "cycle.promote_or_keep": ["cycle.keep", "cycle.refit"],  # the promote path starts with the refit
     "cycle.refit": ["cycle.promote"],  # the champion moves only after the refit (or its fallback) is known
-    "cycle.promote": ["cycle.decided"],
+    "cycle.promote": ["cycle.publish"],  # the new champion's top-K reach the online store before the join
+    "cycle.publish": ["cycle.decided"],
     "cycle.keep": ["cycle.decided"],
     "cycle.decided": [],
 }
@@ -107,7 +109,8 @@ def test_champion_monitor_checks_each_new_window():
         "newest_window": ["pull"],
         "pull": ["validate"],
         "validate": ["monitor"],
-        "monitor": [],
+        "monitor": ["publish"],  # a revert republishes the previous version's lists
+        "publish": [],
     }
 
 
@@ -166,7 +169,7 @@ from tests.conftest import cache_dir, copy_feature_repo
 root = Path(sys.argv[1])
 raw = load_movielens(cache_dir())
 inter = raw.interactions[raw.interactions["timestamp"] < pd.Timestamp(sys.argv[3], tz="UTC")]
-bootstrap_feature_repo(RawData(inter, raw.users, raw.items), copy_feature_repo(root / "features"))
+bootstrap_feature_repo(RawData(inter, raw.users, raw.items), copy_feature_repo(root / "features"), materialize=True)
 done = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], capture_output=True, text=True)
 assert done.returncode == 0, done.stderr[-2000:]
 import importlib.util
@@ -212,7 +215,7 @@ def test_drift_watch_runs_on_the_newest_week_and_stops_or_retrains(tmp_path):
         assert {t: s for t, s in state["tasks"].items() if s != "success"} == {
             "cycle.calibrate": "skipped", "cycle.train": "skipped", "cycle.evaluate": "skipped", "cycle.gate": "skipped",
             "cycle.promote_or_keep": "skipped", "cycle.refit": "skipped", "cycle.promote": "skipped",
-            "cycle.keep": "skipped",
+            "cycle.publish": "skipped", "cycle.keep": "skipped",
             "cycle.decided": "skipped",
         }
     assert not (run_dir / "summary.json").exists()
@@ -230,3 +233,6 @@ def test_a_drifting_week_retrains_at_level_minor_but_not_at_major(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["version"] == 1 and summary["promoted"]  # the first model of an empty registry
     assert summary["served_version"] == 2 and summary["refit"]["mode"] == "warm"  # its refit through the window serves
+    lists = pd.read_parquet(tmp_path / "features" / "data" / "recommendations.parquet")  # publish ran after promote
+    assert set(lists["rec_version"]) == {2} and len(lists) > 100 and set(lists["rec_source"]) == {"model"}
+    assert all(len(items) == 10 for items in lists["rec_item_ids"])

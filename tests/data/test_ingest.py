@@ -30,7 +30,8 @@ class TestFeatureRepo:
         first = {str(p): p.read_bytes() for p in (feature_repo / "data").rglob("*.parquet")}
         bootstrap_feature_repo(data, feature_repo)
         again = {str(p): p.read_bytes() for p in (feature_repo / "data").rglob("*.parquet")}
-        assert first == again and len(first) == 4 + 2  # four feature sources, two day partitions
+        # five feature sources (profiles, stats, the users' history), no publication yet, two day partitions
+        assert first == again and len(first) == 5 + 1 + 2
         assert not [p for p in (feature_repo / "data").rglob("*") if ".tmp-" in p.name or ".staging" in p.name]
 
     def test_a_bare_log_gets_default_profiles(self, feature_repo: Path, tmp_path: Path) -> None:
@@ -58,11 +59,11 @@ class TestFeatureRepo:
 
         store = FeatureStore(repo_path=str(ml_repo))
         views = {fv.name: fv for fv in store.list_feature_views()}
-        assert set(views) == {"user_profile", "user_stats", "item_profile", "item_stats"}
+        assert set(views) == {"user_profile", "user_stats", "item_profile", "item_stats", "user_history", "recommendations"}
         for fv in views.values():
             assert fv.batch_source.timestamp_field == "event_timestamp" and fv.ttl is not None and fv.tags
         services = {s.name: s for s in store.list_feature_services()}
-        assert sorted(services) == ["two_tower_v1", "two_tower_v2"]
+        assert sorted(services) == ["recommendations_v1", "two_tower_online_v1", "two_tower_v1", "two_tower_v2"]
         v1 = [f.name for p in services["two_tower_v1"].feature_view_projections for f in p.features]
         assert sorted(v1) == sorted(V1_USER + V1_ITEM)
 

@@ -37,7 +37,8 @@ def test_log_candidate_registers_version_1_as_challenger(settings, tmp_path, cap
     c = client(settings)
     run = c.get_run(cand.run_id)
     assert run.data.metrics == {METRIC: 0.1}
-    assert run.data.params == {"lr": "0.1", "epochs": "2"}
+    served = {"feature_repo": str(settings.feature_repo.resolve()), "k": "10", "exclude_seen": "True"}  # the pyfunc's config
+    assert run.data.params == {"lr": "0.1", "epochs": "2", **served}
     assert run.data.tags["drift.severity"] == "minor" and run.data.tags["window"] == "w1"
     assert "drift.html" in {a.path for a in c.list_artifacts(cand.run_id)}
     mv = c.get_model_version(settings.model_name, "1")
