@@ -21,7 +21,7 @@ Goals at 100,000 items on this 2-core machine: REST p99 <= 50 ms, in-process p99
 batch >= 2,000 users/s, and every served top-K identical to the evaluation's.
 
 Writes bench/results/serve.json (``--out`` for another folder). ``--smoke``: MovieLens and a
-10,000-item synthetic catalogue, 30 requests each, no REST server restart between sizes.
+5,000-item synthetic catalogue (1,000 users), 20 requests each, two batch repeats.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def post(port: int, user: int) -> dict:
         return json.loads(response.read())
 
 
-def measure(name: str, raw: RawData, end: pd.Timestamp, folder: Path, requests: int) -> dict:
+def measure(name: str, raw: RawData, end: pd.Timestamp, folder: Path, requests: int, repeats: int = BATCH_REPEATS) -> dict:
     start = time.perf_counter()
     settings, model, history = build_world(raw, end, folder)
     print(f"[{name}] world built in {time.perf_counter() - start:.0f} s ({len(model.catalogue)} items)", flush=True)
@@ -172,7 +172,7 @@ def measure(name: str, raw: RawData, end: pd.Timestamp, folder: Path, requests: 
     in_p50, in_p99 = percentiles(timings)
     batch_users = rng.choice(history["user_id"].unique(), BATCH)
     batch = []
-    for _ in range(BATCH_REPEATS):
+    for _ in range(repeats):
         t = time.perf_counter()
         served.predict(None, pd.DataFrame({"user_id": batch_users, "k": 10}))
         batch.append(time.perf_counter() - t)
@@ -205,13 +205,13 @@ def measure(name: str, raw: RawData, end: pd.Timestamp, folder: Path, requests: 
 
 
 def main(smoke: bool = False) -> dict:
-    requests = 30 if smoke else REQUESTS
-    n_items = 10_000 if smoke else SYN_ITEMS
+    requests, repeats = (20, 2) if smoke else (REQUESTS, BATCH_REPEATS)
+    users, events, items = (1_000, 8_000, 5_000) if smoke else (SYN_USERS, SYN_EVENTS, SYN_ITEMS)
     with tempfile.TemporaryDirectory() as tmp:
-        ml = measure("movielens", load_movielens(ROOT / ".retrain" / "cache"), ML_END, Path(tmp) / "ml", requests)
+        ml = measure("movielens", load_movielens(ROOT / ".retrain" / "cache"), ML_END, Path(tmp) / "ml", requests, repeats)
         shutil.rmtree(Path(tmp) / "ml", ignore_errors=True)
-        raw = synthetic(SYN_USERS // (10 if smoke else 1), SYN_EVENTS // (10 if smoke else 1), n_items)
-        syn = measure("synthetic", raw, SYN_START + pd.Timedelta(days=14), Path(tmp) / "syn", requests)
+        raw = synthetic(users, events, items)
+        syn = measure("synthetic", raw, SYN_START + pd.Timedelta(days=14), Path(tmp) / "syn", requests, repeats)
     big = syn
     goals = {
         "rest_p99_ms": {"goal": f"<= {GOALS['rest_p99_ms']}", "value": big["rest_p99_ms"], "met": big["rest_p99_ms"] <= GOALS["rest_p99_ms"]},

@@ -122,12 +122,18 @@ def test_postgres_offline_and_registry_redis_online(prod_env: str, tmp_path: Pat
 
     store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / "feature_store.prod.yaml")
     assert store.config.online_store.type == "redis" and store.config.offline_store.type == "postgres"
-    assert {s.name for s in store.list_feature_services()} == {"two_tower_v1", "two_tower_v2"}
+    assert {s.name for s in store.list_feature_services()} == {"two_tower_v1", "two_tower_v2", "two_tower_online_v1",
+                                                               "recommendations_v1"}
     online = store.get_online_features(
         features=store.get_feature_service("two_tower_v2"), entity_rows=[{"user_id": 1, "item_id": 10}]
     ).to_dict()
     assert online["user_age"] == [30] and online["item_genres"] == ["Drama"]
     assert online["user_n_interactions"] == [3] and online["item_n_interactions"] == [3]
+    from recsys_retrain.serve.online import OnlineReader, online_requests  # what a served model reads, from Redis
+
+    served = online_requests(OnlineReader(store), [1, 2, 99])
+    assert served["recent_items"].tolist() == [[10, 11, 10], [10, 12], []]  # the history through PostgreSQL arrays
+    assert served["seen_items"].tolist() == [[10, 11], [10, 12], []] and served["known"].tolist() == [True, True, False]
 
     prod_window = pull_window(repo, "2024-03-01", "2024-03-07")  # Feast historical retrieval on PostgreSQL
     monkeypatch.setenv("RETRAIN_DEPLOYMENT", "local")

@@ -52,6 +52,7 @@ stubs = {
     "calibrate": {"policy": "static", "plan": None, "path": "plan.json"}, "train": {"checkpoint": "model.pt"},
     "evaluate": {"per_user": "per_user_metrics.json"}, "judge": judged, "decided": summary,
     "refit": {"served_version": 3, "reason": "stub refit"}, "promote": summary, "keep": summary,
+    "publish": {"version": 3, "users": 5, "written": True, "seconds": 0.1, "reason": "stub publication"},
 }
 calls = []
 for name, result in stubs.items():
@@ -69,7 +70,8 @@ print(json.dumps({"run": str(dag_run.state), "tasks": tasks, "calls": calls}))
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "decision,taken,skipped", [("promote", ["refit", "promote"], ["keep"]), ("keep", ["keep"], ["refit", "promote"])]
+    "decision,taken,skipped",
+    [("promote", ["refit", "promote", "publish"], ["keep"]), ("keep", ["keep"], ["refit", "promote", "publish"])],
 )
 def test_under_dag_test_one_path_runs_the_other_is_skipped_and_the_join_runs(tmp_path, decision, taken, skipped):
     env = {
@@ -89,4 +91,4 @@ def test_under_dag_test_one_path_runs_the_other_is_skipped_and_the_join_runs(tmp
     assert all(result["tasks"][f"cycle.{t}"] == "success" for t in taken)
     assert result["tasks"]["cycle.decided"] == "success"
     assert {t: s for t, s in result["tasks"].items() if s != "success"} == {f"cycle.{t}": "skipped" for t in skipped}
-    assert result["calls"][-2 - len(taken):] == ["judge", *taken, "decided"]  # refit before promote
+    assert result["calls"][-2 - len(taken):] == ["judge", *taken, "decided"]  # refit before promote, then publish
