@@ -6,7 +6,8 @@ after enough consecutive significantly-worse windows it reverts the champion. Th
 RevertDecision is recorded on the champion's model version and as ``monitor.json``
 in the cycle folder; a re-run for the same window changes nothing. ``publish`` brings
 the precomputed recommendations in the online store to the champion's: after a revert
-it republishes the previous version's lists; otherwise nothing is written.
+it republishes the previous version's lists; otherwise it refreshes the lists of the
+recently active users (their history moved; new users get their first list).
 """
 
 from __future__ import annotations

@@ -422,10 +422,11 @@ def monitor(pulled: dict[str, Any], settings: Settings | None = None, overrides:
 
 
 def publish(settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
-    """Precomputes the champion's top-K for recently active users into the online store, when it is not there yet.
+    """Precomputes the champion's top-K for recently active users into the online store.
 
-    Runs after a promotion and after the monitor (a revert republishes the previous
-    version's lists); a champion already published writes nothing (``recsys_retrain.serve.publish``).
+    Runs after a promotion and after the monitor: a new champion (a promotion, a revert)
+    replaces every published list; the same champion refreshes the recently active
+    users' lists (``recsys_retrain.serve.publish``).
     """
     from recsys_retrain.serve.publish import publish_champion
 

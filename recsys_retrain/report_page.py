@@ -295,10 +295,12 @@ MLFLOW_TRACKING_URI=sqlite:///.retrain/mlflow.db mlflow models serve -m models:/
 curl -s -X POST 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
   -d '{"dataframe_records": [{"user_id": 42, "k": 10}]}'
 
-# precomputed after each promotion or revert: one key lookup in the online store
+# precomputed after each promotion or revert, refreshed weekly: one key lookup per user in the online store
 .venv/bin/python -c "from recsys_retrain.data.store import feature_store; \\
 from recsys_retrain.serve.online import read_recommendations; \\
-print(read_recommendations(feature_store('features'), [42]))"</pre>
+from recsys_retrain.serve.publish import published; \\
+users = published('features')['user_id'].head(2).tolist(); \\
+print(read_recommendations(feature_store('features'), users).to_string())"</pre>
 """
 
 

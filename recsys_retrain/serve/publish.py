@@ -8,9 +8,10 @@ one row per user to the ``recommendations`` feature view with Feast's
 ``write_to_online_store``: an application then reads a user's list with one key lookup
 in the online store (SQLite here, Redis in production). The users' features come from
 the online store, as a request's do, so a published list equals what the REST endpoint
-answers for that user at that time. ``data/recommendations.parquet`` keeps the latest
-publication (which version, for whom); publishing is idempotent: when that version
-already serves, nothing is written.
+answers for that user at that time. ``data/recommendations.parquet`` keeps the
+published lists (which version, for whom). Run again for the same champion (the monitor
+DAG does, weekly), it refreshes the lists of the recently active users: their history has
+moved, and users new since the last publication get their first list.
 """
 
 from __future__ import annotations
@@ -68,11 +69,13 @@ def recommendation_rows(ranker: Ranker, users: pd.DataFrame, version: int, k: in
     })
 
 
-def publish_champion(settings: Settings, force: bool = False) -> Publication:
-    """Publishes the champion's top-K (``serve.k``, ``serve.exclude_seen``) unless that version already serves.
+def publish_champion(settings: Settings) -> Publication:
+    """Publishes the champion's top-K (``serve.k``, ``serve.exclude_seen``) for the users who need a list.
 
-    Args:
-        force: publish even when the latest publication is the champion's (e.g. fresher features).
+    A new champion (a promotion or a revert): every recently active user and every user
+    of the previous publication, so no list of another version remains. The same
+    champion (the weekly run after the monitor): the recently active users only, whose
+    history moved since their list was ranked, and who may have no list yet.
     """
     from recsys_retrain.registry import candidates
 
@@ -83,11 +86,9 @@ def publish_champion(settings: Settings, force: bool = False) -> Publication:
         return Publication(None, 0, False, 0.0, "no champion yet: nothing to publish")
     before = published(repo)
     old_version = int(before["rec_version"].iloc[0]) if before is not None and len(before) else None
-    if old_version == current.version and not force:
-        return Publication(current.version, len(before), False, 0.0, f"v{current.version} already published")
-    model = candidates.load_model(settings, current.version)
+    refresh = old_version == current.version
     users = active_users(repo, settings.serve.publish_active_days)
-    if before is not None:
+    if before is not None and not refresh:
         users = sorted(set(users) | set(before["user_id"].tolist()))
     if not users:
         return Publication(current.version, 0, False, 0.0, "no active user to publish for")
@@ -95,14 +96,20 @@ def publish_champion(settings: Settings, force: bool = False) -> Publication:
     if store.get_feature_view(HISTORY).most_recent_end_time is None:
         raise PipelineError(f"{repo.name}: the online store holds no user features (nothing was materialized): "
                             "ingest a batch first (retrain ingest), then publish")
+    model = candidates.load_model(settings, current.version)
     rows = rank_in_chunks(Ranker(model), OnlineReader(store), users, current.version, settings)
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
         store.write_to_online_store(RECOMMENDATIONS_VIEW, rows)
-    write_atomic(rows, repo / "data" / PUBLISHED)
+    kept = before[~before["user_id"].isin(rows["user_id"])] if refresh else None
+    write_atomic(pd.concat([kept, rows], ignore_index=True) if kept is not None and len(kept) else rows,
+                 repo / "data" / PUBLISHED)
     seconds = round(time.perf_counter() - start, 3)
-    was = f", replacing v{old_version}'s" if old_version is not None else ""
-    return Publication(current.version, len(rows), True, seconds,
-                       f"published v{current.version}'s top-{settings.serve.k} for {len(rows)} users{was}")
+    if refresh:
+        reason = f"refreshed v{current.version}'s top-{settings.serve.k} for {len(rows)} recently active users"
+    else:
+        was = f", replacing v{old_version}'s" if old_version is not None else ""
+        reason = f"published v{current.version}'s top-{settings.serve.k} for {len(rows)} users{was}"
+    return Publication(current.version, len(rows), True, seconds, reason)
 
 
 def rank_in_chunks(ranker: Ranker, store, users: list[int], version: int, settings: Settings, chunk: int = 2048) -> pd.DataFrame:

@@ -42,7 +42,9 @@ def test_publish_writes_the_champions_top_k_and_a_revert_republishes_the_previou
     _, model = served_model(world)
     assert lists["rec_item_ids"].tolist() == model.predict(None, pd.DataFrame({"user_id": sample}))["item_ids"].tolist()
     assert set(lists["rec_version"]) == {1}
-    assert not publish_champion(world).written  # v1 already serves: nothing is rewritten
+    again = publish_champion(world)  # the same champion a week later: the active users' lists are refreshed
+    assert again.written and again.reason.startswith("refreshed v1's") and again.users == len(active)
+    assert lookup(world, sample)["rec_item_ids"].tolist() == lists["rec_item_ids"].tolist()  # nothing new happened
 
     promotion.promote(world, 2, reason="better", actor="test")
     assert publish_champion(world).version == 2 and set(lookup(world, sample)["rec_version"]) == {2}
