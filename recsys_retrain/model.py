@@ -16,6 +16,7 @@ process.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -103,9 +104,15 @@ class FeatureEncoder:
     def from_dict(cls, d: dict[str, Any]) -> FeatureEncoder:
         return cls(**{k: tuple(v) for k, v in d.items()})
 
-    @staticmethod
-    def _lookup(vocab: tuple, values: pd.Series) -> np.ndarray:
-        index = pd.Index(vocab)
+    @cached_property
+    def _indices(self) -> dict[str, pd.Index]:
+        """Each vocabulary as a pandas Index, built on first use: a server encodes every request with them."""
+        return {}
+
+    def _lookup(self, vocab: str, values: pd.Series) -> np.ndarray:
+        index = self._indices.get(vocab)
+        if index is None:
+            index = self._indices[vocab] = pd.Index(getattr(self, vocab))
         rows = index.get_indexer(values.to_numpy())
         return np.where(rows >= 0, rows + 1, 0).astype(np.int64)
 
@@ -124,10 +131,10 @@ class FeatureEncoder:
         ages = np.searchsorted(np.asarray(AGE_EDGES), users["user_age"].to_numpy(), side="right")
         return np.stack(
             [
-                self._lookup(self.user_ids, users["user_id"].astype(int)),
-                self._lookup(self.genders, users["user_gender"].astype(str)),
+                self._lookup("user_ids", users["user_id"].astype(int)),
+                self._lookup("genders", users["user_gender"].astype(str)),
                 ages.astype(np.int64),
-                self._lookup(self.occupations, users["user_occupation"].astype(str)),
+                self._lookup("occupations", users["user_occupation"].astype(str)),
             ],
             axis=1,
         )
@@ -162,11 +169,11 @@ class FeatureEncoder:
         ``recent`` is each item's interaction count in the last ``POPULARITY_DAYS``
         days (see ``recent_counts``), bucketed on a log scale; zeros when None.
         """
-        ids = self._lookup(self.item_ids, items["item_id"].astype(int))
+        ids = self._lookup("item_ids", items["item_id"].astype(int))
         genre_lists = items["item_genres"].fillna("").str.split("|")
         genre_index = {g: i + 1 for i, g in enumerate(self.genres)}
         genre_rows = [[genre_index.get(g, 0) for g in gs if g] or [0] for gs in genre_lists]
-        decades = self._lookup(self.decades, (items["item_release_year"].astype(int) // 10) * 10)
+        decades = self._lookup("decades", (items["item_release_year"].astype(int) // 10) * 10)
         n = len(items)
         counts = np.zeros(n) if recent is None else np.asarray(recent, dtype=np.float64)
         popularity = np.minimum(np.floor(np.log2(1 + counts)), POPULARITY_BUCKETS - 1).astype(np.int64)
