@@ -209,7 +209,10 @@ class MlflowServer:
         cmd = [str(BIN / "mlflow"), "server", "--host", s.bind_host, "--port", str(stack.mlflow_port),
                "--backend-store-uri", s.pg_url(stack.db("mlflow"), password=False), "--artifacts-destination", artifacts,
                "--workers", "1"]
-        env = {**os.environ, **({"PGPASSWORD": s.pg_password} if s.pg_password else {})}
+        # MLflow 3's server also starts a job runner (huey consumers for GenAI judges and trace rollups) unless told
+        # not to: the pipeline runs no server-side jobs, and those processes cost about a second of CPU each at start
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ,
+               **({"PGPASSWORD": s.pg_password} if s.pg_password else {})}
         return cmd, env
 
     def start(self, timeout: float = 120) -> MlflowServer:
