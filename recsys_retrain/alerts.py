@@ -106,9 +106,10 @@ def task_failed(context: dict[str, Any], settings: Settings | None = None) -> No
     s = settings or Settings()
     mlflow_run_id = None
     try:
-        from recsys_retrain.monitoring.runs import run_of
+        if s.monitoring.enabled:
+            from recsys_retrain.monitoring.runs import run_of
 
-        mlflow_run_id = run_of(s, ti.dag_id, ti.run_id)
+            mlflow_run_id = run_of(s, ti.dag_id, ti.run_id)
     except Exception as exc:  # the callback must not raise: the failure is recorded without the tag
         log.warning("task_failed: no monitoring run looked up: %s", error_line(exc))
     emit({"event": "task_failed", "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,

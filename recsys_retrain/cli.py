@@ -369,7 +369,7 @@ def report(
         console.print(f"no monitoring runs in {settings.monitoring_experiment} for these dates; the page has no weeks")
     table = Table(title=f"Weeks logged by the DAGs ({settings.monitoring_experiment})")
     for col in WEEK_HEADERS:
-        table.add_column(col, no_wrap=True)
+        table.add_column(col, overflow="fold", no_wrap=col == "week", min_width=10 if col == "week" else None)
     for row in result["rows"]:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)

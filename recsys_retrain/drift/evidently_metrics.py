@@ -134,7 +134,7 @@ def run_snapshot(verdict: dict[str, Any], categorical: dict[str, bool], window: 
     return report.run(data, None, timestamp=timestamp)
 
 
-def test_outcomes(snapshot_dict: dict[str, Any]) -> dict[str, bool]:
+def outcomes(snapshot_dict: dict[str, Any]) -> dict[str, bool]:
     """What the snapshot's tests say, per signal name and ``verdict``: True where the test FAILED (drifted / some drift).
 
     Read from ``Snapshot.dict()``: each test names the metric it is bound to.

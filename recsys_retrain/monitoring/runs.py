@@ -231,6 +231,9 @@ def search(settings: Settings, start: str | None = None, end: str | None = None)
     with quiet():
         runs = mlflow.search_runs(experiment_names=[settings.monitoring_experiment],
                                   filter_string="tags.monitoring = 'true'", max_results=50_000)
+    for column in ("tags.window_start", "tags.window_end", "tags.kind"):
+        if column not in runs.columns:  # only failed runs so far (no window), or none at all
+            runs[column] = None
     if runs.empty:
         return runs
     starts = pd.to_datetime(runs["tags.window_start"], utc=True)
