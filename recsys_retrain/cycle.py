@@ -454,7 +454,7 @@ def record(
 
     ``summary`` is the gate's outcome when the run reached it (None when it stopped
     below the trigger, and for the monitor). A re-run for the same window updates the
-    run and emits no event twice.
+    run and emits no event its run already carries.
     """
     from recsys_retrain.alerts import emit
     from recsys_retrain.monitoring.runs import log_run
@@ -463,8 +463,8 @@ def record(
     if not s.monitoring.enabled:
         return {"mlflow_run_id": None, "alerts": []}
     logged = log_run(s, dag_id, run_id, Path(pulled["run_dir"]), summary)
-    sent = [] if logged["updated"] else [emit({**e, "dag_id": dag_id, "run_id": run_id}, s, logged["mlflow_run_id"])
-                                         for e in logged["alerts"]]
+    sent = [emit({**e, "dag_id": dag_id, "run_id": run_id}, s, logged["mlflow_run_id"])
+            for e in logged["alerts"] if e["event"] not in logged["alerted"]]
     return {**logged, "alerts": [e["event"] for e in sent]}
 
 

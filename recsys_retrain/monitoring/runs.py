@@ -189,7 +189,8 @@ def log_run(
     """Logs (or updates) this DAG run's monitoring run from its cycle folder; returns its id, kind and alerts.
 
     The alerts (``Evidence.alerts``) are emitted by the caller once the run exists,
-    so each event's MLflow tag lands on it (``recsys_retrain.alerts.emit``).
+    so each event's MLflow tag lands on it (``recsys_retrain.alerts.emit``); ``alerted``
+    names the events an earlier run for the same window already tagged.
     """
     from mlflow.entities import Metric, Param, RunTag
 
@@ -206,7 +207,8 @@ def log_run(
     mlflow_run = existing or client.create_run(
         experiment, run_name=f"{kind} {ev.params['window_start'][:10]}", tags={"monitoring": "true"}
     ).info.run_id
-    logged = client.get_run(existing).data.params if existing else {}
+    before = client.get_run(existing).data if existing else None
+    logged = before.params if before else {}
     now = int(time.time() * 1000)
     client.log_batch(
         mlflow_run,
@@ -216,7 +218,8 @@ def log_run(
     )
     client.set_terminated(mlflow_run, "FINISHED")
     return {"mlflow_run_id": mlflow_run, "kind": kind, "window": f"{ev.params['window_start']}/{ev.params['window_end']}",
-            "updated": existing is not None, "alerts": ev.alerts}
+            "updated": existing is not None, "alerts": ev.alerts,
+            "alerted": sorted(k.removeprefix("alert.") for k in (before.tags if before else {}) if k.startswith("alert."))}
 
 
 def search(settings: Settings, start: str | None = None, end: str | None = None):

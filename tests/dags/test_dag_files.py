@@ -227,6 +227,12 @@ def test_drift_watch_runs_on_the_newest_week_and_stops_or_retrains(tmp_path):
             "cycle.decided": "skipped",  # the record task after the join still ran: the stop is in MLflow too
         }
     assert not (run_dir / "summary.json").exists()
+    from recsys_retrain.monitoring.runs import search
+    from recsys_retrain.settings import Settings
+
+    runs = search(Settings(home=tmp_path / "home"))  # both runs checked one window: one monitoring run, updated
+    assert len(runs) == 1 and runs.iloc[0]["tags.dag_id"] == "drift_watch" and runs.iloc[0]["tags.trigger"] == "stop"
+    assert runs.iloc[0]["metrics.drift.severity_level"] == 0 and runs.iloc[0]["tags.run_id"]
 
 
 @pytest.mark.slow
@@ -244,3 +250,10 @@ def test_a_drifting_week_retrains_at_level_minor_but_not_at_major(tmp_path):
     lists = pd.read_parquet(tmp_path / "features" / "data" / "recommendations.parquet")  # publish ran after promote
     assert set(lists["rec_version"]) == {2} and len(lists) > 100 and set(lists["rec_source"]) == {"model"}
     assert all(len(items) == 10 for items in lists["rec_item_ids"])
+    from recsys_retrain.monitoring.runs import search
+    from recsys_retrain.settings import Settings
+
+    runs = search(Settings(home=tmp_path / "home"))  # the stop at 'major', then the retrain at 'minor', updated in place
+    assert len(runs) == 1 and runs.iloc[0]["tags.trigger"] == "retrain" and runs.iloc[0]["tags.gate.decision"] == "promote"
+    events = [json.loads(line)["event"] for line in (tmp_path / "home" / "alerts.jsonl").read_text().splitlines()]
+    assert events == ["drift"]  # the drift at the trigger, once
