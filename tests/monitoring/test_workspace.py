@@ -50,6 +50,14 @@ def test_evidently_ui_serves_the_project_list_on_a_local_port(checked):
         assert [p["name"] for p in projects] == ["two_tower drift"]
         with urllib.request.urlopen(f"{url}/api/v2/dashboards/{projects[0]['id']}", timeout=10) as response:
             assert len(json.loads(response.read())["panels"]) == 1 + len(workspace.PANEL_SIGNALS)
+        series = {"series_filter": [{"tags": [], "metadata": {}, "metric": "evidently:metric_v2:CalibratedSignal",
+                                     "metric_labels": {"signal": "rating", "quantity": q}} for q in ("value", "threshold")]}
+        request = urllib.request.Request(f"{url}/api/v2/snapshots/{projects[0]['id']}/data_series_batch", method="POST",
+                                         data=json.dumps(series).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:  # what a panel draws: one point per week
+            drawn = json.loads(response.read())
+        assert len(drawn["sources"]) == 2
+        assert sorted(tuple(s["values"]) for s in drawn["series"]) == [(0.2, 0.2), (0.3, 0.3)]  # threshold, value
     finally:
         process.terminate()
         process.wait(timeout=30)
