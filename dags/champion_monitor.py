@@ -1,6 +1,7 @@
-"""Champion monitor: after each new window, the auto-revert check.
+"""Champion monitor: after each new window, the auto-revert check and the week's served quality.
 
-newest_window -> pull -> validate -> monitor -> publish. Scores the ``champion`` and the
+newest_window -> pull -> validate -> monitor -> publish, and monitor -> served -> record ->
+refresh_report. Scores the ``champion`` and the
 ``previous`` version on the same fresh window (``recsys_retrain.monitor.check_window``);
 after enough consecutive significantly-worse windows it reverts the champion. The
 RevertDecision is recorded on the champion's model version and as ``monitor.json``
@@ -8,6 +9,9 @@ in the cycle folder; a re-run for the same window changes nothing. ``publish`` b
 the precomputed recommendations in the online store to the champion's: after a revert
 it republishes the previous version's lists; otherwise it refreshes the lists of the
 recently active users (their history moved; new users get their first list).
+``served`` scores the serving champion on the week beside two fresh baselines, ``record``
+logs the week's monitoring run in MLflow (and the revert alert), and ``refresh_report``
+rebuilds the timeline report from every week production logged (``refresh_report`` Param).
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import sys
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag, get_current_context, task
 
 if str(Path(__file__).parent) not in sys.path:  # Airflow puts the dags folder there; plain imports may not
     sys.path.append(str(Path(__file__).parent))
-from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES, newest_window, publish, pull, validate  # noqa: E402
+from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES, newest_window, publish, pull, record, validate  # noqa: E402
 
 
 @dag(
@@ -29,7 +33,10 @@ from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES, newest_window,
     catchup=False,
     default_args=DEFAULT_ARGS,
     max_active_runs=1,
-    params={"window_end": Param(None, type=["null", "string"], description="End of the week to check (ISO date).")},
+    params={
+        "window_end": Param(None, type=["null", "string"], description="End of the week to check (ISO date)."),
+        "refresh_report": Param(True, type="boolean", description="Rebuild the timeline report after recording the week."),
+    },
     tags=["monitor"],
     doc_md=__doc__,
 )
@@ -42,7 +49,26 @@ def champion_monitor():
         print(decision["reason"])
         return decision
 
-    publish(monitor(validate(pull(newest_window()))))
+    @task
+    def served(pulled: dict) -> dict:
+        from recsys_retrain.monitoring.served import served as score
+
+        return score(pulled)
+
+    @task
+    def refresh_report() -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from recsys_retrain import cycle
+
+        if not get_current_context()["params"].get("refresh_report", True):
+            raise AirflowSkipException("refresh_report is off for this run")
+        return cycle.refresh_report()
+
+    validated = validate(pull(newest_window()))
+    decision = monitor(validated)
+    publish(decision)
+    decision >> served(validated) >> record(validated) >> refresh_report()
 
 
 dag = champion_monitor()

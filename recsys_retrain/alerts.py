@@ -1,15 +1,23 @@
-"""Failed tasks as structured events: one JSON line each, in ``<home>/alerts.jsonl``.
+"""Events a team can route: one JSON line each in ``<home>/alerts.jsonl``, an MLflow tag, an optional webhook.
+
+Four events are emitted (:func:`emit`): ``drift`` (a drift at or above the trigger
+level), ``challenger_rejected``, ``revert`` and ``task_failed``. Each becomes one JSON
+line (what a log shipper or an alert manager follows), an ``alert.<event>`` tag on the
+DAG run's monitoring run in MLflow (``recsys_retrain.monitoring.runs``), and, when
+``alerts.webhook_url`` is set (``RETRAIN_ALERTS__WEBHOOK_URL``), a JSON POST retried
+with backoff. Delivery never fails the task that raised the event: a webhook that
+stays down is logged as a warning and the JSON line stays the record.
 
 Every DAG of the project passes :func:`task_failed` as its tasks' ``on_failure_callback``
 (``recsys_common.DEFAULT_ARGS``), so a failure is recorded with the DAG, the task, the
-run and the error's last line, whichever worker ran it. A log shipper or an alert
-manager can follow the file; ``retrain demo`` reads it to say which task of a failed
-run broke and why, instead of pointing at the logs.
+run and the error's last line, whichever worker ran it; ``retrain demo`` reads it to say
+which task of a failed run broke and why, instead of pointing at the logs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +25,8 @@ from typing import Any
 from recsys_retrain.settings import Settings
 
 ALERTS_FILE = "alerts.jsonl"
+EVENTS = ("drift", "challenger_rejected", "revert", "task_failed")
+log = logging.getLogger(__name__)
 
 
 def error_line(exc: BaseException | None) -> str:
@@ -42,12 +52,68 @@ def record(event: dict[str, Any], settings: Settings) -> Path:
     return path
 
 
+def emit(event: dict[str, Any], settings: Settings, mlflow_run_id: str | None = None) -> dict[str, Any]:
+    """One structured event: a JSON line, an ``alert.<event>`` tag on ``mlflow_run_id``, and the webhook if set.
+
+    Returns the event as written (with its ``time``) and ``delivered``: whether the
+    webhook took it (None without a webhook). The tag and the webhook are best effort.
+    """
+    if event.get("event") not in EVENTS:
+        raise ValueError(f"unknown alert event {event.get('event')!r}; one of {', '.join(EVENTS)}")
+    payload = {"time": datetime.now(timezone.utc).isoformat(), **event}
+    if mlflow_run_id:
+        payload["mlflow_run_id"] = mlflow_run_id
+    record(payload, settings)
+    if mlflow_run_id:
+        try:
+            from recsys_retrain.registry.client import connect
+
+            connect(settings).set_tag(mlflow_run_id, f"alert.{event['event']}", json.dumps(payload, default=str)[:4000])
+        except Exception as exc:  # the JSON line is the record; a registry outage must not fail the task
+            log.warning("alert %s: MLflow tag not set: %s", event["event"], error_line(exc))
+    delivered = post(payload, settings) if settings.alerts.webhook_url else None
+    return {**payload, "delivered": delivered}
+
+
+def post(payload: dict[str, Any], settings: Settings) -> bool:
+    """POSTs ``payload`` as JSON to ``alerts.webhook_url``, retried with exponential backoff; False when it never took it."""
+    import urllib.request
+
+    from tenacity import retry, stop_after_attempt, wait_exponential
+
+    a = settings.alerts
+    body = json.dumps(payload, default=str).encode("utf-8")
+
+    @retry(stop=stop_after_attempt(a.webhook_attempts), wait=wait_exponential(multiplier=a.webhook_backoff_s), reraise=True)
+    def send() -> None:
+        request = urllib.request.Request(a.webhook_url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=a.webhook_timeout_s) as response:  # nosec B310  # the configured URL
+            response.read()
+
+    try:
+        send()
+        return True
+    except Exception as exc:
+        log.warning("alert %s: webhook %s failed after %d attempts: %s", payload.get("event"), a.webhook_url,
+                    a.webhook_attempts, error_line(exc))
+        return False
+
+
 def task_failed(context: dict[str, Any], settings: Settings | None = None) -> None:
-    """``on_failure_callback``: records the failed task's DAG, id, run and error line."""
+    """``on_failure_callback``: emits the failed task's DAG, id, run and error line (tagged on its monitoring run, if any)."""
     ti = context["ti"]
-    record({"event": "task_failed", "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
-            "try_number": getattr(ti, "try_number", None), "error": error_line(context.get("exception"))},
-           settings or Settings())
+    s = settings or Settings()
+    mlflow_run_id = None
+    try:
+        if s.monitoring.enabled:
+            from recsys_retrain.monitoring.runs import run_of
+
+            mlflow_run_id = run_of(s, ti.dag_id, ti.run_id)
+    except Exception as exc:  # the callback must not raise: the failure is recorded without the tag
+        log.warning("task_failed: no monitoring run looked up: %s", error_line(exc))
+    emit({"event": "task_failed", "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
+          "try_number": getattr(ti, "try_number", None), "error": error_line(context.get("exception"))}, s, mlflow_run_id)
 
 
 def failures(settings: Settings, dag_id: str | None = None, run_id: str | None = None) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Command line: ``retrain demo``, ``ingest``, ``profile``, ``drift``, ``backtest``, ``recommend``, ``history``, ``promote``, ``revert``.
+"""Command line: ``retrain demo``, ``ingest``, ``profile``, ``drift``, ``backtest``, ``report``, ``recommend``, ``history``, ``promote``, ``revert``.
 
 Errors the user can act on (missing files, bad columns, too many bad rows) print
 one line and exit with status 2; anything else is a bug and keeps its traceback.
@@ -348,6 +348,32 @@ def drift(
     console.print(f"verdict: [bold {colour}]{report.severity}[/]: {report.reason}")
     if report.html_path:
         console.print(f"report: {report.html_path}")
+
+
+@app.command()
+def report(
+    start: Annotated[Optional[str], typer.Option("--from", help="First window start to include (YYYY-MM-DD); default: the first logged.")]
+    = None,
+    end: Annotated[Optional[str], typer.Option("--to", help="Last window end to include, exclusive (YYYY-MM-DD); default: the last.")]
+    = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for report.html; default <home>/report.")] = None,
+) -> None:
+    """Build the timeline report from what the DAGs logged: MLflow monitoring runs, the registry history, cycle folders."""
+    from recsys_retrain.monitoring.report import production_report
+    from recsys_retrain.report_page import WEEK_HEADERS
+
+    quiet_libraries()
+    settings = get_settings()
+    result = production_report(settings, start, end, checked_path(out, settings, "--out"))
+    if not result["weeks"]:
+        console.print(f"no monitoring runs in {settings.monitoring_experiment} for these dates; the page has no weeks")
+    table = Table(title=f"Weeks logged by the DAGs ({settings.monitoring_experiment})")
+    for col in WEEK_HEADERS:
+        table.add_column(col, overflow="fold", no_wrap=col == "week", min_width=10 if col == "week" else None)
+    for row in result["rows"]:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+    console.print(f"Report: {Path(result['html']).resolve()} ({result['seconds']:.1f} s)")
 
 
 @app.command()

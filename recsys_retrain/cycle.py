@@ -151,7 +151,8 @@ def drift(pulled: dict[str, Any], settings: Settings | None = None, overrides: O
     """Compares the window with the ``drift.reference_days`` before it on designed interaction signals.
 
     With a loadable champion, its score distribution on both windows is one more
-    signal (prediction drift); without one the data signals decide alone.
+    signal (prediction drift); without one the data signals decide alone. The check
+    is added to the Evidently workspace as the window's snapshot (``monitoring.evidently``).
     """
     from recsys_retrain.drift.check import champion_scorer, check_drift
     from recsys_retrain.registry import candidates
@@ -163,7 +164,15 @@ def drift(pulled: dict[str, Any], settings: Settings | None = None, overrides: O
         model, _ = candidates.try_load(s, current.version)
         scorer = champion_scorer(model) if model is not None else None
     report = check_drift(pd.read_parquet(p.reference), pd.read_parquet(p.holdout), p.drift_dir, s.drift, scorer)
+    snapshot = None
+    if s.monitoring.evidently and report.json_path:
+        from recsys_retrain.drift.signals import SIGNALS, SCORE_SIGNAL
+        from recsys_retrain.monitoring.workspace import add_check
+
+        categorical = {sig.name: sig.categorical for sig in (*SIGNALS, SCORE_SIGNAL)}
+        snapshot = add_check(s, report.to_dict(), categorical, f"{pulled['start']}/{pulled['end']}")
     return {
+        "snapshot": snapshot,
         "severity": report.severity,
         "drifted_share": report.drifted_share,
         "html": report.html_path,
@@ -431,3 +440,38 @@ def publish(settings: Settings | None = None, overrides: Overrides | None = None
     from recsys_retrain.serve.publish import publish_champion
 
     return publish_champion(with_overrides(settings or get_settings(), overrides)).to_dict()
+
+
+def record(
+    pulled: dict[str, Any],
+    dag_id: str,
+    run_id: str,
+    summary: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+    overrides: Overrides | None = None,
+) -> dict[str, Any]:
+    """Logs this DAG run's monitoring run (``recsys_retrain.monitoring.runs``) and emits its alerts, whichever branch ran.
+
+    ``summary`` is the gate's outcome when the run reached it (None when it stopped
+    below the trigger, and for the monitor). A re-run for the same window updates the
+    run and emits no event its run already carries.
+    """
+    from recsys_retrain.alerts import emit
+    from recsys_retrain.monitoring.runs import log_run
+
+    s = with_overrides(settings or get_settings(), overrides)
+    if not s.monitoring.enabled:
+        return {"mlflow_run_id": None, "alerts": []}
+    logged = log_run(s, dag_id, run_id, Path(pulled["run_dir"]), summary)
+    sent = [emit({**e, "dag_id": dag_id, "run_id": run_id}, s, logged["mlflow_run_id"])
+            for e in logged["alerts"] if e["event"] not in logged["alerted"]]
+    return {**logged, "alerts": [e["event"] for e in sent]}
+
+
+def refresh_report(settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
+    """Rebuilds ``<home>/report/report.html`` from every week production logged (``retrain report`` without dates)."""
+    from recsys_retrain.monitoring.report import production_report
+
+    s = with_overrides(settings or get_settings(), overrides)
+    result = production_report(s)
+    return {"html": result["html"], "weeks": len(result["weeks"]), "seconds": result["seconds"]}

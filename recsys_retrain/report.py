@@ -60,13 +60,19 @@ def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def collect(runs_dir: Path) -> list[dict[str, Any]]:
-    """One record per cycle folder, oldest window first: its start and every JSON file the cycle wrote."""
+def collect(runs_dir: Path, since: Any = None, until: Any = None) -> list[dict[str, Any]]:
+    """One record per cycle folder, oldest window first: its start and every JSON file the cycle wrote.
+
+    ``since``/``until`` keep the windows inside ``[since, until)`` (None: no bound).
+    """
     cycles = []
     for folder in sorted(p for p in Path(runs_dir).glob("*-*") if p.is_dir()):
         try:
             start = pd.Timestamp(folder.name.split("-")[0], tz="UTC")
-        except ValueError:
+            end = pd.Timestamp(folder.name.split("-")[1], tz="UTC")
+        except (ValueError, IndexError):
+            continue
+        if (since is not None and start < pd.Timestamp(since)) or (until is not None and end > pd.Timestamp(until)):
             continue
         drift = _read(folder / "drift" / "drift.json") or {}
         cycles.append({
@@ -252,6 +258,9 @@ def build_report(
     alias_moves: list[dict[str, Any]] = (),
     weeks: list[dict[str, Any]] | None = None,
     title: str = "Drift-aware retraining: timeline report",
+    since: Any = None,
+    until: Any = None,
+    week_table: bool = False,
 ) -> Report:
     """Draws the PNG figures from the cycle folders and writes ``report.html`` beside them.
 
@@ -263,7 +272,10 @@ def build_report(
         runs_dir: the folder of cycle folders (``settings.runs_dir``).
         out_dir: where ``report.html`` and the PNGs go (created).
         alias_moves: ``AliasMove.to_dict()`` of the registry's history, for the table.
-        weeks: ``WeekResult.to_dict()`` of a replay, to mark injected events.
+        weeks: ``WeekResult.to_dict()`` of a replay (or the monitoring runs' weeks), to mark injected events.
+        since, until: keep the cycle folders of windows inside ``[since, until)``.
+        week_table: the windows table is one row per week of ``weeks`` (``report_page.week_rows``),
+            not one per cycle folder.
 
     Returns:
         The Report (paths of the page and the figures).
@@ -273,7 +285,7 @@ def build_report(
         >>> report.html.name  # doctest: +SKIP
         'report.html'
     """
-    cycles = collect(runs_dir)
+    cycles = collect(runs_dir, since, until)
     out_dir = Path(out_dir)
     stills = [training_figure(cycles, out_dir / "training.png"), served_figure(cycles, out_dir / "served.png")]
     embedded = [
@@ -283,7 +295,7 @@ def build_report(
         (profile_figure(cycles, out_dir / "profile.png"), "Data profile of each window."),
     ]
     page = out_dir / "report.html"
-    write_text(html_page(title, embedded, cycles, list(alias_moves)), page)
+    write_text(html_page(title, embedded, cycles, list(alias_moves), list(weeks or []) if week_table else None), page)
     return Report(page, (*stills, *(p for p, _ in embedded)))
 
 

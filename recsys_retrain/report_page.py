@@ -238,6 +238,27 @@ def cycle_rows(cycles: list[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
+WEEK_HEADERS = ["week", "rows", "drift", "drifted signals", "trained", "serving", "challenger NDCG@10", "gate", "monitor"]
+
+
+def week_rows(weeks: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per week (``timeline.WeekResult.to_dict()`` or ``monitoring.runs.weeks``): drift, training, serving, decisions.
+
+    The demo's weeks (read from the cycle folders) and the production weeks (read
+    from the monitoring runs in MLflow) give the same rows for the same weeks.
+    """
+    rows = []
+    for w in weeks:
+        served = "—" if w.get("served_ndcg") is None else f"v{w.get('served_version')} {w['served_ndcg']:.4f}"
+        decision = "" if w.get("version") is None else f"{'promote' if w.get('promoted') else 'reject'} v{w['version']}"
+        if w.get("promoted") and w.get("refit_version"):
+            decision += f" (refit v{w['refit_version']} serves)"
+        rows.append([w["window"].split("/")[0][:10], w.get("rows"), w.get("drift"), ", ".join(w.get("drifted") or ()),
+                     w.get("trained_by") or "", served, _fmt(w.get("challenger_ndcg")), decision,
+                     "revert" if w.get("reverted") else ""])
+    return rows
+
+
 class Plots:
     """Plotly figures as HTML fragments; the first carries plotly.js inline, the others use it."""
 
@@ -304,8 +325,13 @@ print(read_recommendations(feature_store('features'), users).to_string())"</pre>
 """
 
 
-def html_page(title: str, figures: list[tuple[Path, str]], cycles: list[dict[str, Any]], moves: list[dict[str, Any]]) -> str:
-    """The whole page as one string: interactive panels, PNG figures as data URIs, the windows and the alias history."""
+def html_page(title: str, figures: list[tuple[Path, str]], cycles: list[dict[str, Any]], moves: list[dict[str, Any]],
+              weeks: list[dict[str, Any]] | None = None) -> str:
+    """The whole page as one string: interactive panels, PNG figures as data URIs, the windows and the alias history.
+
+    With ``weeks`` (the monitoring runs' weeks), the windows table is :func:`week_rows`;
+    without, one row per cycle folder.
+    """
     plots = Plots()
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -314,7 +340,11 @@ def html_page(title: str, figures: list[tuple[Path, str]], cycles: list[dict[str
     parts.append("<h2>Drift, quality and data over time</h2>")
     parts += [img(path, caption) for path, caption in figures]
     parts.append("<h2>Windows</h2>")
-    parts.append(table(["window", "rows", "drift", "served NDCG@10", "challenger NDCG@10", "gate", "monitor"], cycle_rows(cycles)))
+    if weeks is not None:
+        parts.append(table(WEEK_HEADERS, week_rows(weeks)))
+    else:
+        parts.append(table(["window", "rows", "drift", "served NDCG@10", "challenger NDCG@10", "gate", "monitor"],
+                           cycle_rows(cycles)))
     parts.append("<h2>Alias history</h2>")
     parts.append(table(["#", "alias", "from", "to", "by", "why"],
                        [[m["seq"], m["alias"], m["from_version"], m["to_version"], m["actor"], m["reason"]] for m in moves]))

@@ -347,6 +347,29 @@ class MonitorSettings(BaseModel):
     consecutive: int = Field(2, ge=1, description="Revert after this many consecutive significantly-worse windows.")
 
 
+class MonitoringSettings(BaseModel):
+    """Evidence every DAG run leaves where users look: MLflow runs, the Evidently workspace, the report page."""
+
+    enabled: bool = Field(True, description="Log one MLflow run per DAG run (the record task) and refresh the report.")
+    experiment: str | None = Field(
+        None, description="MLflow experiment of the monitoring runs; default '<model_name>-monitoring'."
+    )
+    evidently: bool = Field(True, description="Add each drift check as a snapshot to the local Evidently workspace.")
+    workspace: Path | None = Field(None, description="Evidently workspace folder; default <home>/evidently.")
+    report_dir: Path | None = Field(None, description="Where the refreshed timeline report goes; default <home>/report.")
+
+
+class AlertSettings(BaseModel):
+    """Structured events (drift at the trigger, a rejected challenger, a revert, a failed task) and where they go."""
+
+    webhook_url: str | None = Field(
+        None, description="POST each event as JSON here (e.g. an Alertmanager or Slack bridge); None: file and MLflow only."
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook POST.")
+    webhook_attempts: int = Field(3, ge=1, description="Attempts per event before the webhook is given up (logged, never fatal).")
+    webhook_backoff_s: float = Field(0.5, ge=0, description="First wait between attempts; doubles each time.")
+
+
 class Settings(BaseSettings):
     """All settings of the pipeline.
 
@@ -392,6 +415,8 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     monitor: MonitorSettings = MonitorSettings()
     serve: ServeSettings = ServeSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -423,6 +448,21 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         """One folder per retraining cycle: window, drift report, checkpoint, decision."""
         return self.home / "runs"
+
+    @property
+    def monitoring_experiment(self) -> str:
+        """The MLflow experiment of the monitoring runs: one run per DAG run."""
+        return self.monitoring.experiment or f"{self.model_name}-monitoring"
+
+    @property
+    def evidently_workspace(self) -> Path:
+        """The local Evidently workspace (``evidently ui --workspace`` on it)."""
+        return self.monitoring.workspace or self.home / "evidently"
+
+    @property
+    def report_dir(self) -> Path:
+        """Where ``retrain report`` and the monitor DAG write ``report.html``."""
+        return self.monitoring.report_dir or self.home / "report"
 
     @property
     def mlflow_uri(self) -> str:

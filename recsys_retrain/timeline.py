@@ -17,9 +17,11 @@ Two events are injected, each on a named week (skipped when the week is not repl
 a drift event (the week's events are rewritten by ``recsys_retrain.simulate`` injectors
 before they are ingested) and a bad model (the champion with its item embedding
 tables randomised, registered and promoted by hand past the gate, as a faulty hot-fix
-would be; the monitor must revert it). Every week also scores the serving champion
-on the week, beside recent popularity and EASE refit on the week's history
-(``served.json``), so the report can draw served quality against fresh baselines.
+would be; the monitor must revert it). Every week the monitor DAG also scores the
+serving champion on the week, beside recent popularity and EASE refit on the week's
+history (``served.json``), so the report can draw served quality against fresh
+baselines; every DAG run logs its monitoring run in MLflow, and the report is the one
+``retrain report`` builds from them (``recsys_retrain.monitoring.report``).
 """
 
 from __future__ import annotations
@@ -222,36 +224,6 @@ def inject_bad_model(settings: Settings, start: pd.Timestamp, seed: int) -> int 
     return candidate.version
 
 
-def score_served(settings: Settings, run_dir: Path, window: str) -> dict[str, Any]:
-    """NDCG@K on the week of the serving champion (what users got) and of two fresh baselines; written to ``served.json``.
-
-    The baselines are the backtest's reference policies (``recsys_retrain.backtest.reference_model``):
-    recent popularity and EASE, each fit on the cycle folder's history (everything before
-    the week) and scored on the same users as the champion, so the report shows whether
-    retraining pays. Keys: ``window``, ``version`` and ``ndcg`` of the champion (None
-    without one), ``recent_pop_ndcg``, ``ease_ndcg`` and ``users`` (how many were scored).
-    """
-    from recsys_retrain.backtest import read_frames, reference_model
-    from recsys_retrain.evaluate import user_metrics
-    from recsys_retrain.registry import candidates
-
-    frames = read_frames({"run_dir": str(run_dir)})
-    history, holdout, _ = frames
-    k, key = settings.eval.k, f"ndcg_at_{settings.eval.k}"
-    out: dict[str, Any] = {"window": window, "version": None, "ndcg": None}
-    current = candidates.champion(settings)
-    if current is not None:
-        model, _ = candidates.try_load(settings, current.version)
-        if model is not None:
-            out.update(version=current.version, ndcg=user_metrics(model, history, holdout, k, settings.gate.head_share).metrics[key])
-    for policy in ("recent_pop", "ease"):
-        scored = user_metrics(reference_model(policy, frames), history, holdout, k, settings.gate.head_share)
-        out[f"{policy}_ndcg"] = scored.metrics[key]
-    out["users"] = len(scored.user_ids)
-    write_json(out, run_dir / "served.json")
-    return out
-
-
 def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -356,8 +328,8 @@ def replay(settings: Settings, raw, config: TimelineConfig, progress: bool = Tru
         bar.set_postfix_str(f"{begin.date()} ingest")
         _run(dags["ingest"], "ingest", timings, settings, run_conf={"events": str(path)})
         bar.set_postfix_str(f"{begin.date()} monitor")
-        _run(dags["champion_monitor"], "monitor", timings, settings, run_conf={"window_end": end.isoformat()})
-        _timed(timings, "served", score_served, settings, run_dir, window)
+        _run(dags["champion_monitor"], "monitor", timings, settings,
+             run_conf={"window_end": end.isoformat(), "refresh_report": False})  # drawn once, after the last week
         bar.set_postfix_str(f"{begin.date()} drift")
         _run(dags["drift_watch"], "drift_watch", timings, settings, run_conf={"window_end": end.isoformat(), "retrain_on": config.retrain_on,
                                                       **cycle_params})
@@ -378,15 +350,20 @@ def replay(settings: Settings, raw, config: TimelineConfig, progress: bool = Tru
 
 
 def finish(settings: Settings, config: TimelineConfig, weeks: list[WeekResult], trains: int, seconds: float) -> TimelineResult:
-    """Writes ``timeline.json`` and the report, and logs both to an MLflow run of the ``timeline`` experiment."""
-    from recsys_retrain.registry.aliases import history
-    from recsys_retrain.report import build_report, log_report
+    """Writes ``timeline.json`` and the report, and logs both to an MLflow run of the model's experiment.
+
+    The report is the production one (``recsys_retrain.monitoring.report.production_report``:
+    the monitoring runs the DAGs logged, the registry history, the cycle folders), with
+    the replay's injected events marked.
+    """
+    from recsys_retrain.monitoring.report import production_report
+    from recsys_retrain.report import Report, log_report
 
     out = settings.home / "timeline"
-    moves = [m.to_dict() for m in history(settings)]
     partial = TimelineResult(config, tuple(weeks), "", "", round(seconds, 1), trains)
     write_json(partial.to_dict(), out / "timeline.json")
-    report = build_report(settings.runs_dir, out / "report", alias_moves=moves, weeks=[w.to_dict() for w in weeks])
+    built = production_report(settings, out_dir=out / "report", injected={w.window: list(w.injected) for w in weeks})
+    report = Report(Path(built["html"]), tuple(Path(p) for p in built["figures"]))
     run_id = log_report(settings, report, extra={"timeline.json": out / "timeline.json"},
                         metrics={"weeks": len(weeks), "trains": trains, "seconds": seconds})
     result = TimelineResult(config, tuple(weeks), str(report.html), run_id, round(seconds, 1), trains)

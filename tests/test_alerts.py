@@ -23,7 +23,7 @@ def test_the_error_line_is_the_type_and_the_first_line_of_the_message():
 
 
 def test_a_failed_task_is_recorded_as_one_json_line_and_read_back_by_run(tmp_path):
-    settings = Settings(home=tmp_path / "home")
+    settings = Settings(home=tmp_path / "home", monitoring={"enabled": False})  # the line only (tests/monitoring: the tag)
     for run_id, task_id in (("r1", "pull"), ("r2", "gate")):
         ti = SimpleNamespace(dag_id="retrain_scheduled", task_id=task_id, run_id=run_id, try_number=3)
         task_failed({"ti": ti, "exception": RuntimeError(f"{task_id} broke\ntraceback")}, settings)
@@ -91,3 +91,78 @@ def test_a_failed_dag_run_names_the_failing_task_and_its_error_line(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "ERROR: boom (boom) failed at task explode: ValueError: cold-user mean is NaN"
     (event,) = failures(Settings(home=tmp_path / "home"), "boom")
     assert event["task_id"] == "explode"
+
+
+class Hook:
+    """A local webhook: a real ``http.server`` on 127.0.0.1 that keeps the JSON bodies it receives."""
+
+    def __init__(self, status: int = 200):
+        import http.server
+        import threading
+
+        received, hook_status = [], status
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802  # http.server's name
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(hook_status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_event_is_one_json_line_and_one_post_to_the_webhook(tmp_path):
+    from recsys_retrain.alerts import emit
+
+    hook = Hook()
+    try:
+        settings = Settings(home=tmp_path / "home", alerts={"webhook_url": hook.url})
+        sent = emit({"event": "revert", "window": "w", "version": 3, "reason": "worse twice"}, settings)
+    finally:
+        hook.close()
+    assert sent["delivered"] is True
+    (line,) = (tmp_path / "home" / "alerts.jsonl").read_text().splitlines()
+    assert json.loads(line) == hook.received[0] and hook.received[0]["event"] == "revert"
+
+
+def test_a_failing_webhook_is_retried_then_given_up_without_failing_the_caller(tmp_path, caplog):
+    from recsys_retrain.alerts import emit
+
+    hook = Hook(status=503)
+    try:
+        settings = Settings(home=tmp_path / "home", alerts={"webhook_url": hook.url, "webhook_attempts": 3,
+                                                           "webhook_backoff_s": 0.01})
+        sent = emit({"event": "drift", "window": "w", "severity": "major"}, settings)
+    finally:
+        hook.close()
+    assert sent["delivered"] is False and len(hook.received) == 3  # three attempts, then a warning
+    assert "webhook" in caplog.text and "503" in caplog.text
+    assert json.loads((tmp_path / "home" / "alerts.jsonl").read_text())["severity"] == "major"  # the line is the record
+    with pytest.raises(ValueError, match="unknown alert event"):
+        emit({"event": "something"}, settings)
+
+
+def test_the_record_step_with_an_unreachable_webhook_still_logs_its_run(tmp_path, monkeypatch):
+    from recsys_retrain import cycle
+    from tests.monitoring.conftest import pulled, write_week
+
+    settings = Settings(home=tmp_path / "home", alerts={"webhook_url": "http://127.0.0.1:9/down", "webhook_attempts": 2,
+                                                       "webhook_backoff_s": 0.01, "webhook_timeout_s": 1})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_uri)
+    summary = write_week(settings, 1)
+    result = cycle.record(pulled(settings, 1), "drift_watch", "r1", summary, settings=settings)
+    assert result["mlflow_run_id"] and result["alerts"] == ["drift"]
+    import mlflow
+
+    assert "alert.drift" in mlflow.get_run(result["mlflow_run_id"]).data.tags  # the event's MLflow tag
+    mlflow.set_tracking_uri(None)

@@ -102,24 +102,3 @@ def test_a_week_is_read_back_from_the_files_its_runs_wrote(tmp_path):
     assert timeline.WeekResult.from_dict(json.loads(json.dumps(week.to_dict()))) == week
     untrained = timeline.week_result(run, "w", None, [], {})
     assert untrained.version is None and not untrained.promoted and untrained.reason == "drift major"
-
-
-def test_the_served_week_is_scored_beside_recent_popularity_and_ease_on_the_same_users(movielens, settings, tmp_path):
-    from recsys_retrain.baselines import MostPopular
-    from recsys_retrain.evaluate import user_metrics
-    from recsys_retrain.simulate import base_log
-
-    log = base_log(movielens)
-    run = tmp_path / "19980112-19980119"
-    run.mkdir()
-    log[log["timestamp"] < "1998-01-12"].to_parquet(run / "history.parquet")
-    week = log[(log["timestamp"] >= "1998-01-12") & (log["timestamp"] < "1998-01-19")]
-    week.to_parquet(run / "holdout.parquet")
-    movielens.items.to_parquet(run / "catalogue.parquet")
-    served = timeline.score_served(settings, run, "w")
-    assert json.loads((run / "served.json").read_text()) == served
-    assert (served["version"], served["ndcg"]) == (None, None)  # no champion yet; the baselines are scored all the same
-    assert 0.1 < served["recent_pop_ndcg"] < 0.5 and 0.1 < served["ease_ndcg"] < 0.5
-    history = pd.read_parquet(run / "history.parquet")
-    users = user_metrics(MostPopular(history, movielens.items), history, week, 10)  # who is scored does not depend on the model
-    assert served["users"] == len(users.user_ids) > 50

@@ -18,6 +18,7 @@ from recsys_common.cycle_group import (
     overrides,
     publish,
     pull,
+    record,
     retrain_cycle,
     validate,
     window_from,
@@ -25,5 +26,5 @@ from recsys_common.cycle_group import (
 
 __all__ = [
     "CYCLE_PARAMS", "DEFAULT_ARGS", "INTERACTIONS", "IO_RETRIES", "TRIGGER_PARAMS", "WINDOW_PARAMS",
-    "newest_window", "overrides", "publish", "pull", "retrain_cycle", "validate", "window_from",
+    "newest_window", "overrides", "publish", "pull", "record", "retrain_cycle", "validate", "window_from",
 ]

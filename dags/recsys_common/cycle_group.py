@@ -1,5 +1,5 @@
 """The retrain body, one reusable task group: pull -> validate -> drift -> calibrate -> train -> evaluate -> gate
--> promote_or_keep -> refit -> promote -> publish | keep -> decided.
+-> promote_or_keep -> refit -> promote -> publish | keep -> decided -> record.
 
 Each task calls one function of ``recsys_retrain.cycle`` with the run's overrides (from
 its Params) and passes small dicts (paths, counts, decisions). ``retrain`` runs it on
@@ -9,7 +9,9 @@ on the promote path ``refit`` refits the gated challenger through the window's e
 (``train.refit``; a sanity check, the gated one serving when it fails), ``promote``
 moves the aliases to what ``refit`` returned and ``publish`` writes the new champion's
 top-K of recently active users to the online store; ``keep`` leaves the champion, and
-``decided`` joins the two paths and returns the cycle's summary.
+``decided`` joins the two paths and returns the cycle's summary. ``record`` ends every run, whichever
+branch ran (a stop below the trigger included): it logs the run's monitoring run in MLflow
+and emits its alerts (``recsys_retrain.monitoring``).
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def drift(pulled: dict) -> dict:
     return cycle.drift(pulled, overrides=_overrides())
 
 
-@task.short_circuit
+@task.short_circuit(ignore_downstream_trigger_rules=False)  # the record task after the join still runs
 def should_retrain(pulled: dict, drift_result: dict) -> bool:
     """True when the drift severity reaches the ``retrain_on`` Param; the verdict goes to trigger.json either way."""
     from recsys_retrain import cycle
@@ -232,9 +234,24 @@ def decided(judged: dict) -> dict:
     return cycle.decided(judged)
 
 
+@task(trigger_rule=TriggerRule.NONE_FAILED, **IO_RETRIES)
+def record(pulled: dict, summary_task: str | None = None) -> dict:
+    """Logs this DAG run's monitoring run in MLflow and emits its alerts, whichever branch ran (skipped ones included).
+
+    ``summary_task`` names the task whose XCom is the gate's outcome (None when skipped).
+    """
+    from recsys_retrain import cycle
+
+    ti = get_current_context()["ti"]
+    summary = ti.xcom_pull(task_ids=summary_task) if summary_task else None
+    result = cycle.record(pulled, ti.dag_id, ti.run_id, summary, overrides=_overrides())
+    print(f"monitoring run {result['mlflow_run_id']} ({result.get('kind')}), alerts: {result['alerts'] or 'none'}")
+    return result
+
+
 @task_group(group_id=GROUP)
 def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
-    """pull -> validate -> drift -> calibrate -> train -> evaluate -> gate -> refit -> promote -> publish | keep -> decided.
+    """pull -> validate -> drift -> calibrate -> train -> evaluate -> gate -> refit -> promote -> publish | keep -> decided -> record.
 
     Args:
         window: an XComArg of ``{"start", "end"}`` (``newest_window``); None reads the
@@ -252,4 +269,4 @@ def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
     refitted = refit(validated, trained, judged)
     kept = keep(judged)
     promote_or_keep(judged) >> [refitted, kept]
-    [publish(promote(judged, refitted)), kept] >> decided(judged)
+    [publish(promote(judged, refitted)), kept] >> decided(judged) >> record(validated, f"{GROUP}.decided")

@@ -71,7 +71,7 @@ def check_drift(
     with_scores = reference_scores is not None or current_scores is not None
     signals = SIGNALS + ((SCORE_SIGNAL,) if with_scores else ())
     signals = tuple(configured(s, settings) for s in signals)
-    observed = observe(reference, current, signals, settings, reference_scores, current_scores, out_dir is not None)
+    observed = observe(reference, current, signals, settings, reference_scores, current_scores)
     notes = {s.name: observed[s.name].note or untested_reason(s, observed[s.name], reference, current, settings) for s in signals}
     tested = [s for s in signals if not notes[s.name]]
     calibrated = calibrate(tested, observed, settings)
@@ -79,7 +79,7 @@ def check_drift(
     paths = ("", "")
     report = verdict(results, "", len(reference), len(current), settings, paths)
     if out_dir is not None and tested:
-        paths = write_files(report, tested, observed, Path(out_dir))
+        paths = write_files(report, tested, Path(out_dir), timestamp=current["timestamp"].max().to_pydatetime())
         report = verdict(results, "", len(reference), len(current), settings, paths)
     return report
 

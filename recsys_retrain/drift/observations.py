@@ -16,7 +16,6 @@ from recsys_retrain.settings import DriftSettings
 MAX_BINS = 64
 """Numeric signals with more distinct values are cut into this many pooled-quantile bins."""
 DAY_NS = 86_400 * 10**9
-DECILE_LABELS = np.array(["new"] + [f"d{d:02d}" for d in range(1, 11)], dtype=object)
 
 
 def observe(
@@ -26,12 +25,8 @@ def observe(
     settings: DriftSettings,
     reference_scores: np.ndarray | None,
     current_scores: np.ndarray | None,
-    with_labels: bool = True,
 ) -> dict[str, Observed]:
-    """Every signal as a (units x bins) matrix; units are users (or random groups of users).
-
-    ``with_labels`` also keeps the per-row values Evidently draws (only needed for files).
-    """
+    """Every signal as a (units x bins) matrix; units are users (or random groups of users)."""
     rng = np.random.default_rng(settings.seed)
     r_unit, r_users, r_weight = _units(reference["user_id"].to_numpy(), settings, rng)
     c_unit, c_users, c_weight = _units(current["user_id"].to_numpy(), settings, rng)
@@ -55,7 +50,6 @@ def observe(
     rows("rating", *_numeric(both["rating"].to_numpy(float)))
     item_codes, item_index = pd.factorize(items)
     by_item = _keyed(units, item_codes, weight, n_units, len(item_index), side, user_key)
-    by_item.labels = _item_labels(both["item_id"], both["user_id"], side, settings.top_items) if with_labels else {}
     for name in ("item_popularity_decile", "top_items_share", "rising_item_share", "new_item_share"):
         out[name] = by_item
     rows("hour_of_day", (ts // 3_600_000_000_000) % 24, np.array([f"{h:02d}" for h in range(24)], object))
@@ -79,7 +73,7 @@ def observe(
     age_codes, age_support = _numeric(np.where(age > 0, age, np.nan))
     keep = age_codes >= 0
     out["user_age"] = _matrix(u_units[keep], age_codes[keep], ones[keep], n_units, len(age_support), age_support, u_side[keep], u_key[keep])
-    out["genre"] = _genres(both["item_genres"], item_codes, len(item_index), units, weight, n_units, side, user_key, with_labels)
+    out["genre"] = _genres(both["item_genres"], item_codes, len(item_index), units, weight, n_units, side, user_key)
     for obs in out.values():
         obs.n_ref_units = n_ref_units
     out.update(_newcomers(reference, current, settings, rng))
@@ -165,28 +159,9 @@ def _newcomers(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSe
     return out
 
 
-def _item_labels(item_ids: pd.Series, user_ids: pd.Series, side: np.ndarray, top_items: int) -> dict[str, np.ndarray]:
-    """Per-row labels Evidently draws: decile, top/other and new/seen (reference: leave-one-user-out)."""
-    ref_items, ref_users = item_ids[~side], user_ids[~side]
-    counts = ref_items.value_counts()
-    users_per_item = pd.DataFrame({"i": ref_items, "u": ref_users}).groupby("i")["u"].nunique()
-    deciles = _popularity_deciles(counts)
-    top = set(counts.index[:top_items])
-    labels = {}
-    for name, mask in (("ref", ~side), ("cur", side)):
-        ids = item_ids[mask]
-        at = pd.Index(deciles.index).get_indexer(ids)
-        decile = np.where(at >= 0, deciles.to_numpy()[np.maximum(at, 0)] if len(deciles) else 0, 0)
-        labels[f"decile_{name}"] = DECILE_LABELS[decile]
-        labels[f"top_{name}"] = np.where(ids.isin(top), "top", "other").astype(object)
-    labels["new_cur"] = np.where(item_ids[side].isin(counts.index), "seen", "new").astype(object)
-    labels["new_ref"] = np.where(ref_items.map(users_per_item).to_numpy() > 1, "seen", "new").astype(object)
-    return labels
-
-
 def _genres(
     genres: pd.Series, item_codes: np.ndarray, n_items: int, units: np.ndarray, weight: np.ndarray, n_units: int,
-    side: np.ndarray, user_key: np.ndarray, with_labels: bool = True,
+    side: np.ndarray, user_key: np.ndarray,
 ) -> Observed:
     """(unit x item) weights times an (item x genre) indicator."""
     genre_of = pd.Series(genres.to_numpy(), index=item_codes).groupby(level=0).first().reindex(range(n_items))
@@ -197,10 +172,7 @@ def _genres(
     unit_item = sp.csr_matrix((weight, (units, item_codes)), shape=(n_units, n_items))
     counts = np.asarray((unit_item @ indicator).todense())
     genre_rows = np.asarray(indicator.sum(axis=1)).ravel()[item_codes] > 0
-    return Observed(
-        counts, np.asarray(g_labels, object), _user_counts(side[genre_rows], user_key[genre_rows]),
-        labels={"ref": _genre_labels(genres, ~side), "cur": _genre_labels(genres, side)} if with_labels else {},
-    )
+    return Observed(counts, np.asarray(g_labels, object), _user_counts(side[genre_rows], user_key[genre_rows]))
 
 
 def _units(user_ids: np.ndarray, settings: DriftSettings, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -249,34 +221,8 @@ def _matrix(
         p = pooled / pooled.sum()
         mean = float(p @ support)
         obs.pooled_sd = float(np.sqrt(max(p @ (support - mean) ** 2, 0.0)))
-    obs.labels = {"ref": _decode(codes[~side], obs.support), "cur": _decode(codes[side], obs.support)}
     return obs
-
-
-def _decode(codes: np.ndarray, support: np.ndarray) -> np.ndarray:
-    return support[codes] if len(codes) else np.zeros(0, dtype=support.dtype)
 
 
 def _user_counts(side: np.ndarray, user_key: np.ndarray) -> tuple[int, int]:
     return len(np.unique(user_key[~side])), len(np.unique(user_key[side]))
-
-
-def _genre_labels(genres: pd.Series, mask: np.ndarray) -> np.ndarray:
-    """Each row's genres, one entry per genre (split once per distinct genre string)."""
-    codes, uniques = pd.factorize(genres[mask].fillna("").astype(str))
-    parts = [[g or "(none)" for g in u.split("|")] for u in uniques]
-    lengths = np.array([len(p) for p in parts], dtype=int)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
-    flat = np.array([g for p in parts for g in p], dtype=object)
-    n = lengths[codes]
-    ends = np.cumsum(n)
-    within = np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - n, n)
-    return flat[np.repeat(starts[codes], n) + within] if len(flat) else np.zeros(0, dtype=object)
-
-
-def _popularity_deciles(counts: pd.Series) -> pd.Series:
-    """Decile (1 = most popular tenth of items) per item, from counts sorted descending; ties by order."""
-    if counts.empty:
-        return pd.Series(dtype="int64")
-    rank = np.arange(1, len(counts) + 1)
-    return pd.Series(np.ceil(rank / len(counts) * 10).clip(1, 10).astype("int64"), index=counts.index)

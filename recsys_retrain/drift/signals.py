@@ -7,7 +7,7 @@ histograms. Why these signals, and how their methods read: docs/drift.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,7 +81,6 @@ class Observed:
     pooled_sd: float = 0.0
     n_ref_units: int = 0  # rows [0, n_ref_units) of counts are the reference's units
     raw: Any = None  # relative signals: unweighted row counts, same shape as counts
-    labels: dict[str, np.ndarray] = field(default_factory=dict)  # per-row values for Evidently
 
 
 def configured(signal: Signal, settings: DriftSettings) -> Signal:

@@ -72,7 +72,9 @@ def dags_of(name: str) -> dict:
 
 CYCLE = {
     "cycle.pull": ["cycle.validate"],
-    "cycle.validate": ["cycle.calibrate", "cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.refit", "cycle.train"],
+    "cycle.validate": [
+        "cycle.calibrate", "cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.record", "cycle.refit", "cycle.train",
+    ],
     "cycle.drift": ["cycle.calibrate", "cycle.gate"],
     "cycle.calibrate": ["cycle.train"],
     "cycle.train": ["cycle.evaluate", "cycle.gate", "cycle.refit"],
@@ -83,7 +85,8 @@ CYCLE = {
     "cycle.promote": ["cycle.publish"],  # the new champion's top-K reach the online store before the join
     "cycle.publish": ["cycle.decided"],
     "cycle.keep": ["cycle.decided"],
-    "cycle.decided": [],
+    "cycle.decided": ["cycle.record"],  # every run ends by logging its monitoring run, whichever path ran
+    "cycle.record": [],
 }
 
 
@@ -96,8 +99,8 @@ def test_drift_watch_runs_the_same_cycle_behind_a_short_circuit():
         **CYCLE,
         "newest_window": ["cycle.pull"],
         "cycle.validate": [
-            "cycle.calibrate", "cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.refit", "cycle.should_retrain",
-            "cycle.train",
+            "cycle.calibrate", "cycle.drift", "cycle.evaluate", "cycle.gate", "cycle.record", "cycle.refit",
+            "cycle.should_retrain", "cycle.train",
         ],
         "cycle.drift": ["cycle.calibrate", "cycle.gate", "cycle.should_retrain"],
         "cycle.should_retrain": ["cycle.calibrate"],
@@ -108,9 +111,12 @@ def test_champion_monitor_checks_each_new_window():
     assert dags_of("champion_monitor.py")["champion_monitor"] == {
         "newest_window": ["pull"],
         "pull": ["validate"],
-        "validate": ["monitor"],
-        "monitor": ["publish"],  # a revert republishes the previous version's lists
+        "validate": ["monitor", "record", "served"],
+        "monitor": ["publish", "served"],  # a revert republishes the previous version's lists, and is what is scored
         "publish": [],
+        "served": ["record"],  # the week's served quality goes into its monitoring run
+        "record": ["refresh_report"],
+        "refresh_report": [],
     }
 
 
@@ -155,7 +161,9 @@ def test_ingest_announces_the_asset_that_the_watchers_are_scheduled_on():
                 "refit"} <= set(dags[dag_id]["params"])
         # promote-or-keep is a branch, and the join after it runs whichever path was taken
         assert dags[dag_id]["branches"] == ["cycle.promote_or_keep"]
-        assert dags[dag_id]["trigger_rules"] == {"cycle.decided": "none_failed_min_one_success"}
+        # ... and every run, stopped or not, ends with its monitoring run
+        assert dags[dag_id]["trigger_rules"] == {"cycle.decided": "none_failed_min_one_success", "cycle.record": "none_failed"}
+    assert dags["champion_monitor"]["trigger_rules"] == {"record": "none_failed"}
     assert "retrain_on" in dags["drift_watch"]["params"]
 
 
@@ -216,9 +224,15 @@ def test_drift_watch_runs_on_the_newest_week_and_stops_or_retrains(tmp_path):
             "cycle.calibrate": "skipped", "cycle.train": "skipped", "cycle.evaluate": "skipped", "cycle.gate": "skipped",
             "cycle.promote_or_keep": "skipped", "cycle.refit": "skipped", "cycle.promote": "skipped",
             "cycle.publish": "skipped", "cycle.keep": "skipped",
-            "cycle.decided": "skipped",
+            "cycle.decided": "skipped",  # the record task after the join still ran: the stop is in MLflow too
         }
     assert not (run_dir / "summary.json").exists()
+    from recsys_retrain.monitoring.runs import search
+    from recsys_retrain.settings import Settings
+
+    runs = search(Settings(home=tmp_path / "home"))  # both runs checked one window: one monitoring run, updated
+    assert len(runs) == 1 and runs.iloc[0]["tags.dag_id"] == "drift_watch" and runs.iloc[0]["tags.trigger"] == "stop"
+    assert runs.iloc[0]["metrics.drift.severity_level"] == 0 and runs.iloc[0]["tags.run_id"]
 
 
 @pytest.mark.slow
@@ -236,3 +250,10 @@ def test_a_drifting_week_retrains_at_level_minor_but_not_at_major(tmp_path):
     lists = pd.read_parquet(tmp_path / "features" / "data" / "recommendations.parquet")  # publish ran after promote
     assert set(lists["rec_version"]) == {2} and len(lists) > 100 and set(lists["rec_source"]) == {"model"}
     assert all(len(items) == 10 for items in lists["rec_item_ids"])
+    from recsys_retrain.monitoring.runs import search
+    from recsys_retrain.settings import Settings
+
+    runs = search(Settings(home=tmp_path / "home"))  # the stop at 'major', then the retrain at 'minor', updated in place
+    assert len(runs) == 1 and runs.iloc[0]["tags.trigger"] == "retrain" and runs.iloc[0]["tags.gate.decision"] == "promote"
+    events = [json.loads(line)["event"] for line in (tmp_path / "home" / "alerts.jsonl").read_text().splitlines()]
+    assert events == ["drift"]  # the drift at the trigger, once

@@ -20,8 +20,8 @@ class TestOutputs:
         assert Path(report.html_path) == out / "drift.html"
         payload = json.loads(Path(report.json_path).read_text())
         assert DriftReport.from_dict(payload["verdict"]).signals == report.signals
-        drawn = {m["config"]["column"] for m in payload["evidently"]["metrics"]}
-        assert drawn == {s.name for s in report.signals if s.tested} - {"rising_item_share"}  # no per-row reference label
+        drawn = {m["config"]["signal"] for m in payload["evidently"]["metrics"] if m["config"].get("signal")}
+        assert drawn == {s.name for s in report.signals if s.tested}  # every tested signal, at its calibrated value
         assert "<html" in Path(report.html_path).read_text()[:2000].lower()
         assert sorted(p.name for p in out.iterdir()) == ["drift.html", "drift.json"]  # no temp files left
         quiet = check_drift(reference, current, None, DriftSettings())
