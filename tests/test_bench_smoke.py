@@ -38,6 +38,9 @@ EXPECTED = {
                                                    "ci95"), ()),
     "backtest": ("backtest.json", ("datasets", "goals", "protocol", "refit_modes"), ("backtest_movielens.png", "backtest_synthetic.png")),
     "serve": ("serve.json", ("movielens", "synthetic", "goals", "machine"), ()),
+    "monitoring": ("monitoring.json", ("runs_logged", "dag_runs", "snapshots", "report_from_production_s",
+                                       "report_rows_equal_demo", "verdict_mismatches", "evidently_ui_projects",
+                                       "alerts", "goals"), ()),
 }
 
 
