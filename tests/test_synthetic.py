@@ -120,3 +120,17 @@ def test_bad_configs_are_refused():
         Drift("meteor", 1, 0.1)
     with pytest.raises(ValueError, match="unknown synthetic size"):
         parse_size("synthetic:huge")
+
+
+def test_a_synthetic_source_is_generated_once_and_read_back(tmp_path):
+    from recsys_retrain.cli import load_source
+    from recsys_retrain.settings import Settings
+
+    settings = Settings(home=tmp_path / "home")
+    raw = load_source(settings, "synthetic:4000,40,60,60")
+    assert len(raw.interactions) > 3000 and len(raw.users) == 40 and len(raw.items) == 60
+    log = next((settings.cache_dir / "synthetic").iterdir()) / "interactions.parquet"
+    written = log.stat().st_mtime_ns
+    again = load_source(settings, "synthetic:4000,40,60,60")
+    assert log.stat().st_mtime_ns == written  # read from the cache, not generated again
+    pd.testing.assert_frame_equal(again.interactions, raw.interactions)
