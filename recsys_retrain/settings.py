@@ -98,6 +98,12 @@ class TrainSettings(BaseModel):
         "calibrate sets it under drift.",
     )
     seed: int = 0
+    sampled_softmax_above: int = Field(
+        20_000, ge=1,
+        description="Catalogue size above which a training step scores its positives and sampled_negatives shared "
+        "negatives with a logQ correction (recsys_retrain.train.sampled) instead of a full softmax over every item.",
+    )
+    sampled_negatives: int = Field(4096, ge=1, description="Negatives drawn per step by the sampled softmax.")
     processes: int = Field(
         1, ge=1, le=64, description="Training processes; above 1 the train task launches torchrun (gloo on CPU, NCCL on GPUs)."
     )
