@@ -353,8 +353,8 @@ def synthesize(config: SyntheticConfig, out: Path | str) -> SyntheticLog:
 
     Example:
         >>> log = synthesize(replace(SIZES["S1"], drifts=default_drifts(364)), tmp / "s1")
-        >>> load_synthetic(log.folder).interactions.shape
-        (99874, 4)
+        >>> load_synthetic(log.folder).interactions.columns.tolist(), log.truth["drifts"][0]["kind"]
+        (['user_id', 'item_id', 'timestamp', 'rating'], 'taste_shift')
     """
     began = time.perf_counter()
     c = config

@@ -91,8 +91,9 @@ def fit_activity(per_user: np.ndarray) -> tuple[tuple[float, ...], float]:
     ``x_m``, ``mean = a x_m / (a - 1)``, so ``a = mean / (mean - x_m)``.
 
     Example:
-        >>> fit_activity(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20]))[1]
-        3.0
+        >>> quantiles, tail = fit_activity(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20]))
+        >>> quantiles[0], tail  # the least active user has 1/7 of the mean; the top one twice its quantile
+        (0.1467, 2.0)
     """
     from recsys_retrain.synthetic import ACTIVITY_KNOTS
 
