@@ -174,6 +174,7 @@ def training_at(n_items: int, n_events: int, work: Path) -> dict:
     cut = inter["timestamp"].max() - pd.Timedelta(days=7)
     history, holdout = inter[inter["timestamp"] <= cut], inter[inter["timestamp"] > cut]
     out = {"items": n_items, "examples": len(history)}
+    train(history.iloc[:2_048], items, work / "warm-up", TrainSettings(epochs=1), progress=False)  # untimed: first-call costs
     for name, above in (("full", 10**9), ("sampled", 1)):
         settings = TrainSettings(epochs=1, sampled_softmax_above=above)
         trained = train(history, items, work / name, settings, progress=False)
