@@ -117,7 +117,8 @@ def one_size(size: str, work: Path) -> dict:
     epochs = EPOCHS[size]
     trained, train_s = _timed(train, history, catalogue, work / "run", TrainSettings(epochs=epochs), progress=False)
     out["epochs"], out["train_s_per_epoch"] = epochs, round(trained.loop_seconds / epochs, 3)
-    out["samples_per_s"] = round(sum(trained.epoch_samples) / trained.step_seconds) if trained.step_seconds else None
+    seen = trained.epoch_samples[-1] if trained.epoch_samples else 0  # cumulative: examples of every epoch
+    out["samples_per_s"] = round(seen / trained.step_seconds) if trained.step_seconds else None
     model = load_checkpoint(Path(trained.checkpoint))
     print(f"[{size}] train {out['train_s_per_epoch']:.1f} s per epoch", flush=True)
     scored, out["evaluate_s"] = _timed(user_metrics, model, history, holdout, K)
@@ -181,7 +182,7 @@ def training_at(n_items: int, n_events: int, work: Path) -> dict:
     for name, above in (("full", 10**9), ("sampled", 1)):
         settings = TrainSettings(epochs=1, sampled_softmax_above=above)
         trained = train(history, items, work / name, settings, progress=False)
-        out[f"{name}_samples_per_s"] = round(sum(trained.epoch_samples) / trained.step_seconds)
+        out[f"{name}_samples_per_s"] = round(trained.epoch_samples[-1] / trained.step_seconds)
         model = load_checkpoint(Path(trained.checkpoint))
         out[f"{name}_ndcg10"] = round(user_metrics(model, history, holdout, K).mean_ndcg, 4)
         print(f"[train {n_items} items] {name}: {out[f'{name}_samples_per_s']} samples/s, NDCG@10 {out[f'{name}_ndcg10']}",
