@@ -17,7 +17,8 @@ drift of each kind), run in its own process so its peak memory is its own:
 - ``peak_rss_mb``: the process's peak resident memory.
 
 Apart: ``evaluate_10k_x_50k_s``, ``user_metrics`` of an untrained two-tower model (the cost does not
-depend on the weights) for 10,000 users against 50,000 items; ``train_50k_items``, one epoch of ``train``
+depend on the weights) for up to 10,000 users (those of a 14-day holdout with a new item to find, as many
+as the generated log has: ``users`` says how many) against 50,000 items; ``train_50k_items``, one epoch of ``train``
 on 100,000 events over 50,000 items with the full softmax and with the sampled one (logQ), samples per
 second and NDCG@10 on the week after. Stages a size skips (``SKIP``) are
 reported as null with the reason, never estimated.
