@@ -25,23 +25,25 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(width=None if sys.stdout.isatty() else 110)
 
 
+SYNTHETIC = "synthetic:"  # a --source of this prefix names a generated log (recsys_retrain.synthetic.parse_size)
+SOURCE_HELP = ("Interaction data; default MovieLens-100K. synthetic:SIZE generates a log instead (SIZE: ml100k, S1, S2, "
+               "S3 or EVENTS,USERS,ITEMS[,DAYS]; recsys_retrain.synthetic), kept under the cache folder.")
+
+
 def checked_path(path: Path | None, settings: Settings, option: str) -> Path | None:
-    """A path option resolved inside the data root (``recsys_retrain.paths``); None stays None."""
+    """A path option resolved inside the data root (``recsys_retrain.paths``); None and ``synthetic:SIZE`` stay as they are."""
     from recsys_retrain.paths import user_path
 
-    return None if path is None else user_path(path, settings, option)
+    if path is None or str(path).startswith(SYNTHETIC):
+        return path
+    return user_path(path, settings, option)
 
 
 def ingest_source(settings: Settings, source: Path | None) -> tuple[pd.Timestamp, pd.Timestamp]:
     """Loads the interaction data and writes it into the Feast repository; returns its time span."""
     from recsys_retrain.data.ingest import bootstrap_feature_repo
-    from recsys_retrain.data.load import RawData, load_interactions, load_movielens
 
-    source = source or settings.data.source
-    if source is None or source.is_dir():
-        raw = load_movielens(settings.cache_dir, source)
-    else:
-        raw = RawData(load_interactions(source), pd.DataFrame(), pd.DataFrame())
+    raw = load_source(settings, source)
     bootstrap_feature_repo(raw, settings.feature_repo)
     return raw.interactions["timestamp"].min(), raw.interactions["timestamp"].max()
 
@@ -60,13 +62,31 @@ def reset_state(settings: Settings) -> None:
 
 
 def load_source(settings: Settings, source: Path | None):
-    """The interaction data as RawData: MovieLens-100K (or a GroupLens folder), or a plain log file."""
+    """The interaction data as RawData: MovieLens-100K (or a GroupLens folder), a plain log file, or ``synthetic:SIZE``."""
     from recsys_retrain.data.load import RawData, load_interactions, load_movielens
 
     source = source or settings.data.source
+    if source is not None and str(source).startswith(SYNTHETIC):
+        return synthetic_source(settings, str(source))
     if source is None or source.is_dir():
         return load_movielens(settings.cache_dir, source)
     return RawData(load_interactions(source), pd.DataFrame(), pd.DataFrame())
+
+
+def synthetic_source(settings: Settings, spec: str):
+    """The log ``synthetic:SIZE`` names, generated once into ``cache_dir/synthetic/SIZE`` and read from there after."""
+    from recsys_retrain.synthetic import load_synthetic, parse_size, synthesize
+
+    try:
+        config = parse_size(spec)
+    except ValueError as exc:
+        raise PipelineError(f"--source {spec}: {exc}") from None
+    folder = settings.cache_dir / "synthetic" / spec[len(SYNTHETIC):].replace(",", "_")
+    truth = folder / "truth.json"
+    if not truth.exists() or json.loads(truth.read_text()).get("config") != json.loads(json.dumps(config.to_dict())):
+        console.print(f"generating the synthetic log {spec} into {folder}")
+        synthesize(config, folder)
+    return load_synthetic(folder)
 
 
 def timeline_table(weeks: list) -> Table:
@@ -117,7 +137,8 @@ def ingest_events(settings: Settings, events: Path, batch_days: int = 0) -> dict
 def ingest(
     source: Annotated[
         Optional[Path],
-        typer.Option(help="Rebuild the repository from this log (.parquet/.csv) or GroupLens ml-100k folder; default MovieLens-100K."),
+        typer.Option(help="Rebuild the repository from this log (.parquet/.csv), GroupLens ml-100k folder or "
+                     "synthetic:SIZE (see demo --source); default MovieLens-100K."),
     ] = None,
     events: Annotated[
         Optional[Path],
@@ -190,7 +211,7 @@ def demo(
     ] = "1998-02-16",
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Training epochs budget of each retrain; default train.epochs.")]
     = None,
-    source: Annotated[Optional[Path], typer.Option(help="Interaction data; default MovieLens-100K.")] = None,
+    source: Annotated[Optional[Path], typer.Option(help=SOURCE_HELP)] = None,
     fresh: Annotated[
         bool, typer.Option(help="Replay from scratch: remove earlier cycle folders and the MLflow store under home.")
     ] = True,
@@ -244,7 +265,7 @@ def backtest(
                              "policies under this gate.policy (repeatable), on the same models.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Working folder for the cycles, backtest.json and backtest.png; default HOME/backtest.")]
     = None,
-    source: Annotated[Optional[Path], typer.Option(help="Interaction data; default MovieLens-100K.")] = None,
+    source: Annotated[Optional[Path], typer.Option(help=SOURCE_HELP)] = None,
 ) -> None:
     """Replay weeks under each retraining policy and the weekly-refit baselines; served NDCG@10 against training compute."""
     from recsys_retrain import backtest as bt

@@ -330,44 +330,104 @@ def ranking(recommender: Any, history: pd.DataFrame, holdout: pd.DataFrame) -> R
     return Ranking(kept, item_ids, seen[keep], relevant[keep], n_relevant[keep])
 
 
+CHUNK_USERS = 1024
+"""Users scored at a time: evaluation holds ``CHUNK_USERS x catalogue`` scores and masks, whatever the number
+of users (1,024 x 50,000 items: about 200 MB of float32 scores). MovieLens-size holdouts fit in one chunk."""
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """(user row, item column) pairs sorted by user row, sliced into dense blocks of users."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, users: pd.Index, item_ids: pd.Index) -> _Pairs:
+        u = users.get_indexer(frame["user_id"])
+        i = item_ids.get_indexer(frame["item_id"])
+        keep = (u >= 0) & (i >= 0)
+        order = np.argsort(u[keep], kind="stable")
+        return cls(u[keep][order], i[keep][order])
+
+    def block(self, lo: int, hi: int, n_items: int) -> torch.Tensor:
+        """``[hi - lo, n_items]`` bool for the users of rows ``lo..hi-1``."""
+        a, b = np.searchsorted(self.rows, [lo, hi])
+        mat = torch.zeros(hi - lo, n_items, dtype=torch.bool)
+        mat[torch.from_numpy(self.rows[a:b] - lo), torch.from_numpy(self.cols[a:b])] = True
+        return mat
+
+
 def user_metrics(
-    recommender: Any, history: pd.DataFrame, holdout: pd.DataFrame, k: int, head_share: float = 0.5
+    recommender: Any,
+    history: pd.DataFrame,
+    holdout: pd.DataFrame,
+    k: int,
+    head_share: float = 0.5,
+    chunk_users: int = CHUNK_USERS,
 ) -> UserEval:
     """Full-ranking per-user NDCG@K / Recall@K, segments and coverage of one model.
 
     The per-user vectors feed the gate's paired bootstrap; :func:`evaluate` reports
-    their means.
+    their means. Users are scored ``chunk_users`` at a time with a running union of
+    the top-K items (coverage), so memory is bounded by ``chunk_users x catalogue``;
+    every per-user figure depends on that user's row alone, so the result does not
+    depend on the chunk size (``tests/test_evaluate.py``).
 
     Args:
         recommender: ``catalogue`` frame with ``item_id`` and ``score(users, history) -> [U, N]``.
         history: interactions before the holdout (excluded from ranking; defines cold
             users and item popularity).
         holdout: the window to rank.
+        chunk_users: users scored at a time.
     """
-    r = ranking(recommender, history, holdout)
-    kept, item_ids, seen, relevant, n_relevant = r.users, r.item_ids, r.seen, r.relevant, r.n_relevant
+    from recsys_retrain.scoring import chunk_scorer
+
+    users = holdout_users(history, holdout)
+    item_ids = pd.Index(recommender.catalogue["item_id"].astype(np.int64))
+    n_new = new_items_per_user(history, holdout, users["user_id"])
+    kept = users[n_new > 0].reset_index(drop=True)
+    n_relevant = torch.from_numpy(n_new[n_new > 0])
     if kept.empty:
         empty = np.zeros(0)
         return UserEval(k, empty.astype(np.int64), empty, empty, empty.astype(bool), empty, math.nan, len(item_ids))
-    scores = recommender.score(kept, history).float()
-    hits = topk_hits(scores, relevant, seen, k)
+    index, n_items = pd.Index(kept["user_id"]), len(item_ids)
+    seen_pairs, holdout_pairs = _Pairs.of(history, index, item_ids), _Pairs.of(holdout, index, item_ids)
     tail = torch.from_numpy(long_tail_items(history, item_ids, head_share))
-    tail_relevant = relevant & tail
-    n_tail = tail_relevant.sum(dim=1)
-    tail_ndcg = ndcg_at_k(topk_hits(scores, tail_relevant, seen, k), n_tail, k).double().numpy()
-    top = torch.topk(scores.masked_fill(seen, float("-inf")), k=min(k, scores.shape[1]), dim=1).indices
+    score = chunk_scorer(recommender, history)
+    covered = torch.zeros(n_items, dtype=torch.bool)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ("ndcg", "recall", "ap", "rr", "hit", "tail")}
+    for lo in range(0, len(kept), max(1, chunk_users)):
+        hi = min(lo + max(1, chunk_users), len(kept))
+        seen = seen_pairs.block(lo, hi, n_items)
+        relevant = holdout_pairs.block(lo, hi, n_items) & ~seen
+        scores = score(kept.iloc[lo:hi]).float()
+        top = torch.topk(scores.masked_fill(seen, float("-inf")), k=min(k, n_items), dim=1).indices
+        del scores, seen
+        n_rel = n_relevant[lo:hi]
+        hits, tail_hits = _padded(torch.gather(relevant, 1, top), k), _padded(torch.gather(relevant & tail, 1, top), k)
+        n_tail = (relevant & tail).sum(dim=1)
+        covered[top.reshape(-1)] = True
+        parts["ndcg"].append(ndcg_at_k(hits, n_rel, k).double().numpy())
+        parts["recall"].append(recall_at_k(hits, n_rel, k).double().numpy())
+        parts["ap"].append(average_precision_at_k(hits, n_rel, k).double().numpy())
+        parts["rr"].append(reciprocal_rank_at_k(hits, k).double().numpy())
+        parts["hit"].append((hits[:, :k].sum(dim=1) > 0).double().numpy())
+        tail_ndcg = ndcg_at_k(tail_hits, n_tail, k).double().numpy()
+        parts["tail"].append(np.where(n_tail.numpy() > 0, tail_ndcg, np.nan))
+    out = {name: np.concatenate(values) for name, values in parts.items()}
     return UserEval(
-        ap=average_precision_at_k(hits, n_relevant, k).double().numpy(),
-        rr=reciprocal_rank_at_k(hits, k).double().numpy(),
-        hit=(hits[:, :k].sum(dim=1) > 0).double().numpy(),
-        k=k,
+        ap=out["ap"], rr=out["rr"], hit=out["hit"], k=k,
         user_ids=kept["user_id"].to_numpy(np.int64),
-        ndcg=ndcg_at_k(hits, n_relevant, k).double().numpy(),
-        recall=recall_at_k(hits, n_relevant, k).double().numpy(),
+        ndcg=out["ndcg"], recall=out["recall"],
         is_cold=kept["is_cold"].to_numpy(bool),
-        longtail_ndcg=np.where(n_tail.numpy() > 0, tail_ndcg, np.nan),
-        coverage=float(len(torch.unique(top)) / max(len(item_ids), 1)),
-        n_items=len(item_ids),
+        longtail_ndcg=out["tail"],
+        coverage=float(int(covered.sum()) / max(n_items, 1)),
+        n_items=n_items,
     )
 
 
+def _padded(hits: torch.Tensor, k: int) -> torch.Tensor:
+    """0/1 float hits padded with misses to ``k`` columns (a catalogue smaller than k)."""
+    hits = hits.float()
+    return torch.nn.functional.pad(hits, (0, k - hits.shape[1])) if hits.shape[1] < k else hits

@@ -394,8 +394,11 @@ class TwoTowerTrainTask(nn.Module):
         catalogue: KeyedJaggedTensor,
         labels: torch.Tensor,
         item_prior: torch.Tensor | None = None,
+        log_q: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         logits = self.model(users, catalogue, item_prior) / self.temperature
+        if log_q is not None:  # a sampled catalogue: each candidate's log inclusion chance (recsys_retrain.train.sampled)
+            logits = logits - log_q
         loss = nn.functional.cross_entropy(logits, labels)
         return loss, (loss.detach(), logits.detach(), labels.detach())
 

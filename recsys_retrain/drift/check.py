@@ -84,13 +84,14 @@ def check_drift(
     return report
 
 
-def champion_scorer(model: Any) -> Scorer:
+def champion_scorer(model: Any, chunk_users: int = 1024) -> Scorer:
     """A scorer from a loaded champion (``recsys_retrain.model.Recommender``, as the registry returns it).
 
     The score of a row is the champion's score of the row's item for the row's user,
     with an empty history bag for every user, so both windows are scored with the same
     inputs and the distribution moves only when who consumes what moves. Items outside
-    the champion's catalogue score NaN.
+    the champion's catalogue score NaN. Users are scored ``chunk_users`` at a time, so
+    memory is bounded by ``chunk_users x catalogue`` however many users the window has.
 
     Example:
         >>> model, _ = candidates.try_load(settings, candidates.champion(settings).version)
@@ -98,16 +99,24 @@ def champion_scorer(model: Any) -> Scorer:
     """
 
     def score(window: pd.DataFrame) -> np.ndarray:
+        from recsys_retrain.scoring import chunk_scorer
+
         users = window.drop_duplicates("user_id").reset_index(drop=True)
         for col, default in (("user_gender", "unknown"), ("user_occupation", "unknown")):
             if col not in users.columns:
                 users[col] = default
-        matrix = model.score(users, None).float().numpy()
         row_of_user = pd.Index(users["user_id"]).get_indexer(window["user_id"])
         col_of_item = pd.Index(model.catalogue["item_id"].astype("int64")).get_indexer(window["item_id"].astype("int64"))
         out = np.full(len(window), np.nan)
-        known = col_of_item >= 0
-        out[known] = matrix[row_of_user[known], col_of_item[known]]
+        known = np.flatnonzero(col_of_item >= 0)
+        known = known[np.argsort(row_of_user[known], kind="stable")]  # rows grouped by user, to slice per chunk
+        bounds = np.searchsorted(row_of_user[known], np.arange(0, len(users) + chunk_users, chunk_users))
+        scorer = chunk_scorer(model, None)
+        for chunk, lo in enumerate(range(0, len(users), chunk_users)):
+            rows = known[bounds[chunk]:bounds[chunk + 1]]
+            if len(rows):
+                matrix = scorer(users.iloc[lo:lo + chunk_users]).float().numpy()
+                out[rows] = matrix[row_of_user[rows] - lo, col_of_item[rows]]
         return out
 
     return score

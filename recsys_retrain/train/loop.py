@@ -54,6 +54,7 @@ from recsys_retrain.train.distributed import (
     unsharded,
 )
 from recsys_retrain.train.examples import Examples, Snapshot, catalogue_snapshots, recency_draws, training_examples
+from recsys_retrain.train.sampled import NegativeSampler, subset_kjt
 from recsys_retrain.train.hooks import Callback, EpochSignals, step_signals
 from recsys_retrain.train.warm_start import check_embedding_dim, union_encoder, warm_start
 
@@ -174,8 +175,12 @@ def train(
     recent = encoder.recent_counts(history, catalogue)
     prior = item_prior(history, catalogue)
     snapshots = {p: snap.to(dev) for p, snap in catalogue_snapshots(history, catalogue, encoder, examples.period).items()}
+    sampler = None
+    if len(catalogue) > settings.sampled_softmax_above:
+        sampler = NegativeSampler(examples.labels, len(catalogue), settings.sampled_negatives, settings.seed)
     loop = TrainLoop(
         dmp, opt, examples, encoder, catalogue, recent, snapshots, dev, rng, settings, out_dir, prior=prior, draws=draws,
+        sampler=sampler,
         sched=scheduler(plan, opt, dmp, examples, draws, components), resource=resource,
         trace=Trace(plan=plan.to_dict() if plan else None), callbacks=callbacks, validate=validate, progress=progress,
     )
@@ -266,6 +271,7 @@ class TrainLoop:
     callbacks: Sequence[Callback] = ()
     validate: Callable[[Recommender], float | Sequence[float]] | None = None
     progress: bool = True
+    sampler: NegativeSampler | None = None  # a sampled softmax (large catalogues); None: the full softmax
     # progress of the run, restored by ``resume``
     batch_size: int = field(init=False)  # the settings', until a ResourceController changes it
     steps: int = 0
@@ -370,7 +376,13 @@ class TrainLoop:
             self.opt.zero_grad()
         with torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16, enabled=self.autocast):
             snap = self.snapshots[int(self.examples.period[idx[0]])]
-            loss, _ = self.dmp(user_kjt.to(self.dev), snap.items, target.to(self.dev), snap.prior)
+            if self.sampler is None:
+                loss, _ = self.dmp(user_kjt.to(self.dev), snap.items, target.to(self.dev), snap.prior)
+            else:
+                rows, log_q, target = self.sampler.draw(target.numpy())
+                at = torch.from_numpy(rows).to(self.dev)
+                loss, _ = self.dmp(user_kjt.to(self.dev), subset_kjt(snap.items, rows), target.to(self.dev),
+                                   snap.prior[at], log_q.to(self.dev))
         (loss / self.accumulation).backward()  # the fused embedding rows are updated here, every micro-batch
         value = float(loss.detach())
         sched_started = time.perf_counter()
