@@ -58,12 +58,12 @@ chromium:
 
 bench: setup
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
-	@for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+	@for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring scale; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 # Every benchmark above on its smallest inputs (--smoke), results into a temporary folder:
 # checks that `make bench` runs end to end, leaving bench/results/ untouched (tests/test_bench_smoke.py).
 bench-smoke: setup
-	@out=$$(mktemp -d); for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring; do \
+	@out=$$(mktemp -d); for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring scale; do \
 	  echo "== bench/$$b.py --smoke"; $(BIN)/python bench/$$b.py --smoke --out $$out/$$b || exit 1; done; \
 	echo "smoke results in $$out"
 

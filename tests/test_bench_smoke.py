@@ -41,6 +41,7 @@ EXPECTED = {
     "monitoring": ("monitoring.json", ("runs_logged", "dag_runs", "snapshots", "report_from_production_s",
                                        "report_rows_equal_demo", "verdict_mismatches", "evidently_ui_projects",
                                        "alerts", "goals"), ()),
+    "scale": ("scale.json", ("sizes", "evaluate_10k_x_50k", "train_50k_items", "goals", "machine"), ()),
 }
 
 
