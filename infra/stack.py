@@ -252,7 +252,7 @@ class MlflowServer:
 
 
 def airflow_migrate(env: dict[str, str]) -> None:
-    """``airflow db migrate`` against the stack's PostgreSQL database."""
+    """``airflow db migrate`` against the stack's PostgreSQL database, then the DAGs' pools (``recsys_common.POOLS``)."""
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     done = subprocess.run(  # nosec B603  # fixed argument list
         [str(BIN / "airflow"), "db", "migrate"], env={**os.environ, **env}, capture_output=True, text=True, timeout=600
@@ -260,6 +260,9 @@ def airflow_migrate(env: dict[str, str]) -> None:
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
         raise RuntimeError(f"airflow db migrate failed: {tail}")
+    from recsys_retrain.airflow_local import create_pools
+
+    create_pools(env)
 
 
 def copy_feature_repo(dest: Path) -> Path:

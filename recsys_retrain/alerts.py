@@ -4,17 +4,22 @@ Every DAG of the project passes :func:`task_failed` as its tasks' ``on_failure_c
 (``recsys_common.DEFAULT_ARGS``), so a failure is recorded with the DAG, the task, the
 run and the error's last line, whichever worker ran it. A log shipper or an alert
 manager can follow the file; ``retrain demo`` reads it to say which task of a failed
-run broke and why, instead of pointing at the logs.
+run broke and why, instead of pointing at the logs. A try that Airflow retries (the
+``train`` task resumes from its epoch checkpoints) is recorded as ``task_retried`` through
+``on_retry_callback``, so a flaky task shows before it finally fails.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from recsys_retrain.settings import Settings
+
+log = logging.getLogger(__name__)
 
 ALERTS_FILE = "alerts.jsonl"
 
@@ -43,11 +48,22 @@ def record(event: dict[str, Any], settings: Settings) -> Path:
 
 
 def task_failed(context: dict[str, Any], settings: Settings | None = None) -> None:
-    """``on_failure_callback``: records the failed task's DAG, id, run and error line."""
+    """``on_failure_callback``: records the failed task's DAG, id, run and error line (and logs it)."""
+    _task_event("task_failed", context, settings)
+
+
+def task_retried(context: dict[str, Any], settings: Settings | None = None) -> None:
+    """``on_retry_callback``: a failed try that Airflow retries (``task_retried``; :func:`failures` leaves it out)."""
+    _task_event("task_retried", context, settings)
+
+
+def _task_event(event: str, context: dict[str, Any], settings: Settings | None) -> None:
     ti = context["ti"]
-    record({"event": "task_failed", "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
-            "try_number": getattr(ti, "try_number", None), "error": error_line(context.get("exception"))},
-           settings or Settings())
+    fields = {"event": event, "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
+              "try_number": getattr(ti, "try_number", None), "error": error_line(context.get("exception"))}
+    log.error("%s: %s.%s (run %s, try %s): %s", event, fields["dag_id"], fields["task_id"], fields["run_id"],
+              fields["try_number"], fields["error"])
+    record(fields, settings or Settings())
 
 
 def failures(settings: Settings, dag_id: str | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
