@@ -99,7 +99,21 @@ class TrainSettings(BaseModel):
     )
     seed: int = 0
     processes: int = Field(
-        1, ge=1, le=64, description="Training processes; above 1 the train task launches torchrun (gloo on CPU, NCCL on GPUs)."
+        1, ge=1, le=64, description="Training processes per node; above 1 (or with nnodes above 1) the train task launches "
+        "torchrun (gloo on CPU, NCCL on GPUs).",
+    )
+    nnodes: int = Field(
+        1, ge=1, le=64, description="Machines that train together: each runs torchrun with `processes` processes and meets "
+        "the others at the c10d rendezvous (rdzv_endpoint); the train task is one of them (recsys_retrain.train.launch).",
+    )
+    rdzv_endpoint: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.\-\[\]:]+:[0-9]+$",
+        description="host:port of the c10d rendezvous that the nodes meet at (a port on the first node, reachable from the "
+        "others); required when nnodes > 1. Unset with one node: torchrun --standalone picks a free local port.",
+    )
+    rdzv_id: str = Field(
+        "recsys-train", pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="The rendezvous' job id: nodes with the same endpoint and id train together.",
     )
     refit: Literal["warm", "scratch", "off"] = Field(
         "warm",
@@ -133,6 +147,17 @@ class TrainSettings(BaseModel):
         "weeks worse than recent popularity (validation NDCG@10 0.31 against 0.37); blended, the model matches it. "
         "False: the static policy trains on the whole history and serves the model alone.",
     )
+
+    @model_validator(mode="after")
+    def _nodes_meet_somewhere(self) -> TrainSettings:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"train.nnodes={self.nnodes} needs train.rdzv_endpoint (host:port of the first node)")
+        return self
+
+    @property
+    def launched(self) -> bool:
+        """Whether training runs under torchrun (several processes or several nodes) instead of in the task's process."""
+        return self.processes > 1 or self.nnodes > 1
 
 
 class ScheduleSettings(BaseModel):
