@@ -157,6 +157,34 @@ def finish_challenger(p: CyclePaths, s: Settings, plan: dict[str, Any] | None, i
             **({"warm_from": inputs.warm_from} if inputs.warm_from else {})}
 
 
+def prepare_worker(p: CyclePaths, s: Settings, plan: dict[str, Any] | None, start: str | None) -> list[str]:
+    """The worker arguments of a training launched elsewhere (the GPU pod): writes its settings and input files first.
+
+    Everything the pod needs is a file in the cycle folder that the arguments name:
+    ``train_settings.json`` (the train section), the plan (``--plan``), the fit part,
+    the scheduler's validation part, the blend holdout and a warm start's champion.
+    """
+    from recsys_retrain.train.launch import RESULT_FILE, train_args, write_train_settings
+
+    source, extra = worker_files(p, training_inputs(p, s, plan, start))
+    settings_file = write_train_settings(s, p.model_dir)
+    (p.model_dir / RESULT_FILE).unlink(missing_ok=True)  # an earlier try's result must not pass for this one
+    return [*train_args(source, p.catalogue, p.model_dir, settings_file), *extra]
+
+
+def collect_worker(p: CyclePaths, s: Settings, plan: dict[str, Any] | None, start: str | None) -> dict[str, Any]:
+    """The train step's result from what the pod's rank 0 wrote (``train_result.json``), as ``train_challenger``'s."""
+    from recsys_retrain.errors import PipelineError
+    from recsys_retrain.train.launch import RESULT_FILE
+    from recsys_retrain.train.loop import TrainResult
+
+    path = p.model_dir / RESULT_FILE
+    if not path.exists():
+        raise PipelineError(f"the training pod left no {path}: see the pod's log in the train task")
+    result = TrainResult.from_dict(json.loads(path.read_text()))
+    return finish_challenger(p, s, plan, training_inputs(p, s, plan, start), result)
+
+
 def remember(s: Settings, plan: dict[str, Any], result) -> None:
     """Adds a finished adaptive run to the knowledge base (profile features -> converged rates -> outcome)."""
     from recsys_retrain.schedule.knowledge import Record, explore_rates, features

@@ -252,6 +252,36 @@ def train(
     return result
 
 
+def prepare_train(
+    pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None,
+    plan: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Kubernetes path's first step: writes what the training pod reads; returns its worker arguments.
+
+    ``infra/airflow/gpu_train.py`` passes ``args`` to the pod (paths in the cycle folder,
+    on a volume the pod mounts), then :func:`collect_train` reads its result.
+    """
+    from recsys_retrain.challenger import prepare_worker
+
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths(Path(pulled["run_dir"]))
+    return {"run_dir": str(p.root), "args": prepare_worker(p, s, plan, pulled.get("start"))}
+
+
+def collect_train(
+    pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None,
+    plan: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Kubernetes path's last step: the pod's result as :func:`train` returns it (and ``trained.json``)."""
+    from recsys_retrain.challenger import collect_worker
+
+    s = with_overrides(settings or get_settings(), overrides)
+    p = CyclePaths(Path(pulled["run_dir"]))
+    result = collect_worker(p, s, plan, pulled.get("start"))
+    write_json({"key": {"train": s.train.model_dump(mode="json"), "plan": plan}, "result": result}, p.root / "trained.json")
+    return result
+
+
 def evaluate(
     pulled: dict[str, Any], trained: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None
 ) -> dict[str, Any]:

@@ -265,7 +265,7 @@ def decided(judged: dict) -> dict:
 
 
 @task_group(group_id=GROUP)
-def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
+def retrain_cycle(window: Any = None, drift_triggered: bool = False, train_step: Any = None) -> None:
     """pull -> validate -> drift -> calibrate -> train -> evaluate -> gate -> refit -> promote -> publish | keep -> decided.
 
     Args:
@@ -273,13 +273,16 @@ def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
             window from the run (``window_start``/``window_end`` Params, else the data interval).
         drift_triggered: put a ``should_retrain`` short-circuit between drift and train
             that skips the rest when the severity is below the ``retrain_on`` Param.
+        train_step: what trains, called as ``train_step(validated, plan)``; None: the ``train``
+            task (this worker, or torchrun from it). ``infra/airflow/gpu_train.gpu_train``
+            trains in a Kubernetes GPU pod instead.
     """
     validated = validate(pull(window))
     drifted = drift(validated)
     plan = calibrate(validated, drifted)
     if drift_triggered:
         should_retrain(validated, drifted) >> plan
-    trained = train(validated, plan)
+    trained = (train_step or train)(validated, plan)
     judged = gate(validated, drifted, trained, evaluate(validated, trained))
     refitted = refit(validated, trained, judged)
     kept = keep(judged)
