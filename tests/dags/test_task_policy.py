@@ -83,3 +83,9 @@ def test_every_other_task_runs_on_the_default_queue_outside_the_pool(parsed):
     others = {(d, t): (task["queue"], task["pool"]) for d, t, task in every_task(parsed) if t != "cycle.train"}
     assert set(others.values()) == {("default", "default_pool")}
     assert all(task["timeout"] == 3600 for d, t, task in every_task(parsed) if t != "cycle.train")
+
+
+def test_the_pools_a_scheduler_needs_are_read_from_the_dag_folder(parsed):
+    from recsys_retrain.airflow_local import dag_pools
+
+    assert {name: list(pool) for name, pool in dag_pools().items()} == parsed["pools"]
