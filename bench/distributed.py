@@ -94,7 +94,7 @@ def two_nodes_vs_one(tmp: Path, size: str) -> dict:
     p = CyclePaths(Path(pulled["run_dir"]))
     source, extra = worker_files(p, training_inputs(p, settings, None, None))
     started = time.perf_counter()
-    other = subprocess.Popen(launch.node_command(source, p.catalogue, p.model_dir, settings, extra),  # nosec B603
+    other = subprocess.Popen(launch.node_command(source, p.catalogue, p.model_dir, settings, extra),  # nosec B603  # this interpreter, torchrun
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         two = cycle.train(pulled, settings)
