@@ -93,7 +93,17 @@ def create_pools(env: dict[str, str] | None = None, settings: Settings | None = 
     A scheduler leaves a task whose pool does not exist unscheduled (``dag.test()``
     ignores pools), so every deployment that runs a scheduler creates them after
     ``airflow db migrate``; importing again updates the slots. Returns the pools.
+    With ``env``, the DAG folder is read in a child process with that environment, so
+    this process never loads Airflow's configuration of another home.
     """
+    if env is not None:
+        done = subprocess.run(  # nosec B603  # this interpreter, this module
+            [sys.executable, "-m", "recsys_retrain.airflow_local"], capture_output=True, text=True,
+            env={**os.environ, **env}, timeout=300,
+        )
+        if done.returncode != 0:
+            raise PipelineError(f"creating the Airflow pools failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+        return {name: tuple(pool) for name, pool in json.loads(done.stdout.strip().splitlines()[-1]).items()}
     pools = dag_pools(settings)
     payload = {name: {"slots": slots, "description": text, "include_deferred": False}
                for name, (slots, text) in pools.items()}
@@ -102,8 +112,7 @@ def create_pools(env: dict[str, str] | None = None, settings: Settings | None = 
         path.write_text(json.dumps(payload))
         airflow = Path(sys.executable).with_name("airflow")
         done = subprocess.run(  # nosec B603  # fixed argument list
-            [str(airflow), "pools", "import", str(path)], capture_output=True, text=True,
-            env={**os.environ, **(env or {})}, timeout=300,
+            [str(airflow), "pools", "import", str(path)], capture_output=True, text=True, timeout=300,
         )
     if done.returncode != 0:
         raise PipelineError(f"airflow pools import failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
