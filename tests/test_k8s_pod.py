@@ -104,3 +104,50 @@ def test_the_pod_command_trains_a_model_that_collect_returns_as_the_train_task_d
     assert Path(result["checkpoint"]) == run / "model" / "model.pt" and (run / "model" / "model.pt").exists()
     assert len(result["epoch_losses"]) == TINY["epochs"] and result["epoch_losses"][-1] < result["epoch_losses"][0]
     assert result["data_start"] and json.loads((run / "trained.json").read_text())["result"] == result
+
+
+WIRE = """
+import json, sys, types
+import pendulum
+from airflow.sdk import BaseOperator, dag
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[2])
+
+class KubernetesPodOperator(BaseOperator):  # stands in for the provider's (not installable here): same arguments
+    template_fields = ("arguments",)
+    def __init__(self, *, namespace, full_pod_spec, arguments, get_logs, do_xcom_push, on_finish_action, **kwargs):
+        super().__init__(**kwargs)
+        self.full_pod_spec, self.arguments = full_pod_spec, arguments
+
+module = types.ModuleType("airflow.providers.cncf.kubernetes.operators.pod")
+module.KubernetesPodOperator = KubernetesPodOperator
+sys.modules[module.__name__] = module
+from recsys_common import DEFAULT_ARGS, retrain_cycle
+from infra.airflow.gpu_train import gpu_train
+
+@dag(schedule=None, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"), default_args=DEFAULT_ARGS)
+def on_gpus():
+    retrain_cycle(train_step=gpu_train)
+
+d = on_gpus()
+pod = d.get_task("cycle.train.pod")
+print(json.dumps({"tasks": {t.task_id: sorted(t.downstream_task_ids) for t in d.tasks},
+                  "pod": {"queue": pod.queue, "pool": pod.pool, "retries": pod.retries,
+                          "timeout": pod.execution_timeout.total_seconds(),
+                          "image": pod.full_pod_spec.spec.containers[0].image}}))
+"""
+
+
+def test_gpu_train_takes_the_train_task_s_place_in_the_cycle():
+    pytest.importorskip("kubernetes")
+    done = subprocess.run([sys.executable, "-c", WIRE, str(ROOT / "dags"), str(ROOT)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    tasks = out["tasks"]
+    assert "cycle.train" not in tasks
+    assert tasks["cycle.calibrate"] == ["cycle.train.collect", "cycle.train.prepare"]  # both read the plan
+    assert tasks["cycle.train.prepare"] == ["cycle.train.pod"] and tasks["cycle.train.pod"] == ["cycle.train.collect"]
+    assert tasks["cycle.train.collect"] == ["cycle.evaluate", "cycle.gate", "cycle.refit"]  # where train's result went
+    assert out["pod"] == {"queue": "train", "pool": "recsys_train", "retries": 2, "timeout": 6 * 3600,
+                          "image": "registry.example.org/recsys-retrain:gpu"}
