@@ -58,12 +58,12 @@ chromium:
 
 bench: setup
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
-	@for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring scale; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+	@for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring scale distributed; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 # Every benchmark above on its smallest inputs (--smoke), results into a temporary folder:
 # checks that `make bench` runs end to end, leaving bench/results/ untouched (tests/test_bench_smoke.py).
 bench-smoke: setup
-	@out=$$(mktemp -d); for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring scale; do \
+	@out=$$(mktemp -d); for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring scale distributed; do \
 	  echo "== bench/$$b.py --smoke"; $(BIN)/python bench/$$b.py --smoke --out $$out/$$b || exit 1; done; \
 	echo "smoke results in $$out"
 
@@ -74,9 +74,12 @@ clean:
 # MLflow server on PostgreSQL, Airflow metadata on PostgreSQL (LocalExecutor), Feast on
 # PostgreSQL + Redis; one full retraining cycle against it; then everything it started is
 # stopped and its databases dropped (infra/README.md).
+# EXECUTOR=celery: CeleryExecutor (Redis broker, PostgreSQL results) with two workers on this
+# machine, one per queue (default, train); the check asserts which worker ran each task.
+EXECUTOR ?= local
 .PHONY: prod-check
 prod-check: setup
-	$(BIN)/python infra/prod_check.py
+	$(BIN)/python infra/prod_check.py --executor $(EXECUTOR)
 
 # Airflow 3 on this machine: `airflow standalone` (scheduler, DAG processor, triggerer, API
 # server + UI at http://127.0.0.1:8080, bound to 127.0.0.1 only) with this project's dags/,
@@ -85,6 +88,9 @@ prod-check: setup
 .PHONY: airflow
 airflow: setup
 	@mkdir -p .retrain/airflow
+	@# the training pool (one slot) must exist before the scheduler will run cycle.train
+	AIRFLOW_HOME=$(CURDIR)/.retrain/airflow $(BIN)/airflow db migrate >/dev/null && \
+	AIRFLOW_HOME=$(CURDIR)/.retrain/airflow $(BIN)/python -m recsys_retrain.airflow_local >/dev/null
 	AIRFLOW_HOME=$(CURDIR)/.retrain/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=8080 \
 	$(BIN)/airflow standalone

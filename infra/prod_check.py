@@ -6,12 +6,16 @@
 3. an MLflow tracking server on its database with an artifact folder, on 127.0.0.1;
 4. Airflow's metadata migrated onto PostgreSQL (LocalExecutor configured);
 5. the Feast repository (``feature_store.prod.yaml``) filled from a MovieLens slice;
-6. Airflow's API server, DAG processor and scheduler (LocalExecutor) on that database;
-   the retraining DAG is triggered for one weekly window with ``airflow dags trigger``
-   and the scheduler runs its tasks (``--runner dag-test`` runs it with ``dag.test`` in
-   one process instead);
+6. Airflow's API server, DAG processor and scheduler on that database; the retraining
+   DAG is triggered for one weekly window with ``airflow dags trigger`` and the
+   scheduler runs its tasks: LocalExecutor, or with ``--executor celery``
+   CeleryExecutor (Redis broker, the Airflow database as result backend) and two Celery
+   workers, one per queue (``default``, ``train``) (``--runner dag-test`` runs it with
+   ``dag.test`` in one process instead);
 7. checks: the run succeeded, MLflow holds the registered version and its champion
-   alias, Airflow's database holds the run, Redis serves the online features;
+   alias, Airflow's database holds the run, Redis serves the online features; under
+   Celery, ``cycle.train`` ran on the train queue's worker and every other task on the
+   default queue's (each task instance's ``hostname`` is its worker's name);
 8. everything it started is stopped and the databases dropped (``--keep`` leaves them).
 
 Prints one JSON line with what it found and exits 0 only when every check passed.
@@ -68,7 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="training schedule: static keeps the check short; adaptive is the production default")
     p.add_argument("--runner", default="scheduler", choices=["scheduler", "dag-test"],
                    help="scheduler: Airflow's scheduler (LocalExecutor) runs the triggered DAG; dag-test: dag.test() in one process")
-    p.add_argument("--redis-db", type=int, default=9, help="Redis db index of the online store")
+    p.add_argument("--executor", default="local", choices=["local", "celery"],
+                   help="local: LocalExecutor; celery: CeleryExecutor (Redis broker, PostgreSQL results) with two "
+                        "workers on this machine, one per queue (default, train)")
+    p.add_argument("--redis-db", type=int, default=9, help="Redis db index of the online store (the broker takes the next)")
     p.add_argument("--keep", action="store_true", help="leave the MLflow server, databases and files in place")
     return p.parse_args(argv)
 
@@ -101,15 +108,22 @@ def run_dag(env: dict[str, str], start: str, end: str) -> dict:
 
 DAG_ID = "retrain_scheduled"
 FINISHED = ("success", "failed")
+# CeleryExecutor: one worker per queue, named after it (the task instances' hostname)
+WORKERS = {"celery-default": "default", "celery-train": "train"}
+EXECUTORS = {"local": "scheduler (LocalExecutor)", "celery": "scheduler (CeleryExecutor, 2 workers)"}
 
 
-def run_scheduled(stack: Stack, env: dict[str, str], start: str, end: str, timeout: float = 1800) -> dict:
-    """The retrain DAG triggered through the CLI and run by Airflow's scheduler (LocalExecutor) on PostgreSQL.
+def run_scheduled(stack: Stack, env: dict[str, str], start: str, end: str, timeout: float = 1800,
+                  executor: str = "local") -> dict:
+    """The retrain DAG triggered through the CLI and run by Airflow's scheduler on PostgreSQL.
 
-    The DAG's cron is switched off (``RETRAIN_DAG_SCHEDULE=none``) so unpausing it does
-    not also start a run for the real calendar's latest week.
+    With ``executor="celery"`` two Celery workers run the tasks, one per queue. The
+    DAG's cron is switched off (``RETRAIN_DAG_SCHEDULE=none``) so unpausing it does not
+    also start a run for the real calendar's latest week. ``cycle_s`` is the run's time
+    from the trigger to its end.
     """
-    services = AirflowServices({**env, "RETRAIN_DAG_SCHEDULE": "none"}, stack.home / "airflow-logs").start()
+    workers = WORKERS if executor == "celery" else None
+    services = AirflowServices({**env, "RETRAIN_DAG_SCHEDULE": "none"}, stack.home / "airflow-logs", workers).start()
     run_id = f"prodcheck__{start[:10]}"
     try:
         deadline = time.monotonic() + timeout
@@ -118,8 +132,9 @@ def run_scheduled(stack: Stack, env: dict[str, str], start: str, end: str, timeo
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the DAG processor did not register {DAG_ID} in {timeout:.0f}s")
             time.sleep(2)
-        log.info("scheduler (LocalExecutor) runs %s, triggered as %s", DAG_ID, run_id)
+        log.info("%s runs %s, triggered as %s", EXECUTORS[executor], DAG_ID, run_id)
         services.cli("dags", "unpause", DAG_ID)
+        triggered = time.monotonic()
         services.cli("dags", "trigger", DAG_ID, "--run-id", run_id, "--conf",
                      json.dumps({"window_start": start, "window_end": end}))
         state = None
@@ -129,13 +144,51 @@ def run_scheduled(stack: Stack, env: dict[str, str], start: str, end: str, timeo
                 raise RuntimeError(f"the triggered run {run_id} did not finish in {timeout:.0f}s (state {state})")
             time.sleep(3)
             state = _db_value(stack, "SELECT state FROM dag_run WHERE run_id = %s", run_id)
+        cycle_s = time.monotonic() - triggered
         with stack.servers.connect(stack.db("airflow")) as conn:
-            tasks = dict(conn.execute("SELECT task_id, state FROM task_instance WHERE run_id = %s", (run_id,)).fetchall())
+            rows = conn.execute("SELECT task_id, state, hostname, queue FROM task_instance WHERE run_id = %s",
+                                (run_id,)).fetchall()
     finally:
         services.stop()
         LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
         LOG_FILE.write_text("".join(p.read_text(errors="replace") for p in sorted((stack.home / "airflow-logs").glob("*.log"))))
-    return {"dag_id": DAG_ID, "run_id": run_id, "state": state, "tasks": tasks, "runner": "scheduler (LocalExecutor)"}
+    ran = [(task, host, queue) for task, task_state, host, queue in rows if task_state == "success"]
+    return {"dag_id": DAG_ID, "run_id": run_id, "state": state, "tasks": {r[0]: r[1] for r in rows},
+            "runner": EXECUTORS[executor], "executor": executor, "cycle_s": round(cycle_s, 1),
+            "tasks_by_worker": tasks_by_worker(ran), "queues": {task: queue for task, _, queue in ran}}
+
+
+def tasks_by_worker(ran: list[tuple[str, str, str]]) -> dict[str, list[str]]:
+    """``{hostname: [task ids]}`` of the tasks that ran (Celery workers record their own names).
+
+    Example:
+        >>> tasks_by_worker([("cycle.pull", "celery-default", "default"), ("cycle.train", "celery-train", "train")])
+        {'celery-default': ['cycle.pull'], 'celery-train': ['cycle.train']}
+    """
+    out: dict[str, list[str]] = {}
+    for task, host, _ in ran:
+        out.setdefault(host or "?", []).append(task)
+    return {host: sorted(tasks) for host, tasks in sorted(out.items())}
+
+
+def routed(found: dict) -> bool:
+    """Under Celery: ``cycle.train`` ran on the train queue's worker alone, every other task on the default one.
+
+    Example:
+        >>> routed({"executor": "celery", "tasks_by_worker": {"celery-default": ["cycle.pull"],
+        ...         "celery-train": ["cycle.train"]}, "queues": {"cycle.pull": "default", "cycle.train": "train"}})
+        True
+        >>> routed({"executor": "celery", "tasks_by_worker": {"celery-default": ["cycle.pull", "cycle.train"]},
+        ...         "queues": {"cycle.pull": "default", "cycle.train": "train"}})
+        False
+    """
+    if found.get("executor") != "celery":
+        return True
+    by_worker = found.get("tasks_by_worker", {})
+    expected = {t: ("celery-train" if t == "cycle.train" else "celery-default") for t in found.get("queues", {})}
+    actual = {t: w for w, tasks in by_worker.items() for t in tasks}
+    queues_ok = all(q == WORKERS[expected[t]] for t, q in found.get("queues", {}).items())
+    return bool(expected) and "cycle.train" in expected and actual == expected and queues_ok
 
 
 def _db_value(stack: Stack, query: str, *params):
@@ -162,6 +215,7 @@ def checks(stack: Stack, run: dict, rows: int) -> dict:
         features=store.get_feature_service("two_tower_v2"), entity_rows=[{"user_id": 1, "item_id": 1}]
     ).to_dict()
     return {
+        **{k: run[k] for k in ("executor", "cycle_s", "tasks_by_worker", "queues") if k in run},
         "runner": run.get("runner", "dag.test"),
         "dag_run_state": run["state"],
         "tasks": run["tasks"],
@@ -212,12 +266,16 @@ def passed(found: dict) -> list[str]:
         failed.append("feast offline store")
     if not found["redis_online_user_n_interactions"] or (found["online_store"], found["offline_store"]) != ("redis", "postgres"):
         failed.append("feast online store")
+    if not routed(found):
+        failed.append("celery queues")
     return failed
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s prod-check %(message)s")
     args = parse_args(argv)
+    if args.executor == "celery" and args.runner != "scheduler":
+        raise SystemExit("--executor celery needs --runner scheduler (dag.test runs every task in its own process)")
     import pandas as pd
 
     start = pd.Timestamp(args.window_start, tz="UTC")
@@ -225,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     home = args.home.resolve()
     shutil.rmtree(home, ignore_errors=True)
     stack = Stack(prefix=f"prodcheck_{uuid.uuid4().hex[:8]}", home=home, redis_db=args.redis_db, mlflow_port=free_port())
-    env = {**stack.env(), "RETRAIN_TRAIN__EPOCHS": str(args.epochs), "RETRAIN_TRAIN__PROCESSES": str(args.processes),
+    env = {**stack.env(args.executor), "RETRAIN_TRAIN__EPOCHS": str(args.epochs), "RETRAIN_TRAIN__PROCESSES": str(args.processes),
            "RETRAIN_SCHEDULE__POLICY": args.policy, "RETRAIN_DRIFT__PERMUTATIONS": "200"}
     servers: Servers = stack.servers
     steps = [
@@ -247,14 +305,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = bootstrap_features(stack, env, end.isoformat())  # the window itself must be stored
         log.info("retrain DAG for %s .. %s", start.date(), end.date())
         if args.runner == "scheduler":
-            run = run_scheduled(stack, env, start.isoformat(), end.isoformat())
+            run = run_scheduled(stack, env, start.isoformat(), end.isoformat(), executor=args.executor)
         else:
             run = run_dag(env, start.isoformat(), end.isoformat())
         found = checks(stack, run, rows)
     finally:
         mlflow.stop()
         if not args.keep:
-            stack.drop()
+            stack.drop(broker=args.executor == "celery")
             shutil.rmtree(home, ignore_errors=True)
     failed = passed(found)
     print(json.dumps({"passed": not failed, "failed": failed, "seconds": round(time.monotonic() - began, 1), **found}))

@@ -148,9 +148,26 @@ class Stack:
     def feature_repo(self) -> Path:
         return self.home / "features"
 
-    def env(self) -> dict[str, str]:
-        """Variables that point the pipeline and its libraries at this stack (no secret values in them)."""
+    @property
+    def broker_db(self) -> int:
+        """Redis db index of the Celery broker: the one after the Feast online store's."""
+        return self.redis_db + 1
+
+    def env(self, executor: str = "local") -> dict[str, str]:
+        """Variables that point the pipeline and its libraries at this stack (no secret values in them).
+
+        ``executor="celery"``: CeleryExecutor with the Redis broker (db :attr:`broker_db`) and
+        the Airflow database as Celery's result backend.
+        """
         s = self.servers
+        celery = {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://{s.redis_host}:{s.redis_port}/{self.broker_db}",
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + s.pg_url(self.db("airflow"), "postgresql+psycopg", password=False),
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+        } if executor == "celery" else {}
+        if executor not in ("local", "celery"):
+            raise ValueError(f"executor {executor!r}: 'local' or 'celery'")
         return {
             "RETRAIN_HOME": str(self.home),
             "RETRAIN_DATA_ROOT": str(self.home),
@@ -170,6 +187,7 @@ class Stack:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": s.pg_url(self.db("airflow"), "postgresql+psycopg"),
             "AIRFLOW__API__HOST": s.bind_host,
             "AIRFLOW__LOGGING__LOGGING_LEVEL": _env("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"),
+            **celery,
         }
 
     def create_databases(self) -> None:
@@ -180,14 +198,15 @@ class Stack:
                 if self.db(part) not in existing:
                     conn.execute(f'CREATE DATABASE "{self.db(part)}"')  # the name matched NAME
 
-    def drop(self) -> None:
-        """Drops the databases and flushes the Redis db index: what a throwaway check leaves behind."""
+    def drop(self, broker: bool = False) -> None:
+        """Drops the databases and flushes the Redis db index (and the broker's, if used): a throwaway check's leftovers."""
         import redis
 
         with self.servers.connect() as conn:
             for part in ("airflow", "mlflow", "feast"):
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.db(part)}" WITH (FORCE)')  # the name matched NAME
-        redis.Redis(host=self.servers.redis_host, port=self.servers.redis_port, db=self.redis_db).flushdb()
+        for db in (self.redis_db, self.broker_db) if broker else (self.redis_db,):
+            redis.Redis(host=self.servers.redis_host, port=self.servers.redis_port, db=db).flushdb()
 
 
 class MlflowServer:
@@ -255,7 +274,7 @@ class MlflowServer:
 
 
 def airflow_migrate(env: dict[str, str]) -> None:
-    """``airflow db migrate`` against the stack's PostgreSQL database."""
+    """``airflow db migrate`` against the stack's PostgreSQL database, then the DAGs' pools (``recsys_common.POOLS``)."""
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     done = subprocess.run(  # nosec B603  # fixed argument list
         [str(BIN / "airflow"), "db", "migrate"], env={**os.environ, **env}, capture_output=True, text=True, timeout=600
@@ -263,6 +282,9 @@ def airflow_migrate(env: dict[str, str]) -> None:
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
         raise RuntimeError(f"airflow db migrate failed: {tail}")
+    from recsys_retrain.airflow_local import create_pools
+
+    create_pools(env)
 
 
 def copy_feature_repo(dest: Path) -> Path:
@@ -272,17 +294,30 @@ def copy_feature_repo(dest: Path) -> Path:
     return copy_definitions(REPO / "features", dest)
 
 
-class AirflowServices:
-    """Airflow's own processes on the stack: API server, DAG processor and scheduler (LocalExecutor).
+def worker_hostname() -> str:
+    """``[core] hostname_callable`` of the Celery workers this module starts: the worker's name.
 
-    The scheduler's LocalExecutor runs each task in a subprocess that reports to the API
-    server's execution API, as on a production host. The JWT secret the processes share
-    is made here for this run and never written to a file.
+    Airflow records it as each task instance's ``hostname``; two workers on one machine
+    would otherwise both record the machine's name, and which one ran a task is lost.
+    """
+    return os.environ.get("RETRAIN_WORKER_NAME") or socket.getfqdn()
+
+
+class AirflowServices:
+    """Airflow's own processes on the stack: API server, DAG processor, scheduler, and Celery workers.
+
+    With LocalExecutor the scheduler runs each task in a subprocess; with CeleryExecutor
+    the scheduler sends it to the broker and a worker serving the task's queue runs it
+    (``workers``: one ``airflow celery worker`` per name, serving the queue given).
+    Either way the task reports to the API server's execution API, as on a production
+    host. The JWT secret the processes share is made here for this run and never written
+    to a file.
     """
 
     COMPONENTS = ("api-server", "dag-processor", "scheduler")
 
-    def __init__(self, env: dict[str, str], home: Path) -> None:
+    def __init__(self, env: dict[str, str], home: Path, workers: dict[str, str] | None = None) -> None:
+        self.workers = dict(workers or {})
         self.port = free_port()
         self.env = {
             **env,
@@ -303,7 +338,26 @@ class AirflowServices:
                 self.procs[name] = subprocess.Popen(  # nosec B603  # fixed argument list
                     cmd, env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
                 )
+        for name, queue in self.workers.items():
+            cmd, env = self.worker_command(name, queue)
+            with open(self.home / f"airflow-{name}.log", "ab") as out:
+                self.procs[name] = subprocess.Popen(  # nosec B603  # fixed argument list
+                    cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
         return self
+
+    def worker_command(self, name: str, queue: str) -> tuple[list[str], dict[str, str]]:
+        """One Celery worker serving ``queue``, one task at a time, named ``name`` in the task instances it runs.
+
+        No log server (``--skip-serve-logs``: two on one machine would share its port)
+        and a pid file of its own.
+        """
+        cmd = [str(BIN / "airflow"), "celery", "worker", "--queues", queue, "--concurrency", "1",
+               "--celery-hostname", f"{name}@%h", "--skip-serve-logs", "--pid", str(self.home / f"{name}.pid")]
+        env = {**os.environ, **self.env, "RETRAIN_WORKER_NAME": name,
+               "AIRFLOW__CORE__HOSTNAME_CALLABLE": "infra.stack.worker_hostname",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        return cmd, env
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():

@@ -2,19 +2,22 @@
 
 One place owns what a local run of Airflow needs: an Airflow home under the
 pipeline's home (SQLite metadata), the shipped DAG folder, a migrated database, DAG
-files loaded by path, and library logging turned down so the user's terminal shows
-progress rather than planner hints. Under ``deployment = "production"`` the Airflow
+files loaded by path, the DAGs' pools, and library logging turned down so the user's
+terminal shows progress rather than planner hints. Under ``deployment = "production"`` the Airflow
 home, metadata database and DAG folder are the ones the environment configures, and
 nothing here overrides them.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import json
 import logging
 import os
 import subprocess  # nosec B404  # runs this venv's airflow with an argument list, no shell
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -69,3 +72,52 @@ def load_dag(name: str = "retrain", settings: Settings | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.dag
+
+
+def dag_pools(settings: Settings | None = None) -> dict[str, tuple[int, str]]:
+    """The pools the DAGs use, ``{name: (slots, description)}`` (``recsys_common.POOLS`` of the DAG folder)."""
+    folder = str(dags_folder(settings or Settings()))
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        return dict(importlib.import_module("recsys_common").POOLS)
+    finally:
+        if added:
+            sys.path.remove(folder)
+
+
+def create_pools(env: dict[str, str] | None = None, settings: Settings | None = None) -> dict[str, tuple[int, str]]:
+    """``airflow pools import`` of the DAGs' pools into the metadata database that ``env`` points at.
+
+    A scheduler leaves a task whose pool does not exist unscheduled (``dag.test()``
+    ignores pools), so every deployment that runs a scheduler creates them after
+    ``airflow db migrate``; importing again updates the slots. Returns the pools.
+    With ``env``, the DAG folder is read in a child process with that environment, so
+    this process never loads Airflow's configuration of another home.
+    """
+    if env is not None:
+        done = subprocess.run(  # nosec B603  # this interpreter, this module
+            [sys.executable, "-m", "recsys_retrain.airflow_local"], capture_output=True, text=True,
+            env={**os.environ, **env}, timeout=300,
+        )
+        if done.returncode != 0:
+            raise PipelineError(f"creating the Airflow pools failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+        return {name: tuple(pool) for name, pool in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    pools = dag_pools(settings)
+    payload = {name: {"slots": slots, "description": text, "include_deferred": False}
+               for name, (slots, text) in pools.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pools.json"
+        path.write_text(json.dumps(payload))
+        airflow = Path(sys.executable).with_name("airflow")
+        done = subprocess.run(  # nosec B603  # fixed argument list
+            [str(airflow), "pools", "import", str(path)], capture_output=True, text=True, timeout=300,
+        )
+    if done.returncode != 0:
+        raise PipelineError(f"airflow pools import failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    return pools
+
+
+if __name__ == "__main__":  # python -m recsys_retrain.airflow_local: the pools, into the configured Airflow database
+    print(json.dumps(create_pools()))

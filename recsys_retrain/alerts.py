@@ -1,7 +1,7 @@
 """Events a team can route: one JSON line each in ``<home>/alerts.jsonl``, an MLflow tag, an optional webhook.
 
-Four events are emitted (:func:`emit`): ``drift`` (a drift at or above the trigger
-level), ``challenger_rejected``, ``revert`` and ``task_failed``. Each becomes one JSON
+Five events are emitted (:func:`emit`): ``drift`` (a drift at or above the trigger
+level), ``challenger_rejected``, ``revert``, ``task_failed`` and ``task_retried``. Each becomes one JSON
 line (what a log shipper or an alert manager follows), an ``alert.<event>`` tag on the
 DAG run's monitoring run in MLflow (``recsys_retrain.monitoring.runs``), and, when
 ``alerts.webhook_url`` is set (``RETRAIN_ALERTS__WEBHOOK_URL``), a JSON POST retried
@@ -10,8 +10,11 @@ stays down is logged as a warning and the JSON line stays the record.
 
 Every DAG of the project passes :func:`task_failed` as its tasks' ``on_failure_callback``
 (``recsys_common.DEFAULT_ARGS``), so a failure is recorded with the DAG, the task, the
-run and the error's last line, whichever worker ran it; ``retrain demo`` reads it to say
-which task of a failed run broke and why, instead of pointing at the logs.
+run and the error's last line, whichever worker ran it. A log shipper or an alert
+manager can follow the file; ``retrain demo`` reads it to say which task of a failed
+run broke and why, instead of pointing at the logs. A try that Airflow retries (the
+``train`` task resumes from its epoch checkpoints) is recorded as ``task_retried`` through
+``on_retry_callback``, so a flaky task shows before it finally fails.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from typing import Any
 
 from recsys_retrain.settings import Settings
 
-ALERTS_FILE = "alerts.jsonl"
-EVENTS = ("drift", "challenger_rejected", "revert", "task_failed")
 log = logging.getLogger(__name__)
+
+ALERTS_FILE = "alerts.jsonl"
+EVENTS = ("drift", "challenger_rejected", "revert", "task_failed", "task_retried")
 
 
 def error_line(exc: BaseException | None) -> str:
@@ -102,18 +106,30 @@ def post(payload: dict[str, Any], settings: Settings) -> bool:
 
 def task_failed(context: dict[str, Any], settings: Settings | None = None) -> None:
     """``on_failure_callback``: emits the failed task's DAG, id, run and error line (tagged on its monitoring run, if any)."""
+    _task_event("task_failed", context, settings)
+
+
+def task_retried(context: dict[str, Any], settings: Settings | None = None) -> None:
+    """``on_retry_callback``: a failed try that Airflow retries (``task_retried``; :func:`failures` leaves it out)."""
+    _task_event("task_retried", context, settings)
+
+
+def _task_event(event: str, context: dict[str, Any], settings: Settings | None) -> None:
     ti = context["ti"]
     s = settings or Settings()
+    fields = {"event": event, "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
+              "try_number": getattr(ti, "try_number", None), "error": error_line(context.get("exception"))}
+    log.error("%s: %s.%s (run %s, try %s): %s", event, fields["dag_id"], fields["task_id"], fields["run_id"],
+              fields["try_number"], fields["error"])
     mlflow_run_id = None
-    try:
-        if s.monitoring.enabled:
+    try:  # a retry is not a failed run yet: only a failure looks up (or opens) the run's FAILED monitoring run
+        if s.monitoring.enabled and event == "task_failed":
             from recsys_retrain.monitoring.runs import run_of
 
             mlflow_run_id = run_of(s, ti.dag_id, ti.run_id)
-    except Exception as exc:  # the callback must not raise: the failure is recorded without the tag
-        log.warning("task_failed: no monitoring run looked up: %s", error_line(exc))
-    emit({"event": "task_failed", "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
-          "try_number": getattr(ti, "try_number", None), "error": error_line(context.get("exception"))}, s, mlflow_run_id)
+    except Exception as exc:  # the callback must not raise: the event is recorded without the tag
+        log.warning("%s: no monitoring run looked up: %s", event, error_line(exc))
+    emit(fields, s, mlflow_run_id)
 
 
 def failures(settings: Settings, dag_id: str | None = None, run_id: str | None = None) -> list[dict[str, Any]]:

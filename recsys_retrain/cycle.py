@@ -261,6 +261,27 @@ def train(
     return result
 
 
+def prepare_train(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None,
+                  plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Kubernetes path's first step (``infra/airflow/gpu_train.py``): writes what the training pod reads, on the
+    volume it mounts, and returns the pod's worker arguments; :func:`collect_train` then reads its result."""
+    from recsys_retrain.challenger import prepare_worker
+
+    s, p = with_overrides(settings or get_settings(), overrides), CyclePaths(Path(pulled["run_dir"]))
+    return {"run_dir": str(p.root), "args": prepare_worker(p, s, plan, pulled.get("start"))}
+
+
+def collect_train(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None,
+                  plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Kubernetes path's last step: the pod's result as :func:`train` returns it (and ``trained.json``)."""
+    from recsys_retrain.challenger import collect_worker
+
+    s, p = with_overrides(settings or get_settings(), overrides), CyclePaths(Path(pulled["run_dir"]))
+    result = collect_worker(p, s, plan, pulled.get("start"))
+    write_json({"key": {"train": s.train.model_dump(mode="json"), "plan": plan}, "result": result}, p.root / "trained.json")
+    return result
+
+
 def evaluate(
     pulled: dict[str, Any], trained: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None
 ) -> dict[str, Any]:

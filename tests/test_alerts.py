@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from recsys_retrain.alerts import error_line, failures, record, task_failed
+from recsys_retrain.alerts import error_line, failures, record, task_failed, task_retried
 from recsys_retrain.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +33,19 @@ def test_a_failed_task_is_recorded_as_one_json_line_and_read_back_by_run(tmp_pat
     (only,) = failures(settings, "retrain_scheduled", "r2")
     assert (only["task_id"], only["error"], only["try_number"]) == ("gate", "RuntimeError: gate broke", 3)
     assert [f["task_id"] for f in failures(settings)] == ["pull", "gate"]
+
+
+
+def test_a_retried_try_is_recorded_apart_from_the_failures(tmp_path, caplog):
+    settings = Settings(home=tmp_path / "home")
+    ti = SimpleNamespace(dag_id="retrain_scheduled", task_id="cycle.train", run_id="r1", try_number=1)
+    task_retried({"ti": ti, "exception": RuntimeError("worker lost")}, settings)
+    (line,) = (tmp_path / "home" / "alerts.jsonl").read_text().splitlines()
+    assert {k: v for k, v in json.loads(line).items() if k != "time"} == {
+        "event": "task_retried", "dag_id": "retrain_scheduled", "task_id": "cycle.train", "run_id": "r1",
+        "try_number": 1, "error": "RuntimeError: worker lost"}
+    assert failures(settings) == []  # a retry is no failure of the run
+    assert "task_retried: retrain_scheduled.cycle.train (run r1, try 1): RuntimeError: worker lost" in caplog.text
 
 
 DAG = '''

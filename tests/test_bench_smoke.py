@@ -42,6 +42,8 @@ EXPECTED = {
                                        "report_rows_equal_demo", "verdict_mismatches", "evidently_ui_projects",
                                        "alerts", "goals"), ()),
     "scale": ("scale.json", ("sizes", "evaluate_10k_x_50k", "train_50k_items", "goals", "machine"), ()),
+    "distributed": ("distributed.json", ("celery_cycle_s", "local_cycle_s", "tasks_by_worker", "train_queue_ok",
+                                         "two_node_vs_one_max_abs_diff", "goals"), ()),
 }
 
 

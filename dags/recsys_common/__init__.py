@@ -11,7 +11,13 @@ from recsys_common.assets import INTERACTIONS
 from recsys_common.cycle_group import (
     CYCLE_PARAMS,
     DEFAULT_ARGS,
+    DEFAULT_QUEUE,
     IO_RETRIES,
+    POOLS,
+    TASK_TIMEOUT,
+    TRAIN_POOL,
+    TRAIN_QUEUE,
+    TRAIN_TIMEOUT,
     TRIGGER_PARAMS,
     WINDOW_PARAMS,
     newest_window,
@@ -25,6 +31,7 @@ from recsys_common.cycle_group import (
 )
 
 __all__ = [
-    "CYCLE_PARAMS", "DEFAULT_ARGS", "INTERACTIONS", "IO_RETRIES", "TRIGGER_PARAMS", "WINDOW_PARAMS",
+    "CYCLE_PARAMS", "DEFAULT_ARGS", "DEFAULT_QUEUE", "INTERACTIONS", "IO_RETRIES", "POOLS", "TASK_TIMEOUT",
+    "TRAIN_POOL", "TRAIN_QUEUE", "TRAIN_TIMEOUT", "TRIGGER_PARAMS", "WINDOW_PARAMS",
     "newest_window", "overrides", "publish", "pull", "record", "retrain_cycle", "validate", "window_from",
 ]

@@ -26,6 +26,25 @@ from recsys_common.assets import INTERACTIONS
 GROUP = "cycle"  # the task group's id: a branch names its paths as "<group>.<task>"
 IO_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True}
 
+# Where tasks run. Under CeleryExecutor each queue has its own workers (``airflow celery worker
+# --queues train`` on the training hosts); LocalExecutor ignores queues. The pool holds one slot,
+# so one training runs at a time whichever DAG starts it (retrain_scheduled and drift_watch may
+# reach the same week together); infra and ``recsys_retrain.airflow_local`` create it from POOLS.
+DEFAULT_QUEUE = "default"
+TRAIN_QUEUE = "train"
+TRAIN_POOL = "recsys_train"
+POOLS = {TRAIN_POOL: (1, "one training at a time (the train task of every cycle)")}
+# Per try; a task past it is failed (and retried where it retries). Training gets hours: at
+# production scale an adaptive run with a rate probe takes a few; everything else takes minutes.
+TASK_TIMEOUT = timedelta(hours=1)
+TRAIN_TIMEOUT = timedelta(hours=6)
+# A failed or killed training retries on the same cycle folder and resumes after its last epoch
+# checkpoint (recsys_retrain.train.checkpoints), with the same processes count.
+TRAIN_ARGS = {
+    "queue": TRAIN_QUEUE, "pool": TRAIN_POOL, "execution_timeout": TRAIN_TIMEOUT,
+    "retries": 2, "retry_delay": timedelta(seconds=30),
+}
+
 
 def task_failed(context: dict[str, Any]) -> None:
     """Every task's ``on_failure_callback``: one structured event per failure (``recsys_retrain.alerts``)."""
@@ -34,7 +53,19 @@ def task_failed(context: dict[str, Any]) -> None:
     record(context)
 
 
-DEFAULT_ARGS = {"on_failure_callback": task_failed}
+def task_retried(context: dict[str, Any]) -> None:
+    """Every task's ``on_retry_callback``: the failed try that Airflow retries, recorded beside the failures."""
+    from recsys_retrain.alerts import task_retried as record
+
+    record(context)
+
+
+DEFAULT_ARGS = {
+    "on_failure_callback": task_failed,
+    "on_retry_callback": task_retried,
+    "execution_timeout": TASK_TIMEOUT,
+    "queue": DEFAULT_QUEUE,
+}
 
 # Per-run overrides of the settings (None: keep the configured value). Param name -> (section, field).
 OVERRIDES = {
@@ -163,8 +194,9 @@ def calibrate(pulled: dict, drift_result: dict) -> dict:
     return {"policy": plan["policy"], "plan": plan["plan"], "path": plan["path"], "champion": plan.get("champion")}
 
 
-@task
+@task(**TRAIN_ARGS)
 def train(pulled: dict, plan: dict) -> dict:
+    """On the ``train`` queue and pool; a retry resumes from the epoch checkpoints in the cycle folder."""
     from recsys_retrain import cycle
 
     return cycle.train(pulled, overrides=_overrides(), plan=plan)
@@ -250,7 +282,7 @@ def record(pulled: dict, summary_task: str | None = None) -> dict:
 
 
 @task_group(group_id=GROUP)
-def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
+def retrain_cycle(window: Any = None, drift_triggered: bool = False, train_step: Any = None) -> None:
     """pull -> validate -> drift -> calibrate -> train -> evaluate -> gate -> refit -> promote -> publish | keep -> decided -> record.
 
     Args:
@@ -258,13 +290,16 @@ def retrain_cycle(window: Any = None, drift_triggered: bool = False) -> None:
             window from the run (``window_start``/``window_end`` Params, else the data interval).
         drift_triggered: put a ``should_retrain`` short-circuit between drift and train
             that skips the rest when the severity is below the ``retrain_on`` Param.
+        train_step: what trains, called as ``train_step(validated, plan)``; None: the ``train``
+            task (this worker, or torchrun from it). ``infra/airflow/gpu_train.gpu_train``
+            trains in a Kubernetes GPU pod instead.
     """
     validated = validate(pull(window))
     drifted = drift(validated)
     plan = calibrate(validated, drifted)
     if drift_triggered:
         should_retrain(validated, drifted) >> plan
-    trained = train(validated, plan)
+    trained = (train_step or train)(validated, plan)
     judged = gate(validated, drifted, trained, evaluate(validated, trained))
     refitted = refit(validated, trained, judged)
     kept = keep(judged)

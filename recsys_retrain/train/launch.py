@@ -3,7 +3,10 @@
 With ``settings.train.processes > 1`` the train step does not train in its own
 process: it writes the train settings next to the run's files and starts
 ``python -m torch.distributed.run --standalone --nproc_per_node=N -m recsys_retrain.train.worker``
-(gloo on CPU, NCCL on GPUs), whose rank 0 writes ``train_result.json``. The
+(gloo on CPU, NCCL on GPUs), whose rank 0 writes ``train_result.json``. With
+``train.nnodes > 1`` the same command meets the other nodes at a c10d rendezvous
+(``--nnodes --rdzv_backend=c10d --rdzv_endpoint``) instead of ``--standalone``: the
+task's host is one node, and each other node runs :func:`node_command`. The
 launcher streams the workers' output into this process's log (an Airflow task log),
 and turns a failed run into a one-line :class:`~recsys_retrain.errors.PipelineError`.
 
@@ -40,17 +43,46 @@ EXCEPTION_LINE = re.compile(r"^(?:\[[^\]]*\]:?\s*)?([A-Za-z_][\w.]*(?:Error|Exce
 LAUNCHER_ERRORS = ("ChildFailedError",)
 
 
-def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
-    """``python -m torch.distributed.run`` on one node with a free rendezvous port.
+def torchrun_command(
+    nproc: int, module: str, args: Sequence[str], nnodes: int = 1, rdzv_endpoint: str | None = None,
+    rdzv_id: str = "recsys-train",
+) -> list[str]:
+    """``python -m torch.distributed.run``: one node with a free port, or one of ``nnodes`` meeting at a c10d rendezvous.
 
-    ``--standalone`` lets the OS pick the port (no clash between concurrent runs).
+    ``--standalone`` lets the OS pick the port (no clash between concurrent runs). With
+    several nodes every node runs the same command; the c10d store lives at
+    ``rdzv_endpoint`` (the node whose host it names serves it) and ranks are handed out
+    as the nodes arrive.
 
     Example:
         >>> torchrun_command(2, "recsys_retrain.train.worker", ["--out", "o"])[2:5]
         ['torch.distributed.run', '--standalone', '--nproc_per_node=2']
+        >>> torchrun_command(1, "m", [], nnodes=2, rdzv_endpoint="10.0.0.5:29400")[3:8]
+        ['--nnodes=2', '--nproc_per_node=1', '--rdzv_backend=c10d', '--rdzv_endpoint=10.0.0.5:29400', '--rdzv_id=recsys-train']
     """
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", module, *args]
+    if nnodes == 1 and rdzv_endpoint is None:
+        rendezvous = ["--standalone", f"--nproc_per_node={nproc}"]
+    else:
+        if not rdzv_endpoint:
+            raise PipelineError(f"{nnodes} training nodes need a rendezvous endpoint (train.rdzv_endpoint)")
+        rendezvous = [f"--nnodes={nnodes}", f"--nproc_per_node={nproc}", "--rdzv_backend=c10d",
+                      f"--rdzv_endpoint={rdzv_endpoint}", f"--rdzv_id={rdzv_id}"]
+    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, "-m", module, *args]
+
+
+def node_command(
+    history: Path, catalogue: Path, out_dir: Path, settings: Settings, extra_args: Sequence[str] = ()
+) -> list[str]:
+    """What each training node runs: torchrun on the worker, with this run's files and the settings' nodes.
+
+    The train task runs it on its own host (:func:`train_distributed`); with
+    ``train.nnodes > 1`` the other nodes run the same list (a pod each, or an operator's
+    command), after the task wrote ``train_settings.json``: they read it once the
+    rendezvous is complete.
+    """
+    t = settings.train
+    args = [*train_args(history, catalogue, out_dir, Path(out_dir) / SETTINGS_FILE), *extra_args]
+    return torchrun_command(t.processes, WORKER, args, t.nnodes, t.rdzv_endpoint, t.rdzv_id)
 
 
 def train_args(history: Path, catalogue: Path, out_dir: Path, settings_file: Path) -> list[str]:
@@ -67,7 +99,10 @@ def write_train_settings(settings: Settings, out_dir: Path) -> Path:
 def train_distributed(
     history: Path, catalogue: Path, out_dir: Path, settings: Settings, extra_args: Sequence[str] = ()
 ) -> TrainResult:
-    """Trains with ``settings.train.processes`` processes under torchrun; returns rank 0's result.
+    """Trains with ``settings.train.processes`` processes (on each of ``train.nnodes`` nodes) under torchrun.
+
+    Returns rank 0's result: with several nodes, the node that got global rank 0
+    writes it into ``out_dir``, so the nodes share the run folder (a shared volume).
 
     Args:
         history: interactions parquet (the cycle's ``history.parquet``).
@@ -89,17 +124,21 @@ def train_distributed(
         TrainResult(checkpoint='run/model/model.pt', ...)
     """
     out_dir = Path(out_dir)
-    nproc = settings.train.processes
-    settings_file = write_train_settings(settings, out_dir)
+    nproc, nnodes = settings.train.processes, settings.train.nnodes
+    write_train_settings(settings, out_dir)
     result_file = out_dir / RESULT_FILE
     result_file.unlink(missing_ok=True)  # a result from an earlier attempt must not pass for this one
-    cmd = torchrun_command(nproc, WORKER, [*train_args(history, catalogue, out_dir, settings_file), *extra_args])
-    log.info("launching %d training processes: %s", nproc, " ".join(cmd))
+    cmd = node_command(history, catalogue, out_dir, settings, extra_args)
+    what = f"{nproc} processes" if nnodes == 1 else f"{nnodes} nodes x {nproc} processes"
+    log.info("launching training (%s): %s", what, " ".join(cmd))
     code, tail = run_streaming(cmd)
     if code != 0:
-        raise PipelineError(f"torchrun training ({nproc} processes) exited with code {code}: {last_error(tail)}")
+        raise PipelineError(f"torchrun training ({what}) exited with code {code}: {last_error(tail)}")
     if not result_file.exists():
-        raise PipelineError(f"torchrun training ({nproc} processes) succeeded but wrote no {result_file}")
+        raise PipelineError(
+            f"torchrun training ({what}) succeeded but wrote no {result_file}"
+            + (" (with several nodes, rank 0 writes it: the nodes must share the run folder)" if nnodes > 1 else "")
+        )
     return TrainResult.from_dict(json.loads(result_file.read_text()))
 
 
