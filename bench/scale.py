@@ -194,7 +194,7 @@ def training_at(n_items: int, n_events: int, work: Path) -> dict:
 
 def run_child(args: list[str], out: Path) -> dict:
     """This script with ``args`` in a fresh interpreter; its JSON result, or the error it ended with."""
-    proc = subprocess.run([sys.executable, __file__, *args, "--child-out", str(out)], cwd=ROOT)  # nosec B603
+    proc = subprocess.run([sys.executable, __file__, *args, "--child-out", str(out)], cwd=ROOT)  # nosec B603  # this script, fixed args
     if proc.returncode != 0 or not out.exists():
         return {"error": f"exit status {proc.returncode}"}
     return json.loads(out.read_text())
