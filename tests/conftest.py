@@ -16,16 +16,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FEATURE_REPO = REPO_ROOT / "features"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow tests first (a stable sort, so files keep their order otherwise).
-
-    Under pytest-xdist the suite's wall time is set by its tail: a several-minute end-to-end test
-    handed out last leaves the other worker idle while it runs. Started first, the long ones overlap
-    and the many short tests fill in around them.
-    """
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def cache_dir() -> Path:
     """Where the recbole wheel is kept between runs: $RETRAIN_HOME/cache or .retrain/cache."""
     home = os.environ.get("RETRAIN_HOME")

@@ -53,6 +53,7 @@ stubs = {
     "evaluate": {"per_user": "per_user_metrics.json"}, "judge": judged, "decided": summary,
     "refit": {"served_version": 3, "reason": "stub refit"}, "promote": summary, "keep": summary,
     "publish": {"version": 3, "users": 5, "written": True, "seconds": 0.1, "reason": "stub publication"},
+    "record": {"mlflow_run_id": None, "alerts": []},
 }
 calls = []
 for name, result in stubs.items():
@@ -91,4 +92,5 @@ def test_under_dag_test_one_path_runs_the_other_is_skipped_and_the_join_runs(tmp
     assert all(result["tasks"][f"cycle.{t}"] == "success" for t in taken)
     assert result["tasks"]["cycle.decided"] == "success"
     assert {t: s for t, s in result["tasks"].items() if s != "success"} == {f"cycle.{t}": "skipped" for t in skipped}
-    assert result["calls"][-2 - len(taken):] == ["judge", *taken, "decided"]  # refit before promote, then publish
+    assert result["tasks"]["cycle.record"] == "success"  # the monitoring run is logged whichever path ran
+    assert result["calls"][-3 - len(taken):] == ["judge", *taken, "decided", "record"]  # refit before promote, then publish

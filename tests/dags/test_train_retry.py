@@ -36,7 +36,7 @@ stubs = {
     "pull": run, "validate": run, "drift": {"severity": "none", "html": None, "json": None},
     "calibrate": {"policy": "static", "plan": None, "path": "plan.json"},
     "evaluate": {"per_user": "per_user_metrics.json"}, "judge": judged, "keep": {"promoted": False},
-    "decided": {"promoted": False},
+    "decided": {"promoted": False}, "record": {"mlflow_run_id": None, "alerts": []},
 }
 for name, result in stubs.items():
     setattr(cycle, name, lambda *a, _result=result, **k: _result)
