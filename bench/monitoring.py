@@ -44,15 +44,10 @@ DAG_OF_STEP = {"monitor": "champion_monitor", "drift_watch": "drift_watch", "ret
 
 
 def sandbox(root: Path) -> tuple[Path, Path]:
-    import shutil
+    """A private home (with the downloaded data cache) and feature repository definitions."""
+    from tests.conftest import sandbox as make_sandbox
 
-    from tests.conftest import cache_dir, copy_feature_repo
-
-    home = root / "home"
-    home.mkdir(parents=True)
-    if cache_dir().exists():
-        shutil.copytree(cache_dir(), home / "cache")
-    return home, copy_feature_repo(root / "features")
+    return make_sandbox(root)
 
 
 def replay(home: Path, repo: Path, config: dict) -> tuple[dict, float]:

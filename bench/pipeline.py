@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,13 +67,9 @@ def env_for(home: Path, repo: Path) -> dict[str, str]:
 
 def sandbox(root: Path) -> tuple[Path, Path]:
     """A private home (with the downloaded data cache) and feature repository definitions."""
-    from tests.conftest import cache_dir, copy_feature_repo
+    from tests.conftest import sandbox as make_sandbox
 
-    home = root / "home"
-    home.mkdir(parents=True)
-    if cache_dir().exists():
-        shutil.copytree(cache_dir(), home / "cache")
-    return home, copy_feature_repo(root / "features")
+    return make_sandbox(root)
 
 
 def cycle_seconds(root: Path, smoke: bool = False) -> dict[str, float]:

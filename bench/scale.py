@@ -140,16 +140,11 @@ def evaluation_at(n_users: int, n_items: int, work: Path) -> dict:
 
     from recsys_retrain.evaluate import user_metrics
     from recsys_retrain.model import FeatureEncoder, Recommender, build_two_tower
-    from recsys_retrain.synthetic import MOVIELENS_FIT, load_synthetic, synthesize
+    from recsys_retrain.synthetic import MOVIELENS_FIT
 
     config = replace(MOVIELENS_FIT, n_events=60 * n_users, n_users=int(n_users * 1.6), n_items=n_items, days=42,
                      start="2000-01-03", user_new_share=0.0, user_lifetime_days=10_000.0)
-    raw = load_synthetic(synthesize(config, work / "eval_log").folder)
-    users = raw.users.rename(columns={"age": "user_age", "gender": "user_gender", "occupation": "user_occupation"})
-    items = raw.items.rename(columns={"genres": "item_genres", "release_year": "item_release_year"})
-    inter = raw.interactions.merge(users, on="user_id")
-    cut = inter["timestamp"].max() - pd.Timedelta(days=14)
-    history, holdout = inter[inter["timestamp"] <= cut], inter[inter["timestamp"] > cut]
+    history, holdout, items = synthetic_split(config, work / "eval_log", holdout_days=14)
     seen = pd.MultiIndex.from_frame(history[["user_id", "item_id"]])
     fresh = holdout[~pd.MultiIndex.from_frame(holdout[["user_id", "item_id"]]).isin(seen)]
     chosen = np.sort(fresh["user_id"].unique())[:n_users]  # users with something new to find: the ones ranked
@@ -166,18 +161,13 @@ def training_at(n_items: int, n_events: int, work: Path) -> dict:
     """One epoch of ``train`` over a catalogue of ``n_items``: the full softmax against the sampled one (logQ)."""
     from recsys_retrain.evaluate import user_metrics
     from recsys_retrain.settings import TrainSettings
-    from recsys_retrain.synthetic import MOVIELENS_FIT, load_synthetic, synthesize
+    from recsys_retrain.synthetic import MOVIELENS_FIT
     from recsys_retrain.train.checkpoints import load_checkpoint
     from recsys_retrain.train.loop import train
 
     config = replace(MOVIELENS_FIT, n_events=n_events, n_users=n_events // 20, n_items=n_items, days=56,
                      start="2000-01-03", user_new_share=0.0, user_lifetime_days=10_000.0)
-    raw = load_synthetic(synthesize(config, work / "train_log").folder)
-    users = raw.users.rename(columns={"age": "user_age", "gender": "user_gender", "occupation": "user_occupation"})
-    items = raw.items.rename(columns={"genres": "item_genres", "release_year": "item_release_year"})
-    inter = raw.interactions.merge(users, on="user_id")
-    cut = inter["timestamp"].max() - pd.Timedelta(days=7)
-    history, holdout = inter[inter["timestamp"] <= cut], inter[inter["timestamp"] > cut]
+    history, holdout, items = synthetic_split(config, work / "train_log", holdout_days=7)
     out = {"items": n_items, "examples": len(history)}
     train(history.iloc[:2_048], items, work / "warm-up", TrainSettings(epochs=1), progress=False)  # untimed: first-call costs
     for name, above in (("full", 10**9), ("sampled", 1)):
@@ -190,6 +180,18 @@ def training_at(n_items: int, n_events: int, work: Path) -> dict:
               flush=True)
     out["peak_rss_mb"] = round(_rss_mb())
     return out
+
+
+def synthetic_split(config, folder: Path, holdout_days: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A synthetic log in ``folder``, joined to its users and split at ``holdout_days`` before its end: history, holdout, items."""
+    from recsys_retrain.synthetic import load_synthetic, synthesize
+
+    raw = load_synthetic(synthesize(config, folder).folder)
+    users = raw.users.rename(columns={"age": "user_age", "gender": "user_gender", "occupation": "user_occupation"})
+    items = raw.items.rename(columns={"genres": "item_genres", "release_year": "item_release_year"})
+    inter = raw.interactions.merge(users, on="user_id")
+    cut = inter["timestamp"].max() - pd.Timedelta(days=holdout_days)
+    return inter[inter["timestamp"] <= cut], inter[inter["timestamp"] > cut], items
 
 
 def run_child(args: list[str], out: Path) -> dict:

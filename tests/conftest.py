@@ -27,6 +27,17 @@ def copy_feature_repo(dest: Path) -> Path:
     return copy_definitions(FEATURE_REPO, dest)
 
 
+def sandbox(root: Path) -> tuple[Path, Path]:
+    """A private home under ``root`` (with the downloaded data cache) and a copy of the feature definitions."""
+    import shutil
+
+    home = root / "home"
+    home.mkdir(parents=True)
+    if cache_dir().exists():
+        shutil.copytree(cache_dir(), home / "cache")
+    return home, copy_feature_repo(root / "features")
+
+
 @pytest.fixture(scope="session")
 def movielens() -> RawData:
     """MovieLens-100K read from the recbole wheel (943 users, 1,682 items, 100,000 ratings)."""
