@@ -226,7 +226,7 @@ def item_prior(interactions: pd.DataFrame, items: pd.DataFrame, end: pd.Timestam
         >>> t = pd.to_datetime(["2000-01-01", "2000-01-20", "2000-01-21"], utc=True)
         >>> seen = pd.DataFrame({"item_id": [1, 2, 2], "timestamp": t})
         >>> prior = item_prior(seen, pd.DataFrame({"item_id": [1, 2, 3]}))
-        >>> np.exp(prior[:, 1]).round(3).tolist()  # the 28-day window misses item 1's January 1
+        >>> np.exp(prior[:, 0]).astype(float).round(3).tolist()  # the 7-day window misses item 1's January 1
         [0.2, 0.6, 0.2]
     """
     ids = items["item_id"].to_numpy()

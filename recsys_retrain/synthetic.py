@@ -352,9 +352,13 @@ def synthesize(config: SyntheticConfig, out: Path | str) -> SyntheticLog:
     whole log. Same config and seed, same files.
 
     Example:
+        >>> import tempfile
+        >>> tmp = Path(tempfile.mkdtemp())
         >>> log = synthesize(replace(SIZES["S1"], drifts=default_drifts(364)), tmp / "s1")
         >>> load_synthetic(log.folder).interactions.columns.tolist(), log.truth["drifts"][0]["kind"]
         (['user_id', 'item_id', 'timestamp', 'rating'], 'taste_shift')
+        >>> import shutil
+        >>> shutil.rmtree(tmp)
     """
     began = time.perf_counter()
     c = config

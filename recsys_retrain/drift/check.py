@@ -50,8 +50,8 @@ def check_drift(
         The verdict; see docs/drift.md for signals, calibration and severity.
 
     Example:
-        >>> report = check_drift(last_4_weeks, this_week, None, Settings().drift)
-        >>> report.severity, report.drifted_signals
+        >>> report = check_drift(last_4_weeks, this_week, None, Settings().drift)  # doctest: +SKIP
+        >>> report.severity, report.drifted_signals  # doctest: +SKIP
         ('minor', ('new_item_share',))
     """
     for name, window in (("reference", reference), ("current", current)):
@@ -94,8 +94,8 @@ def champion_scorer(model: Any, chunk_users: int = 1024) -> Scorer:
     memory is bounded by ``chunk_users x catalogue`` however many users the window has.
 
     Example:
-        >>> model, _ = candidates.try_load(settings, candidates.champion(settings).version)
-        >>> check_drift(reference, current, out_dir, settings.drift, scorer=champion_scorer(model))
+        >>> model, _ = candidates.try_load(settings, candidates.champion(settings).version)  # doctest: +SKIP
+        >>> check_drift(reference, current, out_dir, settings.drift, scorer=champion_scorer(model))  # doctest: +SKIP
     """
 
     def score(window: pd.DataFrame) -> np.ndarray:
