@@ -35,7 +35,7 @@ demo: setup
 # production stack, the demo, Airflow runs) wait on subprocesses and servers much of the time.
 TEST_WORKERS ?= 2
 test: setup chromium
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # The inner loop: every test not marked `slow` (each slow one takes over 10 s); make test runs them all.
 test-fast: setup
