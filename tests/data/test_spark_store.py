@@ -111,7 +111,12 @@ class TestSparkStatistics:
         local(bootstrap_feature_repo, raw(log), repos["file"])
         local(ingest, late, repos["file"], materialize=False)
         bootstrap_feature_repo(raw(log), repos["spark"])
+        from recsys_retrain.data.spark_stats import spark_session
+
+        jobs = spark_session(repos["spark"]).sparkContext.statusTracker()
+        before = len(jobs.getJobIdsForGroup())
         assert ingest(late, repos["spark"], materialize=False).added == len(late)
+        assert len(jobs.getJobIdsForGroup()) > before  # the statistics were computed by Spark
         for name in ("user_stats", "item_stats"):
             pd.testing.assert_frame_equal(pd.read_parquet(repos["spark"] / "data" / f"{name}.parquet"),
                                           pd.read_parquet(repos["file"] / "data" / f"{name}.parquet"),
