@@ -61,6 +61,18 @@ def synthetic_log(size: str, folder: Path):
     return load_synthetic(log.folder), end
 
 
+def spark_missing() -> str | None:
+    """Why Spark cannot run here (PySpark or Java missing), or None."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed (pip install -e '.[spark]')"
+    if shutil.which("java") is None:
+        return "no Java runtime (make java)"
+    return None
+
+
 def spark_vs_local(work: Path, smoke: bool) -> dict:
     """Both repositories from one log; the whole log's point-in-time window from each."""
     import pandas as pd
