@@ -1,7 +1,7 @@
 """Feast on Spark (``feature_store.spark.yaml``): the same windows and statistics as the local path.
 
 One Spark session for the module (``local[2]``, the yaml's settings), stopped at its end.
-Skipped where PySpark or a Java runtime is missing (``make spark`` installs them).
+Skipped where PySpark (the ``spark`` extra) or a Java runtime (``make java``) is missing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.data.conftest import DAY, raw
 pytest.importorskip("pyspark")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs a Java runtime (make spark)"),
+    pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs a Java runtime (make java)"),
 ]
 
 
