@@ -1,4 +1,4 @@
-"""Beyond one machine: the Celery cycle against the LocalExecutor one, and two torchrun nodes against one process.
+"""Beyond one machine: the Celery cycle against the LocalExecutor one, two torchrun nodes against one process, Spark.
 
 1. ``infra/prod_check.py`` twice on the same window and machine: ``--executor local``
    (LocalExecutor) and ``--executor celery`` (CeleryExecutor, Redis broker, PostgreSQL
@@ -12,13 +12,19 @@
    one of them. ``two_node_vs_one_max_abs_diff`` is the larger of the absolute
    differences of the final epoch loss and of NDCG@5 on a held-out world.
 
+3. Feast on Spark (``bench/spark_pit.py``): the point-in-time window of a whole 10^6-event synthetic log
+   (S2) through the file store and through Feast's Spark offline store (``local[2]``), side by side:
+   ``local_pit_s``, ``spark_pit_s`` and ``spark_pit_equal`` (row for row), with the details under ``spark``.
+
 Goals: the Celery cycle succeeds with every task on its queue's worker within 1.5x the
 local cycle's time; the two-node run agrees with one process within the tolerance of
 the two-process test (tests/train/test_launch.py: final loss within 25 %, NDCG@5 within
-0.1). Exit status 1 if a goal is missed.
+0.1); Spark's window equals the local one. Exit status 1 if a goal is missed.
 
-``--smoke`` trains the small world only (the two stack runs take minutes: their keys are
-null) and writes to ``--out`` or a temporary folder, never bench/results.
+``--smoke`` trains the small world and compares Spark on a 20,000-event log (the two stack runs take
+minutes: their keys are null) and writes to ``--out`` or a temporary folder, never bench/results.
+``--only PART`` (``stack``, ``nodes`` or ``spark``) runs that part alone and updates its keys in the
+existing result file, keeping the other parts' figures.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "bench" / "results" / "distributed.json"
+PARTS = ("stack", "nodes", "spark")  # the Celery/local cycles, two torchrun nodes against one process, Feast on Spark
 LOSS_REL, NDCG_ABS = 0.25, 0.1  # the two-process test's tolerance
 # The full run trains the two-process test's world and settings, the ones its tolerance was set for. On a
 # larger world (300 users, 200 items, 30 each; 4 epochs, dim 16, batch 64) both runs stayed near the start
@@ -130,12 +137,18 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for distributed.json (default bench/results; with --smoke a temporary folder)")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs of the two stack cycles")
+    parser.add_argument("--only", choices=PARTS, default=None,
+                        help="run this part alone, keeping the other parts' keys of the existing result file")
     args = parser.parse_args()
     out = (args.out or (Path(tempfile.mkdtemp(prefix="bench-distributed-")) if args.smoke else OUT.parent)) / OUT.name
+    parts = {args.only} if args.only else set(PARTS)
     began = time.perf_counter()
-    result: dict = {"celery_cycle_s": None, "local_cycle_s": None, "tasks_by_worker": None, "train_queue_ok": None}
+    result: dict = {"celery_cycle_s": None, "local_cycle_s": None, "tasks_by_worker": None, "train_queue_ok": None,
+                    "two_node_vs_one_max_abs_diff": None, "spark_pit_equal": None, "spark_pit_s": None, "local_pit_s": None}
+    if args.only and out.exists():
+        result.update(json.loads(out.read_text()))
     with tempfile.TemporaryDirectory() as tmp:
-        if not args.smoke:
+        if "stack" in parts and not args.smoke:
             local = stack_cycle("local", Path(tmp) / "local", args.epochs)
             celery = stack_cycle("celery", Path(tmp) / "celery", args.epochs)
             result.update({
@@ -145,25 +158,31 @@ def main() -> int:
                 "stack_runs": {"local": {k: local.get(k) for k in ("passed", "failed", "seconds", "runner")},
                                "celery": {k: celery.get(k) for k in ("passed", "failed", "seconds", "runner", "queues")}},
             })
-        nodes = two_nodes_vs_one(Path(tmp), "smoke" if args.smoke else "full")
-    result.update({
-        "two_node_vs_one_max_abs_diff": nodes["two_node_vs_one_max_abs_diff"],
-        "two_nodes": nodes,
-        "spark_pit_equal": None, "spark_pit_s": None, "local_pit_s": None,  # Feast on Spark: not built yet
-    })
+        if "nodes" in parts:
+            nodes = two_nodes_vs_one(Path(tmp), "smoke" if args.smoke else "full")
+            result.update({"two_node_vs_one_max_abs_diff": nodes["two_node_vs_one_max_abs_diff"], "two_nodes": nodes})
+        if "spark" in parts:
+            from bench.spark_pit import spark_missing, spark_vs_local
+
+            if spark_missing():
+                result["spark"] = {"skipped": spark_missing()}  # its keys stay null, never estimated
+            else:
+                spark = spark_vs_local(Path(tmp) / "spark", smoke=args.smoke)
+                result.update({k: spark[k] for k in ("spark_pit_equal", "spark_pit_s", "local_pit_s")}, spark=spark)
     local_s, celery_s = result["local_cycle_s"], result["celery_cycle_s"]
     result["goals"] = {
         "celery_every_task_on_its_queue": result["train_queue_ok"],
         "celery_within_1_5x_local": None if not (local_s and celery_s) else celery_s <= 1.5 * local_s,
-        "two_node_matches_one_process": nodes["within_tolerance"],
+        "two_node_matches_one_process": result.get("two_nodes", {}).get("within_tolerance"),
+        "spark_pit_equals_local": result["spark_pit_equal"],
     }
-    result["bench_s"] = round(time.perf_counter() - began, 1)
+    result[f"{args.only}_bench_s" if args.only else "bench_s"] = round(time.perf_counter() - began, 1)
     result["machine"] = {"cpus": os.cpu_count(), "smoke": args.smoke}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp_out, out)
-    print(json.dumps({k: v for k, v in result.items() if k != "two_nodes"}))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("two_nodes", "spark")}))
     return 0 if all(v is not False for v in result["goals"].values()) else 1
 
 

@@ -5,17 +5,37 @@ resolves them against the repository folder (``FileSource.get_uri_for_file_path`
 a copy of this folder is self-contained. Under ``Settings.deployment = "production"``
 (``RETRAIN_DEPLOYMENT=production``) the same sources are PostgreSQL tables of the same names
 (``feature_store.prod.yaml``); Feast evaluates this file when it applies the definitions.
+With ``Settings.offline_store = "spark"`` (``RETRAIN_OFFLINE_STORE=spark``,
+``feature_store.spark.yaml``) they are Spark SQL queries over the same parquet files. Two
+things differ from a plain ``SparkSource(path=...)``: Spark resolves a relative path
+against its working directory, not the repository, so the paths are made absolute from
+this file's folder when the definitions are applied; and Spark 4.0 cannot read the
+nanosecond timestamps pandas writes, so the yaml reads them as longs
+(``spark.sql.legacy.parquet.nanosAsLong``) and the query turns them into
+``SPARK_TIMESTAMP``, the sources' timestamp field.
 """
+
+from pathlib import Path
 
 from feast import FileSource
 
 from recsys_retrain.settings import Settings
 
 PROD = Settings().deployment == "production"
+SPARK = Settings().offline_store == "spark"
+HERE = Path(__file__).resolve().parent
+SPARK_TIMESTAMP = "event_time"  # event_timestamp (int64 nanoseconds when Spark reads it) as a Spark timestamp
 
 
 def _source(table: str, path: str, description: str, kind: str):
     tags = {"team": "recsys", "kind": kind}
+    if SPARK:
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+        query = f"SELECT *, timestamp_micros(event_timestamp DIV 1000) AS {SPARK_TIMESTAMP} FROM parquet.`{HERE / path}`"  # nosec B608  # this file's paths
+        return SparkSource(
+            name=f"{table}_source", query=query, timestamp_field=SPARK_TIMESTAMP, description=description, tags=tags
+        )
     if PROD:
         from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 

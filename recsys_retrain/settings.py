@@ -233,6 +233,13 @@ class Settings(BaseSettings):
         "'production': MLflow at tracking_uri (required), feature_store.prod.yaml (PostgreSQL + Redis), and the "
         "Airflow configuration of the environment.",
     )
+    offline_store: Literal["default", "spark"] = Field(
+        "default",
+        description="The Feast offline store's engine. 'default': the deployment's (parquet files read by pandas "
+        "locally, PostgreSQL in production). 'spark': feature_store.spark.yaml, Feast's Spark offline store over the "
+        "same parquet files: point-in-time retrieval and the daily statistics views run as Spark SQL "
+        "(infra/README.md, 'Feast on Spark').",
+    )
     home: Path = Field(Path(".retrain"), description="Root of everything the pipeline writes.")
     feature_repo: Path = Field(
         Path("features"),
@@ -322,11 +329,16 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def feature_store_yaml(repo: Path, deployment: str) -> Path:
-    """``repo``'s Feast configuration for ``deployment``: ``feature_store.yaml`` locally, ``feature_store.prod.yaml`` in production.
+def feature_store_yaml(repo: Path, deployment: str, offline_store: str = "default") -> Path:
+    """``repo``'s Feast configuration: ``feature_store.spark.yaml`` for the Spark offline store, else the
+    deployment's (``feature_store.yaml`` locally, ``feature_store.prod.yaml`` in production).
 
     Example:
         >>> feature_store_yaml(Path("features"), "production").name
         'feature_store.prod.yaml'
+        >>> feature_store_yaml(Path("features"), "local", "spark").name
+        'feature_store.spark.yaml'
     """
+    if offline_store == "spark":
+        return Path(repo) / "feature_store.spark.yaml"
     return Path(repo) / ("feature_store.prod.yaml" if deployment == "production" else "feature_store.yaml")

@@ -74,7 +74,7 @@ def bootstrap_feature_repo(raw: RawData, repo: Path, materialize: bool = False) 
     tables = {
         "user_profile": F.profile_table(_ids(inter["user_id"], users["user_id"]), users, "user_id", F.USER_PROFILE, origin),
         "item_profile": F.profile_table(_ids(inter["item_id"], items["item_id"]), items, "item_id", F.ITEM_PROFILE, origin),
-        **F.stats_tables(inter),
+        **_stats_tables(repo, inter),
         HISTORY: F.history_table(inter, F.HISTORY_CAP),
     }
     data = repo / "data"
@@ -200,7 +200,7 @@ def _updated_tables(repo: Path, everything: pd.DataFrame, new: pd.DataFrame, sin
     data = repo / "data"
     origin = everything["timestamp"].min().floor("D")
     out = {}
-    for name, rows in F.stats_tables(everything, since=since).items():
+    for name, rows in _stats_tables(repo, everything, since).items():
         path = data / f"{name}.parquet"
         kept = pd.read_parquet(path, filters=[(TS, "<", since)]) if path.exists() else rows.iloc[:0]
         key = STATS[name]
@@ -217,6 +217,15 @@ def _updated_tables(repo: Path, everything: pd.DataFrame, new: pd.DataFrame, sin
             added = F.profile_table(pd.Series(fresh, dtype="int64"), pd.DataFrame(columns=[key]), key, cols, origin)
             out[name] = pd.concat([old.assign(**{TS: origin}), added], ignore_index=True).sort_values(key).reset_index(drop=True)
     return out
+
+
+def _stats_tables(repo: Path, log: pd.DataFrame, since: pd.Timestamp | None = None) -> dict[str, pd.DataFrame]:
+    """The statistics views: Spark SQL on the Spark offline store's session (``spark_stats``), else pandas."""
+    if offline_kind(repo) != "spark":
+        return F.stats_tables(log, since=since)
+    from recsys_retrain.data import spark_stats
+
+    return spark_stats.stats_tables(spark_stats.spark_session(repo), log, since=since)
 
 
 def _materialize_with_retries(repo: Path, since: pd.Timestamp, tables: dict, settings: DataSettings, added: int):

@@ -10,8 +10,9 @@ Reading: with the file offline store, ``pull_window`` reads the partitions of th
 window and joins the feature rows itself (an as-of join: the latest row at or before
 each event, as Feast's ``get_historical_features`` does); Feast's file store takes
 seconds and gigabytes for the same join on a full history. Any other offline store
-(PostgreSQL in production) goes through ``get_historical_features``. Both give the
-same rows; ``tests/test_data.py`` checks that.
+(PostgreSQL in production, Spark with ``feature_store.spark.yaml``) goes through
+``get_historical_features``. They give the same rows; ``tests/data/test_store.py`` and
+``tests/data/test_spark_store.py`` check that.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ WINDOW_SERVICE = "two_tower_v2"  # the service a pulled window reads: every feat
 PROFILES = {"user_profile": ("user_id", F.USER_PROFILE), "item_profile": ("item_id", F.ITEM_PROFILE)}
 STATS = {"user_stats": "user_id", "item_stats": "item_id"}
 LOG = "interactions"
+PARQUET_STORES = ("file", "spark")  # offline stores that read the parquet files under data/ (no copy to publish)
 HISTORY = "user_history"  # the served model's per-user history (features.history_table): sparse, daily stamps
 
 
@@ -153,11 +155,13 @@ def _service_columns(repo: Path, service: str | None) -> list[str]:
 
 
 def _yaml(repo: Path) -> Path:
-    """The repository's configuration for the configured deployment (``Settings.deployment``), read when called."""
-    return feature_store_yaml(repo, Settings().deployment)
+    """The repository's configuration for the configured deployment and offline store, read when called."""
+    settings = Settings()
+    return feature_store_yaml(repo, settings.deployment, settings.offline_store)
 
 
 def offline_kind(repo: Path) -> str:
+    """The offline store's ``type`` in the repository's configuration: ``file``, ``postgres`` or ``spark``."""
     import yaml
 
     config = yaml.safe_load(_yaml(repo).read_text()) or {}
@@ -170,7 +174,7 @@ def require_repo(repo: Path, bootstrapped: bool = False) -> None:
         raise DataError(f"{repo}: not a Feast repository (no {_yaml(repo).name})")
     if (repo / "data" / f"{LOG}.parquet").exists():
         raise DataError(f"{repo.name}: data/ was written by an older version (data/{LOG}.parquet); bootstrap it again")
-    if bootstrapped and offline_kind(repo) == "file":
+    if bootstrapped and offline_kind(repo) in PARQUET_STORES:
         if not (repo / "data" / "item_profile.parquet").exists():
             raise DataError(f"{repo.name}: feature repository not bootstrapped (run bootstrap_feature_repo or ingest)")
 
