@@ -18,7 +18,7 @@ $(STAMP): $(REQS) requirements/torch-$(TORCH_PAIR).txt
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@echo "installing the stack into $(VENV) (first time: a few minutes)"
 	$(PIP) install -r requirements/torch-$(TORCH_PAIR).txt -r requirements/torchrec.txt -c requirements/constraints.txt
-	$(PIP) install -e '.[$(TORCH_PAIR),test,prod]' -c requirements/constraints.txt
+	$(PIP) install -e '.[$(TORCH_PAIR),test,prod,spark]' -c requirements/constraints.txt
 	@# last, so no later pip run reports its undeclared-on-CPU `fbgemm-gpu` requirement
 	$(PIP) install --no-deps torchrec==1.8.0
 	@rm -f $(VENV)/.installed-*
@@ -34,7 +34,7 @@ demo: setup
 # The suite runs on TEST_WORKERS processes (pytest-xdist): its long end-to-end tests (the
 # production stack, the demo, Airflow runs) wait on subprocesses and servers much of the time.
 TEST_WORKERS ?= 2
-test: setup chromium
+test: setup chromium java
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # The inner loop: every test not marked `slow` (each slow one takes over 10 s); make test runs them all.
@@ -56,13 +56,29 @@ chromium:
 	  fi; \
 	fi
 
-bench: setup
+# Feast's Spark offline store (features/feature_store.spark.yaml, tests/data/test_spark_store.py) runs PySpark,
+# which needs a Java 17+ runtime: as root it is installed from Debian's packages when missing, otherwise
+# the target says what to run.
+.PHONY: java
+java:
+	@if ! command -v java >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Java for Spark (apt-get install openjdk-17-jre-headless)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jre-headless >/dev/null \
+	      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jre-headless >/dev/null; } \
+	      || { echo "error: could not install openjdk-17-jre-headless with apt-get"; exit 1; }; \
+	  else \
+	    echo "error: Feast on Spark needs Java 17+: apt-get install -y openjdk-17-jre-headless (as root)"; exit 1; \
+	  fi; \
+	fi
+
+bench: setup java
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
 	@for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring scale distributed; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 # Every benchmark above on its smallest inputs (--smoke), results into a temporary folder:
 # checks that `make bench` runs end to end, leaving bench/results/ untouched (tests/test_bench_smoke.py).
-bench-smoke: setup
+bench-smoke: setup java
 	@out=$$(mktemp -d); for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring scale distributed; do \
 	  echo "== bench/$$b.py --smoke"; $(BIN)/python bench/$$b.py --smoke --out $$out/$$b || exit 1; done; \
 	echo "smoke results in $$out"
