@@ -26,6 +26,8 @@ if str(Path(__file__).parent) not in sys.path:  # Airflow puts the dags folder t
     sys.path.append(str(Path(__file__).parent))
 from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES, newest_window, publish, pull, record, validate  # noqa: E402
 
+CYCLE_RECORDS = ("runs/*/*.json", "runs/*/drift/drift.json", "runs/*/model/trace.json")  # what the report reads
+
 
 @dag(
     schedule=[INTERACTIONS],
@@ -43,27 +45,28 @@ from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES, newest_window,
 def champion_monitor():
     @task(**IO_RETRIES)
     def monitor(pulled: dict) -> dict:
-        from recsys_retrain import cycle
+        from recsys_retrain import cycle, storage
 
-        decision = cycle.monitor(pulled)
+        decision = storage.step(cycle.monitor, pulled)
         print(decision["reason"])
         return decision
 
     @task
     def served(pulled: dict) -> dict:
+        from recsys_retrain import storage
         from recsys_retrain.monitoring.served import served as score
 
-        return score(pulled)
+        return storage.step(score, pulled)
 
     @task
     def refresh_report() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from recsys_retrain import cycle
+        from recsys_retrain import cycle, storage
 
         if not get_current_context()["params"].get("refresh_report", True):
             raise AirflowSkipException("refresh_report is off for this run")
-        return cycle.refresh_report()
+        return storage.step(cycle.refresh_report, reads=CYCLE_RECORDS)
 
     validated = validate(pull(newest_window()))
     decision = monitor(validated)

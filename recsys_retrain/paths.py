@@ -31,8 +31,12 @@ class CyclePaths:
 
     @classmethod
     def of(cls, settings: Settings, start: str, end: str) -> CyclePaths:
-        name = f"{utc(start):%Y%m%d}-{utc(end):%Y%m%d}"
-        return cls(settings.runs_dir / name)
+        return cls(settings.runs_dir / cls.folder_name(start, end))
+
+    @staticmethod
+    def folder_name(start: str, end: str) -> str:
+        """The cycle folder's name: the window's dates, ``YYYYMMDD-YYYYMMDD``."""
+        return f"{utc(start):%Y%m%d}-{utc(end):%Y%m%d}"
 
     history = property(lambda self: self.root / "history.parquet")
     holdout = property(lambda self: self.root / "holdout.parquet")

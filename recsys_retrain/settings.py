@@ -211,6 +211,34 @@ class AlertSettings(BaseModel):
     webhook_backoff_s: float = Field(0.5, ge=0, description="First wait between attempts; doubles each time.")
 
 
+class StorageSettings(BaseModel):
+    """Where the DAG tasks hand each other their files: cycle folders (windows, plan, model files, reports) under one URI.
+
+    Tasks exchange URIs under this root, never a worker's local paths, so that a task may run
+    on another machine than the one before it. A ``file://`` root is read and written in
+    place (one machine, or a volume every worker mounts at the same path); any other fsspec
+    protocol (``s3://bucket/prefix``, ``gs://...``) is staged by ``recsys_retrain.storage``:
+    each task copies the cycle folder it needs into a local scratch folder and writes what it
+    changed back. MLflow's artifacts are not here: MLflow has its own artifact store.
+    """
+
+    uri: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://",
+        description="Root URI of the cycle folders (they go to <uri>/runs/<start>-<end>). None: file:// + the "
+        "absolute home. s3:// needs apache-airflow-providers-amazon (or s3fs), gs:// apache-airflow-providers-google "
+        "(or gcsfs), with credentials; neither is installed here.",
+    )
+    conn_id: str | None = Field(
+        None, description="Airflow connection of the object store (ObjectStoragePath's conn_id); None: the "
+        "filesystem's own credentials (environment, instance role).",
+    )
+    scratch: Path | None = Field(
+        None, description="Local folder where a task stages an object store's files (a fresh subfolder per task, "
+        "removed after it); default <home>/scratch. Unused for a file:// root.",
+    )
+
+
 class Settings(BaseSettings):
     """All settings of the pipeline.
 
@@ -265,6 +293,7 @@ class Settings(BaseSettings):
     serve: ServeSettings = ServeSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     alerts: AlertSettings = AlertSettings()
+    storage: StorageSettings = StorageSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -293,9 +322,26 @@ class Settings(BaseSettings):
         return self.home / "cache"
 
     @property
+    def storage_uri(self) -> str:
+        """The root URI of the cycle folders (``storage.uri``, default ``file://`` + the absolute home), no trailing /."""
+        return (self.storage.uri or f"file://{Path(self.home).absolute()}").rstrip("/")
+
+    @property
+    def storage_folder(self) -> Path:
+        """The local folder that holds the storage root's files on this worker.
+
+        A ``file://`` root's own path (read and written in place); for an object store, the
+        scratch folder its files are staged into (``recsys_retrain.storage``).
+        """
+        uri = self.storage_uri
+        if uri.startswith("file://"):
+            return Path(uri.removeprefix("file://") or "/")
+        return Path(self.storage.scratch or self.home / "scratch").absolute()
+
+    @property
     def runs_dir(self) -> Path:
-        """One folder per retraining cycle: window, drift report, checkpoint, decision."""
-        return self.home / "runs"
+        """One folder per retraining cycle: window, drift report, checkpoint, decision (under the storage root)."""
+        return self.storage_folder / "runs"
 
     @property
     def monitoring_experiment(self) -> str:

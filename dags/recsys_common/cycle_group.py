@@ -2,7 +2,9 @@
 -> promote_or_keep -> refit -> promote -> publish | keep -> decided -> record.
 
 Each task calls one function of ``recsys_retrain.cycle`` with the run's overrides (from
-its Params) and passes small dicts (paths, counts, decisions). ``retrain`` runs it on
+its Params) and passes small dicts (URIs, counts, decisions): ``recsys_retrain.storage.step``
+gives the step local files and turns the paths it returns into URIs under the storage root
+(``storage.uri``), so the next task may run on another worker. ``retrain`` runs it on
 the data interval; ``drift_watch`` runs it on the newest window with a short-circuit
 after ``drift`` that stops below the trigger level. The gate's decision is a branch:
 on the promote path ``refit`` refits the gated challenger through the window's end
@@ -24,6 +26,7 @@ from airflow.sdk import Param, TriggerRule, get_current_context, task, task_grou
 from recsys_common.assets import INTERACTIONS
 
 GROUP = "cycle"  # the task group's id: a branch names its paths as "<group>.<task>"
+EARLIER_SCORES = ("runs/*/per_user_metrics.json",)  # what the gate pools from earlier windows (gate.pool_windows)
 IO_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True}
 
 # Where tasks run. Under CeleryExecutor each queue has its own workers (``airflow celery worker
@@ -152,32 +155,32 @@ def newest_window() -> dict:
 
 @task(**IO_RETRIES)
 def pull(window: dict | None = None) -> dict:
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
     start, end = (window["start"], window["end"]) if window else window_from(get_current_context())
-    return cycle.pull(start, end, overrides=_overrides())
+    return storage.step(cycle.pull, start, end, folder=storage.cycle_uri(start, end), overrides=_overrides())
 
 
 @task
 def validate(pulled: dict) -> dict:
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
-    return cycle.validate(pulled, overrides=_overrides())
+    return storage.step(cycle.validate, pulled, overrides=_overrides())
 
 
 @task
 def drift(pulled: dict) -> dict:
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
-    return cycle.drift(pulled, overrides=_overrides())
+    return storage.step(cycle.drift, pulled, overrides=_overrides())
 
 
 @task.short_circuit(ignore_downstream_trigger_rules=False)  # the record task after the join still runs
 def should_retrain(pulled: dict, drift_result: dict) -> bool:
     """True when the drift severity reaches the ``retrain_on`` Param; the verdict goes to trigger.json either way."""
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
-    verdict = cycle.should_retrain(pulled, drift_result, get_current_context()["params"].get("retrain_on"))
+    verdict = storage.step(cycle.should_retrain, pulled, drift_result, get_current_context()["params"].get("retrain_on"))
     print(verdict["reason"])
     return verdict["retrain"]
 
@@ -188,33 +191,33 @@ def calibrate(pulled: dict, drift_result: dict) -> dict:
 
     ``champion`` names the version a warm-start plan continues from (None: from scratch).
     """
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
-    plan = cycle.calibrate(pulled, drift_result, overrides=_overrides())
+    plan = storage.step(cycle.calibrate, pulled, drift_result, overrides=_overrides())
     return {"policy": plan["policy"], "plan": plan["plan"], "path": plan["path"], "champion": plan.get("champion")}
 
 
 @task(**TRAIN_ARGS)
 def train(pulled: dict, plan: dict) -> dict:
     """On the ``train`` queue and pool; a retry resumes from the epoch checkpoints in the cycle folder."""
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
-    return cycle.train(pulled, overrides=_overrides(), plan=plan)
+    return storage.step(cycle.train, pulled, overrides=_overrides(), plan=plan)
 
 
 @task
 def evaluate(pulled: dict, trained: dict) -> dict:
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
-    return cycle.evaluate(pulled, trained, overrides=_overrides())
+    return storage.step(cycle.evaluate, pulled, trained, overrides=_overrides())
 
 
 @task(**IO_RETRIES)
 def gate(pulled: dict, drift_result: dict, trained: dict, evaluated: dict) -> dict:
     """Registers the challenger and decides (``gate.policy``); the XCom is the decision with its MDE. Nothing moves yet."""
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
-    return cycle.judge(pulled, drift_result, trained, evaluated, overrides=_overrides())
+    return storage.step(cycle.judge, pulled, drift_result, trained, evaluated, reads=EARLIER_SCORES, overrides=_overrides())
 
 
 @task.branch
@@ -227,18 +230,18 @@ def promote_or_keep(judged: dict) -> str:
 @task(**IO_RETRIES)
 def refit(pulled: dict, trained: dict, judged: dict) -> dict:
     """Refits the gated challenger through the window's end and registers it; the XCom names the version to serve."""
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
-    result = cycle.refit(pulled, trained, judged, overrides=_overrides())
+    result = storage.step(cycle.refit, pulled, trained, judged, overrides=_overrides())
     print(result["reason"])
     return result
 
 
 @task(**IO_RETRIES)
 def promote(judged: dict, refitted: dict) -> dict:
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
-    return cycle.promote(judged, refitted, overrides=_overrides())
+    return storage.step(cycle.promote, judged, refitted, overrides=_overrides())
 
 
 @task(**IO_RETRIES)
@@ -253,17 +256,17 @@ def publish(promoted: dict | None = None) -> dict:
 
 @task
 def keep(judged: dict) -> dict:
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
-    return cycle.keep(judged)
+    return storage.step(cycle.keep, judged)
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
 def decided(judged: dict) -> dict:
     """Joins the two paths: the cycle's summary, whichever ran."""
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
-    return cycle.decided(judged)
+    return storage.step(cycle.decided, judged)
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED, **IO_RETRIES)
@@ -272,11 +275,11 @@ def record(pulled: dict, summary_task: str | None = None) -> dict:
 
     ``summary_task`` names the task whose XCom is the gate's outcome (None when skipped).
     """
-    from recsys_retrain import cycle
+    from recsys_retrain import cycle, storage
 
     ti = get_current_context()["ti"]
     summary = ti.xcom_pull(task_ids=summary_task) if summary_task else None
-    result = cycle.record(pulled, ti.dag_id, ti.run_id, summary, overrides=_overrides())
+    result = storage.step(cycle.record, pulled, ti.dag_id, ti.run_id, summary, overrides=_overrides())
     print(f"monitoring run {result['mlflow_run_id']} ({result.get('kind')}), alerts: {result['alerts'] or 'none'}")
     return result
 

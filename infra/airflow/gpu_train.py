@@ -15,8 +15,9 @@ Three tasks, in a group with the id ``train``:
 2. ``pod`` (``train`` queue, ``recsys_train`` pool, retried) runs torchrun on every GPU of
    the pod with those arguments. The cycle folders' volume is mounted in the pod at the
    same path as on the Airflow workers (``RETRAIN_HOME``), so the paths need no
-   translation; a retry resumes from the epoch checkpoints (one per rank: keep the GPU
-   count the same between tries);
+   translation (``storage.uri`` is a ``file://`` root on that volume: ``prepare`` reads the
+   XComs' URIs as its paths, and refuses an object-store root); a retry resumes from the
+   epoch checkpoints (one per rank: keep the GPU count the same between tries);
 3. ``collect`` (default queue) calls ``recsys_retrain.cycle.collect_train`` on the pod's
    ``train_result.json``: the same dict the ``train`` task returns.
 
@@ -88,15 +89,17 @@ def gpu_train(pulled: Any, plan: Any, namespace: str = "recsys", image: str | No
 
     @task
     def prepare(pulled: dict, plan: dict) -> dict:
-        from recsys_retrain import cycle
+        from recsys_retrain import cycle, storage
 
-        return cycle.prepare_train(pulled, overrides=overrides(get_current_context()["params"]), plan=plan)
+        # the pod reads the cycle folder on its volume: the storage root is that volume (file://), given as paths
+        return cycle.prepare_train(storage.mounted(pulled), overrides=overrides(get_current_context()["params"]),
+                                   plan=storage.mounted(plan))
 
     @task
     def collect(pulled: dict, plan: dict) -> dict:
-        from recsys_retrain import cycle
+        from recsys_retrain import cycle, storage
 
-        return cycle.collect_train(pulled, overrides=overrides(get_current_context()["params"]), plan=plan)
+        return storage.step(cycle.collect_train, pulled, overrides=overrides(get_current_context()["params"]), plan=plan)
 
     @task_group(group_id="train")
     def on_kubernetes(pulled: Any, plan: Any) -> Any:
