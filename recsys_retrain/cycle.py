@@ -30,6 +30,11 @@ SEVERITY_ORDER = ("none", "minor", "major")
 DEFAULT_RETRAIN_ON = "minor"
 
 HISTORY_START = pd.Timestamp("1970-01-01", tz="UTC")
+
+
+def history_start(t0: pd.Timestamp, settings: Settings) -> pd.Timestamp:
+    """Where a cycle's training history begins: ``train.history_days`` before the window (never before 1970)."""
+    return max(HISTORY_START, utc(t0) - timedelta(days=settings.train.history_days))
 Overrides = dict[str, dict[str, Any]]
 
 
@@ -110,7 +115,7 @@ def pull(start: str, end: str, settings: Settings | None = None, overrides: Over
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths.of(s, start, end)
     t0, t1 = utc(start), utc(end)
-    history = pull_window(s.feature_repo, HISTORY_START, t0)
+    history = pull_window(s.feature_repo, history_start(t0, s), t0)
     holdout = pull_window(s.feature_repo, t0, t1)
     if holdout.empty:
         raise PipelineError(f"window {start}..{end} holds no interactions in the feature store: nothing to evaluate or train on")

@@ -19,7 +19,6 @@ are sparse: one per user and active day, stamped the next midnight.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 TS = "event_timestamp"  # Feast's default entity-dataframe timestamp column
