@@ -10,8 +10,8 @@ drift of each kind), run in its own process so its peak memory is its own:
   the feature rows of the batch's days from the rolling state, append; ``materialize=False``);
 - one full cycle of ``recsys_retrain.cycle`` on the week, as the scheduled DAG runs it (``pull_s``,
   ``validate_s``, ``drift_s``, ``calibrate_s``, ``train_s_per_epoch``, ``evaluate_s``, ``gate_s``, their sum
-  ``cycle_s``), with ``train.epochs`` = ``EPOCHS`` and ``train.history_days`` = ``HISTORY_DAYS`` (the pull
-  reads that many days before the week); ``ndcg10_model`` (the challenger on the week) and
+  ``cycle_s``), with ``train.epochs`` = ``EPOCHS``, ``train.history_days`` = ``HISTORY_DAYS`` (the pull
+  reads that many days before the week) and the adaptive plan's epoch budget capped by ``SCHEDULE``; ``ndcg10_model`` (the challenger on the week) and
   ``ndcg10_recent_pop`` (``RecentPopular`` over 28 days, same users, not timed);
 - ``peak_rss_mb``: the process's peak resident memory (synthesis and bootstrap included);
 - ``loglog_slope`` (in ``goals``): the slope of log ``cycle_s`` against log events over the sizes.
@@ -47,6 +47,8 @@ RESULTS = ROOT / "bench" / "results"
 K = 10
 EPOCHS = {"S1": 16, "S2": 2, "S3": 1, "smoke": 1}  # S1: train.epochs' default; S2, S3: what a bench run affords
 HISTORY_DAYS = {"S3": 28}  # train.history_days where not the default (365): S3 trains on its last four weeks
+# The adaptive plan's epoch budget where a bench run cannot afford its default (at least 3 epochs, 800,000 examples):
+SCHEDULE = {"S2": {"min_epochs": 1, "target_examples": 500_000}, "S3": {"min_epochs": 1, "target_examples": 500_000}}
 BATCH_EVENTS = {"S1": 2_000, "S2": 15_000, "S3": 15_000, "smoke": 500}  # the fixed-size batch of ingest_batch_s
 GOALS = {"evaluate_10k_x_50k_s": 30.0, "synth_10m_s": 180.0, "s3_cycle_s": 900.0, "s3_peak_rss_mb": 8192.0}
 
@@ -117,8 +119,10 @@ def one_size(size: str, work: Path) -> dict:
     del week, first, rest
 
     base = Settings(home=work / "home", feature_repo=repo)
-    s = base.model_copy(update={"train": base.train.model_copy(update={"epochs": EPOCHS[size],
-                                                                       "history_days": HISTORY_DAYS.get(size, 365)})})
+    s = base.model_copy(update={
+        "train": base.train.model_copy(update={"epochs": EPOCHS[size], "history_days": HISTORY_DAYS.get(size, 365)}),
+        "schedule": base.schedule.model_copy(update=SCHEDULE.get(size, {})),
+    })
     steps: dict[str, float] = {}
 
     def step(name, fn, *args, **kwargs):
