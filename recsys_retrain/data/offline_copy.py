@@ -58,7 +58,7 @@ def publish_tables(repo: Path, changes: Changes) -> None:
                 _replace(cur, name, pd.read_parquet(data / f"{name}.parquet"))
                 continue
             if changes.origin is not None:
-                cur.execute(f'UPDATE "{name}" SET "{TS}" = %s', (changes.origin.to_pydatetime(),))
+                cur.execute(f'UPDATE "{name}" SET "{TS}" = %s', (changes.origin.to_pydatetime(),))  # nosec B608  # table names are the package's constants (PROFILES, PARTED, LOG), never input
             _copy(cur, name, rows)
         first = int(day_numbers(pd.Series([changes.since]))[0])
         for name in PARTED:
@@ -66,7 +66,7 @@ def publish_tables(repo: Path, changes: Changes) -> None:
             if not _exists(cur, name):
                 _replace(cur, name, None)
             else:
-                cur.execute(f'DELETE FROM "{name}" WHERE "{TS}" >= %s', (changes.since.to_pydatetime(),))
+                cur.execute(f'DELETE FROM "{name}" WHERE "{TS}" >= %s', (changes.since.to_pydatetime(),))  # nosec B608  # table names are the package's constants, never input
             for day in days:
                 _copy(cur, name, read_parts(data, name, [day]))
         events = changes.events.rename(columns={"timestamp": TS})[["user_id", "item_id", TS, "rating"]]
