@@ -245,8 +245,8 @@ def _write_rows(stamps: Iterable[StampRows], data: Path) -> int:
     """Each stamp's rows as that day's part of each table; the last stamp written."""
     last = -1
     for rows in stamps:
-        write_part(data, "user_stats", rows.day, F.typed(rows.user_stats))
-        write_part(data, "item_stats", rows.day, F.typed(rows.item_stats))
+        write_part(data, "user_stats", rows.day, rows.user_stats)  # typed as the oracle's rows (tests/data/oracle.py)
+        write_part(data, "item_stats", rows.day, rows.item_stats)
         if rows.user_history is not None:
             write_part(data, HISTORY, rows.day, rows.user_history)
         last = rows.day

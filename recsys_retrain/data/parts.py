@@ -22,7 +22,7 @@ import pandas as pd
 
 from recsys_retrain.data.rolling import EPOCH, EntityState, RollingState
 from recsys_retrain.data.validation import write_atomic
-from recsys_retrain.io import write_json
+from recsys_retrain.io import write_json, write_with
 
 PARTED = ("user_stats", "item_stats", "user_history")
 STATE = "state"
@@ -74,9 +74,12 @@ def stamp_range(data: Path, name: str) -> tuple[pd.Timestamp, pd.Timestamp] | No
 def save_state(data: Path, state: RollingState) -> None:
     """The state's files, then ``meta.json`` (what a later batch checks first)."""
     folder = Path(data) / STATE
-    users = state.users.to_frame("user_id").assign(
-        recent=[r.tolist() for r in state.recent], seen=[s.tolist() for s in state.seen])
-    write_atomic(users, folder / "users.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    users = pa.Table.from_pandas(state.users.to_frame("user_id"), preserve_index=False)
+    users = users.append_column("recent", _lists(state.recent)).append_column("seen", _lists(state.seen))
+    write_with(folder / "users.parquet", lambda tmp: pq.write_table(users, tmp))
     write_atomic(state.items.to_frame("item_id"), folder / "items.parquet")
     write_atomic(state.users.ring_frame("user_id"), folder / "user_days.parquet")
     write_atomic(state.items.ring_frame("item_id"), folder / "item_days.parquet")
@@ -89,17 +92,40 @@ def load_state(data: Path) -> RollingState | None:
     if not (folder / "meta.json").exists():
         return None
     next_day = json.loads((folder / "meta.json").read_text())["next_day"]
-    users = pd.read_parquet(folder / "users.parquet")
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(folder / "users.parquet")
+    users = table.drop_columns(["recent", "seen"]).to_pandas()
     state = RollingState(
         next_day=next_day,
         users=EntityState.from_frames("user_id", users, pd.read_parquet(folder / "user_days.parquet"), next_day),
         items=EntityState.from_frames("item_id", pd.read_parquet(folder / "items.parquet"),
                                       pd.read_parquet(folder / "item_days.parquet"), next_day),
-        recent=[np.asarray(r, np.int64) for r in users["recent"]],
-        seen=[np.asarray(s, np.int64) for s in users["seen"]],
+        recent=_arrays(table.column("recent")),
+        seen=_arrays(table.column("seen")),
     )
     state.distinct = np.fromiter((len(s) for s in state.seen), np.int64, len(state.seen))
     return state
+
+
+def _lists(arrays: list[np.ndarray]):
+    """One arrow list column from per-entity numpy arrays, without a Python object per element."""
+    import pyarrow as pa
+
+    offsets = np.zeros(len(arrays) + 1, np.int64)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    values = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.int64)))
+
+
+def _arrays(column) -> list[np.ndarray]:
+    """The inverse of ``_lists``."""
+    import pyarrow as pa
+
+    lists = pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], pa.large_list(pa.int64()))
+    offsets = lists.offsets.to_numpy()
+    values = lists.values.to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.split(values[offsets[0]:offsets[-1]] if len(offsets) else values, offsets[1:-1] - offsets[0])
 
 
 def clear(data: Path) -> None:

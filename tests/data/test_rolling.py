@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from tests.conftest import copy_feature_repo
 
-from recsys_retrain.data.features import HISTORY_CAP, TS, typed
+from recsys_retrain.data.features import HISTORY_CAP, TS
 from recsys_retrain.data.ingest import ingest
 from recsys_retrain.data.load import RawData
 from recsys_retrain.data.parts import load_state, read_parts, save_state
@@ -48,8 +48,6 @@ def assert_same_rows(got: dict[str, pd.DataFrame], want: dict[str, pd.DataFrame]
         if name == "user_history":
             a = a.assign(**{c: a[c].map(list) for c in ("user_recent_items", "user_seen_items")})
             b = b.assign(**{c: b[c].map(list) for c in ("user_recent_items", "user_seen_items")})
-        else:
-            a = typed(a)
         pd.testing.assert_frame_equal(a[b.columns], b, check_exact=True)
 
 
