@@ -1,10 +1,15 @@
 """Writing the Feast repository: ``bootstrap_feature_repo`` (everything, from scratch)
-and ``ingest`` (one batch: validate, de-duplicate, recompute the affected feature rows,
-append, materialize to the online store).
+and ``ingest`` (one batch: validate, de-duplicate, the feature rows of the batch's days
+from the rolling state, append, materialize to the online store).
 
-Derived tables are written before the log partitions, each file atomically: if a run
-dies half-way, re-running the same batch finds its events not yet stored and writes
-the same tables again. One ingest at a time per repository (a file lock).
+An ingest's cost follows the batch and the entities, not the history: it reads the
+stored events of the batch's days, the state (``data/state``, what the rows of later
+days need of the past) and the profiles, and writes the parts of its own days
+(``recsys_retrain.data.parts``). Derived tables and the state are written before the
+log partitions, each file atomically: if a run dies half-way, re-running the same batch
+finds its events not yet stored and writes the same tables again (from the whole log
+when the state already moved past the batch's first day). One ingest at a time per
+repository (a file lock).
 """
 
 from __future__ import annotations
@@ -128,7 +133,8 @@ def ingest(
     ``settings.max_bad_share`` the whole batch is quarantined (nothing is ingested) and
     ValidationError says why. Events already stored (same user, item, timestamp) are
     skipped, so re-ingesting a batch changes nothing. Feature rows stamped from the
-    batch's first day on are recomputed; earlier rows are kept as they are.
+    state's day (the last stored day) on are computed and written as parts; earlier parts
+    are kept as they are. Events before that day make a recomputation from the whole log.
     """
     repo = Path(repo).resolve()
     require_repo(repo)
