@@ -20,7 +20,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from recsys_retrain.data.rolling import EPOCH, EntityState, RollingState
+from recsys_retrain.data.rolling import EPOCH, EntityState, ItemLists, RollingState
 from recsys_retrain.data.validation import write_atomic
 from recsys_retrain.io import write_json, write_with
 
@@ -78,12 +78,12 @@ def save_state(data: Path, state: RollingState) -> None:
     import pyarrow.parquet as pq
 
     users = pa.Table.from_pandas(state.users.to_frame("user_id"), preserve_index=False)
-    users = users.append_column("recent", _lists(state.recent)).append_column("seen", _lists(state.seen))
+    users = users.append_column("recent", _lists(*state.recent.compact())).append_column("seen", _lists(*state.seen.compact()))
     write_with(folder / "users.parquet", lambda tmp: pq.write_table(users, tmp))
     write_atomic(state.items.to_frame("item_id"), folder / "items.parquet")
     write_atomic(state.users.ring_frame("user_id"), folder / "user_days.parquet")
     write_atomic(state.items.ring_frame("item_id"), folder / "item_days.parquet")
-    write_json({"next_day": state.next_day}, folder / "meta.json")
+    write_json({"next_day": None if state.next_day is None else int(state.next_day)}, folder / "meta.json")
 
 
 def load_state(data: Path) -> RollingState | None:
@@ -101,31 +101,28 @@ def load_state(data: Path) -> RollingState | None:
         users=EntityState.from_frames("user_id", users, pd.read_parquet(folder / "user_days.parquet"), next_day),
         items=EntityState.from_frames("item_id", pd.read_parquet(folder / "items.parquet"),
                                       pd.read_parquet(folder / "item_days.parquet"), next_day),
-        recent=_arrays(table.column("recent")),
-        seen=_arrays(table.column("seen")),
+        recent=_lists_of(table.column("recent")),
+        seen=_lists_of(table.column("seen")),
     )
-    state.distinct = np.fromiter((len(s) for s in state.seen), np.int64, len(state.seen))
+    state.distinct = state.seen.length.copy()
     return state
 
 
-def _lists(arrays: list[np.ndarray]):
-    """One arrow list column from per-entity numpy arrays, without a Python object per element."""
+def _lists(offsets: np.ndarray, values: np.ndarray):
+    """One arrow list column from flat offsets and values (``ItemLists.compact``)."""
     import pyarrow as pa
 
-    offsets = np.zeros(len(arrays) + 1, np.int64)
-    np.cumsum([len(a) for a in arrays], out=offsets[1:])
-    values = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.int64)))
 
 
-def _arrays(column) -> list[np.ndarray]:
+def _lists_of(column) -> ItemLists:
     """The inverse of ``_lists``."""
     import pyarrow as pa
 
     lists = pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], pa.large_list(pa.int64()))
-    offsets = lists.offsets.to_numpy()
+    offsets = lists.offsets.to_numpy().astype(np.int64)
     values = lists.values.to_numpy(zero_copy_only=False).astype(np.int64)
-    return np.split(values[offsets[0]:offsets[-1]] if len(offsets) else values, offsets[1:-1] - offsets[0])
+    return ItemLists.from_flat(offsets - offsets[0], values[offsets[0] : offsets[-1]])
 
 
 def clear(data: Path) -> None:

@@ -125,6 +125,59 @@ class EntityState:
         return state
 
 
+class ItemLists:
+    """One int64 array per user (recent or seen items), stored flat so that saving, loading and copying cost no
+    Python object per user: the arrays of users touched since the last ``compact`` wait in ``changed``."""
+
+    def __init__(self, start: np.ndarray | None = None, length: np.ndarray | None = None, values: np.ndarray | None = None):
+        self.start = np.zeros(0, np.int64) if start is None else np.asarray(start, np.int64)
+        self.length = np.zeros(0, np.int64) if length is None else np.asarray(length, np.int64)
+        self.values = np.zeros(0, np.int64) if values is None else np.asarray(values, np.int64)
+        self.changed: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.length)
+
+    def __getitem__(self, code: int) -> np.ndarray:
+        held = self.changed.get(int(code))
+        if held is not None:
+            return held
+        lo = self.start[code]
+        return self.values[lo : lo + self.length[code]]
+
+    def __setitem__(self, code: int, values: np.ndarray) -> None:
+        self.changed[int(code)] = values
+
+    def grow(self, n: int) -> None:
+        """``n`` more users, with empty arrays."""
+        self.start, self.length = np.r_[self.start, np.zeros(n, np.int64)], np.r_[self.length, np.zeros(n, np.int64)]
+
+    def copy(self) -> ItemLists:
+        out = ItemLists(self.start.copy(), self.length.copy(), self.values)  # values are never written in place
+        out.changed = dict(self.changed)
+        return out
+
+    def compact(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every array in user order, flat: (offsets of n + 1, values)."""
+        if self.changed:
+            codes = np.fromiter(self.changed, np.int64, len(self.changed))
+            arrays = [self.changed[int(c)] for c in codes]
+            lengths = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
+            self.start[codes] = len(self.values) + np.r_[0, np.cumsum(lengths)[:-1]]
+            self.length[codes] = lengths
+            self.values = np.concatenate([self.values, *arrays]).astype(np.int64)
+            self.changed = {}
+        offsets = np.zeros(len(self) + 1, np.int64)
+        np.cumsum(self.length, out=offsets[1:])
+        self.values = self.values[np.repeat(self.start - offsets[:-1], self.length) + np.arange(offsets[-1])]
+        self.start = offsets[:-1].copy()
+        return offsets, self.values
+
+    @classmethod
+    def from_flat(cls, offsets: np.ndarray, values: np.ndarray) -> ItemLists:
+        return cls(offsets[:-1], np.diff(offsets), values)
+
+
 @dataclass
 class RollingState:
     """Everything the rows of later days need of the events before ``next_day``."""
@@ -132,8 +185,8 @@ class RollingState:
     next_day: int | None = None  # None: no event yet
     users: EntityState = field(default_factory=EntityState)
     items: EntityState = field(default_factory=EntityState)
-    recent: list[np.ndarray] = field(default_factory=list)  # per user (users' order): last HISTORY_CAP items
-    seen: list[np.ndarray] = field(default_factory=list)  # per user: distinct items, sorted
+    recent: ItemLists = field(default_factory=ItemLists)  # per user (users' order): last HISTORY_CAP items
+    seen: ItemLists = field(default_factory=ItemLists)  # per user: distinct items, sorted
     distinct: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per user: len(seen)
 
 
@@ -185,7 +238,7 @@ def advance(state: RollingState, events: pd.DataFrame, cap: int = HISTORY_CAP) -
 
 def _after_last(state: RollingState, u, i, items, ratings, day: int, cap: int) -> Iterator[StampRows]:
     """The last day's events are counted into a copy, so ``state`` keeps covering the days before it."""
-    ahead = RollingState(day, _copy(state.users), _copy(state.items), list(state.recent), list(state.seen),
+    ahead = RollingState(day, _copy(state.users), _copy(state.items), state.recent.copy(), state.seen.copy(),
                          state.distinct.copy())
     history = _add(ahead, day, u, i, items, ratings, cap)
     yield StampRows(day + 1, _user_rows(ahead, day + 1), _item_rows(ahead, day + 1), history)
@@ -198,8 +251,8 @@ def _copy(e: EntityState) -> EntityState:
 
 def _grow_history(state: RollingState) -> None:
     missing = len(state.users.ids) - len(state.recent)
-    state.recent.extend(np.zeros(0, np.int64) for _ in range(missing))
-    state.seen.extend(np.zeros(0, np.int64) for _ in range(missing))
+    state.recent.grow(missing)
+    state.seen.grow(missing)
     state.distinct = np.r_[state.distinct, np.zeros(missing, np.int64)]
 
 
