@@ -5,23 +5,22 @@ drift of each kind), run in its own process so its peak memory is its own:
 
 - ``synth_s``: ``synthesize`` writing the log (parquet, chunked);
 - ``bootstrap_s``: ``bootstrap_feature_repo`` with everything before the last week;
-- ``ingest_week_s``: ``ingest`` of the last week's events as one batch (validate, deduplicate, recompute
-  the feature rows, append; the online store is not filled: ``materialize=False``);
-- ``pull_s``: what a cycle's pull reads from the store (``pull_window`` of the history since 1970 and of
-  the week, ``item_catalogue``);
-- ``train_s_per_epoch``, ``samples_per_s``: ``train`` on the pulled history (``EPOCHS`` epochs; the full
-  softmax up to ``train.sampled_softmax_above`` items, the sampled one with logQ above);
-- ``evaluate_s``: ``user_metrics`` of the trained model on the week (every catalogue item ranked for
-  every user, users scored ``CHUNK_USERS`` at a time); ``ndcg10_model`` and ``ndcg10_recent_pop``
-  (``RecentPopular`` over 28 days) on the same users;
-- ``peak_rss_mb``: the process's peak resident memory.
+- ``ingest_batch_s``: ``ingest`` of the week's first ``BATCH_EVENTS`` events (the same batch size at S2 and
+  S3: the cost follows the batch); ``ingest_week_s``: that and the rest of the week (validate, deduplicate,
+  the feature rows of the batch's days from the rolling state, append; ``materialize=False``);
+- one full cycle of ``recsys_retrain.cycle`` on the week, as the scheduled DAG runs it (``pull_s``,
+  ``validate_s``, ``drift_s``, ``calibrate_s``, ``train_s_per_epoch``, ``evaluate_s``, ``gate_s``, their sum
+  ``cycle_s``), with ``train.epochs`` = ``EPOCHS``, ``train.history_days`` = ``HISTORY_DAYS`` (the pull
+  reads that many days before the week) and the adaptive plan's epoch budget capped by ``SCHEDULE``; ``ndcg10_model`` (the challenger on the week) and
+  ``ndcg10_recent_pop`` (``RecentPopular`` over 28 days, same users, not timed);
+- ``peak_rss_mb``: the process's peak resident memory (synthesis and bootstrap included);
+- ``loglog_slope`` (in ``goals``): the slope of log ``cycle_s`` against log events over the sizes.
 
 Apart: ``evaluate_10k_x_50k_s``, ``user_metrics`` of an untrained two-tower model (the cost does not
 depend on the weights) for up to 10,000 users (those of a 14-day holdout with a new item to find, as many
 as the generated log has: ``users`` says how many) against 50,000 items; ``train_50k_items``, one epoch of ``train``
 on 100,000 events over 50,000 items with the full softmax and with the sampled one (logQ), samples per
-second and NDCG@10 on the week after. Stages a size skips (``SKIP``) are
-reported as null with the reason, never estimated.
+second and NDCG@10 on the week after.
 
 Writes bench/results/scale.json (``--out`` for another folder). ``--smoke``: a 20,000-event log, one epoch,
 a 1,000 x 5,000 evaluation, training over 5,000 items.
@@ -46,12 +45,21 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 K = 10
-EPOCHS = {"S1": 16, "S2": 2, "S3": 1, "smoke": 1}  # S1: train.epochs' default; S2: what a bench run affords
-SKIP = {"S3": {"bootstrap", "ingest", "pull", "train", "evaluate"}}  # what a size leaves out, and why (REASONS)
-REASONS = {"S3": "not run at S3: the feature tables are a dense users x days grid rebuilt from the whole log on every "
-                 "ingest (issue 37 item 2, not built yet), about 10 GB at 200,000 users x 365 days on this shared "
-                 "machine; the S3 log, the 10k x 50k evaluation and the 50,000-item training are measured"}
-GOALS = {"evaluate_10k_x_50k_s": 30.0, "synth_10m_s": 180.0}
+EPOCHS = {"S1": 16, "S2": 2, "S3": 1, "smoke": 1}  # S1: train.epochs' default; S2, S3: what a bench run affords
+HISTORY_DAYS = {"S3": 28}  # train.history_days where not the default (365): S3 trains on its last four weeks
+# The adaptive plan's epoch budget where a bench run cannot afford its default (at least 3 epochs, 800,000 examples):
+SCHEDULE = {"S2": {"min_epochs": 1, "target_examples": 500_000}, "S3": {"min_epochs": 1, "target_examples": 500_000}}
+BATCH_EVENTS = {"S1": 2_000, "S2": 15_000, "S3": 15_000, "smoke": 500}  # the fixed-size batch of ingest_batch_s
+GOALS = {"evaluate_10k_x_50k_s": 30.0, "synth_10m_s": 180.0, "s3_cycle_s": 900.0, "s3_peak_rss_mb": 8192.0}
+
+
+def loglog_slope(per_size: dict) -> float | None:
+    """Least-squares slope of log(cycle_s) against log(events) over the sizes that completed a cycle."""
+    points = [(r["events"], r["cycle_s"]) for r in per_size.values() if r.get("cycle_s")]
+    if len(points) < 2:
+        return None
+    x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
+    return round(float(np.polyfit(x, y, 1)[0]), 3)
 
 
 def _rss_mb() -> float:
@@ -75,63 +83,86 @@ def config_for(size: str):
 
 
 def one_size(size: str, work: Path) -> dict:
-    """Every stage on one synthetic size, in this process."""
-    from recsys_retrain.baselines import RecentPopular
-    from recsys_retrain.cycle import HISTORY_START
-    from recsys_retrain.data import store
+    """Synthesis, bootstrap, ingest, then one full cycle of ``recsys_retrain.cycle`` on one synthetic size, in this process."""
+    from recsys_retrain import cycle
+    from recsys_retrain.airflow_local import quiet_libraries
     from recsys_retrain.data.ingest import bootstrap_feature_repo, ingest
     from recsys_retrain.data.load import RawData
-    from recsys_retrain.evaluate import user_metrics
     from recsys_retrain.resources import copy_definitions
-    from recsys_retrain.settings import TrainSettings
+    from recsys_retrain.settings import Settings
     from recsys_retrain.synthetic import load_synthetic, synthesize
-    from recsys_retrain.train.checkpoints import load_checkpoint
-    from recsys_retrain.train.loop import train
 
-    config, skip = config_for(size), SKIP.get(size, set())
+    quiet_libraries()
+    config = config_for(size)
     log, synth_s = _timed(synthesize, config, work / "log")
     out = {"events": log.events, "users": config.n_users, "items": config.n_items, "days": config.days,
            "synth_s": synth_s, "synth_rss_mb": round(_rss_mb())}
     print(f"[{size}] synthesized {log.events} events in {synth_s:.1f} s", flush=True)
-    if skip:
-        out["skipped"] = {"stages": sorted(skip), "reason": REASONS[size]}
-    if "bootstrap" in skip:
-        return out
     raw = load_synthetic(log.folder)
     end = pd.Timestamp(config.start, tz="UTC") + pd.Timedelta(days=config.days)
     t0 = end - pd.Timedelta(days=7)
     inter = raw.interactions
-    before, week = inter[inter["timestamp"] < t0], inter[inter["timestamp"] >= t0]
+    before, week = inter[inter["timestamp"] < t0], inter[inter["timestamp"] >= t0].sort_values("timestamp", kind="stable")
     repo = copy_definitions(ROOT / "features", work / "features")
     _, out["bootstrap_s"] = _timed(bootstrap_feature_repo, RawData(before, raw.users, raw.items), repo)
+    out["bootstrap_rss_mb"] = round(_rss_mb())
     del raw, inter, before
-    result, out["ingest_week_s"] = _timed(ingest, week, repo, materialize=False)
-    out["ingest_week_rows"] = result.added
-    print(f"[{size}] bootstrap {out['bootstrap_s']:.1f} s, ingest of {result.added} rows {out['ingest_week_s']:.1f} s", flush=True)
+    batch = BATCH_EVENTS[size]
+    first, rest = week.iloc[:batch], week.iloc[batch:]
+    result, out["ingest_batch_s"] = _timed(ingest, first, repo, materialize=False)
+    out["ingest_batch_rows"] = result.added
+    result, rest_s = _timed(ingest, rest, repo, materialize=False)
+    out["ingest_week_s"] = round(out["ingest_batch_s"] + rest_s, 3)
+    out["ingest_week_rows"] = out["ingest_batch_rows"] + result.added
+    print(f"[{size}] bootstrap {out['bootstrap_s']:.1f} s; ingest of {out['ingest_batch_rows']} rows "
+          f"{out['ingest_batch_s']:.1f} s, of the week ({out['ingest_week_rows']} rows) {out['ingest_week_s']:.1f} s", flush=True)
+    del week, first, rest
 
-    def pull():
-        return (store.pull_window(repo, HISTORY_START, t0), store.pull_window(repo, t0, end), store.item_catalogue(repo, t0))
+    base = Settings(home=work / "home", feature_repo=repo)
+    s = base.model_copy(update={
+        "train": base.train.model_copy(update={"epochs": EPOCHS[size], "history_days": HISTORY_DAYS.get(size, 365)}),
+        "schedule": base.schedule.model_copy(update=SCHEDULE.get(size, {})),
+    })
+    steps: dict[str, float] = {}
 
-    (history, holdout, catalogue), out["pull_s"] = _timed(pull)
-    out["history_rows"], out["holdout_rows"] = len(history), len(holdout)
-    print(f"[{size}] pull {out['pull_s']:.1f} s ({len(history)} + {len(holdout)} rows)", flush=True)
-    epochs = EPOCHS[size]
-    trained, train_s = _timed(train, history, catalogue, work / "run", TrainSettings(epochs=epochs), progress=False)
-    out["epochs"], out["train_s_per_epoch"] = epochs, round(trained.loop_seconds / epochs, 3)
-    seen = trained.epoch_samples[-1] if trained.epoch_samples else 0  # cumulative: examples of every epoch
-    out["samples_per_s"] = round(seen / trained.step_seconds) if trained.step_seconds else None
-    model = load_checkpoint(Path(trained.checkpoint))
-    print(f"[{size}] train {out['train_s_per_epoch']:.1f} s per epoch", flush=True)
-    scored, out["evaluate_s"] = _timed(user_metrics, model, history, holdout, K)
-    out["eval_users"] = scored.n_users
-    out["ndcg10_model"] = round(scored.mean_ndcg, 4)
-    recent = user_metrics(RecentPopular(history, catalogue, 28), history, holdout, K)
-    out["ndcg10_recent_pop"] = round(recent.mean_ndcg, 4)
-    out["model_beats_recent_pop"] = bool(scored.mean_ndcg > recent.mean_ndcg)
-    out["peak_rss_mb"] = round(_rss_mb())
-    print(f"[{size}] evaluate {out['evaluate_s']:.1f} s on {scored.n_users} users: model {out['ndcg10_model']}, "
-          f"recent pop {out['ndcg10_recent_pop']}; peak RSS {out['peak_rss_mb']} MB", flush=True)
+    def step(name, fn, *args, **kwargs):
+        result, steps[name] = _timed(fn, *args, **kwargs)
+        print(f"[{size}] {name} {steps[name]:.1f} s (RSS peak {_rss_mb():.0f} MB)", flush=True)
+        return result
+
+    pulled = step("pull", cycle.pull, t0.isoformat(), end.isoformat(), settings=s)
+    pulled = step("validate", cycle.validate, pulled, settings=s)
+    drifted = step("drift", cycle.drift, pulled, settings=s)
+    plan = step("calibrate", cycle.calibrate, pulled, drifted, settings=s)
+    trained = step("train", cycle.train, pulled, settings=s, plan=plan)
+    evaluated = step("evaluate", cycle.evaluate, pulled, trained, settings=s)
+    summary = step("gate", cycle.gate, pulled, drifted, trained, evaluated, settings=s)
+    epochs = max(len(trained.get("epoch_losses") or []), 1)
+    out.update({
+        "history_days": s.train.history_days, "history_rows": pulled["rows_history"], "holdout_rows": pulled["rows_window"],
+        "pull_s": steps["pull"], "validate_s": steps["validate"], "drift_s": steps["drift"],
+        "calibrate_s": steps["calibrate"], "epochs": epochs, "train_s": steps["train"],
+        "train_s_per_epoch": round(steps["train"] / epochs, 3), "evaluate_s": steps["evaluate"], "gate_s": steps["gate"],
+        "cycle_s": round(sum(steps.values()), 1), "drift_severity": drifted["severity"],
+        "ndcg10_model": evaluated["challenger"].get(f"ndcg_at_{K}"), "promoted": bool(summary.get("promoted")),
+        "peak_rss_mb": round(_rss_mb()),
+    })
+    out["ndcg10_recent_pop"] = recent_popularity(pulled["run_dir"])
+    model_ndcg = out["ndcg10_model"]
+    out["model_beats_recent_pop"] = bool(model_ndcg is not None and model_ndcg > out["ndcg10_recent_pop"])
+    print(f"[{size}] cycle {out['cycle_s']:.1f} s; peak RSS {out['peak_rss_mb']} MB", flush=True)
     return out
+
+
+def recent_popularity(run_dir: str) -> float:
+    """NDCG@K of the most popular items of the last 28 days on the cycle's holdout users (after the cycle: not timed)."""
+    from recsys_retrain.baselines import RecentPopular
+    from recsys_retrain.evaluate import user_metrics
+    from recsys_retrain.paths import CyclePaths
+
+    p = CyclePaths(Path(run_dir))
+    history, holdout, catalogue = (pd.read_parquet(f) for f in (p.history, p.holdout, p.catalogue))
+    return round(user_metrics(RecentPopular(history, catalogue, 28), history, holdout, K).mean_ndcg, 4)
 
 
 def evaluation_at(n_users: int, n_items: int, work: Path) -> dict:
@@ -214,16 +245,23 @@ def main(smoke: bool = False) -> dict:
     ev = big_eval.get("evaluate_s")
     goals["evaluate_10k_x_50k_s"] = {"goal": f"<= {GOALS['evaluate_10k_x_50k_s']}", "value": ev,
                                      "met": ev is not None and ev <= GOALS["evaluate_10k_x_50k_s"] and not smoke}
-    s3 = per_size.get("S3", {})
+    s2, s3 = per_size.get("S2", {}), per_size.get("S3", {})
     goals["synth_10m_s"] = {"goal": f"<= {GOALS['synth_10m_s']} (S3)", "value": s3.get("synth_s"),
                             "met": s3.get("synth_s") is not None and s3["synth_s"] <= GOALS["synth_10m_s"]}
+    goals["s3_cycle_s"] = {"goal": f"<= {GOALS['s3_cycle_s']}", "value": s3.get("cycle_s"),
+                           "met": s3.get("cycle_s") is not None and s3["cycle_s"] <= GOALS["s3_cycle_s"]}
+    goals["s3_peak_rss_mb"] = {"goal": f"<= {GOALS['s3_peak_rss_mb']}", "value": s3.get("peak_rss_mb"),
+                               "met": s3.get("peak_rss_mb") is not None and s3["peak_rss_mb"] <= GOALS["s3_peak_rss_mb"]}
+    ratio = (round(s3["ingest_batch_s"] / s2["ingest_batch_s"], 2)
+             if s2.get("ingest_batch_s") and s3.get("ingest_batch_s") is not None else None)
+    goals["ingest_batch_s3_over_s2"] = {"goal": f"<= 1.5 (a {BATCH_EVENTS['S3']}-event batch at both sizes)",
+                                        "value": ratio, "met": ratio is not None and ratio <= 1.5}
+    slope = loglog_slope(per_size)
+    goals["loglog_slope"] = {"goal": "<= 1.0 (cycle_s against events)", "value": slope,
+                             "met": slope is not None and slope <= 1.0 and not smoke}
     beats = {size: r.get("model_beats_recent_pop") for size, r in per_size.items()}
     goals["model_beats_recent_pop_every_size"] = {"goal": "true at every size", "value": beats,
                                                   "met": all(v is True for v in beats.values())}
-    missing = ["S3: cycle_s, drift_s, train, evaluate and peak RSS of a full cycle (see sizes.S3.skipped)",
-               "ingest_week_s at S3 vs S2 (cost follows the batch): S3 is not ingested", "loglog_slope of cycle time",
-               "bare_torchrec_samples_per_s at each size"]
-    goals["not_measured"] = {"goal": "issue 37's other goals", "value": missing, "met": False}
     full, sampled = big_train.get("full_samples_per_s"), big_train.get("sampled_samples_per_s")
     goals["sampled_softmax_speedup_50k_items"] = {
         "goal": "> 1 (a step scores the batch's positives and 4,096 negatives, not every item)",

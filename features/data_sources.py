@@ -61,8 +61,9 @@ user_profile_source = _source(
 
 user_stats_source = _source(
     "user_stats",
-    "data/user_stats.parquet",
-    "One row per user and day from the user's first day: activity before that day, stamped 00:00 UTC.",
+    "data/user_stats",
+    "One row per user and day from the user's first day: activity before that day, stamped 00:00 UTC "
+    "(one parquet part per day: data/user_stats/YYYY-MM-DD.parquet).",
     "daily_aggregate",
 )
 
@@ -72,15 +73,17 @@ item_profile_source = _source(
 
 item_stats_source = _source(
     "item_stats",
-    "data/item_stats.parquet",
-    "One row per item and day from the item's first day: activity before that day, stamped 00:00 UTC.",
+    "data/item_stats",
+    "One row per item and day from the item's first day: activity before that day, stamped 00:00 UTC "
+    "(one parquet part per day: data/item_stats/YYYY-MM-DD.parquet).",
     "daily_aggregate",
 )
 
 user_history_source = _source(
     "user_history",
-    "data/user_history.parquet",
-    "One row per user and active day: the user's most recent and every seen item as of the next 00:00 UTC.",
+    "data/user_history",
+    "One row per user and active day: the user's most recent and every seen item as of the next 00:00 UTC "
+    "(one parquet part per stamp day).",
     "daily_aggregate",
 )
 

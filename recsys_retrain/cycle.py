@@ -104,13 +104,13 @@ def ingest(events: str, settings: Settings | None = None, overrides: Overrides |
 
 
 def pull(start: str, end: str, settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
-    """Pulls the training history, the window and the catalogue from the feature store."""
+    """Pulls the training history (``train.history_days`` before the window), the window and the catalogue."""
     from recsys_retrain.data.store import item_catalogue, pull_window
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths.of(s, start, end)
     t0, t1 = utc(start), utc(end)
-    history = pull_window(s.feature_repo, HISTORY_START, t0)
+    history = pull_window(s.feature_repo, max(HISTORY_START, t0 - timedelta(days=s.train.history_days)), t0)
     holdout = pull_window(s.feature_repo, t0, t1)
     if holdout.empty:
         raise PipelineError(f"window {start}..{end} holds no interactions in the feature store: nothing to evaluate or train on")

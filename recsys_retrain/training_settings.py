@@ -31,6 +31,12 @@ class TrainSettings(BaseModel):
         "calibrate sets it under drift.",
     )
     seed: int = 0
+    history_days: int = Field(
+        365, ge=1,
+        description="Days of history a cycle's pull reads before the window (recsys_retrain.cycle.pull), so that a pull's "
+        "cost follows this span, not the log's age. 365 covers all of MovieLens-100K (215 days) and of the one-year "
+        "synthetic logs, so their results are those of an unbounded pull.",
+    )
     sampled_softmax_above: int = Field(
         5_000, ge=1,
         description="Catalogue size above which a training step scores its positives and sampled_negatives shared "

@@ -91,6 +91,17 @@ def test_an_empty_window_fails_at_pull_in_one_line(sandbox):
     assert "\n" not in str(err.value)
 
 
+def test_the_pull_reads_train_history_days_before_the_window(sandbox):
+    """The history is bounded by the setting; the default (365 days) covers all of MovieLens-100K."""
+    short = cycle.pull("1997-10-27", "1997-11-03", settings=sandbox.model_copy(update={
+        "train": sandbox.train.model_copy(update={"history_days": 7})}))
+    history = pd.read_parquet(Path(short["run_dir"]) / "history.parquet")
+    assert history.timestamp.min() >= pd.Timestamp("1997-10-20", tz="UTC") and short["rows_history"] == len(history) > 0
+    full = cycle.pull("1997-10-27", "1997-11-03", settings=sandbox)
+    assert sandbox.train.history_days == 365 and full["rows_history"] > short["rows_history"]
+    assert pd.read_parquet(Path(full["run_dir"]) / "history.parquet").timestamp.min() < pd.Timestamp("1997-09-21", tz="UTC")
+
+
 @pytest.mark.slow
 def test_monitor_scores_champion_against_previous_and_records_the_decision(sandbox):
     s = sandbox

@@ -140,3 +140,33 @@ def test_postgres_offline_and_registry_redis_online(prod_env: str, tmp_path: Pat
     local = copy_feature_repo(tmp_path / "local")
     bootstrap_feature_repo(RawData(_events(FIRST + SECOND), users, items), local)
     pd.testing.assert_frame_equal(prod_window, pull_window(local, "2024-03-01", "2024-03-07"))
+
+
+def _tables(db: str) -> dict[str, tuple[int, int]]:
+    """(oid, rows) of each offline table: a dropped and reloaded table gets a new oid."""
+    import psycopg
+
+    names = ("interactions", "user_profile", "item_profile", "user_stats", "item_stats", "user_history")
+    with psycopg.connect(dbname=db, **PG) as conn:
+        return {n: (conn.execute("SELECT to_regclass(%s)::oid", (n,)).fetchone()[0],
+                    conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]) for n in names}
+
+
+def test_ingest_copies_only_the_new_rows_into_postgres(prod_env: str, tmp_path: Path) -> None:
+    """No table is dropped by an ingest; each holds the rows of the repository's parquet files."""
+    from recsys_retrain.data.parts import read_parts
+    from recsys_retrain.data.store import read_events
+
+    repo = copy_feature_repo(tmp_path / "prod")
+    bootstrap_feature_repo(RawData(_events(FIRST), pd.DataFrame(), pd.DataFrame()), repo)
+    before = _tables(prod_env)
+    ingest(_events(SECOND), repo, materialize=False)
+    ingest(_events([(4, 13, "2024-03-06 15:00"), (1, 13, "2024-03-08 09:00")]), repo, materialize=False)
+    after = _tables(prod_env)
+    assert {n: oid for n, (oid, _) in before.items()} == {n: oid for n, (oid, _) in after.items()}
+    data = repo / "data"
+    local = {n: len(read_parts(data, n)) for n in ("user_stats", "item_stats", "user_history")}
+    local |= {n: len(pd.read_parquet(data / f"{n}.parquet")) for n in ("user_profile", "item_profile")}
+    local["interactions"] = len(read_events(repo))
+    assert {n: rows for n, (_, rows) in after.items()} == local
+    assert local["interactions"] == 8 and local["user_profile"] == 4

@@ -1,10 +1,15 @@
 """Writing the Feast repository: ``bootstrap_feature_repo`` (everything, from scratch)
-and ``ingest`` (one batch: validate, de-duplicate, recompute the affected feature rows,
-append, materialize to the online store).
+and ``ingest`` (one batch: validate, de-duplicate, the feature rows of the batch's days
+from the rolling state, append, materialize to the online store).
 
-Derived tables are written before the log partitions, each file atomically: if a run
-dies half-way, re-running the same batch finds its events not yet stored and writes
-the same tables again. One ingest at a time per repository (a file lock).
+An ingest's cost follows the batch and the entities, not the history: it reads the
+stored events of the batch's days, the state (``data/state``, what the rows of later
+days need of the past) and the profiles, and writes the parts of its own days
+(``recsys_retrain.data.parts``). Derived tables and the state are written before the
+log partitions, each file atomically: if a run dies half-way, re-running the same batch
+finds its events not yet stored and writes the same tables again (from the whole log
+when the state already moved past the batch's first day). One ingest at a time per
+repository (a file lock).
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ import pyarrow.parquet as pq
 
 from recsys_retrain.data import features as F
 from recsys_retrain.data.features import TS
+from recsys_retrain.data.offline_copy import Changes, publish_tables
+from recsys_retrain.data.parts import PARTED, STATE, clear, drop_parts, load_state, save_state, stamp_range, write_part
+from recsys_retrain.data.rolling import RollingState, StampRows, advance, day_numbers, stamp_of
 from recsys_retrain.data.load import RawData, normalise_items, normalise_users, last_line, read_log
 from recsys_retrain.data.store import HISTORY, LOG, PROFILES, STATS, offline_kind, require_repo, feature_store, read_events
 from recsys_retrain.data.validation import check_events, to_parquet, write_atomic, write_quarantine
@@ -32,6 +40,9 @@ from recsys_retrain.io import file_lock, write_with
 from recsys_retrain.resources import seed_feature_repo
 from recsys_retrain.errors import DataError, PipelineError, ValidationError
 from recsys_retrain.settings import DataSettings
+
+
+FAR_FUTURE = pd.Timestamp("2200-01-01", tz="UTC")
 
 
 @dataclass(frozen=True)
@@ -74,8 +85,6 @@ def bootstrap_feature_repo(raw: RawData, repo: Path, materialize: bool = False) 
     tables = {
         "user_profile": F.profile_table(_ids(inter["user_id"], users["user_id"]), users, "user_id", F.USER_PROFILE, origin),
         "item_profile": F.profile_table(_ids(inter["item_id"], items["item_id"]), items, "item_id", F.ITEM_PROFILE, origin),
-        **_stats_tables(repo, inter),
-        HISTORY: F.history_table(inter, F.HISTORY_CAP),
     }
     data = repo / "data"
     staging = data / f".staging-{os.getpid()}"
@@ -83,22 +92,27 @@ def bootstrap_feature_repo(raw: RawData, repo: Path, materialize: bool = False) 
     try:
         for name, df in tables.items():
             to_parquet(df, _mkdir(staging) / f"{name}.parquet", f"{name}.parquet")
+        state = RollingState()
+        _write_rows(advance(state, inter), staging)
+        save_state(staging, state)
         _write_days(_log_frame(inter), staging / LOG)
         for name in tables:
             os.replace(staging / f"{name}.parquet", data / f"{name}.parquet")
-        old = data / f".{LOG}.old-{os.getpid()}"
-        if (data / LOG).exists():
-            os.replace(data / LOG, old)
-        os.replace(staging / LOG, data / LOG)
-        shutil.rmtree(old, ignore_errors=True)
-        (data / f"{LOG}.parquet").unlink(missing_ok=True)  # the single-file log of earlier versions
+        for folder in (*PARTED, STATE, LOG):
+            old = data / f".{folder}.old-{os.getpid()}"
+            if (data / folder).exists():
+                os.replace(data / folder, old)
+            os.replace(staging / folder, data / folder)
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in (LOG, *PARTED):  # the single-file tables of earlier versions
+            (data / f"{stale}.parquet").unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     published = data / "recommendations.parquet"  # the champion's top-K, written by each publication
     if not published.exists():
         write_with(published, lambda tmp: pq.write_table(F.empty_recommendations(), tmp))
     _apply(repo)
-    _publish(repo, [*tables, LOG])
+    publish_tables(repo, Changes(since=None))
     if materialize:
         _materialize(repo, origin, tables)
 
@@ -119,7 +133,8 @@ def ingest(
     ``settings.max_bad_share`` the whole batch is quarantined (nothing is ingested) and
     ValidationError says why. Events already stored (same user, item, timestamp) are
     skipped, so re-ingesting a batch changes nothing. Feature rows stamped from the
-    batch's first day on are recomputed; earlier rows are kept as they are.
+    state's day (the last stored day) on are computed and written as parts; earlier parts
+    are kept as they are. Events before that day make a recomputation from the whole log.
     """
     repo = Path(repo).resolve()
     require_repo(repo)
@@ -150,22 +165,17 @@ def _ingest(events, repo: Path, settings: DataSettings, materialize: bool, step)
         step("done")
         return IngestResult(**result)
     step("features")
-    since = new["timestamp"].min().floor("D")
-    everything = pd.concat([read_events(repo), new], ignore_index=True)
-    tables = _updated_tables(repo, everything, new, since)
-    for name, df in tables.items():
-        write_atomic(df, repo / "data" / f"{name}.parquet")
+    changes = _update_tables(repo, stored, new)
+    since = changes.since
     step("append")
-    touched = new["timestamp"].dt.floor("D").unique()
-    day_rows = everything[everything["timestamp"].dt.floor("D").isin(touched)]
-    _write_days(_log_frame(day_rows), repo / "data" / LOG)
+    _write_days(_log_frame(pd.concat([stored, new], ignore_index=True)), repo / "data" / LOG)
     if offline_kind(repo) != "file" or not (repo / "data" / "registry.db").exists() or not _registered(repo, HISTORY):
         _apply(repo)
-    _publish(repo, [*tables, LOG])
+    publish_tables(repo, changes)
     result["recomputed_from"] = since.isoformat()
     if materialize:
         step("materialize")
-        result["materialized_to"] = _materialize_with_retries(repo, since, tables, settings, len(new)).isoformat()
+        result["materialized_to"] = _materialize_with_retries(repo, since, changes.profiles, settings, len(new)).isoformat()
     step("done")
     return IngestResult(**result)
 
@@ -195,37 +205,58 @@ def quarantined(repo: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["reason", "batch"])
 
 
-def _updated_tables(repo: Path, everything: pd.DataFrame, new: pd.DataFrame, since: pd.Timestamp) -> dict:
-    """Stats rows from ``since`` on replace the stored ones; profiles gain new ids."""
+def _update_tables(repo: Path, stored: pd.DataFrame, new: pd.DataFrame) -> Changes:
+    """The feature rows of the batch's days, from the stored state; the profiles of new ids.
+
+    ``stored``: the events already stored on the batch's days. The state covers the days
+    before its ``next_day`` (the last stored day): the rows stamped from then on are
+    computed from it, the events stored since and the batch, and written as parts
+    (the earlier parts stay as they are). A batch reaching further back, or a
+    repository without a state, is recomputed from the whole log (same rows, slower).
+    Returns what changed: the first stamp rewritten, the new events, the profiles' new rows.
+    """
     data = repo / "data"
-    origin = everything["timestamp"].min().floor("D")
-    out = {}
-    for name, rows in _stats_tables(repo, everything, since).items():
-        path = data / f"{name}.parquet"
-        kept = pd.read_parquet(path, filters=[(TS, "<", since)]) if path.exists() else rows.iloc[:0]
-        key = STATS[name]
-        out[name] = pd.concat([kept, rows], ignore_index=True).sort_values([key, TS], kind="stable").reset_index(drop=True)
-    path = data / f"{HISTORY}.parquet"
-    kept = pd.read_parquet(path, filters=[(TS, "<", since)]) if path.exists() else None
-    rows = F.history_table(everything, F.HISTORY_CAP, since=since)
-    out[HISTORY] = pd.concat([kept, rows], ignore_index=True) if kept is not None else rows
+    state = load_state(data)
+    first_new = int(day_numbers(new["timestamp"]).min())
+    if state is None or state.next_day is None or first_new < state.next_day:
+        pending = pd.concat([read_events(repo), new], ignore_index=True)
+        state = RollingState()
+        clear(data)
+    else:
+        later = read_events(repo, stamp_of(state.next_day), FAR_FUTURE)
+        pending = pd.concat([later, new], ignore_index=True)
+    since = stamp_of(state.next_day if state.next_day is not None else int(day_numbers(pending["timestamp"]).min()))
+    last = _write_rows(advance(state, pending), data)
+    for name in PARTED:
+        drop_parts(data, name, after=last)
+    save_state(data, state)
+    stored_origins = [pd.read_parquet(data / f"{n}.parquet", columns=[TS])[TS].min()
+                      for n in PROFILES if (data / f"{n}.parquet").exists()]
+    origin = min([pending["timestamp"].min().floor("D"), *[o for o in stored_origins if pd.notna(o)]])
+    profiles, restamped = {}, False
     for name, (key, cols) in PROFILES.items():
         path = data / f"{name}.parquet"
         old = pd.read_parquet(path) if path.exists() else F.profile_table(pd.Series([], dtype="int64"), pd.DataFrame(columns=[key]), key, cols, origin)
         fresh = sorted(set(new[key].tolist()) - set(old[key].tolist()))
         if fresh or old.empty or (old[TS] != origin).any():
             added = F.profile_table(pd.Series(fresh, dtype="int64"), pd.DataFrame(columns=[key]), key, cols, origin)
-            out[name] = pd.concat([old.assign(**{TS: origin}), added], ignore_index=True).sort_values(key).reset_index(drop=True)
-    return out
+            table = pd.concat([old.assign(**{TS: origin}), added], ignore_index=True).sort_values(key).reset_index(drop=True)
+            write_atomic(table, path)
+            profiles[name] = added
+            restamped = restamped or bool((old[TS] != origin).any())
+    return Changes(since=since, events=new, profiles=profiles, origin=origin if restamped else None)
 
 
-def _stats_tables(repo: Path, log: pd.DataFrame, since: pd.Timestamp | None = None) -> dict[str, pd.DataFrame]:
-    """The statistics views: Spark SQL on the Spark offline store's session (``spark_stats``), else pandas."""
-    if offline_kind(repo) != "spark":
-        return F.stats_tables(log, since=since)
-    from recsys_retrain.data import spark_stats
-
-    return spark_stats.stats_tables(spark_stats.spark_session(repo), log, since=since)
+def _write_rows(stamps: Iterable[StampRows], data: Path) -> int:
+    """Each stamp's rows as that day's part of each table; the last stamp written."""
+    last = -1
+    for rows in stamps:
+        write_part(data, "user_stats", rows.day, rows.user_stats)  # typed as the oracle's rows (tests/data/oracle.py)
+        write_part(data, "item_stats", rows.day, rows.item_stats)
+        if rows.user_history is not None:
+            write_part(data, HISTORY, rows.day, rows.user_history)
+        last = rows.day
+    return last
 
 
 def _materialize_with_retries(repo: Path, since: pd.Timestamp, tables: dict, settings: DataSettings, added: int):
@@ -255,10 +286,10 @@ def _materialize_with_retries(repo: Path, since: pd.Timestamp, tables: dict, set
 def _online_lag(repo: Path) -> pd.Timestamp | None:
     """The day the online store's stats views stop, when that is before the newest offline row; else None."""
     store = feature_store(repo)
-    newest = max(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].max() for n in STATS)
+    newest = max(stamp_range(repo / "data", n)[1] for n in STATS)
     ends = [store.get_feature_view(n).most_recent_end_time for n in STATS]
     if any(e is None for e in ends):
-        return min(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].min() for n in STATS).floor("D")
+        return min(stamp_range(repo / "data", n)[0] for n in STATS)
     reached = min(pd.Timestamp(e) if pd.Timestamp(e).tzinfo else pd.Timestamp(e, tz="UTC") for e in ends)
     return reached.floor("D") if reached <= newest else None
 
@@ -276,7 +307,7 @@ def _materialize(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Timestamp:
 
 def _materialize_quietly(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Timestamp:
     store = feature_store(repo)
-    end = max(pd.read_parquet(repo / "data" / f"{n}.parquet", columns=[TS])[TS].max() for n in STATS)
+    end = max(stamp_range(repo / "data", n)[1] for n in STATS)
     end = (end + pd.Timedelta(seconds=1)).to_pydatetime()
     stats = list(STATS)
     ends = [store.get_feature_view(n).most_recent_end_time for n in stats]
@@ -288,7 +319,7 @@ def _materialize_quietly(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Ti
     # that users idle since then are in the online store too; afterwards from the batch's first day.
     history_from = since if store.get_feature_view(HISTORY).most_recent_end_time is not None else None
     if history_from is None:
-        history_from = pd.read_parquet(repo / "data" / f"{HISTORY}.parquet", columns=[TS])[TS].min()
+        history_from = stamp_range(repo / "data", HISTORY)[0]
     store.materialize(pd.Timestamp(history_from).to_pydatetime(), end, feature_views=[HISTORY])
     profiles = [n for n in PROFILES if n in tables or store.get_feature_view(n).most_recent_end_time is None]
     if profiles:
@@ -306,35 +337,6 @@ def _registered(repo: Path, view: str) -> bool:
     except FeatureViewNotFoundException:
         return False
     return True
-
-
-def _publish(repo: Path, names: Iterable[str]) -> None:
-    """Production: replace the named offline tables in PostgreSQL with the repo's local copies.
-
-    The parquet files under ``data/`` stay the source of truth that ``ingest`` updates;
-    a non-file offline store (``feature_store.prod.yaml``) receives a copy of each
-    changed table, which Feast's historical retrieval and materialization then read.
-    """
-    if offline_kind(repo) != "postgres":
-        return
-    from feast.infra.utils.postgres.connection_utils import _df_to_create_table_sql, _get_conn
-
-    config = feature_store(repo).config.offline_store
-    with _get_conn(config) as conn, conn.cursor() as cur:
-        for name in names:
-            if name == LOG:
-                df = read_events(repo).rename(columns={"timestamp": TS})
-            else:
-                df = pd.read_parquet(repo / "data" / f"{name}.parquet")
-            cur.execute(f'DROP TABLE IF EXISTS "{name}"')
-            cur.execute(_df_to_create_table_sql(df, name))
-            columns = ", ".join(f'"{c}"' for c in df.columns)
-            lists = [c for c in df.columns if df[c].dtype == object and len(df) and hasattr(df[c].iloc[0], "tolist")]
-            df = df.assign(**{c: df[c].map(lambda a: a.tolist()) for c in lists})  # parquet lists -> PostgreSQL arrays
-            with cur.copy(f'COPY "{name}" ({columns}) FROM STDIN') as copy:
-                for row in df.astype(object).itertuples(index=False):
-                    copy.write_row(row)
-            cur.execute(f'CREATE INDEX ON "{name}" ("{TS}")')
 
 
 def _quarantine_batch(raw, clean, bad, qpath: Path, settings: DataSettings) -> None:

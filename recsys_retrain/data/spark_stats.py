@@ -1,13 +1,15 @@
-"""The daily statistics views (``user_stats``, ``item_stats``) computed by Spark SQL.
+"""The daily statistics views (``user_stats``, ``item_stats``) of a whole log, computed by Spark SQL.
 
-The same rows as ``recsys_retrain.data.features.stats_tables`` (its docstring defines
-them): a dense daily grid per entity from its first day to the day after the log's last
-event, each row describing the days strictly before its stamp. Here the grid is built
-with ``sequence`` + ``explode`` and every rolling feature is a window function over it
-(``ROWS BETWEEN n PRECEDING AND 1 PRECEDING``), so the work runs wherever the Spark
-session runs (``local[2]`` here, a cluster with ``feature_store.spark.yaml``'s
-``spark.master`` pointed at one) instead of in numpy matrices of entities x days held
-by one process. ``tests/data/test_spark_store.py`` checks that both give the same rows.
+Ingest computes these rows incrementally, from a small per-entity state moved forward by
+each batch (``recsys_retrain.data.rolling``), whatever the offline store; this module is the
+whole-log recomputation as Spark SQL, for a backfill or a check on logs that outgrow one
+process: a dense daily grid per entity from its first day to the day after the log's last
+event, each row describing the days strictly before its stamp, built with ``sequence`` +
+``explode``, every rolling feature a window function over it (``ROWS BETWEEN n PRECEDING
+AND 1 PRECEDING``), so the work runs wherever the Spark session runs (``local[2]`` here, a
+cluster with ``feature_store.spark.yaml``'s ``spark.master`` pointed at one).
+``tests/data/test_spark_store.py`` checks that it gives the rows ingest stored and the
+full pandas recomputation gives (``tests/data/oracle.py``); ``bench/spark_pit.py`` times it.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Layout under ``<repo>/data`` (the paths ``features/data_sources.py`` names):
 ``interactions/day=YYYY-MM-DD/part-0.parquet`` (the event log, one partition per UTC
-day), ``{user,item}_profile.parquet`` (static attributes) and ``{user,item}_stats.parquet``
-(the daily grid of rolling features, see ``recsys_retrain.data.features``), ``quarantine/``.
+day), ``{user,item}_profile.parquet`` (static attributes), ``{user,item}_stats/`` and
+``user_history/`` (the daily rolling features, one part per stamp day, see
+``recsys_retrain.data.parts``), ``state/`` (what the next batch continues from), ``quarantine/``.
 Writing is ``recsys_retrain.data.ingest``.
 
 Reading: with the file offline store, ``pull_window`` reads the partitions of the
@@ -21,10 +22,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from recsys_retrain.data import features as F
 from recsys_retrain.data.features import TS
+from recsys_retrain.data.parts import part_days, read_parts
+from recsys_retrain.data.rolling import day_numbers, stamp_of
 from recsys_retrain.errors import DataError
 from recsys_retrain.io import utc
 from recsys_retrain.settings import Settings, feature_store_yaml
@@ -34,7 +38,8 @@ PROFILES = {"user_profile": ("user_id", F.USER_PROFILE), "item_profile": ("item_
 STATS = {"user_stats": "user_id", "item_stats": "item_id"}
 LOG = "interactions"
 PARQUET_STORES = ("file", "spark")  # offline stores that read the parquet files under data/ (no copy to publish)
-HISTORY = "user_history"  # the served model's per-user history (features.history_table): sparse, daily stamps
+HISTORY = "user_history"  # the served model's per-user history (data.rolling): sparse, daily stamps
+JOIN_DAYS = 16  # stats parts joined at once by the file store's as-of join (bounds its memory)
 
 
 def read_events(repo: Path, t0=None, t1=None, days: Iterable[str] | None = None) -> pd.DataFrame:
@@ -120,11 +125,36 @@ def _as_of_join(repo: Path, rows: pd.DataFrame, key: str, until: pd.Timestamp) -
     """Each row gets the latest profile and stats row of its entity stamped at or before it."""
     entity = key.removesuffix("_id")
     rows = rows.astype({TS: "datetime64[ns, UTC]"}).sort_values(TS, kind="stable")
-    for view in (f"{entity}_profile", f"{entity}_stats"):
-        table = pd.read_parquet(repo / "data" / f"{view}.parquet", filters=[(TS, "<", until)])
-        table = table.astype({TS: "datetime64[ns, UTC]"}).sort_values(TS, kind="stable")
-        rows = pd.merge_asof(rows, table, on=TS, by=key, direction="backward", allow_exact_matches=True)
-    return rows
+    table = pd.read_parquet(repo / "data" / f"{entity}_profile.parquet", filters=[(TS, "<", until)])
+    table = table.astype({TS: "datetime64[ns, UTC]"}).sort_values(TS, kind="stable")
+    rows = pd.merge_asof(rows, table, on=TS, by=key, direction="backward", allow_exact_matches=True)
+    return _stats_join(repo / "data", f"{entity}_stats", rows, key, until)
+
+
+def _stats_join(data: Path, name: str, rows: pd.DataFrame, key: str, until: pd.Timestamp) -> pd.DataFrame:
+    """The as-of join on the daily stats parts, a few days' parts at a time.
+
+    Every entity has a row in every part from its first day on (``recsys_retrain.data.rolling``),
+    so the latest row at or before a timestamp is the entity's row in the latest part stamped
+    at or before it: an equality join per part, which reads only the parts (and the entities)
+    the rows need, never the whole table.
+    """
+    days = part_days(data, name)
+    days = days[[stamp_of(int(d)) < until for d in days]] if len(days) else days
+    row_days = day_numbers(rows[TS])
+    at = np.searchsorted(days, row_days, side="right") - 1
+    part = np.where(at >= 0, days[np.clip(at, 0, None)] if len(days) else -1, -1)
+    rows = rows.assign(_part=part)
+    out = [rows[part < 0]]
+    wanted = np.unique(part[part >= 0])
+    for lo in range(0, len(wanted), JOIN_DAYS):
+        chunk = wanted[lo : lo + JOIN_DAYS]
+        sel = rows[np.isin(part, chunk)]
+        table = read_parts(data, name, chunk, filters=[(key, "in", sel[key].unique().tolist())])
+        table = table.assign(_part=day_numbers(table[TS])).drop(columns=[TS])
+        out.append(sel.merge(table, on=[key, "_part"], how="left"))
+    joined = pd.concat(out, ignore_index=True) if len(out) > 1 else out[0]
+    return joined.drop(columns="_part").sort_values(TS, kind="stable")
 
 
 def feast_point_in_time(store, rows: pd.DataFrame, key: str, service: str = WINDOW_SERVICE) -> pd.DataFrame:

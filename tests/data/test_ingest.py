@@ -15,6 +15,7 @@ from tests.conftest import copy_feature_repo
 
 from recsys_retrain.data.ingest import ingest, quarantined, bootstrap_feature_repo
 from recsys_retrain.data.load import RawData, load_raw
+from recsys_retrain.data.parts import read_parts
 from recsys_retrain.data.store import read_events, pull_window
 from recsys_retrain.data.features import V1_ITEM, V1_USER
 from recsys_retrain.errors import DataError, ValidationError
@@ -30,8 +31,9 @@ class TestFeatureRepo:
         first = {str(p): p.read_bytes() for p in (feature_repo / "data").rglob("*.parquet")}
         bootstrap_feature_repo(data, feature_repo)
         again = {str(p): p.read_bytes() for p in (feature_repo / "data").rglob("*.parquet")}
-        # five feature sources (profiles, stats, the users' history), no publication yet, two day partitions
-        assert first == again and len(first) == 5 + 1 + 2
+        # two profiles; stats parts stamped 03-01..03-03 (users, items); history parts 03-02, 03-03; the rolling
+        # state (4 files); no publication yet; two day partitions of the log
+        assert first == again and len(first) == 2 + 3 + 3 + 2 + 4 + 1 + 2
         assert not [p for p in (feature_repo / "data").rglob("*") if ".tmp-" in p.name or ".staging" in p.name]
 
     def test_a_bare_log_gets_default_profiles(self, feature_repo: Path, tmp_path: Path) -> None:
@@ -94,10 +96,10 @@ class TestIngest:
         inter = movielens.interactions
         for _, batch in weeks_of(inter):
             ingest(batch, repo, materialize=False)
-        for name in ("user_stats", "item_stats"):
-            pd.testing.assert_frame_equal(
-                pd.read_parquet(repo / "data" / f"{name}.parquet"), pd.read_parquet(ml_repo / "data" / f"{name}.parquet")
-            )
+        for name in ("user_stats", "item_stats", "user_history"):
+            assert sorted(p.name for p in (repo / "data" / name).iterdir()) == sorted(
+                p.name for p in (ml_repo / "data" / name).iterdir())
+            pd.testing.assert_frame_equal(read_parts(repo / "data", name), read_parts(ml_repo / "data", name))
         columns = ["user_id", "item_id", "timestamp", "rating"]
         for monday, batch in list(weeks_of(inter))[::4]:
             week = pull_window(repo, monday, monday + pd.Timedelta(days=7))
