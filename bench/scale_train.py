@@ -1,0 +1,206 @@
+"""Training at catalogue scale: our training loop against a bare TorchRec loop, on the same batches and tables.
+
+For ``bench/scale.py`` (which calls :func:`ours_and_bare` per size) and, run as a script, on its own at the
+synthetic sizes S1 and S2 (``recsys_retrain.synthetic``, history before the last week):
+
+- **ours**: ``TrainLoop.run_steps``, the step path of ``train()``: the examples memory-mapped from the
+  run folder (``recsys_retrain.train.example_store``, each step reading its batch's rows), the model and
+  combined optimizer of ``sharded_model`` (the plan of ``recsys_retrain.train.sharding``), the full
+  softmax up to ``train.sampled_softmax_above`` items and the sampled one with logQ above it (the
+  step draws its negatives), the step signals, the dense Adam and the trace. No validation, scheduler
+  or checkpoints.
+- **bare TorchRec**: the same tables and plan, the same dense towers and item prior (taken from a model
+  ``build_two_tower`` builds) in a module with a plain forward (no gradient hooks) and the same loss
+  (with the same ``log Q`` correction over the same number of sampled negatives above the threshold),
+  DistributedModelParallel with the same fused Adagrad in the backward and plain Adam on the towers.
+  Its batches are the same example indices, built into KJTs (and sampled catalogues) before the clock
+  starts, as a prefetching data loader would hand them over.
+
+The sides take turns every ``CHUNK_BATCHES`` batches (``bench/train_speed.py``'s schedule), so a change
+of load on the shared machine falls on both; ``samples_per_s`` and ``bare_torchrec_samples_per_s`` are
+medians over ``REPEATS`` passes. Goal (issue 37): ours >= ``GOAL_RATIO`` x bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.optim import _apply_optimizer_in_backward as apply_optimizer_in_backward
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys_retrain.model import FeatureEncoder, TwoTower, build_two_tower, item_prior
+from recsys_retrain.settings import TrainSettings
+from recsys_retrain.train.distributed import SPARSE_OPTIMIZERS, device, init_process_group, sharded_model
+from recsys_retrain.train.example_store import open_examples, write_examples
+from recsys_retrain.train.examples import catalogue_snapshots, training_examples
+from recsys_retrain.train.loop import TrainLoop
+from recsys_retrain.train.sampled import NegativeSampler, subset_kjt
+from recsys_retrain.train.sharding import sharding_plan
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+from train_speed import seconds, turns  # noqa: E402
+
+GOAL_RATIO = 0.7
+WARMUP_BATCHES = 10
+REPEATS = 3
+CHUNK_BATCHES = 4
+BATCHES = {"S1": None, "S2": 200}  # timed batches per pass: S1 its whole epoch, S2 the epoch's first 200
+
+Batch = tuple[KeyedJaggedTensor, KeyedJaggedTensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+class BareTwoTower(nn.Module):
+    """The model's tables, towers and item prior under a plain forward and the (sampled) softmax loss."""
+
+    def __init__(self, tower: TwoTower, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.user_ebc, self.item_ebc = tower.user_ebc, tower.item_ebc
+        self.user_proj, self.item_proj = tower.user_proj, tower.item_proj
+        self.prior = tower.prior
+        self.temperature = temperature
+
+    def forward(
+        self, users: KeyedJaggedTensor, items: KeyedJaggedTensor, prior: torch.Tensor, labels: torch.Tensor,
+        log_q: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        user = self.user_proj(self.user_ebc(users).values())
+        item = self.item_proj(self.item_ebc(items).values())
+        logits = (user @ item.T + (prior.float() * self.prior.weight.float()).sum(dim=-1)) / self.temperature
+        return nn.functional.cross_entropy(logits if log_q is None else logits - log_q, labels)
+
+
+def bare_model(encoder: FeatureEncoder, settings: TrainSettings, dev: torch.device
+               ) -> tuple[DistributedModelParallel, torch.optim.Optimizer]:
+    """DMP over ``BareTwoTower`` (our plan: the same tables on the same kernel), fused Adagrad, plain Adam."""
+    model = BareTwoTower(build_two_tower(encoder, settings.embedding_dim, "meta"), settings.temperature)
+    for ebc in (model.user_ebc, model.item_ebc):
+        apply_optimizer_in_backward(SPARSE_OPTIMIZERS[settings.sparse_optimizer], ebc.parameters(),
+                                    {"lr": settings.sparse_lr})
+    plan = sharding_plan(model, model, dev.type, dist.get_world_size(), settings.row_wise_above_mb,
+                         settings.sparse_optimizer, pg=dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(module=model, device=dev, plan=plan)
+    return dmp, torch.optim.Adam([p for _, p in in_backward_optimizer_filter(dmp.named_parameters())], lr=settings.dense_lr)
+
+
+def bare_steps(dmp: DistributedModelParallel, adam: torch.optim.Optimizer, batches: list[Batch]) -> None:
+    """The bare loop: zero the dense gradients, forward, backward (the tables updated there), Adam step."""
+    for users, items, prior, labels, log_q in batches:
+        adam.zero_grad()
+        dmp(users, items, prior, labels, log_q).backward()
+        adam.step()
+
+
+def ours_and_bare(
+    history: pd.DataFrame, catalogue: pd.DataFrame, settings: TrainSettings, out_dir: Path,
+    n_batches: int | None = None, warmup: int = WARMUP_BATCHES, repeats: int = REPEATS, chunk: int = CHUNK_BATCHES,
+) -> dict:
+    """Samples/s of our training steps and of the bare TorchRec loop on the same batches and tables.
+
+    Args:
+        history, catalogue: the training interactions (data-stage columns) and the item catalogue.
+        settings: model size, batch size, rates, softmax threshold and seed of both sides.
+        out_dir: where our side's example store is written.
+        n_batches: timed batches per pass (the epoch's first ones); None: the whole epoch.
+        warmup: untimed batches each side trains first.
+        repeats: timed passes per side; medians are reported.
+        chunk: batches a side trains before the other takes its turn.
+
+    Returns:
+        ``samples_per_s``, ``bare_torchrec_samples_per_s``, ``ratio`` and how they were measured.
+    """
+    init_process_group()
+    dev = device()
+    catalogue = catalogue.sort_values("item_id").reset_index(drop=True)
+    encoder = FeatureEncoder.fit(history, catalogue)
+    examples = open_examples(write_examples(training_examples(history, encoder), out_dir / "examples"))
+    snapshots = {p: s.to(dev) for p, s in catalogue_snapshots(history, catalogue, encoder, examples.period).items()}
+    batches = examples.batches(settings.batch_size, np.random.default_rng(settings.seed))
+    batches = batches[: warmup + (n_batches or len(batches))]
+    sampled = len(catalogue) > settings.sampled_softmax_above
+    sampler = lambda: NegativeSampler(examples.labels, len(catalogue), settings.sampled_negatives, settings.seed)  # noqa: E731
+
+    torch.manual_seed(settings.seed)
+    dmp, opt = sharded_model(encoder, settings, dev)
+    loop = TrainLoop(dmp, opt, examples, encoder, catalogue, encoder.recent_counts(history, catalogue), snapshots, dev,
+                     np.random.default_rng(settings.seed), settings, out_dir / "run", prior=item_prior(history, catalogue),
+                     progress=False, sampler=sampler() if sampled else None)
+    torch.manual_seed(settings.seed)
+    bare, adam = bare_model(encoder, settings, dev)
+    draw = sampler() if sampled else None
+    prepared: list[Batch] = []
+    for idx in batches:
+        users, labels = examples.batch(idx, encoder)
+        snap = snapshots[int(examples.period[idx[0]])]
+        if draw is None:
+            prepared.append((users.to(dev), snap.items, snap.prior, labels.to(dev), None))
+            continue
+        rows, log_q, target = draw.draw(labels.numpy())
+        at = torch.from_numpy(rows).to(dev)
+        prepared.append((users.to(dev), subset_kjt(snap.items, rows), snap.prior[at], target.to(dev), log_q.to(dev)))
+
+    sides = (lambda part: loop.run_steps(batches[part]), lambda part: bare_steps(bare, adam, prepared[part]))
+    for run in sides:
+        run(slice(0, warmup))
+    timed = len(batches) - warmup
+    samples = sum(len(b) for b in batches[warmup:])
+    spent = [[0.0, 0.0] for _ in range(repeats)]
+    for repeat in spent:
+        for side, part in turns(timed, chunk):
+            window = slice(part.start + warmup, part.stop + warmup)
+            repeat[side] += seconds(lambda: sides[side](window), dev)
+    ours = statistics.median(samples / s for s, _ in spent)
+    bare_rate = statistics.median(samples / b for _, b in spent)
+    return {"samples_per_s": round(ours), "bare_torchrec_samples_per_s": round(bare_rate), "ratio": round(ours / bare_rate, 3),
+            "softmax": "sampled (logQ)" if sampled else "full", "items": len(catalogue), "examples": len(examples),
+            "timed_batches": timed, "batch_size": settings.batch_size, "repeats": repeats, "device": str(dev),
+            "goal": f"ratio >= {GOAL_RATIO}", "met": ours / bare_rate >= GOAL_RATIO}
+
+
+def synthetic_history(size: str, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The history (everything before the last week) and catalogue of a synthetic size, as ``bench/scale.py`` splits it."""
+    from scale import synthetic_split
+
+    from recsys_retrain.synthetic import SIZES, default_drifts
+
+    config = replace(SIZES[size], drifts=default_drifts(SIZES[size].days))
+    history, _, items = synthetic_split(config, folder, holdout_days=7)
+    return history, items
+
+
+def main(sizes: tuple[str, ...] = ("S1", "S2"), smoke: bool = False) -> dict:
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            history, items = synthetic_history(size, Path(tmp) / size / "log")
+            if smoke:
+                history = history.iloc[:20_000]
+            shape = {"n_batches": 8, "warmup": 2, "repeats": 1} if smoke else {"n_batches": BATCHES[size]}
+            out[size] = ours_and_bare(history, items, TrainSettings(), Path(tmp) / size, **shape)
+            print(f"[{size}] samples_per_s {out[size]['samples_per_s']}  bare_torchrec_samples_per_s "
+                  f"{out[size]['bare_torchrec_samples_per_s']}  ratio {out[size]['ratio']} ({out[size]['softmax']} softmax, "
+                  f"{out[size]['items']} items, {out[size]['timed_batches']} batches)", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="S1,S2", help="comma-separated synthetic sizes (recsys_retrain.synthetic.SIZES)")
+    parser.add_argument("--smoke", action="store_true", help="a few batches of each size's first 20,000 examples")
+    parser.add_argument("--json", type=Path, help="also write the result to this file")
+    args = parser.parse_args()
+    result = main(tuple(args.sizes.split(",")), args.smoke)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
