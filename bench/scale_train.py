@@ -28,7 +28,7 @@ import json
 import statistics
 import sys
 import tempfile
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_retrain.model import FeatureEncoder, TwoTower, build_two_tower, item_prior
-from recsys_retrain.settings import TrainSettings
+from recsys_retrain.settings import Settings, TrainSettings
 from recsys_retrain.train.distributed import SPARSE_OPTIMIZERS, device, init_process_group, sharded_model
 from recsys_retrain.train.example_store import open_examples, write_examples
 from recsys_retrain.train.examples import catalogue_snapshots, training_examples
@@ -50,14 +50,18 @@ from recsys_retrain.train.loop import TrainLoop
 from recsys_retrain.train.sampled import NegativeSampler, subset_kjt
 from recsys_retrain.train.sharding import sharding_plan
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
-from train_speed import seconds, turns  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by file (tests/test_bench_scale_train.py) too
+from train_speed import seconds, turns  # noqa: E402  (bench/ is not a package)
 
 GOAL_RATIO = 0.7
 WARMUP_BATCHES = 10
 REPEATS = 3
 CHUNK_BATCHES = 4
 BATCHES = {"S1": None, "S2": 200}  # timed batches per pass: S1 its whole epoch, S2 the epoch's first 200
+EPOCHS = {"S1": 16, "S2": 2}  # the quality check's: bench/scale.py's
+K = 10
+RECENT_DAYS = 28
+RESAMPLES = 10_000
 
 Batch = tuple[KeyedJaggedTensor, KeyedJaggedTensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 
@@ -130,7 +134,9 @@ def ours_and_bare(
     batches = examples.batches(settings.batch_size, np.random.default_rng(settings.seed))
     batches = batches[: warmup + (n_batches or len(batches))]
     sampled = len(catalogue) > settings.sampled_softmax_above
-    sampler = lambda: NegativeSampler(examples.labels, len(catalogue), settings.sampled_negatives, settings.seed)  # noqa: E731
+
+    def sampler() -> NegativeSampler:
+        return NegativeSampler(examples.labels, len(catalogue), settings.sampled_negatives, settings.seed)
 
     torch.manual_seed(settings.seed)
     dmp, opt = sharded_model(encoder, settings, dev)
@@ -160,7 +166,7 @@ def ours_and_bare(
     for repeat in spent:
         for side, part in turns(timed, chunk):
             window = slice(part.start + warmup, part.stop + warmup)
-            repeat[side] += seconds(lambda: sides[side](window), dev)
+            repeat[side] += seconds(partial(sides[side], window), dev)
     ours = statistics.median(samples / s for s, _ in spent)
     bare_rate = statistics.median(samples / b for _, b in spent)
     return {"samples_per_s": round(ours), "bare_torchrec_samples_per_s": round(bare_rate), "ratio": round(ours / bare_rate, 3),
@@ -169,22 +175,55 @@ def ours_and_bare(
             "goal": f"ratio >= {GOAL_RATIO}", "met": ours / bare_rate >= GOAL_RATIO}
 
 
-def synthetic_history(size: str, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The history (everything before the last week) and catalogue of a synthetic size, as ``bench/scale.py`` splits it."""
-    from scale import synthetic_split
+def served_vs_recent_pop(
+    history: pd.DataFrame, holdout: pd.DataFrame, catalogue: pd.DataFrame, settings: Settings, out_dir: Path,
+    resamples: int = RESAMPLES,
+) -> dict:
+    """NDCG@10 of the model the pipeline serves against recent popularity on the same holdout users, with a paired CI.
 
-    from recsys_retrain.synthetic import SIZES, default_drifts
+    The model is trained as a cycle trains it (``recsys_retrain.challenger.training_inputs`` under the static
+    policy): the towers on the history less its latest ``schedule.validation_share``, and the served blend with
+    recent popularity fit on that share (``train.blend_holdout``). Trained on the whole history with no blend,
+    as ``bench/scale.py`` did, the towers alone are measured: not what a cycle gates and serves.
 
-    config = replace(SIZES[size], drifts=default_drifts(SIZES[size].days))
-    history, _, items = synthetic_split(config, folder, holdout_days=7)
-    return history, items
+    Returns:
+        ``ndcg10_model``, ``ndcg10_recent_pop``, ``model_minus_recent_pop`` with its 95% paired bootstrap
+        interval over users (``recsys_retrain.gate.paired_bootstrap``), the users and the fitted blend.
+    """
+    from recsys_retrain.baselines import RecentPopular
+    from recsys_retrain.challenger import schedule_split
+    from recsys_retrain.evaluate import user_metrics
+    from recsys_retrain.gate import paired_bootstrap
+    from recsys_retrain.train.checkpoints import load_checkpoint
+    from recsys_retrain.train.loop import train
+
+    fit, tail = history, None
+    if settings.train.blend_holdout:
+        fit, tail = schedule_split(history, settings.schedule.validation_share, cold_users=True)
+    trained = train(fit, catalogue, out_dir, settings.train, progress=False, blend_holdout=tail)
+    model = user_metrics(load_checkpoint(Path(trained.checkpoint)), history, holdout, K)
+    recent = user_metrics(RecentPopular(history, catalogue, RECENT_DAYS), history, holdout, K)
+    if not np.array_equal(model.user_ids, recent.user_ids):
+        raise RuntimeError("the model and recent popularity were scored on different users: no paired comparison")
+    iv = paired_bootstrap(model.ndcg, recent.ndcg, resamples, 0, 0.95)
+    return {"ndcg10_model": round(model.mean_ndcg, 4), "ndcg10_recent_pop": round(recent.mean_ndcg, 4),
+            "model_minus_recent_pop": round(iv.mean, 4), "ci95": [round(iv.low, 4), round(iv.high, 4)],
+            "users": model.n_users, "cold_users": int(model.is_cold.sum()), "blend": trained.blend,
+            "epochs": settings.train.epochs, "train_s": round(trained.seconds, 1)}
 
 
-def main(sizes: tuple[str, ...] = ("S1", "S2"), smoke: bool = False) -> dict:
+def synthetic_frames(size: str, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """History, last week and catalogue of a synthetic size (``bench/scale.py``'s config and split)."""
+    from scale import config_for, synthetic_split
+
+    return synthetic_split(config_for(size), folder, holdout_days=7)
+
+
+def main(sizes: tuple[str, ...] = ("S1", "S2"), smoke: bool = False, quality: bool = False) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
-            history, items = synthetic_history(size, Path(tmp) / size / "log")
+            history, holdout, items = synthetic_frames(size, Path(tmp) / size / "log")
             if smoke:
                 history = history.iloc[:20_000]
             shape = {"n_batches": 8, "warmup": 2, "repeats": 1} if smoke else {"n_batches": BATCHES[size]}
@@ -192,6 +231,13 @@ def main(sizes: tuple[str, ...] = ("S1", "S2"), smoke: bool = False) -> dict:
             print(f"[{size}] samples_per_s {out[size]['samples_per_s']}  bare_torchrec_samples_per_s "
                   f"{out[size]['bare_torchrec_samples_per_s']}  ratio {out[size]['ratio']} ({out[size]['softmax']} softmax, "
                   f"{out[size]['items']} items, {out[size]['timed_batches']} batches)", flush=True)
+            if quality:
+                epochs = 1 if smoke else EPOCHS[size]
+                settings = Settings(train={"epochs": epochs})
+                q = out[size]["quality"] = served_vs_recent_pop(history, holdout, items, settings, Path(tmp) / size / "q")
+                print(f"[{size}] NDCG@10 model {q['ndcg10_model']} recent pop {q['ndcg10_recent_pop']}: "
+                      f"{q['model_minus_recent_pop']:+.4f} (95% CI {q['ci95'][0]:+.4f}, {q['ci95'][1]:+.4f}) on {q['users']} "
+                      f"users ({q['cold_users']} cold), blend {q['blend']}, {epochs} epochs", flush=True)
     return out
 
 
@@ -199,8 +245,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="S1,S2", help="comma-separated synthetic sizes (recsys_retrain.synthetic.SIZES)")
     parser.add_argument("--smoke", action="store_true", help="a few batches of each size's first 20,000 examples")
+    parser.add_argument("--quality", action="store_true", help="also the served model against recent popularity (paired CI)")
     parser.add_argument("--json", type=Path, help="also write the result to this file")
     args = parser.parse_args()
-    result = main(tuple(args.sizes.split(",")), args.smoke)
+    result = main(tuple(args.sizes.split(",")), args.smoke, args.quality)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
