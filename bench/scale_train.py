@@ -212,6 +212,69 @@ def served_vs_recent_pop(
             "epochs": settings.train.epochs, "train_s": round(trained.seconds, 1)}
 
 
+class TasteFromHistory:
+    """The generator's own choice model with each user's taste estimated from their history: a ceiling for a model.
+
+    ``P(i | u, day) = s * theta_u[c(i)] * w_i / W_c(i) + (1 - s) * w_i / W`` with the true item weights
+    ``w`` on the day (base weight, ageing, drift boosts; ``latent.npz``, ``truth.json``), the taste share
+    ``s``, and ``theta_u`` the Dirichlet mean of the clusters of ``u``'s earlier items (a cold user: uniform,
+    so popularity). Only the users' tastes are estimated, from the data a model sees; the rest is the truth.
+
+    Args:
+        folder: the synthetic log's folder.
+        catalogue: the items (``item_id``).
+        day: the log day the scores are for (the holdout's first).
+    """
+
+    def __init__(self, folder: Path, catalogue: pd.DataFrame, day: int) -> None:
+        latent = np.load(folder / "latent.npz")
+        truth = json.loads((folder / "truth.json").read_text())
+        self.config = truth["config"]
+        self.catalogue = catalogue.sort_values("item_id").reset_index(drop=True)
+        weight = latent["item_weight"].copy()
+        head = np.quantile(latent["item_weight"], 0.995)
+        for drift in truth["drifts"]:
+            if "items" in drift and drift["day"] <= day:
+                weight[np.asarray(drift["items"]) - 1] = head
+        age = day - latent["item_arrival"]
+        floor, days = self.config["ageing_floor"], self.config["ageing_days"]
+        self.weight = np.where(age >= 0, weight * (floor + (1 - floor) * np.exp(-np.clip(age, 0, None) / days)), 0.0)
+        self.cluster = latent["item_cluster"]
+        self.mass = np.bincount(self.cluster, weights=self.weight, minlength=self.config["clusters"])
+        self.rows = self.catalogue["item_id"].to_numpy() - 1  # catalogue row -> generator item
+
+    def score(self, users: pd.DataFrame, history: pd.DataFrame | None = None) -> torch.Tensor:
+        ids = users["user_id"].to_numpy()
+        counts = np.zeros((len(ids), self.config["clusters"]))
+        if history is not None:
+            seen = history[history["user_id"].isin(ids)]
+            np.add.at(counts, (pd.Index(ids).get_indexer(seen["user_id"]), self.cluster[seen["item_id"].to_numpy() - 1]), 1.0)
+        taste = counts + self.config["taste_concentration"]
+        taste /= taste.sum(axis=1, keepdims=True)
+        share, c, w = self.config["taste_share"], self.cluster[self.rows], self.weight[self.rows]
+        p = share * taste[:, c] * (w / np.maximum(self.mass[c], 1e-12)) + (1 - share) * w / self.weight.sum()
+        return torch.from_numpy(p)
+
+
+def taste_ceiling(folder: Path, history: pd.DataFrame, holdout: pd.DataFrame, catalogue: pd.DataFrame,
+                  resamples: int = RESAMPLES) -> dict:
+    """NDCG@10 of ``TasteFromHistory`` against recent popularity on the holdout's users, with a paired CI."""
+    from recsys_retrain.baselines import RecentPopular
+    from recsys_retrain.evaluate import user_metrics
+    from recsys_retrain.gate import paired_bootstrap
+
+    start = pd.Timestamp(json.loads((folder / "truth.json").read_text())["config"]["start"], tz="UTC")
+    day = int((holdout["timestamp"].min() - start) / pd.Timedelta(days=1))
+    best = user_metrics(TasteFromHistory(folder, catalogue, day), history, holdout, K)
+    recent = user_metrics(RecentPopular(history, catalogue, RECENT_DAYS), history, holdout, K)
+    iv = paired_bootstrap(best.ndcg, recent.ndcg, resamples, 0, 0.95)
+    return {"ndcg10_taste_from_history": round(best.mean_ndcg, 4), "ndcg10_recent_pop": round(recent.mean_ndcg, 4),
+            "minus_recent_pop": round(iv.mean, 4), "ci95": [round(iv.low, 4), round(iv.high, 4)], "users": best.n_users,
+            "cold_users": int(best.is_cold.sum()),
+            "minus_recent_pop_warm": round(float((best.ndcg - recent.ndcg)[~best.is_cold].mean()), 4),
+            "minus_recent_pop_cold": round(float((best.ndcg - recent.ndcg)[best.is_cold].mean()), 4)}
+
+
 def synthetic_frames(size: str, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """History, last week and catalogue of a synthetic size (``bench/scale.py``'s config and split)."""
     from scale import config_for, synthetic_split
@@ -219,19 +282,25 @@ def synthetic_frames(size: str, folder: Path) -> tuple[pd.DataFrame, pd.DataFram
     return synthetic_split(config_for(size), folder, holdout_days=7)
 
 
-def main(sizes: tuple[str, ...] = ("S1", "S2"), smoke: bool = False, quality: bool = False) -> dict:
+def main(sizes: tuple[str, ...] = ("S1", "S2"), smoke: bool = False, quality: bool = False, speed: bool = True) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             history, holdout, items = synthetic_frames(size, Path(tmp) / size / "log")
             if smoke:
                 history = history.iloc[:20_000]
-            shape = {"n_batches": 8, "warmup": 2, "repeats": 1} if smoke else {"n_batches": BATCHES[size]}
-            out[size] = ours_and_bare(history, items, TrainSettings(), Path(tmp) / size, **shape)
-            print(f"[{size}] samples_per_s {out[size]['samples_per_s']}  bare_torchrec_samples_per_s "
-                  f"{out[size]['bare_torchrec_samples_per_s']}  ratio {out[size]['ratio']} ({out[size]['softmax']} softmax, "
-                  f"{out[size]['items']} items, {out[size]['timed_batches']} batches)", flush=True)
+            out[size] = {}
+            if speed:
+                shape = {"n_batches": 8, "warmup": 2, "repeats": 1} if smoke else {"n_batches": BATCHES[size]}
+                r = out[size] = ours_and_bare(history, items, TrainSettings(), Path(tmp) / size, **shape)
+                print(f"[{size}] samples_per_s {r['samples_per_s']}  bare_torchrec_samples_per_s "
+                      f"{r['bare_torchrec_samples_per_s']}  ratio {r['ratio']} ({r['softmax']} softmax, "
+                      f"{r['items']} items, {r['timed_batches']} batches)", flush=True)
             if quality:
+                c = out[size]["ceiling"] = taste_ceiling(Path(tmp) / size / "log", history, holdout, items)
+                print(f"[{size}] ceiling (the generator's model, tastes from history) {c['ndcg10_taste_from_history']} "
+                      f"recent pop {c['ndcg10_recent_pop']}: {c['minus_recent_pop']:+.4f} (95% CI {c['ci95'][0]:+.4f}, "
+                      f"{c['ci95'][1]:+.4f}) on {c['users']} users", flush=True)
                 epochs = 1 if smoke else EPOCHS[size]
                 settings = Settings(train={"epochs": epochs})
                 q = out[size]["quality"] = served_vs_recent_pop(history, holdout, items, settings, Path(tmp) / size / "q")
@@ -245,9 +314,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="S1,S2", help="comma-separated synthetic sizes (recsys_retrain.synthetic.SIZES)")
     parser.add_argument("--smoke", action="store_true", help="a few batches of each size's first 20,000 examples")
-    parser.add_argument("--quality", action="store_true", help="also the served model against recent popularity (paired CI)")
+    parser.add_argument("--quality", action="store_true", help="also the served model and the taste ceiling against recent "
+                        "popularity (paired CIs)")
+    parser.add_argument("--no-speed", action="store_true", help="skip the loop comparison (with --quality)")
     parser.add_argument("--json", type=Path, help="also write the result to this file")
     args = parser.parse_args()
-    result = main(tuple(args.sizes.split(",")), args.smoke, args.quality)
+    result = main(tuple(args.sizes.split(",")), args.smoke, args.quality, not args.no_speed)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -55,3 +55,27 @@ def test_the_served_model_is_compared_with_recent_popularity_on_the_same_users(t
     out = scale_train.served_vs_recent_pop(before, week, catalogue, settings, tmp_path / "run", resamples=1000)
     assert out["users"] > 0 and out["ci95"][0] <= out["model_minus_recent_pop"] <= out["ci95"][1]
     assert 0.0 <= out["blend"] <= 1.0
+
+
+def test_the_taste_ceiling_ranks_a_users_clusters_first_and_is_scored_against_recent_popularity(tmp_path):
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from recsys_retrain.synthetic import MOVIELENS_FIT, load_synthetic, synthesize
+
+    config = replace(MOVIELENS_FIT, n_events=5_000, n_users=200, n_items=300, days=60)
+    folder = synthesize(config, tmp_path / "log").folder
+    raw = load_synthetic(folder)
+    inter, items = raw.interactions, raw.items
+    cut = inter["timestamp"].max() - pd.Timedelta(days=7)
+    history, week = inter[inter["timestamp"] <= cut], inter[inter["timestamp"] > cut]
+    scorer = scale_train.TasteFromHistory(folder, items, day=config.days - 7)
+    cluster = scorer.cluster[scorer.rows]
+    fan = history[history["item_id"].isin(items["item_id"][cluster == 3])].head(20).assign(user_id=10_000)
+    scores = scorer.score(pd.DataFrame({"user_id": [10_000, 10_001]}), fan)
+    lift = (scores[0] / scores[1]).numpy()  # the fan against a cold user: the same popularity, another taste
+    out_now = scorer.weight[scorer.rows] > 0  # items not out yet score 0 for everyone
+    assert lift[out_now & (cluster == 3)].min() > lift[out_now & (cluster != 3)].max()
+    out = scale_train.taste_ceiling(folder, history, week, items, resamples=1000)
+    assert out["users"] > 0 and out["ci95"][0] <= out["minus_recent_pop"] <= out["ci95"][1]
