@@ -67,7 +67,8 @@ def test_the_taste_ceiling_ranks_a_users_clusters_first_and_is_scored_against_re
     config = replace(MOVIELENS_FIT, n_events=5_000, n_users=200, n_items=300, days=60)
     folder = synthesize(config, tmp_path / "log").folder
     raw = load_synthetic(folder)
-    inter, items = raw.interactions, raw.items
+    users = raw.users.rename(columns={"age": "user_age", "gender": "user_gender", "occupation": "user_occupation"})
+    inter, items = raw.interactions.merge(users, on="user_id"), raw.items
     cut = inter["timestamp"].max() - pd.Timedelta(days=7)
     history, week = inter[inter["timestamp"] <= cut], inter[inter["timestamp"] > cut]
     scorer = scale_train.TasteFromHistory(folder, items, day=config.days - 7)
