@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from recsys_retrain.model import FeatureEncoder, TwoTowerTrainTask, build_two_tower
-from recsys_retrain.train.distributed import init_process_group, optimizer, shard
+from recsys_retrain.train.distributed import init_process_group, load_tower, optimizer, shard, unsharded
 from recsys_retrain.train.examples import training_examples
 from recsys_retrain.train.sharding import TableSize, device_limit, planned_types, sharding_plan, sharding_types, topology
 from tests.train.worlds import synthetic_world
@@ -82,4 +82,18 @@ def test_a_column_wise_table_trains_on_cpu():
     opt.step()
     after = torch.cat([s.tensor.detach() for s in dmp.state_dict()[key].local_shards()], dim=1)
     assert not torch.allclose(before, after)
+
+
+def test_a_split_table_loads_and_gathers_whole():
+    """A warm start writes a plain tower into the split shards, and the gathered Recommender reads it back."""
+    history, catalogue = synthetic_world()
+    encoder = FeatureEncoder.fit(history, catalogue)
+    init_process_group()
+    dmp = shard(TwoTowerTrainTask(build_two_tower(encoder, 8, "meta")), 0.1, torch.device("cpu"), row_wise_above_mb=1e-4)
+    torch.manual_seed(1)
+    plain = build_two_tower(encoder, 8)
+    load_tower(dmp, plain)
+    gathered = unsharded(dmp, encoder, catalogue, np.zeros(len(catalogue)), 8).model
+    for name, value in plain.state_dict().items():
+        assert torch.equal(gathered.state_dict()[name], value), name
 
