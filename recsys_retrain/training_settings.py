@@ -46,6 +46,13 @@ class TrainSettings(BaseModel):
         "stays on the full softmax.",
     )
     sampled_negatives: int = Field(4096, ge=1, description="Negatives drawn per step by the sampled softmax.")
+    row_wise_above_mb: float | None = Field(
+        None, gt=0,
+        description="An embedding table whose weights and optimizer state exceed this many MB is split across the ranks "
+        "(TorchRec's row_wise on GPUs; column_wise on CPU, where its bag sharder offers no row-wise); smaller tables "
+        "stay table_wise (recsys_retrain.train.sharding). None: half of one device's memory as TorchRec's topology "
+        "gives it (HBM on GPUs, DDR on CPU).",
+    )
     processes: int = Field(
         1, ge=1, le=64, description="Training processes per node; above 1 (or with nnodes above 1) the train task launches "
         "torchrun (gloo on CPU, NCCL on GPUs).",

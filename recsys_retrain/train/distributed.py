@@ -6,8 +6,9 @@ code runs under ``torchrun`` with more processes (NCCL on GPUs).
 
 Two TorchRec behaviours shape this module (both seen with torchrec 1.8 on CPU):
 small tables are planned ``data_parallel`` with a dense kernel unless constrained,
-and then the in-backward optimizer never runs; so the planner is told to shard
-table-wise with the fused kernel. And a learning rate written into
+and then the in-backward optimizer never runs; so the planner is told to use the
+fused kernel, table-wise, or split across ranks for a table too large for one
+device (``recsys_retrain.train.sharding``). And a learning rate written into
 ``fused_optimizer.param_groups`` reaches the kernel only on ``fused_optimizer.step()``,
 so the loop calls it every step.
 """
@@ -22,8 +23,6 @@ import torch
 import torch.distributed as dist
 from torch.distributed.optim import _apply_optimizer_in_backward as apply_optimizer_in_backward
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.planner import EmbeddingShardingPlanner
-from torchrec.distributed.planner.types import KernelConfig, ParameterConstraints, TopologyFactory, TrainerConfig
 from torchrec.inference.state_dict_transform import state_dict_gather, state_dict_to_device
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -32,6 +31,7 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 from recsys_retrain.model import FeatureEncoder, Recommender, TwoTower, TwoTowerTrainTask, build_two_tower
 from recsys_retrain.schedule.plan import SchedulePlan
 from recsys_retrain.settings import TrainSettings
+from recsys_retrain.train.sharding import sharding_plan
 
 
 def init_process_group() -> None:
@@ -61,24 +61,19 @@ SPARSE_OPTIMIZERS = {"adagrad": torch.optim.Adagrad, "rowwise_adagrad": RowWiseA
 
 
 def shard(
-    task: TwoTowerTrainTask, sparse_lr: float, dev: torch.device, sparse_optimizer: str = "adagrad"
+    task: TwoTowerTrainTask, sparse_lr: float, dev: torch.device, sparse_optimizer: str = "adagrad",
+    row_wise_above_mb: float | None = None,
 ) -> DistributedModelParallel:
-    """Wraps the train task in DMP with the embeddings' Adagrad (element- or row-wise) fused into their backward."""
+    """Wraps the train task in DMP with the embeddings' Adagrad (element- or row-wise) fused into their backward.
+
+    The plan (``recsys_retrain.train.sharding``): every table with the fused kernel,
+    table-wise, except those above ``row_wise_above_mb``, which are split across the ranks.
+    """
     tower = task.model
     for ebc in (tower.user_ebc, tower.item_ebc):
         apply_optimizer_in_backward(SPARSE_OPTIMIZERS[sparse_optimizer], ebc.parameters(), {"lr": sparse_lr})
-    tables = [t.name for ebc in (tower.user_ebc, tower.item_ebc) for t in ebc.embedding_bag_configs()]
-    constraints = {
-        name: ParameterConstraints(sharding_types=["table_wise"], compute_kernels=["fused"]) for name in tables
-    }
-    planner = EmbeddingShardingPlanner(
-        topology=TopologyFactory.create_topology(
-            trainer_config=TrainerConfig(world_size=dist.get_world_size()),
-            kernel_config=KernelConfig(compute_device=dev.type),
-        ),
-        constraints=constraints,
-    )
-    plan = planner.collective_plan(task, pg=dist.GroupMember.WORLD)
+    plan = sharding_plan(task, tower, dev.type, dist.get_world_size(), row_wise_above_mb, sparse_optimizer,
+                         pg=dist.GroupMember.WORLD)
     return DistributedModelParallel(module=task, device=dev, plan=plan)
 
 
@@ -112,7 +107,7 @@ def sharded_model(
         The sharded model, and its optimizer with the dense state materialised.
     """
     task = TwoTowerTrainTask(build_two_tower(encoder, settings.embedding_dim, "meta"), settings.temperature)
-    dmp = shard(task, settings.sparse_lr, dev, settings.sparse_optimizer)
+    dmp = shard(task, settings.sparse_lr, dev, settings.sparse_optimizer, settings.row_wise_above_mb)
     dense_adam = {"weight_decay": plan.weight_decay, "beta1": plan.beta1} if plan is not None else {}
     opt = optimizer(dmp, settings.dense_lr, **dense_adam)
     opt.init_state()  # materialise the dense optimizer's state, so snapshots and checkpoints always hold it

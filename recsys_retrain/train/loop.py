@@ -1,6 +1,7 @@
 """Training of the two-tower model: ``train()`` and the step loop it drives.
 
-``train`` sets a run up (seeds, process group, examples, the sharded model and its
+``train`` sets a run up (seeds, process group, the examples memory-mapped from the run
+folder (``recsys_retrain.train.example_store``), the sharded model and its
 optimizers, the adaptive scheduler of a plan), resumes an interrupted run from its
 epoch checkpoint, runs the epochs through a ``TrainLoop`` and writes ``model.pt`` and
 ``trace.json``. ``TrainLoop`` holds what the steps share, in the manner of TorchRec's
@@ -53,7 +54,8 @@ from recsys_retrain.train.distributed import (
     sharded_model,
     unsharded,
 )
-from recsys_retrain.train.examples import Examples, Snapshot, catalogue_snapshots, recency_draws, training_examples
+from recsys_retrain.train.example_store import remove_store, shared_examples
+from recsys_retrain.train.examples import Examples, Snapshot, catalogue_snapshots, recency_draws
 from recsys_retrain.train.sampled import NegativeSampler, subset_kjt
 from recsys_retrain.train.hooks import Callback, EpochSignals, step_signals
 from recsys_retrain.train.warm_start import check_embedding_dim, union_encoder, warm_start
@@ -165,8 +167,9 @@ def train(
     if init is not None:
         check_embedding_dim(init.model, settings.embedding_dim)
         encoder = union_encoder(init.encoder, encoder)
-    examples = training_examples(history, encoder, since=train_from)
+    examples = shared_examples(history, encoder, train_from, out_dir)  # memory-mapped: a step reads its batch's rows
     if len(examples) == 0:
+        remove_store(out_dir)
         raise DataError(f"no interactions to train on from {train_from} (the history ends {history['timestamp'].max()})")
     draws = recency_draws(examples.period, settings.recency_half_life)
     dmp, opt = sharded_model(encoder, settings, dev, plan)
@@ -204,6 +207,7 @@ def train(
     path = save_checkpoint(dmp, encoder, catalogue, recent, settings, out_dir, prior, blend)
     trace_path = loop.trace.write(out_dir / "trace.json") if dist.get_rank() == 0 else out_dir / "trace.json"
     epoch_checkpoint_path(out_dir).unlink(missing_ok=True)  # the final checkpoint supersedes it
+    remove_store(out_dir)
     best_validation, best_epoch = loop.best()
     return TrainResult(
         str(path), len(examples), loop.steps, tuple(loop.losses), time.perf_counter() - started, loop_seconds,

@@ -25,8 +25,11 @@ from recsys_retrain.train.loop import train
 def main(argv: list[str] | None = None) -> None:
     """Entry point for ``torchrun --nproc_per_node=N -m recsys_retrain.train.worker``.
 
-    Every process reads the same parquet files; each trains on its share of the
-    batches, and rank 0 writes the checkpoint and ``train_result.json``.
+    Every process reads the same parquet files (the features: encoder, popularity
+    snapshots, prior); the node's first rank writes the training examples once into the
+    run folder, every rank maps them and reads the rows of its own share of the batches
+    (``recsys_retrain.train.example_store``), and rank 0 writes the checkpoint and
+    ``train_result.json``.
     """
     parser = argparse.ArgumentParser(prog="python -m recsys_retrain.train.worker", description=main.__doc__)
     parser.add_argument("--history", type=Path, required=True, help="interactions parquet (data-stage columns)")
