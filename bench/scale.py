@@ -11,8 +11,12 @@ drift of each kind), run in its own process so its peak memory is its own:
 - one full cycle of ``recsys_retrain.cycle`` on the week, as the scheduled DAG runs it (``pull_s``,
   ``validate_s``, ``drift_s``, ``calibrate_s``, ``train_s_per_epoch``, ``evaluate_s``, ``gate_s``, their sum
   ``cycle_s``), with ``train.epochs`` = ``EPOCHS``, ``train.history_days`` = ``HISTORY_DAYS`` (the pull
-  reads that many days before the week) and the adaptive plan's epoch budget capped by ``SCHEDULE``; ``ndcg10_model`` (the challenger on the week) and
-  ``ndcg10_recent_pop`` (``RecentPopular`` over 28 days, same users, not timed);
+  reads that many days before the week) and the adaptive plan's epoch budget capped by ``SCHEDULE``;
+- after the cycle, not timed: ``ndcg10_model`` (the cycle's challenger, as it would be gated and served)
+  against ``ndcg10_recent_pop`` (``RecentPopular`` over 28 days) on the same users, with a paired bootstrap
+  95% CI of the difference (``model_beats_recent_pop``: its lower end above 0); ``samples_per_s`` and
+  ``bare_torchrec_samples_per_s``: our training steps and a bare TorchRec loop on the cycle's history, same
+  batches and tables (``bench/scale_train.py``), and their ratio ``train_vs_bare``;
 - ``peak_rss_mb``: the process's peak resident memory (synthesis and bootstrap included);
 - ``loglog_slope`` (in ``goals``): the slope of log ``cycle_s`` against log events over the sizes.
 
@@ -22,7 +26,8 @@ as the generated log has: ``users`` says how many) against 50,000 items; ``train
 on 100,000 events over 50,000 items with the full softmax and with the sampled one (logQ), samples per
 second and NDCG@10 on the week after.
 
-Writes bench/results/scale.json (``--out`` for another folder). ``--smoke``: a 20,000-event log, one epoch,
+Writes bench/results/scale.json and scale.png (time and memory per stage against events,
+``bench/scale_plot.py``; ``--out`` for another folder). ``--smoke``: a 20,000-event log, one epoch,
 a 1,000 x 5,000 evaluation, training over 5,000 items.
 """
 
@@ -147,22 +152,57 @@ def one_size(size: str, work: Path) -> dict:
         "ndcg10_model": evaluated["challenger"].get(f"ndcg_at_{K}"), "promoted": bool(summary.get("promoted")),
         "peak_rss_mb": round(_rss_mb()),
     })
-    out["ndcg10_recent_pop"] = recent_popularity(pulled["run_dir"])
-    model_ndcg = out["ndcg10_model"]
-    out["model_beats_recent_pop"] = bool(model_ndcg is not None and model_ndcg > out["ndcg10_recent_pop"])
     print(f"[{size}] cycle {out['cycle_s']:.1f} s; peak RSS {out['peak_rss_mb']} MB", flush=True)
+    out.update(against_recent_popularity(pulled["run_dir"]))
+    print(f"[{size}] NDCG@{K} model {out['ndcg10_model']} recent pop {out['ndcg10_recent_pop']}: "
+          f"{out['model_minus_recent_pop']:+.4f} (95% CI {out['model_minus_recent_pop_ci95'][0]:+.4f}, "
+          f"{out['model_minus_recent_pop_ci95'][1]:+.4f}) on {out['eval_users']} users", flush=True)
+    out.update(training_speed(pulled["run_dir"], s, work / "speed", size))
+    print(f"[{size}] training {out['samples_per_s']} samples/s, bare TorchRec {out['bare_torchrec_samples_per_s']} "
+          f"({out['train_vs_bare']:.2f}x)", flush=True)
     return out
 
 
-def recent_popularity(run_dir: str) -> float:
-    """NDCG@K of the most popular items of the last 28 days on the cycle's holdout users (after the cycle: not timed)."""
+def against_recent_popularity(run_dir: str) -> dict:
+    """The cycle's challenger against the most popular items of the last 28 days, user by user (not timed).
+
+    The same holdout users, the challenger's per-user NDCG@K as the cycle wrote it; a
+    paired bootstrap 95% CI of the difference (the gate's own ``paired_bootstrap``).
+    """
+    import json
+
     from recsys_retrain.baselines import RecentPopular
-    from recsys_retrain.evaluate import user_metrics
+    from recsys_retrain.evaluate import UserEval, user_metrics
+    from recsys_retrain.gate import paired_bootstrap
     from recsys_retrain.paths import CyclePaths
 
     p = CyclePaths(Path(run_dir))
     history, holdout, catalogue = (pd.read_parquet(f) for f in (p.history, p.holdout, p.catalogue))
-    return round(user_metrics(RecentPopular(history, catalogue, 28), history, holdout, K).mean_ndcg, 4)
+    model = UserEval.from_dict(json.loads(p.per_user.read_text())["challenger"])
+    pop = user_metrics(RecentPopular(history, catalogue, 28), history, holdout, K)
+    if not np.array_equal(model.user_ids, pop.user_ids):
+        raise RuntimeError("the model and recent popularity were scored on different users")
+    iv = paired_bootstrap(model.ndcg, pop.ndcg, 2000, 0, 0.95)
+    return {"ndcg10_model": round(float(model.ndcg.mean()), 4), "ndcg10_recent_pop": round(float(pop.ndcg.mean()), 4),
+            "eval_users": int(len(model.user_ids)), "model_minus_recent_pop": round(iv.mean, 4),
+            "model_minus_recent_pop_ci95": [round(iv.low, 4), round(iv.high, 4)],
+            "model_beats_recent_pop": bool(iv.low > 0)}
+
+
+def training_speed(run_dir: str, s, out_dir: Path, size: str) -> dict:
+    """Our training steps against a bare TorchRec loop on the cycle's history, same batches and tables (not timed).
+
+    ``bench/scale_train.py``'s ``ours_and_bare``: the whole epoch at S1, its first 200 batches above.
+    """
+    from scale_train import ours_and_bare
+
+    from recsys_retrain.paths import CyclePaths
+
+    p = CyclePaths(Path(run_dir))
+    history, catalogue = pd.read_parquet(p.history), pd.read_parquet(p.catalogue)
+    speed = ours_and_bare(history, catalogue, s.train, out_dir, n_batches=None if size == "S1" else 200)
+    return {"samples_per_s": speed["samples_per_s"], "bare_torchrec_samples_per_s": speed["bare_torchrec_samples_per_s"],
+            "train_vs_bare": speed["ratio"]}
 
 
 def evaluation_at(n_users: int, n_items: int, work: Path) -> dict:
@@ -262,6 +302,9 @@ def main(smoke: bool = False) -> dict:
     beats = {size: r.get("model_beats_recent_pop") for size, r in per_size.items()}
     goals["model_beats_recent_pop_every_size"] = {"goal": "true at every size", "value": beats,
                                                   "met": all(v is True for v in beats.values())}
+    vs_bare = s3.get("train_vs_bare")
+    goals["s3_train_vs_bare_torchrec"] = {"goal": ">= 0.7 (samples/s, same batches and tables)", "value": vs_bare,
+                                          "met": vs_bare is not None and vs_bare >= 0.7}
     full, sampled = big_train.get("full_samples_per_s"), big_train.get("sampled_samples_per_s")
     goals["sampled_softmax_speedup_50k_items"] = {
         "goal": "> 1 (a step scores the batch's positives and 4,096 negatives, not every item)",
@@ -297,3 +340,6 @@ if __name__ == "__main__":
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scale.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {out_dir / 'scale.json'}")
+    from scale_plot import plot_scale
+
+    print(f"plot: {plot_scale(result, out_dir / 'scale.png') or 'one size only (smoke): none'}")
