@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.drop(broker=args.executor == "celery")
             shutil.rmtree(home, ignore_errors=True)
     failed = passed(found)
-    print(json.dumps({"passed": not failed, "failed": failed, "seconds": round(time.monotonic() - began, 1), **found}))
+    print(json.dumps({"passed": not failed, "failed": failed, "seconds": round(time.monotonic() - began, 1),
+                      "databases_prefix": stack.prefix, **found}))
     return 1 if failed else 0
 
 

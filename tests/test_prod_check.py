@@ -12,11 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def prodcheck_databases() -> set[str]:
+def prodcheck_databases(prefix: str = "prodcheck_") -> set[str]:
+    """The databases named with ``prefix``: each check's own (another check may run beside it)."""
     from infra.stack import Servers
 
     with Servers().connect() as conn:
-        return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'prodcheck_%'")}
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",))}
 
 
 @pytest.mark.slow
@@ -25,7 +26,6 @@ def test_prod_check_runs_one_cycle_on_the_production_stack_and_cleans_up(tmp_pat
     from infra.stack import Servers
 
     Servers().ensure()  # as prod-check does: PostgreSQL and Redis up, started if down
-    before = prodcheck_databases()
     done = subprocess.run(
         [sys.executable, "infra/prod_check.py", "--home", str(tmp_path / "prod"), "--redis-db", "10"],
         cwd=ROOT, capture_output=True, text=True, timeout=1800,
@@ -45,7 +45,8 @@ def test_prod_check_runs_one_cycle_on_the_production_stack_and_cleans_up(tmp_pat
     assert found["feast_offline_rows"] == found["feast_rows_expected"] > 10_000
     assert found["redis_online_user_n_interactions"] > 0
     assert (found["online_store"], found["offline_store"]) == ("redis", "postgres")
-    assert prodcheck_databases() == before and not (tmp_path / "prod").exists()  # nothing left behind
+    assert found["databases_prefix"].startswith("prodcheck_")
+    assert prodcheck_databases(found["databases_prefix"] + "_") == set() and not (tmp_path / "prod").exists()  # nothing left behind
 
 
 def test_the_celery_profile_points_the_executor_at_the_redis_broker_and_the_postgres_results(tmp_path):
@@ -71,7 +72,6 @@ def test_prod_check_on_celery_runs_each_task_on_its_queue_worker(tmp_path):
     from infra.stack import Servers
 
     Servers().ensure()
-    before = prodcheck_databases()
     done = subprocess.run(
         [sys.executable, "infra/prod_check.py", "--executor", "celery", "--home", str(tmp_path / "prod"),
          "--redis-db", "12"], cwd=ROOT, capture_output=True, text=True, timeout=1800,
@@ -82,4 +82,5 @@ def test_prod_check_on_celery_runs_each_task_on_its_queue_worker(tmp_path):
     assert found["tasks_by_worker"]["celery-train"] == ["cycle.train"]
     assert "cycle.pull" in found["tasks_by_worker"]["celery-default"] and len(found["tasks_by_worker"]) == 2
     assert found["queues"]["cycle.train"] == "train" and found["queues"]["cycle.gate"] == "default"
-    assert prodcheck_databases() == before and not (tmp_path / "prod").exists()
+    assert found["databases_prefix"].startswith("prodcheck_")
+    assert prodcheck_databases(found["databases_prefix"] + "_") == set() and not (tmp_path / "prod").exists()

@@ -18,7 +18,7 @@ import pandas as pd
 
 from recsys_retrain.data import features as F
 from recsys_retrain.data.features import TS
-from recsys_retrain.data.store import feature_store
+from recsys_retrain.data.store import HISTORY, feature_store, offline_kind
 from recsys_retrain.serve.ranker import REQUEST_COLUMNS
 
 ONLINE_SERVICE = "two_tower_online_v1"  # what a served two-tower model reads per request
@@ -126,12 +126,38 @@ def online_requests(store, user_ids: Iterable[int], service: str = ONLINE_SERVIC
 
 
 def offline_requests(repo: Path, user_ids: Iterable[int], at, service: str = ONLINE_SERVICE) -> pd.DataFrame:
-    """The same service read point-in-time from the offline store: each user as of ``at``."""
+    """The same service read point-in-time from the offline store: each user as of ``at``.
+
+    PostgreSQL and Spark go through Feast's ``get_historical_features``. The file store
+    reads the parquet sources itself, as ``pull_window`` does: ``user_history`` is one
+    part per day holding only that day's active users, and Feast's file store (dask) fails
+    to sort a source whose partitions the entity join leaves empty.
+    """
     ids = [int(u) for u in user_ids]
+    if offline_kind(repo) == "file":
+        return as_requests(_file_as_of(Path(repo), ids, pd.Timestamp(at)), ids)
     store = feature_store(repo)
     rows = pd.DataFrame({"user_id": np.asarray(ids, np.int64), TS: pd.Timestamp(at)})
     out = store.get_historical_features(entity_df=rows, features=service_refs(store, service)).to_df()
     return as_requests(out.drop(columns=[TS]).drop_duplicates("user_id"), ids)
+
+
+def _file_as_of(repo: Path, ids: list[int], at: pd.Timestamp) -> pd.DataFrame:
+    """Each user's latest ``user_profile`` row and ``user_history`` row stamped at or before ``at``."""
+    from recsys_retrain.data.parts import part_days, read_parts
+    from recsys_retrain.data.rolling import stamp_of
+
+    data = repo / "data"
+    at = at.tz_convert("UTC") if at.tzinfo else at.tz_localize("UTC")
+    profile = pd.read_parquet(data / "user_profile.parquet", filters=[(TS, "<=", at), ("user_id", "in", ids)])
+    days = [int(d) for d in part_days(data, HISTORY) if stamp_of(int(d)) <= at]
+    history = read_parts(data, HISTORY, days, filters=[("user_id", "in", ids)]) if days else pd.DataFrame()
+    out = pd.DataFrame({"user_id": np.asarray(ids, np.int64)})
+    for table in (profile, history):
+        if len(table):
+            latest = table.sort_values(TS, kind="stable").drop_duplicates("user_id", keep="last").drop(columns=[TS])
+            out = out.merge(latest, on="user_id", how="left")
+    return out
 
 
 def read_recommendations(store, user_ids: Iterable[int]) -> pd.DataFrame:
