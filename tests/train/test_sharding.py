@@ -7,8 +7,8 @@ import torch
 
 from recsys_retrain.model import FeatureEncoder, TwoTowerTrainTask, build_two_tower
 from recsys_retrain.train.distributed import init_process_group, load_tower, optimizer, shard, unsharded
-from recsys_retrain.train.examples import training_examples
 from recsys_retrain.train.sharding import TableSize, device_limit, planned_types, sharding_plan, sharding_types, topology
+from tests.train.test_distributed import one_step
 from tests.train.worlds import synthetic_world
 
 BIG_USERS = 5_000  # the user table: 5,001 x 32 weights + Adagrad state, 1.3 MB
@@ -73,13 +73,7 @@ def test_a_column_wise_table_trains_on_cpu():
     split = next(name for name, kind in types.items() if kind == "column_wise")
     key = next(k for k in dmp.state_dict() if k.endswith(f"{split}.weight"))
     before = torch.cat([s.tensor.detach().clone() for s in dmp.state_dict()[key].local_shards()], dim=1)
-    opt = optimizer(dmp, 0.01)
-    examples = training_examples(history, encoder)
-    users, labels = examples.batch(np.arange(len(examples)), encoder)
-    opt.zero_grad()
-    loss, _ = dmp(users, encoder.item_kjt(catalogue), labels)
-    loss.backward()
-    opt.step()
+    one_step(dmp, optimizer(dmp, 0.01), encoder, history, catalogue)
     after = torch.cat([s.tensor.detach() for s in dmp.state_dict()[key].local_shards()], dim=1)
     assert not torch.allclose(before, after)
 
