@@ -24,7 +24,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 if str(Path(__file__).parent) not in sys.path:  # Airflow puts the dags folder there; plain imports may not
     sys.path.append(str(Path(__file__).parent))
-from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES, newest_window, publish, pull, record, validate  # noqa: E402
+from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES, ONE_XCOM, newest_window, publish, pull, record, validate  # noqa: E402
 
 CYCLE_RECORDS = ("runs/*/*.json", "runs/*/drift/drift.json", "runs/*/model/trace.json")  # what the report reads
 
@@ -43,7 +43,7 @@ CYCLE_RECORDS = ("runs/*/*.json", "runs/*/drift/drift.json", "runs/*/model/trace
     doc_md=__doc__,
 )
 def champion_monitor():
-    @task(**IO_RETRIES)
+    @task(**ONE_XCOM, **IO_RETRIES)
     def monitor(pulled: dict) -> dict:
         from recsys_retrain import cycle, storage
 
@@ -51,14 +51,14 @@ def champion_monitor():
         print(decision["reason"])
         return decision
 
-    @task
+    @task(**ONE_XCOM)
     def served(pulled: dict) -> dict:
         from recsys_retrain import storage
         from recsys_retrain.monitoring.served import served as score
 
         return storage.step(score, pulled)
 
-    @task
+    @task(**ONE_XCOM)
     def refresh_report() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 

@@ -17,7 +17,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 if str(Path(__file__).parent) not in sys.path:  # Airflow puts the dags folder there; plain imports may not
     sys.path.append(str(Path(__file__).parent))
-from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES  # noqa: E402
+from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES, ONE_XCOM  # noqa: E402
 
 
 @dag(
@@ -31,7 +31,7 @@ from recsys_common import DEFAULT_ARGS, INTERACTIONS, IO_RETRIES  # noqa: E402
     doc_md=__doc__,
 )
 def ingest():
-    @task(outlets=[INTERACTIONS], **IO_RETRIES)
+    @task(outlets=[INTERACTIONS], **ONE_XCOM, **IO_RETRIES)
     def ingest_events() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 

@@ -104,12 +104,17 @@ def ingest(events: str, settings: Settings | None = None, overrides: Overrides |
 
 
 def pull(start: str, end: str, settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
-    """Pulls the training history (``train.history_days`` before the window), the window and the catalogue."""
+    """Pulls the history (``train.history_days`` before the window), the window and the catalogue; once per
+    window and store state, shared by the DAGs that read the week (``recsys_retrain.data.pulled``)."""
+    from recsys_retrain.data.pulled import earlier_pull, pull_key, remember_pull
     from recsys_retrain.data.store import item_catalogue, pull_window
 
     s = with_overrides(settings or get_settings(), overrides)
     p = CyclePaths.of(s, start, end)
     t0, t1 = utc(start), utc(end)
+    key = pull_key(s.feature_repo, t0.isoformat(), t1.isoformat(), s.train.history_days, s.drift.reference_days)
+    if (done := earlier_pull(p.root, key, [p.history, p.holdout, p.reference, p.catalogue])) is not None:
+        return {**done, "run_dir": str(p.root)}  # this task's folder (a staged copy under an object store)
     history = pull_window(s.feature_repo, max(HISTORY_START, t0 - timedelta(days=s.train.history_days)), t0)
     holdout = pull_window(s.feature_repo, t0, t1)
     if holdout.empty:
@@ -119,14 +124,10 @@ def pull(start: str, end: str, settings: Settings | None = None, overrides: Over
     write_parquet(holdout, p.holdout)
     write_parquet(reference, p.reference)
     write_parquet(item_catalogue(s.feature_repo, t0), p.catalogue)
-    return {
-        "run_dir": str(p.root),
-        "start": t0.isoformat(),
-        "end": t1.isoformat(),
-        "rows_history": len(history),
-        "rows_window": len(holdout),
-        "rows_reference": len(reference),
-    }
+    result = {"run_dir": str(p.root), "start": t0.isoformat(), "end": t1.isoformat(),
+              "rows_history": len(history), "rows_window": len(holdout), "rows_reference": len(reference)}
+    remember_pull(p.root, key, result)
+    return result
 
 
 def validate(pulled: dict[str, Any], settings: Settings | None = None, overrides: Overrides | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from recsys_retrain.model import FeatureEncoder, Recommender, build_two_tower
 from recsys_retrain.scoring import HistoryBags, chunk_scorer
 
 T0 = pd.Timestamp("2000-03-01", tz="UTC")
+BUILD = HistoryBags.build.__func__
 CATALOGUE = pd.DataFrame({"item_id": np.arange(1, 41), "item_genres": np.where(np.arange(40) % 2, "Drama", "Comedy|War"),
                           "item_release_year": 1950 + np.arange(40)})
 
@@ -49,6 +50,19 @@ class TestChunkScorer:
         values, lengths = HistoryBags.build(enc, history).take(ids)
         want_values, want_lengths = enc.histories(history, ids)
         assert lengths.tolist() == want_lengths.tolist() and values.tolist() == want_values.tolist()
+
+    def test_what_a_history_gives_is_kept_for_that_history_only(self, monkeypatch):
+        built = []
+        monkeypatch.setattr(HistoryBags, "build", classmethod(lambda cls, enc, h: built.append(len(h)) or BUILD(cls, enc, h)))
+        history, other = world(seed=1), world(seed=2)
+        users = history.drop_duplicates("user_id").reset_index(drop=True)
+        first = chunk_scorer(model(history, seed=0), history)(users)
+        again = chunk_scorer(model(history, seed=0), history)(users)  # a new model object, as training's candidates are
+        assert len(built) == 1 and torch.equal(first, again)
+        elsewhere = chunk_scorer(model(history, seed=0), other)(users)  # another history: computed again, and it shows
+        assert len(built) == 2 and not torch.equal(first, elsewhere)
+        assert torch.equal(chunk_scorer(model(history, seed=0), history.copy())(users), first)  # a copy: equal, recomputed
+        assert len(built) == 3
 
     @pytest.mark.parametrize("with_history", [True, False])
     def test_chunks_score_exactly_as_score_does(self, with_history):

@@ -13,6 +13,7 @@ from recsys_common.cycle_group import (
     DEFAULT_ARGS,
     DEFAULT_QUEUE,
     IO_RETRIES,
+    ONE_XCOM,
     POOLS,
     TASK_TIMEOUT,
     TRAIN_POOL,
@@ -31,7 +32,7 @@ from recsys_common.cycle_group import (
 )
 
 __all__ = [
-    "CYCLE_PARAMS", "DEFAULT_ARGS", "DEFAULT_QUEUE", "INTERACTIONS", "IO_RETRIES", "POOLS", "TASK_TIMEOUT",
+    "CYCLE_PARAMS", "DEFAULT_ARGS", "DEFAULT_QUEUE", "INTERACTIONS", "IO_RETRIES", "ONE_XCOM", "POOLS", "TASK_TIMEOUT",
     "TRAIN_POOL", "TRAIN_QUEUE", "TRAIN_TIMEOUT", "TRIGGER_PARAMS", "WINDOW_PARAMS",
     "newest_window", "overrides", "publish", "pull", "record", "retrain_cycle", "validate", "window_from",
 ]

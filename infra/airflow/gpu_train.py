@@ -83,11 +83,11 @@ def gpu_train(pulled: Any, plan: Any, namespace: str = "recsys", image: str | No
     """
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from airflow.sdk import get_current_context, task, task_group
-    from recsys_common import TRAIN_POOL, TRAIN_QUEUE, TRAIN_TIMEOUT, overrides
+    from recsys_common import ONE_XCOM, TRAIN_POOL, TRAIN_QUEUE, TRAIN_TIMEOUT, overrides
 
     home = os.environ.get("RETRAIN_HOME", "/cycles/home")
 
-    @task
+    @task(**ONE_XCOM)
     def prepare(pulled: dict, plan: dict) -> dict:
         from recsys_retrain import cycle, storage
 
@@ -95,7 +95,7 @@ def gpu_train(pulled: Any, plan: Any, namespace: str = "recsys", image: str | No
         return cycle.prepare_train(storage.mounted(pulled), overrides=overrides(get_current_context()["params"]),
                                    plan=storage.mounted(plan))
 
-    @task
+    @task(**ONE_XCOM)
     def collect(pulled: dict, plan: dict) -> dict:
         from recsys_retrain import cycle, storage
 

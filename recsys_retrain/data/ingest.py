@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from recsys_retrain.data import features as F
 from recsys_retrain.data.features import TS
 from recsys_retrain.data.offline_copy import Changes, publish_tables
+from recsys_retrain.data.online import write_online
 from recsys_retrain.data.parts import PARTED, STATE, clear, drop_parts, load_state, save_state, stamp_range, write_part
 from recsys_retrain.data.rolling import RollingState, StampRows, advance, day_numbers, stamp_of
 from recsys_retrain.data.load import RawData, normalise_items, normalise_users, last_line, read_log
@@ -300,6 +301,7 @@ def _materialize(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Timestamp:
     Feast's ``materialize_incremental`` starts where the last run ended (or a year
     before now, with ttl 0, the first time). A batch reaching back before that (late
     events, new entities' profiles) gets an explicit ``materialize`` from its first day.
+    The file store writes the latest rows itself (``recsys_retrain.data.online``).
     """
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):  # Feast prints progress bars
         return _materialize_quietly(repo, since, tables)
@@ -310,6 +312,9 @@ def _materialize_quietly(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Ti
     end = max(stamp_range(repo / "data", n)[1] for n in STATS)
     end = (end + pd.Timedelta(seconds=1)).to_pydatetime()
     stats = list(STATS)
+    if offline_kind(repo) == "file":  # Feast's dask store would read every part: write the latest rows directly
+        write_online(store, repo / "data", since, end, stats, HISTORY, {n: k for n, (k, _c) in PROFILES.items()}, tables)
+        return pd.Timestamp(end)
     ends = [store.get_feature_view(n).most_recent_end_time for n in stats]
     if all(e is not None and pd.Timestamp(e) <= since + F.DAY for e in ends):
         store.materialize_incremental(end_date=end, feature_views=stats)
