@@ -147,7 +147,7 @@ def _ingest(events, repo: Path, settings: DataSettings, materialize: bool, step)
     raw = read_log(Path(events)) if isinstance(events, (str, Path)) else events
     step("validate")
     clean, bad = check_events(raw, settings, name=Path(events).name if isinstance(events, (str, Path)) else "batch")
-    qpath = repo / "data" / "quarantine" / f"batch-{_batch_id(raw)}.parquet"
+    qpath = repo / "data" / "quarantine" / f"batch-{_batch_id(raw)}.parquet" if len(bad) else None  # hashing costs
     if len(bad):
         _quarantine_batch(raw, clean, bad, qpath, settings)
     step("deduplicate")

@@ -87,9 +87,8 @@ class EntityState:
         self.last_day[counts > 0] = day
 
     def trailing(self, stamp: int, days: int) -> np.ndarray:
-        """Events in the ``days`` days before ``stamp``."""
-        cols = np.flatnonzero((self.ring_day >= stamp - days) & (self.ring_day < stamp))
-        return self.ring[:, cols].sum(axis=1)
+        """Events in the ``days`` days before ``stamp`` (a product with the days' mask: no copy of the ring)."""
+        return self.ring @ ((self.ring_day >= stamp - days) & (self.ring_day < stamp)).astype(np.int64)
 
     def rows(self, stamp: int, key: str, cols: dict[str, np.ndarray]) -> pd.DataFrame:
         """The rows stamped ``stamp`` of every entity seen by then, by id."""
@@ -157,8 +156,12 @@ class ItemLists:
         out.changed = dict(self.changed)
         return out
 
-    def compact(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every array in user order, flat: (offsets of n + 1, values)."""
+    def flush(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, length, values) holding every array: those replaced since the last flush are appended.
+
+        The values are rewritten in user order only once more than half of them are stale,
+        so saving after a batch costs the batch's users, not a reorder of every user's items.
+        """
         if self.changed:
             codes = np.fromiter(self.changed, np.int64, len(self.changed))
             arrays = [self.changed[int(c)] for c in codes]
@@ -167,11 +170,12 @@ class ItemLists:
             self.length[codes] = lengths
             self.values = np.concatenate([self.values, *arrays]).astype(np.int64)
             self.changed = {}
-        offsets = np.zeros(len(self) + 1, np.int64)
-        np.cumsum(self.length, out=offsets[1:])
-        self.values = self.values[np.repeat(self.start - offsets[:-1], self.length) + np.arange(offsets[-1])]
-        self.start = offsets[:-1].copy()
-        return offsets, self.values
+        total = int(self.length.sum())
+        if len(self.values) > 2 * total:
+            offsets = np.r_[0, np.cumsum(self.length)]
+            self.values = self.values[np.repeat(self.start - offsets[:-1], self.length) + np.arange(total)]
+            self.start = offsets[:-1].copy()
+        return self.start, self.length, self.values
 
     @classmethod
     def from_flat(cls, offsets: np.ndarray, values: np.ndarray) -> ItemLists:

@@ -17,7 +17,7 @@ from recsys_retrain.data.features import HISTORY_CAP, TS
 from recsys_retrain.data.ingest import ingest
 from recsys_retrain.data.load import RawData
 from recsys_retrain.data.parts import load_state, read_parts, save_state
-from recsys_retrain.data.rolling import RollingState, advance
+from recsys_retrain.data.rolling import ItemLists, RollingState, advance
 from recsys_retrain.data.store import pull_window
 
 from tests.data.oracle import history_table, stats_tables
@@ -70,6 +70,44 @@ class TestRolling:
             save_state(tmp_path, state)
             done = pd.concat([done, batch])
         assert_same_rows({n: pd.concat(v.values(), ignore_index=True) for n, v in rows.items()}, expected(log))
+
+    def test_a_state_saved_with_the_lists_in_parquet_loads_the_same(self, tmp_path: Path) -> None:
+        """An earlier version kept the recent and seen lists as list columns of users.parquet."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        state = RollingState()
+        list(advance(state, synthetic_log(n=500, days=20)))
+        save_state(tmp_path, state)
+        folder = tmp_path / "state"
+        users = pq.read_table(folder / "users.parquet")
+        for name in ("recent", "seen"):
+            lists = [getattr(state, name)[c].tolist() for c in range(len(state.users.ids))]
+            users = users.append_column(name, pa.array(lists, pa.large_list(pa.int64())))
+            for part in ("start", "length", "values"):
+                (folder / f"{name}_{part}.npy").unlink()
+        pq.write_table(users, folder / "users.parquet")
+        old, new = load_state(tmp_path), state
+        assert old.next_day == new.next_day and np.array_equal(old.users.ids, new.users.ids)
+        for lists in ("recent", "seen"):
+            assert all(np.array_equal(getattr(old, lists)[c], getattr(new, lists)[c]) for c in range(len(new.users.ids)))
+        assert np.array_equal(old.distinct, new.distinct) and np.array_equal(old.users.ring, new.users.ring)
+
+    def test_item_lists_keep_every_array_and_drop_stale_values_once_they_are_half(self) -> None:
+        lists = ItemLists()
+        lists.grow(3)
+        want = {0: np.array([1, 2]), 1: np.array([], np.int64), 2: np.array([7])}
+        for code, values in want.items():
+            lists[code] = values
+        sizes = []
+        for round_ in range(4):  # user 0's array replaced each time: the old copies go stale
+            want[0] = np.arange(round_ + 3)
+            lists[0] = want[0]
+            start, length, values = lists.flush()
+            sizes.append(len(values))
+            assert all(np.array_equal(lists[c], want[c]) for c in want)
+            assert np.array_equal(ItemLists(start, length, values)[0], want[0])
+        assert sizes == [4, 8, 6, 12]  # appended; appended; 13 values for 6 live ones: rewritten; appended
 
     def test_a_batch_before_the_state_is_refused(self) -> None:
         log = synthetic_log(n=200, days=10)
