@@ -147,8 +147,9 @@ def _ingest(events, repo: Path, settings: DataSettings, materialize: bool, step)
     raw = read_log(Path(events)) if isinstance(events, (str, Path)) else events
     step("validate")
     clean, bad = check_events(raw, settings, name=Path(events).name if isinstance(events, (str, Path)) else "batch")
-    qpath = repo / "data" / "quarantine" / f"batch-{_batch_id(raw)}.parquet" if len(bad) else None  # hashing costs
-    if len(bad):
+    qpath = None
+    if len(bad):  # the batch is hashed for its quarantine file's name only (it costs, at 10^7 events)
+        qpath = repo / "data" / "quarantine" / f"batch-{_batch_id(raw)}.parquet"
         _quarantine_batch(raw, clean, bad, qpath, settings)
     step("deduplicate")
     days = sorted(clean["timestamp"].dt.strftime("%Y-%m-%d").unique().tolist())
@@ -156,7 +157,7 @@ def _ingest(events, repo: Path, settings: DataSettings, materialize: bool, step)
     new = _anti_join(clean, stored)
     result = dict(
         rows=len(raw), added=len(new), already_stored=len(clean) - len(new), quarantined=len(bad),
-        quarantine_path=str(qpath) if len(bad) else None, days=len(days), recomputed_from=None, materialized_to=None,
+        quarantine_path=str(qpath) if qpath else None, days=len(days), recomputed_from=None, materialized_to=None,
     )
     if new.empty:
         since = _online_lag(repo) if materialize else None
@@ -313,7 +314,7 @@ def _materialize_quietly(repo: Path, since: pd.Timestamp, tables: dict) -> pd.Ti
     end = (end + pd.Timedelta(seconds=1)).to_pydatetime()
     stats = list(STATS)
     if offline_kind(repo) == "file":  # Feast's dask store would read every part: write the latest rows directly
-        write_online(store, repo / "data", since, end, stats, HISTORY, {n: k for n, (k, _c) in PROFILES.items()}, tables)
+        write_online(store, repo / "data", since, end, stats, HISTORY, list(PROFILES), tables)
         return pd.Timestamp(end)
     ends = [store.get_feature_view(n).most_recent_end_time for n in stats]
     if all(e is not None and pd.Timestamp(e) <= since + F.DAY for e in ends):

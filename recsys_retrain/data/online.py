@@ -29,7 +29,7 @@ from recsys_retrain.data.rolling import day_numbers
 
 
 def write_online(store, data: Path, since: pd.Timestamp, end: datetime, stats: list[str], history: str,
-                 profiles: dict[str, str], new_profiles: dict[str, pd.DataFrame]) -> None:
+                 profiles: list[str], new_profiles: dict[str, pd.DataFrame]) -> None:
     """Write each view's latest rows stamped before ``end`` to the online store.
 
     Args:
@@ -39,7 +39,7 @@ def write_online(store, data: Path, since: pd.Timestamp, end: datetime, stats: l
         end: the exclusive end (just after the newest part's stamp).
         stats: the dense daily views (a row per entity per day).
         history: the sparse daily view (a row per active user and day).
-        profiles: profile view name -> its key column.
+        profiles: the profile views (a row per entity).
         new_profiles: profile view name -> the rows of the ids the batch added.
     """
     start = pd.Timestamp(since).to_pydatetime()
