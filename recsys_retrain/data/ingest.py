@@ -32,7 +32,8 @@ from recsys_retrain.data import features as F
 from recsys_retrain.data.features import TS
 from recsys_retrain.data.offline_copy import Changes, publish_tables
 from recsys_retrain.data.online import write_online
-from recsys_retrain.data.parts import PARTED, STATE, clear, drop_parts, load_state, save_state, stamp_range, write_part
+from recsys_retrain.data.parts import (PARTED, STATE, begin_rows, clear, drop_parts, load_state, save_state,
+                                      stamp_range, write_part)
 from recsys_retrain.data.rolling import RollingState, StampRows, advance, day_numbers, stamp_of
 from recsys_retrain.data.load import RawData, normalise_items, normalise_users, last_line, read_log
 from recsys_retrain.data.store import HISTORY, LOG, PROFILES, STATS, offline_kind, require_repo, feature_store, read_events
@@ -220,6 +221,7 @@ def _update_tables(repo: Path, stored: pd.DataFrame, new: pd.DataFrame) -> Chang
     data = repo / "data"
     state = load_state(data)
     first_new = int(day_numbers(new["timestamp"]).min())
+    stored_through = None
     if state is None or state.next_day is None or first_new < state.next_day:
         pending = pd.concat([read_events(repo), new], ignore_index=True)
         state = RollingState()
@@ -227,8 +229,12 @@ def _update_tables(repo: Path, stored: pd.DataFrame, new: pd.DataFrame) -> Chang
     else:
         later = read_events(repo, stamp_of(state.next_day), FAR_FUTURE)
         pending = pd.concat([later, new], ignore_index=True)
+        # The state's writer stored the stamps through the day after its last day; the rows stamped up to the
+        # batch's first day count no new event. Unless a run from this same state died after writing parts.
+        if not begin_rows(data, state.generation):
+            stored_through = min(first_new, state.next_day + 1)
     since = stamp_of(state.next_day if state.next_day is not None else int(day_numbers(pending["timestamp"]).min()))
-    last = _write_rows(advance(state, pending), data)
+    last = _write_rows(advance(state, pending, stored_through=stored_through), data)
     for name in PARTED:
         drop_parts(data, name, after=last)
     save_state(data, state)

@@ -6,6 +6,7 @@ log before; after any sequence of batches the stored parts must hold exactly its
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,35 @@ def synthetic_log(n: int = 3000, days: int = 90, seed: int = 0) -> pd.DataFrame:
     log = pd.DataFrame({"user_id": rng.integers(1, 60, n), "item_id": rng.integers(10, 90, n),
                         "timestamp": ts.astype("datetime64[ns, UTC]"), "rating": rng.integers(1, 6, n).astype(float)})
     return log.drop_duplicates(["user_id", "item_id", "timestamp"]).sort_values("timestamp").reset_index(drop=True)
+
+
+def day_of(log: pd.DataFrame) -> pd.Series:
+    return (log.timestamp - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(days=1)
+
+
+def write_earlier_state(folder: Path, state: RollingState, lists_in: str) -> None:
+    """``state`` in the files of earlier versions: parquet totals and daily counts, the lists as .npy or list columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True)
+    for kind, key in (("users", "user_id"), ("items", "item_id")):
+        e = getattr(state, kind)
+        totals = pd.DataFrame({key: e.ids, "first_day": e.first_day, "n": e.n, "rating_sum": e.rating_sum,
+                               "last_day": e.last_day})
+        days = [pd.DataFrame({key: e.ids[codes], "day": day, "count": counts}) for day, (codes, counts) in e.days.items()]
+        pd.concat(days, ignore_index=True).to_parquet(folder / f"{kind[:-1]}_days.parquet", index=False)
+        table = pa.Table.from_pandas(totals, preserve_index=False)
+        if kind == "users" and lists_in == "parquet":
+            for name in ("recent", "seen"):
+                lists = [getattr(state, name)[c].tolist() for c in range(len(e.ids))]
+                table = table.append_column(name, pa.array(lists, pa.large_list(pa.int64())))
+        pq.write_table(table, folder / f"{kind}.parquet")
+    if lists_in == "npy":
+        for name in ("recent", "seen"):
+            for part, array in zip(("start", "length", "values"), getattr(state, name).flush()):
+                np.save(folder / f"{name}_{part}.npy", array)
+    (folder / "meta.json").write_text(json.dumps({"next_day": state.next_day}))
 
 
 def expected(log: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -71,27 +101,30 @@ class TestRolling:
             done = pd.concat([done, batch])
         assert_same_rows({n: pd.concat(v.values(), ignore_index=True) for n, v in rows.items()}, expected(log))
 
-    def test_a_state_saved_with_the_lists_in_parquet_loads_the_same(self, tmp_path: Path) -> None:
-        """An earlier version kept the recent and seen lists as list columns of users.parquet."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+    @pytest.mark.parametrize("lists_in", ["npy", "parquet"])
+    def test_a_state_of_an_earlier_version_loads_the_same_and_is_saved_anew(self, tmp_path: Path, lists_in: str) -> None:
+        """Earlier versions kept parquet totals and rings, the lists as .npy files or as list columns of users.parquet."""
+        log = synthetic_log(n=800, days=40)
+        head, rest = log.iloc[:500], log.iloc[500:]
         state = RollingState()
-        list(advance(state, synthetic_log(n=500, days=20)))
-        save_state(tmp_path, state)
-        folder = tmp_path / "state"
-        users = pq.read_table(folder / "users.parquet")
-        for name in ("recent", "seen"):
-            lists = [getattr(state, name)[c].tolist() for c in range(len(state.users.ids))]
-            users = users.append_column(name, pa.array(lists, pa.large_list(pa.int64())))
-            for part in ("start", "length", "values"):
-                (folder / f"{name}_{part}.npy").unlink()
-        pq.write_table(users, folder / "users.parquet")
-        old, new = load_state(tmp_path), state
-        assert old.next_day == new.next_day and np.array_equal(old.users.ids, new.users.ids)
+        list(advance(state, head))
+        write_earlier_state(tmp_path / "state", state, lists_in)
+        old = load_state(tmp_path)
+        assert old.next_day == state.next_day and np.array_equal(old.users.ids, state.users.ids)
         for lists in ("recent", "seen"):
-            assert all(np.array_equal(getattr(old, lists)[c], getattr(new, lists)[c]) for c in range(len(new.users.ids)))
-        assert np.array_equal(old.distinct, new.distinct) and np.array_equal(old.users.ring, new.users.ring)
+            assert all(np.array_equal(getattr(old, lists)[c], getattr(state, lists)[c]) for c in range(len(state.users.ids)))
+        assert np.array_equal(old.distinct, state.distinct)
+        for kind in ("users", "items"):
+            a, b = getattr(old, kind), getattr(state, kind)
+            assert all(np.array_equal(a.trailing(state.next_day, d), b.trailing(state.next_day, d)) for d in (7, 30))
+        pending = pd.concat([head[day_of(head) >= state.next_day], rest])
+        list(advance(old, pending))
+        save_state(tmp_path, old)
+        assert not list((tmp_path / "state").glob("*.parquet")) and not list((tmp_path / "state").glob("*.npy"))
+        again, want = load_state(tmp_path), RollingState()
+        list(advance(want, log))
+        assert again.next_day == want.next_day and np.array_equal(again.users.n, want.users.n)
+        assert all(np.array_equal(again.seen[c], want.seen[c]) for c in range(len(want.users.ids)))
 
     def test_item_lists_keep_every_array_and_drop_stale_values_once_they_are_half(self) -> None:
         lists = ItemLists()
