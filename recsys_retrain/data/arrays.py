@@ -132,25 +132,26 @@ class ArrayFolder:
 
     def _apply(self, meta: dict, journal: Path) -> None:
         with np.load(journal) as patches:
-            names = {key.split("/")[0] for key in patches.files}
-            for name in sorted(names):
-                spec = meta["arrays"][name]
-                dtype, length = np.dtype(spec["dtype"]), int(spec["length"])
-                path = self.folder / spec["file"]
-                if length == 0:
-                    continue
-                with open(path, "r+b") as handle:
-                    if os.fstat(handle.fileno()).st_size < length * dtype.itemsize:
-                        handle.truncate(length * dtype.itemsize)
-                target = np.memmap(path, dtype=dtype, mode="r+", shape=(length,))
-                if f"{name}/block" in patches.files:
-                    offset = int(patches[f"{name}/offset"][0])
-                    block = patches[f"{name}/block"]
-                    target[offset : offset + len(block)] = block
-                if f"{name}/at" in patches.files:
-                    target[patches[f"{name}/at"]] = patches[f"{name}/values"]
-                target.flush()
-                del target
+            for name in sorted({key.split("/")[0] for key in patches.files}):
+                self._patch(meta["arrays"][name], name, patches)
+
+    def _patch(self, spec: dict, name: str, patches) -> None:
+        """One array's patch, in place (the file grows to the array's length first)."""
+        dtype, length = np.dtype(spec["dtype"]), int(spec["length"])
+        path = self.folder / spec["file"]
+        if length == 0:
+            return
+        with open(path, "r+b") as handle:
+            if os.fstat(handle.fileno()).st_size < length * dtype.itemsize:
+                handle.truncate(length * dtype.itemsize)
+        target = np.memmap(path, dtype=dtype, mode="r+", shape=(length,))
+        if f"{name}/block" in patches.files:
+            offset = int(patches[f"{name}/offset"][0])
+            block = patches[f"{name}/block"]
+            target[offset : offset + len(block)] = block
+        if f"{name}/at" in patches.files:
+            target[patches[f"{name}/at"]] = patches[f"{name}/values"]
+        del target  # no msync: like every write of the pipeline, safe from a dying process, not fsynced
 
     def _tidy(self, meta: dict) -> None:
         """Remove the files no meta names: replaced arrays, dropped ones, journals, orphans of a dead commit."""

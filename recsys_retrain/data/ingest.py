@@ -5,11 +5,14 @@ from the rolling state, append, materialize to the online store).
 An ingest's cost follows the batch and the entities, not the history: it reads the
 stored events of the batch's days, the state (``data/state``, what the rows of later
 days need of the past) and the profiles, and writes the parts of its own days
-(``recsys_retrain.data.parts``). Derived tables and the state are written before the
-log partitions, each file atomically: if a run dies half-way, re-running the same batch
-finds its events not yet stored and writes the same tables again (from the whole log
-when the state already moved past the batch's first day). One ingest at a time per
-repository (a file lock).
+(``recsys_retrain.data.parts``): only the stamps whose rows the batch can change, so a
+batch of one day rewrites one stamp of every entity (the newest). Derived tables and
+the state are written before the log partitions, each file atomically and the state
+as one commit (``recsys_retrain.data.arrays``): if a run dies half-way, re-running the
+same batch finds its events not yet stored and writes the same tables again (from the
+whole log when the state already moved past the batch's first day), and any run after
+one that died before saving its state rewrites every stamp from the state's day. One
+ingest at a time per repository (a file lock).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from recsys_retrain.data import features as F
 from recsys_retrain.data.features import TS
 from recsys_retrain.data.offline_copy import Changes, publish_tables
 from recsys_retrain.data.online import write_online
-from recsys_retrain.data.parts import (PARTED, STATE, begin_rows, clear, drop_parts, load_state, save_state,
+from recsys_retrain.data.parts import (PARTED, STATE, begin_rows, clear, drop_part, drop_parts, load_state, save_state,
                                       stamp_range, write_part)
 from recsys_retrain.data.rolling import RollingState, StampRows, advance, day_numbers, stamp_of
 from recsys_retrain.data.load import RawData, normalise_items, normalise_users, last_line, read_log
@@ -214,7 +217,8 @@ def _update_tables(repo: Path, stored: pd.DataFrame, new: pd.DataFrame) -> Chang
     ``stored``: the events already stored on the batch's days. The state covers the days
     before its ``next_day`` (the last stored day): the rows stamped from then on are
     computed from it, the events stored since and the batch, and written as parts
-    (the earlier parts stay as they are). A batch reaching further back, or a
+    (the earlier parts stay as they are, and so do the stamps up to the batch's first
+    day that gain no entity: their rows count no new event). A batch reaching further back, or a
     repository without a state, is recomputed from the whole log (same rows, slower).
     Returns what changed: the first stamp rewritten, the new events, the profiles' new rows.
     """
@@ -261,8 +265,10 @@ def _write_rows(stamps: Iterable[StampRows], data: Path) -> int:
     for rows in stamps:
         write_part(data, "user_stats", rows.day, rows.user_stats)  # typed as the oracle's rows (tests/data/oracle.py)
         write_part(data, "item_stats", rows.day, rows.item_stats)
-        if rows.user_history is not None:
+        if rows.user_history is not None and len(rows.user_history):
             write_part(data, HISTORY, rows.day, rows.user_history)
+        elif rows.user_history is not None:  # nobody active the day before (a run that died may have written some)
+            drop_part(data, HISTORY, rows.day)
         last = rows.day
     return last
 

@@ -54,6 +54,10 @@ def write_part(data: Path, name: str, day: int, df: pd.DataFrame) -> None:
     write_atomic(df, part_path(data, name, day))
 
 
+def drop_part(data: Path, name: str, day: int) -> None:
+    part_path(data, name, day).unlink(missing_ok=True)
+
+
 def drop_parts(data: Path, name: str, after: int) -> None:
     """Remove the parts stamped later than ``after``."""
     for day in part_days(data, name):

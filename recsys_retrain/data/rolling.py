@@ -256,7 +256,7 @@ class RollingState:
 @dataclass(frozen=True)
 class StampRows:
     """The rows of one stamp: ``user_stats``/``item_stats`` (every entity seen by then) and ``user_history``
-    (users active the day before; None when nobody was)."""
+    (users active the day before: empty when nobody was; None for the state's day, whose stored rows stand)."""
 
     day: int
     user_stats: pd.DataFrame
@@ -320,7 +320,7 @@ def _after_last(state: RollingState, u, i, items, ratings, day: int, cap: int) -
     active, recent, seen = _lists_after(state, u, items, cap)
     distinct = state.distinct.copy()
     distinct[active] = [len(s) for s in seen]
-    history = None if not len(active) else _history_of(state, active, recent, seen, day + 1)
+    history = _history_of(state, active, recent, seen, day + 1)
     return StampRows(day + 1, _user_rows(state, state.users.ahead(day, u, ratings), distinct, day + 1),
                      _item_rows(state.items, state.items.ahead(day, i, ratings), day + 1), history)
 
@@ -348,12 +348,10 @@ def _lists_after(state: RollingState, u: np.ndarray, items: np.ndarray, cap: int
 
 
 def _add(state: RollingState, day: int, u: np.ndarray, i: np.ndarray, items: np.ndarray, ratings: np.ndarray,
-         cap: int) -> pd.DataFrame | None:
-    """Count one day's events; the ``user_history`` rows they make (stamped the next day)."""
+         cap: int) -> pd.DataFrame:
+    """Count one day's events; the ``user_history`` rows they make (stamped the next day; none without events)."""
     state.users.add_day(day, u, ratings)
     state.items.add_day(day, i, ratings)
-    if not len(u):
-        return None
     active, recent, seen = _lists_after(state, u, items, cap)
     for code, r, s in zip(active, recent, seen):
         state.recent[code], state.seen[code] = r, s

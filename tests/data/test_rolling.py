@@ -171,3 +171,88 @@ class TestIngestedParts:
         window = pull_window(repo, "2024-03-10", "2024-03-20")
         assert len(window) == int(((log.timestamp >= "2024-03-10") & (log.timestamp < "2024-03-20")).sum())
         assert not window.isna().any().any()
+
+    @pytest.mark.parametrize("dies", ["before_the_commit", "while_applying_it"])
+    def test_an_ingest_dying_in_the_middle_of_its_state_save_is_retried_to_the_oracles_rows(
+        self, tmp_path: Path, monkeypatch, dies: str
+    ) -> None:
+        """The state is saved after the parts and before the log: the retry of the batch must still be exact."""
+        from recsys_retrain.data import arrays
+
+        log = synthetic_log(n=1500, days=30, seed=3)
+        repo = copy_feature_repo(tmp_path / "features")
+        batches = [b for _, b in log.groupby(log.timestamp.dt.floor("D"))]
+        for batch in batches[:10]:
+            ingest(batch, repo, materialize=False)
+        died = self.dying(monkeypatch, arrays, dies)
+        with pytest.raises(died):
+            ingest(batches[10], repo, materialize=False)
+        monkeypatch.undo()
+        for batch in batches[10:]:
+            ingest(batch, repo, materialize=False)
+        assert_same_rows(stored(repo / "data"), expected(log))
+
+    def test_a_batch_after_one_that_died_before_saving_its_state_rewrites_what_that_one_wrote(
+        self, tmp_path: Path, monkeypatch
+    ) -> None:
+        """The dead batch's events were never stored: the parts it wrote from them must not stand."""
+        from recsys_retrain.data import arrays
+
+        log = synthetic_log(n=1500, days=30, seed=3)
+        repo = copy_feature_repo(tmp_path / "features")
+        batches = [b for _, b in log.groupby(log.timestamp.dt.floor("D"))]
+        kept, lost = batches[9].iloc[: len(batches[9]) // 2], batches[9].iloc[len(batches[9]) // 2 :]
+        for batch in [*batches[:9], kept]:
+            ingest(batch, repo, materialize=False)
+        died = self.dying(monkeypatch, arrays, "before_the_commit")
+        with pytest.raises(died):
+            ingest(lost, repo, materialize=False)  # more of the state's day: it rewrote the next day's stamp
+        monkeypatch.undo()
+        for batch in batches[10:]:  # the next day's batch alone would not rewrite that stamp
+            ingest(batch, repo, materialize=False)
+        assert_same_rows(stored(repo / "data"), expected(pd.concat([*batches[:9], kept, *batches[10:]])))
+
+    @staticmethod
+    def dying(monkeypatch, arrays, where: str) -> type[Exception]:
+        """Makes the next state commit raise (as if killed) before its meta is written, or after one patch."""
+        class Died(Exception):
+            pass
+
+        if where == "before_the_commit":
+            monkeypatch.setattr(arrays, "_savez", lambda *_: (_ for _ in ()).throw(Died()))
+        else:
+            real = arrays.ArrayFolder._patch
+            done: list[str] = []
+
+            def patch_once(self, spec, name, patches):
+                if done:
+                    raise Died
+                real(self, spec, name, patches)
+                done.append(name)
+
+            monkeypatch.setattr(arrays.ArrayFolder, "_patch", patch_once)
+        return Died
+
+    def test_a_batch_rewrites_no_stamp_before_its_first_day_and_patches_the_state(self, tmp_path: Path) -> None:
+        """Stamps whose rows cannot have changed stay the same files; the state's arrays keep their files."""
+        log = synthetic_log(n=600, days=12, seed=5)
+        head = log[log.timestamp < "2024-03-08"]
+        later = log[(log.timestamp >= "2024-03-09") & log.user_id.isin(head.user_id) & log.item_id.isin(head.item_id)]
+        repo = copy_feature_repo(tmp_path / "features")
+        ingest(head, repo, materialize=False)
+        data = repo / "data"
+        inodes = {p: p.stat().st_ino for name in KEYS for p in (data / name).glob("*.parquet")}
+        arrays_before = load_meta(data)["arrays"]
+        ingest(later, repo, materialize=False)
+        kept = {p for p, ino in inodes.items() if p.exists() and p.stat().st_ino == ino}
+        assert {p.name for p in kept if p.parent.name == "user_stats"} == {p.name for p in inodes if p.parent.name == "user_stats"
+                                                                           and p.name <= "2024-03-08.parquet"}
+        arrays_after = load_meta(data)["arrays"]
+        assert all(arrays_after[name]["file"] == spec["file"] for name, spec in arrays_before.items()
+                   if not name.split("_")[1].startswith("day"))
+        assert arrays_after["seen_values"]["length"] > arrays_before["seen_values"]["length"]
+        assert_same_rows(stored(data), expected(pd.concat([head, later])))
+
+
+def load_meta(data: Path) -> dict:
+    return json.loads((data / "state" / "meta.json").read_text())
