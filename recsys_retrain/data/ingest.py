@@ -5,11 +5,14 @@ from the rolling state, append, materialize to the online store).
 An ingest's cost follows the batch and the entities, not the history: it reads the
 stored events of the batch's days, the state (``data/state``, what the rows of later
 days need of the past) and the profiles, and writes the parts of its own days
-(``recsys_retrain.data.parts``). Derived tables and the state are written before the
-log partitions, each file atomically: if a run dies half-way, re-running the same batch
-finds its events not yet stored and writes the same tables again (from the whole log
-when the state already moved past the batch's first day). One ingest at a time per
-repository (a file lock).
+(``recsys_retrain.data.parts``): only the stamps whose rows the batch can change, so a
+batch of one day rewrites one stamp of every entity (the newest). Derived tables and
+the state are written before the log partitions, each file atomically and the state
+as one commit (``recsys_retrain.data.arrays``): if a run dies half-way, re-running the
+same batch finds its events not yet stored and writes the same tables again (from the
+whole log when the state already moved past the batch's first day), and any run after
+one that died before saving its state rewrites every stamp from the state's day. One
+ingest at a time per repository (a file lock).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from recsys_retrain.data import features as F
 from recsys_retrain.data.features import TS
 from recsys_retrain.data.offline_copy import Changes, publish_tables
 from recsys_retrain.data.online import write_online
-from recsys_retrain.data.parts import PARTED, STATE, clear, drop_parts, load_state, save_state, stamp_range, write_part
+from recsys_retrain.data.parts import (PARTED, STATE, begin_rows, clear, drop_part, drop_parts, load_state, save_state,
+                                      stamp_range, write_part)
 from recsys_retrain.data.rolling import RollingState, StampRows, advance, day_numbers, stamp_of
 from recsys_retrain.data.load import RawData, normalise_items, normalise_users, last_line, read_log
 from recsys_retrain.data.store import HISTORY, LOG, PROFILES, STATS, offline_kind, require_repo, feature_store, read_events
@@ -213,13 +217,15 @@ def _update_tables(repo: Path, stored: pd.DataFrame, new: pd.DataFrame) -> Chang
     ``stored``: the events already stored on the batch's days. The state covers the days
     before its ``next_day`` (the last stored day): the rows stamped from then on are
     computed from it, the events stored since and the batch, and written as parts
-    (the earlier parts stay as they are). A batch reaching further back, or a
+    (the earlier parts stay as they are, and so do the stamps up to the batch's first
+    day that gain no entity: their rows count no new event). A batch reaching further back, or a
     repository without a state, is recomputed from the whole log (same rows, slower).
     Returns what changed: the first stamp rewritten, the new events, the profiles' new rows.
     """
     data = repo / "data"
     state = load_state(data)
     first_new = int(day_numbers(new["timestamp"]).min())
+    stored_through = None
     if state is None or state.next_day is None or first_new < state.next_day:
         pending = pd.concat([read_events(repo), new], ignore_index=True)
         state = RollingState()
@@ -227,8 +233,12 @@ def _update_tables(repo: Path, stored: pd.DataFrame, new: pd.DataFrame) -> Chang
     else:
         later = read_events(repo, stamp_of(state.next_day), FAR_FUTURE)
         pending = pd.concat([later, new], ignore_index=True)
+        # The state's writer stored the stamps through the day after its last day; the rows stamped up to the
+        # batch's first day count no new event. Unless a run from this same state died after writing parts.
+        if not begin_rows(data, state.generation):
+            stored_through = min(first_new, state.next_day + 1)
     since = stamp_of(state.next_day if state.next_day is not None else int(day_numbers(pending["timestamp"]).min()))
-    last = _write_rows(advance(state, pending), data)
+    last = _write_rows(advance(state, pending, stored_through=stored_through), data)
     for name in PARTED:
         drop_parts(data, name, after=last)
     save_state(data, state)
@@ -255,8 +265,10 @@ def _write_rows(stamps: Iterable[StampRows], data: Path) -> int:
     for rows in stamps:
         write_part(data, "user_stats", rows.day, rows.user_stats)  # typed as the oracle's rows (tests/data/oracle.py)
         write_part(data, "item_stats", rows.day, rows.item_stats)
-        if rows.user_history is not None:
+        if rows.user_history is not None and len(rows.user_history):
             write_part(data, HISTORY, rows.day, rows.user_history)
+        elif rows.user_history is not None:  # nobody active the day before (a run that died may have written some)
+            drop_part(data, HISTORY, rows.day)
         last = rows.day
     return last
 

@@ -28,12 +28,14 @@ class TestFeatureRepo:
     def test_bootstrap_is_idempotent_and_leaves_no_temp_files(self, feature_repo: Path) -> None:
         data = raw(events((1, 10, "2024-03-01 10:00"), (2, 10, "2024-03-02 10:00")))
         bootstrap_feature_repo(data, feature_repo)
-        first = {str(p): p.read_bytes() for p in (feature_repo / "data").rglob("*.parquet")}
+        files = lambda: {str(p): p.read_bytes() for p in (feature_repo / "data").rglob("*") if p.suffix in (".parquet", ".bin")}  # noqa: E731
+        first = files()
         bootstrap_feature_repo(data, feature_repo)
-        again = {str(p): p.read_bytes() for p in (feature_repo / "data").rglob("*.parquet")}
+        again = files()
         # two profiles; stats parts stamped 03-01..03-03 (users, items); history parts 03-02, 03-03; the rolling
-        # state (4 files); no publication yet; two day partitions of the log
-        assert first == again and len(first) == 2 + 3 + 3 + 2 + 4 + 1 + 2
+        # state (5 + 5 entity arrays, 3 + 3 list arrays, one day's counts per kind: 2 + 2); no publication yet;
+        # two day partitions of the log
+        assert first == again and len(first) == 2 + 3 + 3 + 2 + 20 + 1 + 2
         assert not [p for p in (feature_repo / "data").rglob("*") if ".tmp-" in p.name or ".staging" in p.name]
 
     def test_a_bare_log_gets_default_profiles(self, feature_repo: Path, tmp_path: Path) -> None:
