@@ -11,9 +11,10 @@ Reading: with the file offline store, ``pull_window`` reads the partitions of th
 window and joins the feature rows itself (an as-of join: the latest row at or before
 each event, as Feast's ``get_historical_features`` does); Feast's file store takes
 seconds and gigabytes for the same join on a full history. Any other offline store
-(PostgreSQL in production, Spark with ``feature_store.spark.yaml``) goes through
-``get_historical_features``. They give the same rows; ``tests/data/test_store.py`` and
-``tests/data/test_spark_store.py`` check that.
+(PostgreSQL in production, Spark with ``feature_store.spark.yaml``, DuckDB with
+``feature_store.duckdb.yaml``) goes through ``get_historical_features``. They give the
+same rows; ``tests/data/test_store.py``, ``tests/data/test_spark_store.py`` and
+``tests/data/test_duckdb_store.py`` check that.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ WINDOW_SERVICE = "two_tower_v2"  # the service a pulled window reads: every feat
 PROFILES = {"user_profile": ("user_id", F.USER_PROFILE), "item_profile": ("item_id", F.ITEM_PROFILE)}
 STATS = {"user_stats": "user_id", "item_stats": "item_id"}
 LOG = "interactions"
-PARQUET_STORES = ("file", "spark")  # offline stores that read the parquet files under data/ (no copy to publish)
+PARQUET_STORES = ("file", "spark", "duckdb")  # offline stores that read the parquet files under data/ (no copy to publish)
 HISTORY = "user_history"  # the served model's per-user history (data.rolling): sparse, daily stamps
 JOIN_DAYS = 16  # stats parts joined at once by the file store's as-of join (bounds its memory)
 
@@ -191,7 +192,7 @@ def _yaml(repo: Path) -> Path:
 
 
 def offline_kind(repo: Path) -> str:
-    """The offline store's ``type`` in the repository's configuration: ``file``, ``postgres`` or ``spark``."""
+    """The offline store's ``type`` in the repository's configuration: ``file``, ``postgres``, ``spark`` or ``duckdb``."""
     import yaml
 
     config = yaml.safe_load(_yaml(repo).read_text()) or {}
