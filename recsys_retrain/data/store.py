@@ -83,16 +83,23 @@ def pull_window(repo: Path, t0: datetime | str, t1: datetime | str, service: str
     events = read_events(repo, t0, t1)
     if events.empty:
         return F.typed(pd.DataFrame(columns=columns))
+    out = events.rename(columns={"timestamp": TS})
     if offline_kind(repo) == "file":
-        out = events.rename(columns={"timestamp": TS})
         for key in ("user_id", "item_id"):
             out = _as_of_join(repo, out, key, utc(t1))
     else:
-        out = events.rename(columns={"timestamp": TS})
-        for key in ("user_id", "item_id"):
-            out = out.merge(feast_point_in_time(feature_store(repo), out[[key, TS]], key), on=[key, TS], how="left")
+        out = feast_window(feature_store(repo), out)
     out = out.rename(columns={TS: "timestamp"}).sort_values(["timestamp", "user_id", "item_id"], kind="stable")
     return F.typed(out.reindex(columns=columns))
+
+
+def feast_window(store, events: pd.DataFrame) -> pd.DataFrame:
+    """``events`` (user_id, item_id, event_timestamp, ...) with every feature of ``WINDOW_SERVICE`` as Feast's
+    ``get_historical_features`` gives them on ``store``, whatever its offline store (bench/offline_store.py
+    also runs it on Feast's own file store, which ``pull_window`` bypasses)."""
+    for key in ("user_id", "item_id"):
+        events = events.merge(feast_point_in_time(store, events[[key, TS]], key), on=[key, TS], how="left")
+    return events
 
 
 def item_catalogue(repo: Path, as_of: datetime | str) -> pd.DataFrame:
