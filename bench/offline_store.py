@@ -48,6 +48,12 @@ FEAST_FILE_LIMIT = (300, 8_192)  # seconds, MB: Feast's file store needs far mor
 
 
 def _rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not carried over from the forking parent)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        line = next((x for x in status.read_text().splitlines() if x.startswith("VmHWM:")), None)
+        if line:
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

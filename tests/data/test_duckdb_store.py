@@ -25,7 +25,7 @@ from tests.data.conftest import random_log, raw
 
 pytest.importorskip("ibis")
 pytest.importorskip("duckdb")
-pytestmark = pytest.mark.slow  # two repositories of four batches each: about 15 s
+pytestmark = pytest.mark.slow  # two repositories of three batches each: about 10 s
 
 LATER = pd.Timestamp("2024-03-28", tz="UTC")  # the second batch starts here
 LATE = (pd.Timestamp("2024-03-10", tz="UTC"), pd.Timestamp("2024-03-20", tz="UTC"))  # held back, ingested last
