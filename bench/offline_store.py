@@ -73,6 +73,8 @@ def build(size: str, work: Path) -> tuple[dict, dict]:
     from recsys_retrain.resources import copy_definitions
     from recsys_retrain.synthetic import load_synthetic, synthesize
 
+    import feast  # noqa: F401  (imported before either bootstrap's clock starts, not inside the first)
+
     config = config_for(size)
     raw = load_synthetic(synthesize(config, work / "log").folder)
     end = pd.Timestamp(config.start, tz="UTC") + pd.Timedelta(days=config.days)
