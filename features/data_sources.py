@@ -13,6 +13,14 @@ this file's folder when the definitions are applied; and Spark 4.0 cannot read t
 nanosecond timestamps pandas writes, so the yaml reads them as longs
 (``spark.sql.legacy.parquet.nanosAsLong``) and the query turns them into
 ``SPARK_TIMESTAMP``, the sources' timestamp field.
+
+With ``Settings.offline_store = "duckdb"`` (``RETRAIN_OFFLINE_STORE=duckdb``,
+``feature_store.duckdb.yaml``) they are file sources on the same parquet files, for Feast's
+DuckDB store, which hands a source's path to DuckDB's ``read_parquet`` as it is, relative to
+the working directory, not the repository. So the paths are made absolute here, and a folder of
+daily parts is named by a glob of its files, which every DuckDB release reads (2.0 also reads a
+bare folder): ``data/user_stats/*.parquet``, and for the log's hive partitions
+``data/interactions/*/*.parquet``, whose ``day=`` folders become a ``day`` column no view reads.
 """
 
 from pathlib import Path
@@ -23,8 +31,16 @@ from recsys_retrain.settings import Settings
 
 PROD = Settings().deployment == "production"
 SPARK = Settings().offline_store == "spark"
+DUCKDB = Settings().offline_store == "duckdb"
 HERE = Path(__file__).resolve().parent
 SPARK_TIMESTAMP = "event_time"  # event_timestamp (int64 nanoseconds when Spark reads it) as a Spark timestamp
+
+
+def duckdb_path(path: str) -> str:
+    """The absolute path, or glob of parquet files, that DuckDB's ``read_parquet`` reads for ``path``."""
+    if path.endswith(".parquet"):
+        return str(HERE / path)
+    return str(HERE / path / ("*/*.parquet" if path == "data/interactions" else "*.parquet"))
 
 
 def _source(table: str, path: str, description: str, kind: str):
@@ -36,14 +52,18 @@ def _source(table: str, path: str, description: str, kind: str):
         return SparkSource(
             name=f"{table}_source", query=query, timestamp_field=SPARK_TIMESTAMP, description=description, tags=tags
         )
-    if PROD:
+    if PROD and not DUCKDB:
         from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 
         return PostgreSQLSource(
             name=f"{table}_source", table=table, timestamp_field="event_timestamp", description=description, tags=tags
         )
     return FileSource(
-        name=f"{table}_source", path=path, timestamp_field="event_timestamp", description=description, tags=tags
+        name=f"{table}_source",
+        path=duckdb_path(path) if DUCKDB else path,
+        timestamp_field="event_timestamp",
+        description=description,
+        tags=tags,
     )
 
 

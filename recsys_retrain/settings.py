@@ -261,12 +261,14 @@ class Settings(BaseSettings):
         "'production': MLflow at tracking_uri (required), feature_store.prod.yaml (PostgreSQL + Redis), and the "
         "Airflow configuration of the environment.",
     )
-    offline_store: Literal["default", "spark"] = Field(
+    offline_store: Literal["default", "spark", "duckdb"] = Field(
         "default",
         description="The Feast offline store's engine. 'default': the deployment's (parquet files read by pandas "
         "locally, PostgreSQL in production). 'spark': feature_store.spark.yaml, Feast's Spark offline store over the "
         "same parquet files: point-in-time retrieval and the daily statistics views run as Spark SQL "
-        "(infra/README.md, 'Feast on Spark').",
+        "(infra/README.md, 'Feast on Spark'). 'duckdb': feature_store.duckdb.yaml, Feast's DuckDB offline store "
+        "over the same parquet files, in the process (the 'duckdb' extra): retrieval goes through Feast's "
+        "get_historical_features.",
     )
     home: Path = Field(Path(".retrain"), description="Root of everything the pipeline writes.")
     feature_repo: Path = Field(
@@ -376,15 +378,17 @@ def get_settings() -> Settings:
 
 
 def feature_store_yaml(repo: Path, deployment: str, offline_store: str = "default") -> Path:
-    """``repo``'s Feast configuration: ``feature_store.spark.yaml`` for the Spark offline store, else the
-    deployment's (``feature_store.yaml`` locally, ``feature_store.prod.yaml`` in production).
+    """``repo``'s Feast configuration: ``feature_store.<engine>.yaml`` for the Spark or DuckDB offline store,
+    else the deployment's (``feature_store.yaml`` locally, ``feature_store.prod.yaml`` in production).
 
     Example:
         >>> feature_store_yaml(Path("features"), "production").name
         'feature_store.prod.yaml'
         >>> feature_store_yaml(Path("features"), "local", "spark").name
         'feature_store.spark.yaml'
+        >>> feature_store_yaml(Path("features"), "local", "duckdb").name
+        'feature_store.duckdb.yaml'
     """
-    if offline_store == "spark":
-        return Path(repo) / "feature_store.spark.yaml"
+    if offline_store in ("spark", "duckdb"):
+        return Path(repo) / f"feature_store.{offline_store}.yaml"
     return Path(repo) / ("feature_store.prod.yaml" if deployment == "production" else "feature_store.yaml")

@@ -8,8 +8,9 @@ about a second, a minute of the demo's replay. ``cycle.pull`` records what it pu
 reads; a later pull of the same window with the same key returns that record instead of
 reading the store again. Any ingest that adds events rewrites the rolling state
 (``data/state/meta.json``), so a late event changes the key and the next pull reads
-afresh. Only the file offline store is keyed this way: with PostgreSQL or Spark the rows
-may change without this folder's files changing, so every pull reads.
+afresh. Only the stores that read the repository's own parquet files in this process (the
+file store and DuckDB) are keyed this way: with PostgreSQL or Spark the rows may change
+without this folder's files changing, so every pull reads.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from recsys_retrain.data.store import offline_kind
 from recsys_retrain.io import write_json
 
 RECORD = "pulled.json"
+KEYED_STORES = ("file", "duckdb")  # offline stores whose rows are the files under data/, rewritten only by ingest
 
 
 def pull_key(repo: Path, start: str, end: str, history_days: int, reference_days: int) -> dict[str, Any] | None:
     """What a pull's rows depend on; None where the store's state cannot be read off its files."""
     meta = Path(repo) / "data" / STATE / "meta.json"
-    if offline_kind(repo) != "file" or not meta.exists():
+    if offline_kind(repo) not in KEYED_STORES or not meta.exists():
         return None
     stat = meta.stat()
     return {"store": f"{stat.st_mtime_ns}-{stat.st_size}", "start": start, "end": end,

@@ -10,10 +10,12 @@ Writing is ``recsys_retrain.data.ingest``.
 Reading: with the file offline store, ``pull_window`` reads the partitions of the
 window and joins the feature rows itself (an as-of join: the latest row at or before
 each event, as Feast's ``get_historical_features`` does); Feast's file store takes
-seconds and gigabytes for the same join on a full history. Any other offline store
-(PostgreSQL in production, Spark with ``feature_store.spark.yaml``) goes through
-``get_historical_features``. They give the same rows; ``tests/data/test_store.py`` and
-``tests/data/test_spark_store.py`` check that.
+minutes and gigabytes for the same join on a full history, and Feast on DuckDB two to
+three times this path's time (bench/offline_store.py). Any other offline store
+(PostgreSQL in production, Spark with ``feature_store.spark.yaml``, DuckDB with
+``feature_store.duckdb.yaml``) goes through ``get_historical_features``. They give the
+same rows; ``tests/data/test_store.py``, ``tests/data/test_spark_store.py`` and
+``tests/data/test_duckdb_store.py`` check that.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ WINDOW_SERVICE = "two_tower_v2"  # the service a pulled window reads: every feat
 PROFILES = {"user_profile": ("user_id", F.USER_PROFILE), "item_profile": ("item_id", F.ITEM_PROFILE)}
 STATS = {"user_stats": "user_id", "item_stats": "item_id"}
 LOG = "interactions"
-PARQUET_STORES = ("file", "spark")  # offline stores that read the parquet files under data/ (no copy to publish)
+PARQUET_STORES = ("file", "spark", "duckdb")  # offline stores that read the parquet files under data/ (no copy to publish)
 HISTORY = "user_history"  # the served model's per-user history (data.rolling): sparse, daily stamps
 JOIN_DAYS = 16  # stats parts joined at once by the file store's as-of join (bounds its memory)
 
@@ -82,16 +84,23 @@ def pull_window(repo: Path, t0: datetime | str, t1: datetime | str, service: str
     events = read_events(repo, t0, t1)
     if events.empty:
         return F.typed(pd.DataFrame(columns=columns))
+    out = events.rename(columns={"timestamp": TS})
     if offline_kind(repo) == "file":
-        out = events.rename(columns={"timestamp": TS})
         for key in ("user_id", "item_id"):
             out = _as_of_join(repo, out, key, utc(t1))
     else:
-        out = events.rename(columns={"timestamp": TS})
-        for key in ("user_id", "item_id"):
-            out = out.merge(feast_point_in_time(feature_store(repo), out[[key, TS]], key), on=[key, TS], how="left")
+        out = feast_window(feature_store(repo), out)
     out = out.rename(columns={TS: "timestamp"}).sort_values(["timestamp", "user_id", "item_id"], kind="stable")
     return F.typed(out.reindex(columns=columns))
+
+
+def feast_window(store, events: pd.DataFrame) -> pd.DataFrame:
+    """``events`` (user_id, item_id, event_timestamp, ...) with every feature of ``WINDOW_SERVICE`` as Feast's
+    ``get_historical_features`` gives them on ``store``, whatever its offline store (bench/offline_store.py
+    also runs it on Feast's own file store, which ``pull_window`` bypasses)."""
+    for key in ("user_id", "item_id"):
+        events = events.merge(feast_point_in_time(store, events[[key, TS]], key), on=[key, TS], how="left")
+    return events
 
 
 def item_catalogue(repo: Path, as_of: datetime | str) -> pd.DataFrame:
@@ -191,7 +200,7 @@ def _yaml(repo: Path) -> Path:
 
 
 def offline_kind(repo: Path) -> str:
-    """The offline store's ``type`` in the repository's configuration: ``file``, ``postgres`` or ``spark``."""
+    """The offline store's ``type`` in the repository's configuration: ``file``, ``postgres``, ``spark`` or ``duckdb``."""
     import yaml
 
     config = yaml.safe_load(_yaml(repo).read_text()) or {}

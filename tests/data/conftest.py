@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from tests.conftest import copy_feature_repo
@@ -21,6 +22,15 @@ def events(*rows: tuple[int, int, str]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
     ts = pd.to_datetime(df["timestamp"], utc=True).astype("datetime64[ns, UTC]")
     return df.assign(timestamp=ts, rating=4.0).astype({"user_id": "int64", "item_id": "int64"})
+
+
+def random_log(n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` events of 15 users on 25 items over 40 days, a few on the same second, ratings 1-5."""
+    rng = np.random.default_rng(seed)
+    ts = DAY + pd.to_timedelta(rng.integers(0, 40 * 86400, n) // 600 * 600, unit="s")
+    log = pd.DataFrame({"user_id": rng.integers(1, 16, n), "item_id": rng.integers(10, 35, n), "timestamp": ts})
+    log = log.assign(rating=rng.integers(1, 6, n).astype(float), timestamp=log.timestamp.astype("datetime64[ns, UTC]"))
+    return log.drop_duplicates(["user_id", "item_id", "timestamp"]).reset_index(drop=True)
 
 
 def raw(inter: pd.DataFrame) -> RawData:

@@ -11,17 +11,21 @@ import pandas as pd
 import pytest
 
 from recsys_retrain import cycle
-from recsys_retrain.data import store
+from recsys_retrain.data import pulled, store
 from recsys_retrain.data.ingest import ingest
 from recsys_retrain.settings import Settings
 
+from tests.conftest import copy_feature_repo
 from tests.data.conftest import events
+
+
+def two_weeks() -> pd.DataFrame:
+    return events(*[(u, 10 + (u * d) % 7, f"2024-03-{d:02d} {8 + u}:00") for d in range(1, 15) for u in range(1, 6)])
 
 
 @pytest.fixture
 def repo_settings(feature_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    ingest(events(*[(u, 10 + (u * d) % 7, f"2024-03-{d:02d} {8 + u}:00") for d in range(1, 15) for u in range(1, 6)]),
-           feature_repo, materialize=False)
+    ingest(two_weeks(), feature_repo, materialize=False)
     reads = []
     real = store.pull_window
     monkeypatch.setattr(store, "pull_window", lambda *a, **k: reads.append(a[1:3]) or real(*a, **k))
@@ -55,3 +59,13 @@ def test_a_missing_file_pulls_again(repo_settings):
     (Path(first["run_dir"]) / "catalogue.parquet").unlink()
     assert cycle.pull("2024-03-08", "2024-03-15", settings=s) == first and len(reads) == 4
     assert (Path(first["run_dir"]) / "catalogue.parquet").exists()
+
+
+@pytest.mark.parametrize("engine, keyed", [("duckdb", True), ("spark", False)])
+def test_only_stores_that_read_the_repositorys_files_are_keyed(engine, keyed, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    repo = copy_feature_repo(tmp_path / "features")
+    ingest(two_weeks(), repo, materialize=False)  # the default store writes data/state/meta.json
+    monkeypatch.setenv("RETRAIN_OFFLINE_STORE", engine)
+    key = pulled.pull_key(repo, "2024-03-08", "2024-03-15", 365, 28)
+    assert (key is not None) == keyed

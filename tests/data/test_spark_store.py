@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from tests.conftest import copy_feature_repo
@@ -18,7 +17,7 @@ from recsys_retrain.data import features as F
 from recsys_retrain.data.ingest import bootstrap_feature_repo, ingest
 from recsys_retrain.data.store import offline_kind, pull_window, user_features
 
-from tests.data.conftest import DAY, raw
+from tests.data.conftest import random_log, raw
 from tests.data.oracle import stats_tables as oracle_stats
 
 pytest.importorskip("pyspark")
@@ -26,15 +25,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs a Java runtime (make java)"),
 ]
-
-
-def random_log(n: int, seed: int = 0) -> pd.DataFrame:
-    """``n`` events of 15 users on 25 items over 40 days, a few on the same second, ratings 1-5."""
-    rng = np.random.default_rng(seed)
-    ts = DAY + pd.to_timedelta(rng.integers(0, 40 * 86400, n) // 600 * 600, unit="s")
-    log = pd.DataFrame({"user_id": rng.integers(1, 16, n), "item_id": rng.integers(10, 35, n), "timestamp": ts})
-    log = log.assign(rating=rng.integers(1, 6, n).astype(float), timestamp=log.timestamp.astype("datetime64[ns, UTC]"))
-    return log.drop_duplicates(["user_id", "item_id", "timestamp"]).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
