@@ -18,7 +18,7 @@ $(STAMP): $(REQS) requirements/torch-$(TORCH_PAIR).txt
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@echo "installing the stack into $(VENV) (first time: a few minutes)"
 	$(PIP) install -r requirements/torch-$(TORCH_PAIR).txt -r requirements/torchrec.txt -c requirements/constraints.txt
-	$(PIP) install -e '.[$(TORCH_PAIR),test,prod,spark]' -c requirements/constraints.txt
+	$(PIP) install -e '.[$(TORCH_PAIR),test,prod,spark,duckdb]' -c requirements/constraints.txt
 	@# last, so no later pip run reports its undeclared-on-CPU `fbgemm-gpu` requirement
 	$(PIP) install --no-deps torchrec==1.8.0
 	@rm -f $(VENV)/.installed-*
@@ -74,12 +74,12 @@ java:
 
 bench: setup java
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
-	@for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring scale distributed; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+	@for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring scale offline_store distributed; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 # Every benchmark above on its smallest inputs (--smoke), results into a temporary folder:
 # checks that `make bench` runs end to end, leaving bench/results/ untouched (tests/test_bench_smoke.py).
 bench-smoke: setup java
-	@out=$$(mktemp -d); for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring scale distributed; do \
+	@out=$$(mktemp -d); for b in quality train_speed data drift decisions pipeline faults scheduler sparse_optimizer backtest serve monitoring scale offline_store distributed; do \
 	  echo "== bench/$$b.py --smoke"; $(BIN)/python bench/$$b.py --smoke --out $$out/$$b || exit 1; done; \
 	echo "smoke results in $$out"
 

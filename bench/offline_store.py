@@ -20,7 +20,7 @@ starts: a Feast engine's offline store module is imported by then);
 ``bootstrap_s`` of each repository (the DuckDB one registers absolute paths: ``features/data_sources.py``).
 A child that runs past its time or memory limit is stopped and reported as such, never estimated.
 
-Writes offline_store.json to ``--out`` (default: a temporary folder, printed). ``--smoke``: a
+Writes bench/results/offline_store.json (``--out`` for another folder; ``--smoke`` never writes bench/results). ``--smoke``: a
 20,000-event log, the same three engines.
 """
 
@@ -212,7 +212,7 @@ def main(smoke: bool) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a 20,000-event log instead of S1 and S2")
-    parser.add_argument("--out", type=Path, default=None, help="folder for offline_store.json (default: a temporary one)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for offline_store.json (default bench/results; with --smoke a temporary folder)")
     parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--repo", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--t0", help=argparse.SUPPRESS)
@@ -226,7 +226,7 @@ if __name__ == "__main__":
     began = time.perf_counter()
     result = main(args.smoke)
     result["bench_s"] = round(time.perf_counter() - began, 1)
-    folder = args.out or Path(tempfile.mkdtemp(prefix="offline_store_"))
+    folder = args.out or (Path(tempfile.mkdtemp(prefix="offline_store_")) if args.smoke else ROOT / "bench" / "results")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "offline_store.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {folder / 'offline_store.json'}", flush=True)

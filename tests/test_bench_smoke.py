@@ -42,6 +42,7 @@ EXPECTED = {
                                        "report_rows_equal_demo", "verdict_mismatches", "evidently_ui_projects",
                                        "alerts", "goals"), ()),
     "scale": ("scale.json", ("sizes", "evaluate_10k_x_50k", "train_50k_items", "goals", "machine"), ()),
+    "offline_store": ("offline_store.json", ("sizes", "machine", "smoke", "bench_s"), ()),
     "distributed": ("distributed.json", ("celery_cycle_s", "local_cycle_s", "tasks_by_worker", "train_queue_ok",
                                          "two_node_vs_one_max_abs_diff", "goals"), ()),
 }
@@ -76,7 +77,7 @@ def test_benchmark_smoke(name: str, tmp_path: Path):
     for other in beside:
         assert (tmp_path / other).is_file(), f"bench/{name}.py --smoke wrote no {other}"
     goals = result["regimes"]["movielens"].get("goals") if name == "scheduler" else result.get("goals")
-    if name not in ("quality", "train_speed", "faults", "sparse_optimizer"):  # the ones with a goals block
+    if name not in ("quality", "train_speed", "faults", "sparse_optimizer", "offline_store"):  # the ones with a goals block
         assert isinstance(goals, dict) and goals, f"{filename} has no goals block"
     assert snapshot(RESULTS) == before, f"bench/{name}.py --smoke changed bench/results/"
 
