@@ -87,8 +87,12 @@ def config_for(size: str):
     return replace(base, drifts=default_drifts(base.days))
 
 
-def one_size(size: str, work: Path) -> dict:
-    """Synthesis, bootstrap, ingest, then one full cycle of ``recsys_retrain.cycle`` on one synthetic size, in this process."""
+def one_size(size: str, work: Path, capped: bool = True) -> dict:
+    """Synthesis, bootstrap, ingest, then one full cycle of ``recsys_retrain.cycle`` on one synthetic size, in this process.
+
+    ``capped``: ``EPOCHS`` and ``SCHEDULE`` bound the training; False: the settings' own epochs and the
+    adaptive plan's own budget, as a deployment with the defaults would train (``--uncapped``).
+    """
     from recsys_retrain import cycle
     from recsys_retrain.airflow_local import quiet_libraries
     from recsys_retrain.data.ingest import bootstrap_feature_repo, ingest
@@ -125,8 +129,9 @@ def one_size(size: str, work: Path) -> dict:
 
     base = Settings(home=work / "home", feature_repo=repo)
     s = base.model_copy(update={
-        "train": base.train.model_copy(update={"epochs": EPOCHS[size], "history_days": HISTORY_DAYS.get(size, 365)}),
-        "schedule": base.schedule.model_copy(update=SCHEDULE.get(size, {})),
+        "train": base.train.model_copy(update={"epochs": EPOCHS[size] if capped else base.train.epochs,
+                                               "history_days": HISTORY_DAYS.get(size, 365)}),
+        "schedule": base.schedule.model_copy(update=SCHEDULE.get(size, {}) if capped else {}),
     })
     steps: dict[str, float] = {}
 
@@ -150,7 +155,7 @@ def one_size(size: str, work: Path) -> dict:
         "train_s_per_epoch": round(steps["train"] / epochs, 3), "evaluate_s": steps["evaluate"], "gate_s": steps["gate"],
         "cycle_s": round(sum(steps.values()), 1), "drift_severity": drifted["severity"],
         "ndcg10_model": evaluated["challenger"].get(f"ndcg_at_{K}"), "promoted": bool(summary.get("promoted")),
-        "peak_rss_mb": round(_rss_mb()),
+        "peak_rss_mb": round(_rss_mb()), "capped": capped,
     })
     print(f"[{size}] cycle {out['cycle_s']:.1f} s; peak RSS {out['peak_rss_mb']} MB", flush=True)
     out.update(against_recent_popularity(pulled["run_dir"]))
@@ -318,6 +323,7 @@ if __name__ == "__main__":
     parser.add_argument("--smoke", action="store_true", help="smallest run of the same path; never writes bench/results")
     parser.add_argument("--out", type=Path, default=None, help="folder for scale.json (default bench/results; "
                         "a temporary folder with --smoke)")
+    parser.add_argument("--uncapped", action="store_true", help="with --size: train with the default epochs and plan budget")
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--evaluate", help=argparse.SUPPRESS)
     parser.add_argument("--train", help=argparse.SUPPRESS)
@@ -326,7 +332,7 @@ if __name__ == "__main__":
     if args.child_out is not None:
         with tempfile.TemporaryDirectory() as work:
             if args.size:
-                child = one_size(args.size, Path(work))
+                child = one_size(args.size, Path(work), capped=not args.uncapped)
             elif args.evaluate:
                 n_users, n_items = (int(x) for x in args.evaluate.split(","))
                 child = evaluation_at(n_users, n_items, Path(work))
