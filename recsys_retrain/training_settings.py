@@ -30,6 +30,12 @@ class TrainSettings(BaseModel):
         None, gt=0, description="Days after which an interaction counts half in an epoch's draw (null: all equal); "
         "calibrate sets it under drift.",
     )
+    id_dropout: float = Field(
+        0.1, ge=0, lt=1,
+        description="Share of training examples that see their user as unknown (id table row 0; "
+        "recsys_retrain.train.examples.dropped_ids), so that a user who arrives after training is ranked from their "
+        "profile and history rather than from an untrained row. 0: never.",
+    )
     seed: int = 0
     history_days: int = Field(
         365, ge=1,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_retrain.model import RECENT_PRIOR, FeatureEncoder, Recommender
+from recsys_retrain.model import RECENT_PRIOR, Recommender
 
 MODEL, POPULAR = "model", "recent_popularity"  # the ``source`` of a user's recommendations
 PROFILE_COLUMNS = ["user_id", "user_gender", "user_age", "user_occupation"]
@@ -89,7 +89,7 @@ class Ranker:
     def _scores(self, users: pd.DataFrame) -> torch.Tensor:
         """``scores`` in this thread's scratch buffer: valid until its next call."""
         bags = self._bags(users["recent_items"])
-        kjt = FeatureEncoder.user_kjt_encoded(self.encoder.encode_users(users), bags)
+        kjt = self.encoder.user_kjt_encoded(self.encoder.encode_users(users), bags)
         vectors = self.recommender.model.user_embedding(kjt)
         # The product goes into a buffer this thread reuses: a fresh [chunk, N] tensor per chunk costs its page faults
         # (a quarter of the time at 100,000 items). Same kernel, same inputs: the same values as ``vectors @ items.T``.

@@ -60,12 +60,41 @@ class Examples:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, idx: np.ndarray, encoder: FeatureEncoder) -> tuple[KeyedJaggedTensor, torch.Tensor]:
+    def batch(
+        self, idx: np.ndarray, encoder: FeatureEncoder, drop_ids: np.ndarray | None = None
+    ) -> tuple[KeyedJaggedTensor, torch.Tensor]:
+        """The user KJT and target rows of examples ``idx``; ``drop_ids``: a mask of examples whose user id is
+        replaced by the unknown row (``dropped_ids``)."""
         lengths = self.length[idx]
         total = int(lengths.sum())
         gather = np.repeat(self.start[idx] - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-        kjt = encoder.user_kjt_encoded(self.users[idx], (self.sequence[gather], lengths))
+        users = self.users[idx]
+        if drop_ids is not None and drop_ids.any():
+            users = np.array(users)
+            users[drop_ids, 0] = 0
+        kjt = encoder.user_kjt_encoded(users, (self.sequence[gather], lengths))
         return kjt, torch.from_numpy(self.labels[idx])
+
+
+def dropped_ids(idx: np.ndarray, epoch: int, share: float) -> np.ndarray:
+    """Which examples of a batch train as an unknown user (user id row 0): about ``share`` of them, anew each epoch.
+
+    A user the encoder does not know (one who arrived after training, served from their
+    profile and history) is scored with the id table's row 0. Without this, row 0 never
+    trains and adds an arbitrary vector to every such user; with it, row 0 and the tower
+    learn to rank from the profile and the history bags alone. A hash of the example and
+    the epoch, not a generator: no state to checkpoint, and a resumed run drops the same.
+
+    Example:
+        >>> float(dropped_ids(np.arange(100_000), epoch=0, share=0.1).mean().round(2))
+        0.1
+        >>> bool((dropped_ids(np.arange(10), 0, 0.5) == dropped_ids(np.arange(10), 1, 0.5)).all())
+        False
+    """
+    if share <= 0:
+        return np.zeros(len(idx), bool)
+    mixed = (np.asarray(idx, np.uint64) + np.uint64(epoch) * np.uint64(0x632BE59BD9B4E019)) * np.uint64(0x9E3779B97F4A7C15)
+    return (mixed >> np.uint64(40)).astype(np.float64) / float(1 << 24) < share
 
 
 def recency_draws(period: np.ndarray, half_life_days: float | None) -> dict[int, int] | None:

@@ -61,6 +61,7 @@ def union_encoder(champion: FeatureEncoder, new: FeatureEncoder) -> FeatureEncod
         occupations=union(champion.occupations, new.occupations),
         genres=union(champion.genres, new.genres),
         decades=union(champion.decades, new.decades),
+        item_genres=new.item_genres,
     )
 
 
@@ -88,6 +89,7 @@ def table_vocabularies(encoder: FeatureEncoder) -> dict[str, Sequence]:
         "t_user_age": AGE_EDGES,
         "t_user_occupation": encoder.occupations,
         "t_user_history": encoder.item_ids,
+        "t_user_genres": encoder.genres,
         "t_item_id": encoder.item_ids,
         "t_item_genre": encoder.genres,
         "t_item_decade": encoder.decades,
@@ -107,7 +109,7 @@ def warm_start(champion: TwoTower, champion_encoder: FeatureEncoder, encoder: Fe
     Builds a fresh model for ``encoder`` (under the caller's torch seed), then copies
     into it every embedding row whose id ``champion_encoder`` also holds (matched by
     raw id), and the dense layers (both towers' and the item prior's weights). Rows of ids new to the champion keep their
-    fresh initialisation; champion ids missing from ``encoder`` are dropped (pass
+    fresh initialisation, as do a table or a tower whose inputs the champion predates; champion ids missing from ``encoder`` are dropped (pass
     ``union_encoder(champion_encoder, new)`` to keep every user).
 
     Args:
@@ -132,10 +134,14 @@ def warm_start(champion: TwoTower, champion_encoder: FeatureEncoder, encoder: Fe
     old_vocab, new_vocab = table_vocabularies(champion_encoder), table_vocabularies(encoder)
     for ebc, old_ebc in ((model.user_ebc, champion.user_ebc), (model.item_ebc, champion.item_ebc)):
         for name, bag in ebc.embedding_bags.items():
+            if name not in old_ebc.embedding_bags:  # a table the champion's model predates starts afresh
+                continue
             old_rows, new_rows = row_map(old_vocab[name], new_vocab[name])
             bag.weight[torch.from_numpy(new_rows)] = old_ebc.embedding_bags[name].weight[torch.from_numpy(old_rows)]
     for proj, old_proj in ((model.user_proj, champion.user_proj), (model.item_proj, champion.item_proj)):
-        proj.load_state_dict(old_proj.state_dict())
+        old_state = old_proj.state_dict()
+        if all(old_state[k].shape == v.shape for k, v in proj.state_dict().items()):  # else: other inputs, a fresh tower
+            proj.load_state_dict(old_state)
     if hasattr(champion, "prior"):  # a champion registered before the item prior starts it afresh
         model.prior.load_state_dict(champion.prior.state_dict())
     return model

@@ -8,6 +8,7 @@ from those weights: on MovieLens its first epoch starts at the champion's level.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,20 @@ class TestWarmStart:
         for name in ("user_proj", "item_proj", "prior"):
             ours, theirs = getattr(warm, name).state_dict(), getattr(model, name).state_dict()
             assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+    def test_a_champion_without_the_genre_bag_starts_its_table_and_user_tower_afresh_and_keeps_the_rest(self, champion):
+        model, old = champion
+        older = copy.deepcopy(model)  # a champion registered before the genre bag: no table, a user tower over 5 bags
+        del older.user_ebc.embedding_bags["t_user_genres"]
+        older.user_proj = torch.nn.Sequential(torch.nn.Linear(5 * DIM, 2 * DIM), torch.nn.ReLU(), torch.nn.Linear(2 * DIM, DIM))
+        torch.manual_seed(0)
+        warm = warm_start(older, old, union_encoder(old, old))
+        torch.manual_seed(0)
+        fresh = build_two_tower(union_encoder(old, old), DIM)
+        assert torch.equal(weight(warm, "t_user_genres"), weight(fresh, "t_user_genres"))
+        assert all(torch.equal(a, b) for a, b in zip(warm.user_proj.parameters(), fresh.user_proj.parameters()))
+        assert torch.equal(weight(warm, "t_user_history"), weight(model, "t_user_history"))
+        assert all(torch.equal(a, b) for a, b in zip(warm.item_proj.parameters(), model.item_proj.parameters()))
 
     def test_with_no_new_ids_the_warm_model_is_the_champion(self, champion):
         model, old = champion

@@ -41,3 +41,20 @@ def taste_change_world(n_users: int = 40, n_items: int = 60, weeks: int = 8, cha
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "user_gender"])
     frame["user_age"], frame["user_occupation"], frame["rating"] = 30, "other", 4.0
     return frame, items
+
+
+def genre_taste_world(n_users: int = 60, n_items: int = 240, genres: str = "ABCD", per_user: int = 12, seed: int = 0):
+    """Every user keeps to one genre, and nothing else tells them apart (same profile); half the catalogue is never
+    watched in training. Returns the training interactions, the catalogue and the unwatched items."""
+    rng = np.random.default_rng(seed)
+    items = pd.DataFrame({"item_id": np.arange(1000, 1000 + n_items),
+                          "item_genres": [genres[i % len(genres)] for i in range(n_items)], "item_release_year": 1990})
+    watched = items.iloc[: n_items // 2]
+    rows = []
+    for u in range(n_users):
+        pool = watched[watched.item_genres == genres[u % len(genres)]].item_id.to_numpy()
+        for j, item in enumerate(rng.choice(pool, size=per_user, replace=False)):
+            rows.append((u + 1, int(item), pd.Timestamp("2020-01-01", tz="UTC") + pd.Timedelta(hours=j)))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    frame["user_gender"], frame["user_age"], frame["user_occupation"], frame["rating"] = "F", 30, "other", 4.0
+    return frame, items, items.iloc[n_items // 2 :]
