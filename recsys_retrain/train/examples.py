@@ -93,7 +93,8 @@ def dropped_ids(idx: np.ndarray, epoch: int, share: float) -> np.ndarray:
     """
     if share <= 0:
         return np.zeros(len(idx), bool)
-    mixed = (np.asarray(idx, np.uint64) + np.uint64(epoch) * np.uint64(0x632BE59BD9B4E019)) * np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):  # the hash wraps around 2**64 on purpose
+        mixed = (np.asarray(idx, np.uint64) + np.uint64(epoch) * np.uint64(0x632BE59BD9B4E019)) * np.uint64(0x9E3779B97F4A7C15)
     return (mixed >> np.uint64(40)).astype(np.float64) / float(1 << 24) < share
 
 
