@@ -61,17 +61,19 @@ class Examples:
         return len(self.labels)
 
     def batch(
-        self, idx: np.ndarray, encoder: FeatureEncoder, drop_ids: np.ndarray | None = None
+        self, idx: np.ndarray, encoder: FeatureEncoder, id_dropout: float = 0.0, epoch: int = 0
     ) -> tuple[KeyedJaggedTensor, torch.Tensor]:
-        """The user KJT and target rows of examples ``idx``; ``drop_ids``: a mask of examples whose user id is
-        replaced by the unknown row (``dropped_ids``)."""
+        """The user KJT and target rows of examples ``idx``; about ``id_dropout`` of them see their user as
+        unknown in ``epoch`` (``dropped_ids``, keyed by the example's place in the time-ordered interactions,
+        ``start + length``, which a store's reordering keeps)."""
         lengths = self.length[idx]
         total = int(lengths.sum())
         gather = np.repeat(self.start[idx] - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
         users = self.users[idx]
-        if drop_ids is not None and drop_ids.any():
+        drop = dropped_ids(self.start[idx] + lengths, epoch, id_dropout)
+        if drop.any():
             users = np.array(users)
-            users[drop_ids, 0] = 0
+            users[drop, 0] = 0
         kjt = encoder.user_kjt_encoded(users, (self.sequence[gather], lengths))
         return kjt, torch.from_numpy(self.labels[idx])
 

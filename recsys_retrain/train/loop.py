@@ -55,7 +55,7 @@ from recsys_retrain.train.distributed import (
     unsharded,
 )
 from recsys_retrain.train.example_store import remove_store, shared_examples
-from recsys_retrain.train.examples import Examples, Snapshot, catalogue_snapshots, dropped_ids, recency_draws
+from recsys_retrain.train.examples import Examples, Snapshot, catalogue_snapshots, recency_draws
 from recsys_retrain.train.sampled import NegativeSampler, subset_kjt
 from recsys_retrain.train.hooks import Callback, EpochSignals, step_signals
 from recsys_retrain.train.warm_start import check_embedding_dim, union_encoder, warm_start
@@ -375,7 +375,7 @@ class TrainLoop:
             last: the group's last one: the dense optimiser steps on the summed gradients.
         """
         step_started = time.perf_counter()
-        user_kjt, target = self.examples.batch(idx, self.encoder, dropped_ids(idx, self.epoch, self.settings.id_dropout))
+        user_kjt, target = self.examples.batch(idx, self.encoder, self.settings.id_dropout, self.epoch)
         if first:
             self.opt.zero_grad()
         with torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16, enabled=self.autocast):
