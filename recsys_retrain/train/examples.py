@@ -78,8 +78,11 @@ class Examples:
         return kjt, torch.from_numpy(self.labels[idx])
 
 
-def dropped_ids(idx: np.ndarray, epoch: int, share: float) -> np.ndarray:
-    """Which examples of a batch train as an unknown user (user id row 0): about ``share`` of them, anew each epoch.
+def dropped_ids(keys: np.ndarray, epoch: int, share: float) -> np.ndarray:
+    """Which examples train as an unknown user (user id row 0): about ``share`` of them, anew each epoch.
+
+    ``keys`` identify the examples whatever their order (``Examples.batch`` passes their
+    place in the time-ordered interactions).
 
     A user the encoder does not know (one who arrived after training, served from their
     profile and history) is scored with the id table's row 0. Without this, row 0 never
@@ -94,9 +97,9 @@ def dropped_ids(idx: np.ndarray, epoch: int, share: float) -> np.ndarray:
         False
     """
     if share <= 0:
-        return np.zeros(len(idx), bool)
+        return np.zeros(len(keys), bool)
     with np.errstate(over="ignore"):  # the hash wraps around 2**64 on purpose
-        mixed = (np.asarray(idx, np.uint64) + np.uint64(epoch) * np.uint64(0x632BE59BD9B4E019)) * np.uint64(0x9E3779B97F4A7C15)
+        mixed = (np.asarray(keys, np.uint64) + np.uint64(epoch) * np.uint64(0x632BE59BD9B4E019)) * np.uint64(0x9E3779B97F4A7C15)
     return (mixed >> np.uint64(40)).astype(np.float64) / float(1 << 24) < share
 
 
