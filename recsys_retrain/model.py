@@ -16,6 +16,8 @@ version can score new data in another process.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import torch
@@ -44,7 +46,7 @@ PRIOR_SMOOTHING = 1.0  # pseudo-count of every item in each window's log share
 RECENT_PRIOR = PRIOR_DAYS.index(28)  # the prior column a serving blend mixes in: the 28-day log share
 __all__ = ["AGE_EDGES", "ENCODED_USER_COLUMNS", "ITEM_FEATURES", "POPULARITY_BUCKETS", "POPULARITY_DAYS", "USER_FEATURES",
            "FeatureEncoder", "Jagged", "ItemPrior", "Recommender", "TwoTower", "TwoTowerTrainTask", "build_two_tower",
-           "embedding_tables", "item_prior"]
+           "embedding_tables", "item_prior", "user_spread"]
 
 
 def item_prior(interactions: pd.DataFrame, items: pd.DataFrame, end: pd.Timestamp | None = None) -> np.ndarray:
@@ -195,6 +197,40 @@ class TwoTower(nn.Module):
         if item_prior is None or prior is None:
             return scores
         return scores + prior(item_prior)  # float32 even when the towers ran under bf16 autocast
+
+
+def user_spread(model: TwoTower, users: KeyedJaggedTensor) -> float:
+    """How far the user tower tells users apart: the norm of its vectors' per-dimension standard
+    deviation over the norm of their mean vector, for the users ``users`` holds.
+
+    0 when every user gets the same vector: a tower whose ReLUs have all died (too high a
+    rate) ranks every user alike, and the prior then carries its validation to about
+    recent popularity's, close enough for the rate probe to count it a tie with a
+    tower that learnt.
+
+    Args:
+        model: the towers.
+        users: at least two users (``USER_FEATURES``).
+
+    Returns:
+        The relative spread, 0 for identical (or all-zero) vectors.
+
+    Example:
+        >>> enc = FeatureEncoder(user_ids=(1, 2), item_ids=(1,), genders=("F", "M"), occupations=("x",), genres=("Drama",))
+        >>> users = pd.DataFrame({"user_id": [1, 2], "user_gender": ["F", "M"], "user_age": [30, 40],
+        ...                       "user_occupation": ["x", "x"]})
+        >>> model = build_two_tower(enc, dim=8)
+        >>> user_spread(model, enc.user_kjt(users)) > 0
+        True
+        >>> _ = torch.nn.init.zeros_(model.user_proj[2].weight)  # every user gets the output bias alone
+        >>> user_spread(model, enc.user_kjt(users))
+        0.0
+    """
+    with torch.no_grad():
+        vectors = model.user_embedding(users).float()
+    mean = float(vectors.mean(0).norm())
+    spread = float(vectors.std(0).norm()) if len(vectors) > 1 else 0.0
+    return spread / mean if mean > 0 else (math.inf if spread > 0 else 0.0)
 
 
 def _tower(in_dim: int, out_dim: int, device: torch.device | None) -> nn.Sequential:

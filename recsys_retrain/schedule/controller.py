@@ -233,7 +233,8 @@ class AdaptiveScheduler(RollbackScheduler):
         changes = {k: (v, v * won.multiplier) for k, v in old.items()}
         scores = won.scores(rates)
         self._event("lr_probe", "validation", fmean(map(reading_mean, won.readings)), baseline, changes,
-                    f"raced rate multipliers on shares of the first epoch ({scores}): kept x{won.multiplier:g}")
+                    f"raced rate multipliers on shares of the first epoch ({scores}): kept x{won.multiplier:g}"
+                    + ("; -inf: the candidate diverged or its user tower collapsed" if "-inf" in scores else ""))
         return value
 
     def _save_candidate(self) -> tuple[bytes, dict[str, Any]]:

@@ -28,7 +28,7 @@ from torchrec.optim.keyed import CombinedOptimizer
 from tqdm.auto import tqdm
 
 from recsys_retrain.errors import DataError
-from recsys_retrain.model import FeatureEncoder, Recommender, TwoTower, item_prior
+from recsys_retrain.model import FeatureEncoder, Recommender, TwoTower, item_prior, user_spread
 from recsys_retrain.schedule.controller import AdaptiveScheduler
 from recsys_retrain.schedule.probe import probe_rounds
 from recsys_retrain.schedule.rules import Components
@@ -61,6 +61,13 @@ from recsys_retrain.train.hooks import Callback, EpochSignals, step_signals
 from recsys_retrain.train.warm_start import check_embedding_dim, union_encoder, warm_start
 
 log = logging.getLogger(__name__)
+
+# The rate probe's check for a collapsed user tower (``TrainLoop.probe``): the training examples whose
+# users it reads, evenly spaced over the time-ordered interactions, and the relative spread of their
+# vectors under which the tower has collapsed. Dead ReLUs give exactly 0; on synthetic S3 a tower on its
+# way there read 0.008 at x2 of the rules' rates, the one that learnt 0.50 at x1 (``bench/scale.py``).
+PROBE_USERS = 512
+COLLAPSED_SPREAD = 0.01
 
 
 @dataclass(frozen=True)
@@ -347,14 +354,28 @@ class TrainLoop:
 
         The probe races the multipliers on the first epoch (successive halving, one share of
         the epoch per round), so the winner has seen the whole epoch when it ends.
+        A candidate whose user tower has collapsed (``user_spread`` below ``COLLAPSED_SPREAD``
+        on a fixed sample of the training examples' users) reads as diverged: its validation
+        is about recent popularity's, which the tie tolerance cannot tell from a tower that
+        learnt, and ties go to the higher rate.
         """
         rounds = probe_rounds(len(self.sched.plan.probe_rates))
         share = max(len(batches) // rounds, 1)
+        sample = np.unique(np.linspace(0, len(self.examples) - 1, min(PROBE_USERS, len(self.examples))).astype(np.int64))
+        _, first = np.unique(self.examples.users[sample, 0], return_index=True)  # one example per user
+        users = self.examples.batch(np.sort(sample[first]), self.encoder)[0] if len(first) > 1 else None
 
         def candidate(round_: int) -> float | Sequence[float]:
             self.run_steps(batches[round_ * share : (round_ + 1) * share])
             self.probe_validations += 1
-            return self.validate(self.recommender())
+            model = self.recommender()
+            reading = self.validate(model)
+            spread = user_spread(model.model, users) if users is not None else math.inf
+            if spread < COLLAPSED_SPREAD:
+                log.warning("rate probe: the user tower collapsed at x%g (user spread %.4f, under %g): it reads as "
+                            "diverged", self.sched.control, spread, COLLAPSED_SPREAD)
+                return math.nan
+            return reading
 
         self.sched.probe(candidate)
         self.run_steps(batches[rounds * share :])  # the few batches a share rounded off

@@ -286,3 +286,26 @@ def test_the_first_epoch_probes_the_rate_multipliers_and_training_goes_on_from_t
     assert calls[2] == pytest.approx(calls[1] if kept == 8.0 else calls[0])  # epoch 1 ends on the kept candidate's weights
     decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 3))  # cosine base decay after one epoch of three
     assert trace["epochs"][0]["sparse_lr"] == pytest.approx(0.1 * kept * decay, rel=0.05)
+
+
+@pytest.mark.parametrize(("guard", "kept"), [(True, 1.0), (False, 8.0)])
+def test_a_probe_candidate_whose_user_tower_collapsed_loses_a_tie(tmp_path, monkeypatch, guard, kept):
+    # at x8 (dense Adam 0.8) every ReLU of the user tower dies: every user gets one vector and the
+    # validation, carried by the prior, cannot tell it from x1's; a tie goes to the higher rate, so
+    # only the collapse check keeps the tower that learnt
+    from recsys_retrain.model import user_spread
+    from recsys_retrain.train import loop
+
+    if not guard:
+        monkeypatch.setattr(loop, "COLLAPSED_SPREAD", 0.0)
+    history, catalogue = synthetic_world()
+    plan = SchedulePlan(dense_lr=0.1, sparse_lr=0.1, batch_size=32, warmup_steps=0, max_epochs=1, min_epochs=1,
+                        patience=5, probe_rates=(1.0, 8.0))
+    result = train(history, catalogue, tmp_path, SETTINGS, progress=False, validate=lambda model: 0.5, plan=plan)
+    probe = next(e for e in json.loads(Path(result.trace).read_text())["events"] if e["action"] == "lr_probe")
+    assert f"kept x{kept:g}" in probe["reason"]
+    model = load_checkpoint(result.checkpoint)
+    spread = user_spread(model.model, model.encoder.user_kjt(history.drop_duplicates("user_id")))
+    assert (spread > 0.1) if guard else (spread == 0.0)
+    if guard:
+        assert "x8 -inf" in probe["reason"] and "user tower collapsed" in probe["reason"]
