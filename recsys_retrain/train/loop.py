@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from tqdm.auto import tqdm
 
 from recsys_retrain.errors import DataError
@@ -62,7 +63,7 @@ from recsys_retrain.train.warm_start import check_embedding_dim, union_encoder, 
 
 log = logging.getLogger(__name__)
 
-# The rate probe's check for a collapsed user tower (``TrainLoop.probe``): the training examples whose
+# The check for a collapsed user tower (``TrainLoop.collapsed``): the training examples whose
 # users it reads, evenly spaced over the time-ordered interactions, and the relative spread of their
 # vectors under which the tower has collapsed. Dead ReLUs give exactly 0; on synthetic S3 a tower on its
 # way there read 0.008 at x2 of the rules' rates, the one that learnt 0.50 at x1 (``bench/scale.py``).
@@ -301,11 +302,28 @@ class TrainLoop:
     autocast: bool = False
     tower: TwoTower = field(init=False)
     dense_params: list[torch.Tensor] = field(init=False)
+    spread_users: KeyedJaggedTensor | None = field(init=False)  # whose vectors ``collapsed`` reads; None: under two users
 
     def __post_init__(self) -> None:
         self.batch_size = self.settings.batch_size
         self.tower = next(m for m in self.dmp.modules() if isinstance(m, TwoTower))
         self.dense_params = dense_parameters(self.dmp)
+        n = len(self.examples)
+        sample = np.unique(np.linspace(0, n - 1, min(PROBE_USERS, n)).astype(np.int64))
+        _, first = np.unique(self.examples.users[sample, 0], return_index=True)  # one example per user
+        self.spread_users = self.examples.batch(np.sort(sample[first]), self.encoder)[0] if len(first) > 1 else None
+
+    def collapsed(self, model: Recommender) -> float | None:
+        """The user tower's ``user_spread`` when it has collapsed (under ``COLLAPSED_SPREAD``), else None.
+
+        A collapsed tower gives every user one vector; the prior then carries its
+        validation to about recent popularity's, which neither the rate probe's tie
+        tolerance nor the scheduler's validation collapse can tell from a tower that learnt.
+        """
+        if self.spread_users is None:
+            return None
+        spread = user_spread(model.model, self.spread_users)
+        return spread if spread < COLLAPSED_SPREAD else None
 
     def resume(self) -> int:
         """Restores an interrupted run's epoch checkpoint, if there is one; returns the epoch to start at."""
@@ -330,13 +348,20 @@ class TrainLoop:
         else:
             self.run_steps(batches)
         self.epoch_samples.append(self.seen)
+        model = None
         if self.sched is not None and not all_finite(self.dmp):
             self.sched.recover("nonfinite_weights", math.nan)  # e.g. a NaN written after the epoch's last loss
+        elif self.sched is not None and self.validate is not None:
+            model = self.recommender()
+            spread = self.collapsed(model)
+            if spread is not None:  # the same answer as a NaN: the last good weights back, half the rate
+                self.sched.recover("user_tower_collapsed", round(spread, 4))
+                model = None
         self.losses.append(mean_across_ranks(self.total, self.counted))
         log.info("epoch %d loss %.4f", epoch + 1, self.losses[-1])
         score = None
         if self.callbacks or self.validate or self.sched is not None:
-            score = metric(self.validate(self.recommender())) if self.validate else None
+            score = metric(self.validate(model or self.recommender())) if self.validate else None
             if self.sched is not None:
                 sched_started = time.perf_counter()
                 self.sched.epoch_end(score, self.losses[-1])
@@ -354,24 +379,19 @@ class TrainLoop:
 
         The probe races the multipliers on the first epoch (successive halving, one share of
         the epoch per round), so the winner has seen the whole epoch when it ends.
-        A candidate whose user tower has collapsed (``user_spread`` below ``COLLAPSED_SPREAD``
-        on a fixed sample of the training examples' users) reads as diverged: its validation
-        is about recent popularity's, which the tie tolerance cannot tell from a tower that
-        learnt, and ties go to the higher rate.
+        A candidate whose user tower has collapsed (``collapsed``) reads as diverged: ties
+        go to the higher rate, and its validation is within the tie tolerance.
         """
         rounds = probe_rounds(len(self.sched.plan.probe_rates))
         share = max(len(batches) // rounds, 1)
-        sample = np.unique(np.linspace(0, len(self.examples) - 1, min(PROBE_USERS, len(self.examples))).astype(np.int64))
-        _, first = np.unique(self.examples.users[sample, 0], return_index=True)  # one example per user
-        users = self.examples.batch(np.sort(sample[first]), self.encoder)[0] if len(first) > 1 else None
 
         def candidate(round_: int) -> float | Sequence[float]:
             self.run_steps(batches[round_ * share : (round_ + 1) * share])
             self.probe_validations += 1
             model = self.recommender()
             reading = self.validate(model)
-            spread = user_spread(model.model, users) if users is not None else math.inf
-            if spread < COLLAPSED_SPREAD:
+            spread = self.collapsed(model)
+            if spread is not None:
                 log.warning("rate probe: the user tower collapsed at x%g (user spread %.4f, under %g): it reads as "
                             "diverged", self.sched.control, spread, COLLAPSED_SPREAD)
                 return math.nan
