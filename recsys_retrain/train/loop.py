@@ -317,8 +317,10 @@ class TrainLoop:
         """The user tower's ``user_spread`` when it has collapsed (under ``COLLAPSED_SPREAD``), else None.
 
         A collapsed tower gives every user one vector; the prior then carries its
-        validation to about recent popularity's, which neither the rate probe's tie
-        tolerance nor the scheduler's validation collapse can tell from a tower that learnt.
+        validation to about recent popularity's, which the rate probe's tie tolerance
+        cannot tell from a tower that learnt. Only the probe acts on it: on MovieLens the
+        tower often collapses at every rate the race tries, and rolling such an epoch back,
+        as a NaN is, left the demo's models untrained (the item side learns on regardless).
         """
         if self.spread_users is None:
             return None
@@ -348,20 +350,13 @@ class TrainLoop:
         else:
             self.run_steps(batches)
         self.epoch_samples.append(self.seen)
-        model = None
         if self.sched is not None and not all_finite(self.dmp):
             self.sched.recover("nonfinite_weights", math.nan)  # e.g. a NaN written after the epoch's last loss
-        elif self.sched is not None and self.validate is not None:
-            model = self.recommender()
-            spread = self.collapsed(model)
-            if spread is not None:  # the same answer as a NaN: the last good weights back, half the rate
-                self.sched.recover("user_tower_collapsed", round(spread, 4))
-                model = None
         self.losses.append(mean_across_ranks(self.total, self.counted))
         log.info("epoch %d loss %.4f", epoch + 1, self.losses[-1])
         score = None
         if self.callbacks or self.validate or self.sched is not None:
-            score = metric(self.validate(model or self.recommender())) if self.validate else None
+            score = metric(self.validate(self.recommender())) if self.validate else None
             if self.sched is not None:
                 sched_started = time.perf_counter()
                 self.sched.epoch_end(score, self.losses[-1])
