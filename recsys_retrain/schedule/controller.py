@@ -192,7 +192,7 @@ class AdaptiveScheduler(RollbackScheduler):
 
     # -- the rate probe --------------------------------------------------------------------------
 
-    def probe(self, run: Callable[[int], float | Sequence[float]]) -> float:
+    def probe(self, run: Callable[[int], float | Sequence[float]], degenerate: Callable[[], bool] | None = None) -> float:
         """Races ``plan.probe_rates`` by successive halving; goes on from the winner. Returns its validation.
 
         ``run(round)`` trains one share of the first epoch at the current rates and
@@ -204,7 +204,9 @@ class AdaptiveScheduler(RollbackScheduler):
 
         The probe replaces the warm-up ramp: each candidate starts at its full rate, and
         one that diverges (a non-finite loss is rolled back and halves its rate) loses
-        the race on its readings.
+        the race on its readings. ``degenerate()``, asked after each ``run``, flags a
+        candidate that ranks last among the candidates it ties with (the trainer's: its
+        user tower collapsed).
 
         Example:
             >>> import torch
@@ -225,7 +227,7 @@ class AdaptiveScheduler(RollbackScheduler):
                         "warm-up replaced by the rate probe: each candidate starts at its full rate", stage="explore")
         self.probed = True
         won = race(rates, run, save=self._save_candidate, restore=self._restore_candidate, set_rate=self._start_at,
-                   tol=self.plan.probe_tol, z=self.plan.probe_z)
+                   tol=self.plan.probe_tol, z=self.plan.probe_z, degenerate=degenerate)
         self._restore_candidate(won.saved)
         self._last_good = won.saved[0]
         value, baseline = reading_mean(won.readings[-1]), fmean(map(reading_mean, won.field[rates[0]]))
@@ -234,7 +236,8 @@ class AdaptiveScheduler(RollbackScheduler):
         scores = won.scores(rates)
         self._event("lr_probe", "validation", fmean(map(reading_mean, won.readings)), baseline, changes,
                     f"raced rate multipliers on shares of the first epoch ({scores}): kept x{won.multiplier:g}"
-                    + ("; -inf: the candidate diverged or its user tower collapsed" if "-inf" in scores else ""))
+                    + ("; degenerate (last among ties): " + ", ".join(f"x{m:g}" for m in won.degenerate)
+                       if won.degenerate else ""))
         return value
 
     def _save_candidate(self) -> tuple[bytes, dict[str, Any]]:

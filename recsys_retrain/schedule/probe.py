@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from statistics import fmean, stdev
 from typing import Any
@@ -38,12 +38,14 @@ class RaceResult:
         saved: the winner's state after its last round (what ``save`` returned).
         readings: the winner's readings, one per round.
         field: multiplier -> its readings, for every candidate.
+        degenerate: the candidates ``degenerate`` flagged after their last round.
     """
 
     multiplier: float
     saved: Any
     readings: list[ProbeReading]
     field: dict[float, list[ProbeReading]]
+    degenerate: tuple[float, ...] = ()
 
     def scores(self, rates: Sequence[float]) -> str:
         """Every candidate's readings round by round, e.g. ``x1 0.1200 > 0.1300, x2 0.1100``."""
@@ -59,6 +61,7 @@ def race(
     set_rate: Callable[[float], None],
     tol: float,
     z: float | None,
+    degenerate: Callable[[], bool] | None = None,
 ) -> RaceResult:
     """Races the multipliers ``rates`` by successive halving; returns the winner, whose state is not restored.
 
@@ -77,7 +80,10 @@ def race(
     of its users with the leader's puts it more than ``z`` (``plan.probe_z``) standard
     errors lower. Earlier rounds keep the tolerance alone: they only choose which
     candidates race on, and after a share of an epoch a higher rate often still reads
-    lower for a while before it overtakes.
+    lower for a while before it overtakes. ``degenerate()``, asked after each run, flags
+    a candidate whose readings cannot be trusted to separate it from the rest (the
+    trainer's: its user tower collapsed); among ties a flagged candidate ranks after
+    every unflagged one.
 
     Args:
         rates: the candidate multipliers (at least one).
@@ -88,6 +94,7 @@ def race(
             from each candidate's own state).
         tol: relative shortfall from the best mean reading that still counts as a tie.
         z: standard errors of a paired per-user gap that break a tie in the last round (None: never).
+        degenerate: whether the candidate just run is degenerate (None: none is).
 
     Returns:
         The winner, its state after the last round, its readings, and every candidate's.
@@ -95,6 +102,7 @@ def race(
     start = save()
     alive: list[tuple[float, Any, list[ProbeReading]]] = [(m, start, []) for m in rates]
     field: dict[float, list[ProbeReading]] = {}
+    flagged: set[float] = set()
     rounds = probe_rounds(len(rates))
     for round_ in range(rounds):
         raced = []
@@ -103,12 +111,16 @@ def race(
             if round_ == 0:
                 set_rate(multiplier)
             readings = [*readings, as_reading(run(round_))]
+            if degenerate is not None and degenerate():
+                flagged.add(multiplier)
+            else:
+                flagged.discard(multiplier)
             raced.append((multiplier, save(), readings))
-        raced = race_order(raced, tol, z if round_ == rounds - 1 else None)
+        raced = race_order(raced, tol, z if round_ == rounds - 1 else None, flagged)
         alive = raced[: max(len(raced) // 2, 1)]
         field.update({m: r for m, _, r in raced})
     multiplier, saved, readings = raced[0]
-    return RaceResult(multiplier, saved, readings, field)
+    return RaceResult(multiplier, saved, readings, field, tuple(m for m in rates if m in flagged))
 
 
 def as_reading(value: float | Sequence[float]) -> ProbeReading:
@@ -125,14 +137,16 @@ def reading_mean(reading: ProbeReading) -> float:
 
 def race_order(
     raced: list[tuple[float, Any, list[ProbeReading]]], tol: float, z: float | None = None,
+    degenerate: Container[float] = (),
 ) -> list[tuple[float, Any, list[ProbeReading]]]:
     """Rate-probe candidates ``(multiplier, state, readings)`` from best to worst.
 
     A candidate whose mean reading is within ``tol`` of the best mean is a tie with it: the
     readings cannot tell such rates apart, and among ties the higher rate ranks first
-    (cutting a rate later is one decision, and more gradient noise regularises). The rest
-    follow by mean reading; a stable sort keeps the lower rate first on an exact tie, and
-    when every candidate diverged.
+    (cutting a rate later is one decision, and more gradient noise regularises), after
+    every tied candidate not in ``degenerate`` when it is in it. The rest follow by mean
+    reading; a stable sort keeps the lower rate first on an exact tie, and when every
+    candidate diverged.
 
     With per-user readings and ``z``, a candidate within ``tol`` is still behind, not tied,
     when ``paired_gap`` puts it more than ``z`` standard errors below the best: the same
@@ -147,6 +161,8 @@ def race_order(
         >>> best, behind = (0.30, 0.20, 0.25, 0.35), (0.27, 0.18, 0.22, 0.32)  # every user lower
         >>> [m for m, _, _ in race_order([(1.0, None, [best]), (2.0, None, [behind])], tol=0.15, z=1.0)]
         [1.0, 2.0]
+        >>> [m for m, _, _ in race_order([(1.0, None, [0.110]), (8.0, None, [0.107])], tol=0.15, degenerate={8.0})]
+        [1.0, 8.0]
     """
     scored = sorted(((fmean(map(reading_mean, c[2])), c) for c in raced), key=lambda p: -p[0])  # each mean once
     top, leader = scored[0]
@@ -161,7 +177,7 @@ def race_order(
         return gap is None or gap[0] <= z * gap[1]
 
     ties = [tied(m, c) for m, c in scored]
-    return sorted((c for (_, c), t in zip(scored, ties) if t), key=lambda c: -c[0]) + [
+    return sorted((c for (_, c), t in zip(scored, ties) if t), key=lambda c: (c[0] in degenerate, -c[0])) + [
         c for (_, c), t in zip(scored, ties) if not t
     ]
 

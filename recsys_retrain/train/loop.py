@@ -318,9 +318,10 @@ class TrainLoop:
 
         A collapsed tower gives every user one vector; the prior then carries its
         validation to about recent popularity's, which the rate probe's tie tolerance
-        cannot tell from a tower that learnt. Only the probe acts on it: on MovieLens the
-        tower often collapses at every rate the race tries, and rolling such an epoch back,
-        as a NaN is, left the demo's models untrained (the item side learns on regardless).
+        cannot tell from a tower that learnt. Only the probe acts on it, and only among
+        ties (``probe``): on MovieLens the tower often collapses at every rate the race
+        tries, and rolling such an epoch back, as a NaN is, left the demo's models
+        untrained (the item side learns on regardless).
         """
         if self.spread_users is None:
             return None
@@ -374,25 +375,28 @@ class TrainLoop:
 
         The probe races the multipliers on the first epoch (successive halving, one share of
         the epoch per round), so the winner has seen the whole epoch when it ends.
-        A candidate whose user tower has collapsed (``collapsed``) reads as diverged: ties
-        go to the higher rate, and its validation is within the tie tolerance.
+        A candidate whose user tower has collapsed (``collapsed``) ranks after every
+        candidate it ties with whose tower has not: ties go to the higher rate, and the
+        prior carries a collapsed tower's validation to within the tie tolerance. It is
+        not ruled out: its item side and prior weights still learn, and where every rate
+        collapses the tower (often, on MovieLens) the higher rate still serves best.
         """
         rounds = probe_rounds(len(self.sched.plan.probe_rates))
         share = max(len(batches) // rounds, 1)
+        collapsed = [False]  # the last candidate's
 
         def candidate(round_: int) -> float | Sequence[float]:
             self.run_steps(batches[round_ * share : (round_ + 1) * share])
             self.probe_validations += 1
             model = self.recommender()
-            reading = self.validate(model)
             spread = self.collapsed(model)
+            collapsed[0] = spread is not None
             if spread is not None:
-                log.warning("rate probe: the user tower collapsed at x%g (user spread %.4f, under %g): it reads as "
-                            "diverged", self.sched.control, spread, COLLAPSED_SPREAD)
-                return math.nan
-            return reading
+                log.info("rate probe: the user tower collapsed at x%g (user spread %.4f, under %g)",
+                         self.sched.control, spread, COLLAPSED_SPREAD)
+            return self.validate(model)
 
-        self.sched.probe(candidate)
+        self.sched.probe(candidate, degenerate=lambda: collapsed[0])
         self.run_steps(batches[rounds * share :])  # the few batches a share rounded off
 
     def run_steps(self, part: list[np.ndarray]) -> None:

@@ -174,3 +174,22 @@ def test_the_race_keeps_the_better_half_each_round_and_continues_each_candidate_
 def test_rounds_and_passes_of_successive_halving(candidates, rounds, passes):
     assert probe_rounds(candidates) == rounds
     assert probe_passes(candidates) == pytest.approx(passes)
+
+
+def test_a_degenerate_candidate_ranks_last_among_ties_and_only_there():
+    field = [(1.0, "a", [0.110]), (2.0, "b", [0.107]), (8.0, "c", [0.108]), (4.0, "d", [0.05])]
+    assert [m for m, _, _ in race_order(field, tol=0.15)] == [8.0, 2.0, 1.0, 4.0]
+    assert [m for m, _, _ in race_order(field, tol=0.15, degenerate={2.0, 8.0})] == [1.0, 8.0, 2.0, 4.0]
+    assert [m for m, _, _ in race_order(field, tol=0.15, degenerate={1.0, 2.0, 8.0})] == [8.0, 2.0, 1.0, 4.0]  # all alike
+    ahead = [(1.0, "a", [0.10]), (8.0, "c", [0.20])]  # beyond the tolerance: a flag does not hold it back
+    assert [m for m, _, _ in race_order(ahead, tol=0.15, degenerate={8.0})] == [8.0, 1.0]
+
+
+def test_the_probe_asks_after_each_run_whether_the_candidate_is_degenerate():
+    # every candidate reads the same; x4 and x8 are flagged (the trainer: a collapsed user tower), so x2 wins
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = AdaptiveScheduler(opt, SchedulePlan(warmup_steps=0, probe_rates=(1.0, 2.0, 4.0, 8.0), probe_tol=0.15), model=model)
+    sched.probe(lambda r: 0.5, degenerate=lambda: opt.param_groups[0]["lr"] > 0.3)
+    assert sched.control == 2.0
+    assert sched.events[-1].reason.endswith("kept x2; degenerate (last among ties): x4, x8")
