@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from tqdm.auto import tqdm
 
 from recsys_retrain.errors import DataError
@@ -63,7 +62,7 @@ from recsys_retrain.train.warm_start import check_embedding_dim, union_encoder, 
 
 log = logging.getLogger(__name__)
 
-# The check for a collapsed user tower (``TrainLoop.collapsed``): the training examples whose
+# The rate probe's check for a collapsed user tower (``TrainLoop.probe``): the training examples whose
 # users it reads, evenly spaced over the time-ordered interactions, and the relative spread of their
 # vectors under which the tower has collapsed. Dead ReLUs give exactly 0; on synthetic S3 a tower on its
 # way there read 0.008 at x2 of the rules' rates, the one that learnt 0.50 at x1 (``bench/scale.py``).
@@ -302,31 +301,11 @@ class TrainLoop:
     autocast: bool = False
     tower: TwoTower = field(init=False)
     dense_params: list[torch.Tensor] = field(init=False)
-    spread_users: KeyedJaggedTensor | None = field(init=False)  # whose vectors ``collapsed`` reads; None: under two users
 
     def __post_init__(self) -> None:
         self.batch_size = self.settings.batch_size
         self.tower = next(m for m in self.dmp.modules() if isinstance(m, TwoTower))
         self.dense_params = dense_parameters(self.dmp)
-        n = len(self.examples)
-        sample = np.unique(np.linspace(0, n - 1, min(PROBE_USERS, n)).astype(np.int64))
-        _, first = np.unique(self.examples.users[sample, 0], return_index=True)  # one example per user
-        self.spread_users = self.examples.batch(np.sort(sample[first]), self.encoder)[0] if len(first) > 1 else None
-
-    def collapsed(self, model: Recommender) -> float | None:
-        """The user tower's ``user_spread`` when it has collapsed (under ``COLLAPSED_SPREAD``), else None.
-
-        A collapsed tower gives every user one vector; the prior then carries its
-        validation to about recent popularity's, which the rate probe's tie tolerance
-        cannot tell from a tower that learnt. Only the probe acts on it, and only among
-        ties (``probe``): on MovieLens the tower often collapses at every rate the race
-        tries, and rolling such an epoch back, as a NaN is, left the demo's models
-        untrained (the item side learns on regardless).
-        """
-        if self.spread_users is None:
-            return None
-        spread = user_spread(model.model, self.spread_users)
-        return spread if spread < COLLAPSED_SPREAD else None
 
     def resume(self) -> int:
         """Restores an interrupted run's epoch checkpoint, if there is one; returns the epoch to start at."""
@@ -375,23 +354,29 @@ class TrainLoop:
 
         The probe races the multipliers on the first epoch (successive halving, one share of
         the epoch per round), so the winner has seen the whole epoch when it ends.
-        A candidate whose user tower has collapsed (``collapsed``) ranks after every
-        candidate it ties with whose tower has not: ties go to the higher rate, and the
-        prior carries a collapsed tower's validation to within the tie tolerance. It is
-        not ruled out: its item side and prior weights still learn, and where every rate
-        collapses the tower (often, on MovieLens) the higher rate still serves best.
+        A candidate whose user tower has collapsed (``user_spread`` under ``COLLAPSED_SPREAD``
+        on ``PROBE_USERS`` training users) ranks after every candidate it ties with whose
+        tower has not: ties go to the higher rate, and the prior carries a dead tower's
+        validation to within the tie tolerance. It is not ruled out, nor is an epoch that
+        collapses the tower rolled back: its item side and prior weights still learn, and
+        on MovieLens the tower often collapses at every rate raced (both stronger forms
+        made the demo's models serve worse).
         """
         rounds = probe_rounds(len(self.sched.plan.probe_rates))
         share = max(len(batches) // rounds, 1)
+        n = len(self.examples)
+        sample = np.unique(np.linspace(0, n - 1, min(PROBE_USERS, n)).astype(np.int64))
+        _, first = np.unique(self.examples.users[sample, 0], return_index=True)  # one example per user
+        users = self.examples.batch(np.sort(sample[first]), self.encoder)[0] if len(first) > 1 else None
         collapsed = [False]  # the last candidate's
 
         def candidate(round_: int) -> float | Sequence[float]:
             self.run_steps(batches[round_ * share : (round_ + 1) * share])
             self.probe_validations += 1
             model = self.recommender()
-            spread = self.collapsed(model)
-            collapsed[0] = spread is not None
-            if spread is not None:
+            spread = user_spread(model.model, users) if users is not None else math.inf
+            collapsed[0] = spread < COLLAPSED_SPREAD
+            if collapsed[0]:
                 log.info("rate probe: the user tower collapsed at x%g (user spread %.4f, under %g)",
                          self.sched.control, spread, COLLAPSED_SPREAD)
             return self.validate(model)
